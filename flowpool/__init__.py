@@ -1,0 +1,63 @@
+"""flowpool: run workflows of plain synchronous Python functions.
+
+A flow is an ordered list of stages; a stage is one step or a parallel group
+of independent steps. Steps run on a thread pool, on isolated worker
+processes, or on any ``concurrent.futures.Executor`` (Dask included), with
+retries, timeouts, group failure policies and saga compensation.
+"""
+
+from ._context import Context
+from ._definition import Flow, Group, Step
+from ._errors import (
+    FlowDefinitionError,
+    FlowFailedError,
+    FlowInterrupted,
+    FlowpoolError,
+    FlowTimeoutError,
+    JournalError,
+    RemoteError,
+    StepCancelledError,
+    StepTimeoutError,
+    UnpicklableResultError,
+    WorkerCrashedError,
+)
+from ._events import EVENT_KINDS, Event
+from ._results import (
+    CompensationResult,
+    FlowResult,
+    FlowStatus,
+    GroupResult,
+    GroupStatus,
+    StepResult,
+    StepStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVENT_KINDS",
+    "CompensationResult",
+    "Context",
+    "Event",
+    "Flow",
+    "FlowDefinitionError",
+    "FlowFailedError",
+    "FlowInterrupted",
+    "FlowResult",
+    "FlowStatus",
+    "FlowTimeoutError",
+    "FlowpoolError",
+    "Group",
+    "GroupResult",
+    "GroupStatus",
+    "JournalError",
+    "RemoteError",
+    "Step",
+    "StepCancelledError",
+    "StepResult",
+    "StepStatus",
+    "StepTimeoutError",
+    "UnpicklableResultError",
+    "WorkerCrashedError",
+    "__version__",
+]

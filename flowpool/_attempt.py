@@ -1,0 +1,125 @@
+"""The record of one attempt, as it travels from the settle loop to a worker and back.
+
+An ``Attempt`` is created by the settle loop, handed to a backend, and comes
+back through the run's inbox (a ``queue.SimpleQueue``) as ``(DONE, attempt)``;
+when the loop needs to know the moment it started (a timeout to arm, or a
+listener to tell), the worker first posts ``(STARTED, attempt)``. Only the
+loop decides what an outcome means; workers just fill in the fields.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from ._clock import Clock
+from ._context import Context
+
+__all__ = ["DONE", "STARTED", "Attempt"]
+
+STARTED = 1
+DONE = 2
+
+Message = tuple[int, Any]
+
+
+class Attempt:
+    """One submission of a step (or of a compensation) to a worker.
+
+    ``claim`` is a one-element list popped by whoever gets there first: the
+    worker (to start it) or the loop (to withdraw it before it starts). ``pop``
+    on a list is atomic, so no lock is needed per attempt.
+    """
+
+    __slots__ = (
+        "step",
+        "number",
+        "fn",
+        "args",
+        "ctx",
+        "inbox",
+        "clock",
+        "notify_start",
+        "claim",
+        "cancel_reason",
+        "settled",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "ok",
+        "value",
+        "error",
+        "owner",
+        "handle",
+    )
+
+    def __init__(
+        self,
+        step: str,
+        number: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        ctx: Context,
+        inbox: queue.SimpleQueue[Message],
+        clock: Clock,
+        notify_start: bool,
+        owner: Any = None,
+    ) -> None:
+        self.step = step
+        self.number = number
+        self.fn = fn
+        self.args = args
+        self.ctx = ctx
+        self.inbox = inbox
+        self.clock = clock
+        self.notify_start = notify_start
+        self.claim: list[bool] = [True]
+        self.cancel_reason: str | None = None
+        self.settled = False  # set by the loop once it has taken an outcome (or gave up)
+        self.submitted_at: float | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.ok = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.owner = owner  # the loop's record of the step
+        self.handle: Any = None  # the backend's handle (a future, a lane)
+
+    def try_claim(self) -> bool:
+        """Take the right to run (worker) or to withdraw (loop); True for the first caller."""
+        try:
+            self.claim.pop()
+        except IndexError:
+            return False
+        return True
+
+    def execute(self) -> None:
+        """Run the attempt here, in this thread, and post its outcome to the inbox."""
+        if not self.try_claim():
+            return  # withdrawn before it started
+        clock = self.clock
+        self.started_at = clock.now()
+        if self.notify_start:
+            self.inbox.put((STARTED, self))
+        try:
+            self.value = self.fn(self.ctx, *self.args)
+            self.ok = True
+        except BaseException as error:  # noqa: BLE001 - every outcome travels back to the loop
+            self.error = error
+        self.finished_at = clock.now()
+        self.inbox.put((DONE, self))
+
+    def fail_unstarted(self, error: BaseException) -> None:
+        """Report that the attempt could not be run at all (e.g. its executor refused it)."""
+        if self.finished_at is not None:
+            return
+        now = self.clock.now()
+        if self.started_at is None:
+            self.started_at = now
+        self.error = error
+        self.finished_at = now
+        self.inbox.put((DONE, self))
+
+    def __repr__(self) -> str:
+        return f"Attempt({self.step!r}, {self.number})"

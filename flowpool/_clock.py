@@ -1,0 +1,42 @@
+"""The one place that reads the time or waits for it.
+
+Everything else takes a ``Clock``, so tests can swap in
+``flowpool.testing.AutoJumpClock`` and skip real waiting.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import TypeVar
+
+__all__ = ["Clock", "SystemClock"]
+
+T = TypeVar("T")
+
+
+class Clock:
+    """Monotonic time, and waiting on a queue until a deadline."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+    def get(self, inbox: queue.SimpleQueue[T], timeout: float | None) -> T:
+        """The next item of ``inbox``, waiting at most ``timeout`` seconds.
+
+        Raises:
+            queue.Empty: nothing arrived in time.
+        """
+        if timeout is None:
+            return inbox.get()
+        return inbox.get(timeout=max(timeout, 0.0))
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+SystemClock = Clock
+SYSTEM_CLOCK = Clock()

@@ -1,0 +1,82 @@
+"""The ``Context`` handed to step functions and compensations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ._errors import StepCancelledError
+
+__all__ = ["CancelScope", "Context"]
+
+
+class CancelScope(Protocol):
+    """Anything that can say whether, and why, an attempt should stop."""
+
+    @property
+    def cancel_reason(self) -> str | None: ...
+
+
+class Context:
+    """What a step function knows about its run.
+
+    Attributes:
+        input: the run's input.
+        flow: the flow's name.
+        run_id: the run's unique id.
+        step: this step's name.
+        attempt: 1 for the first attempt, 2 for the first retry, …
+        results: read-only mapping of step name → value for every step that
+            completed in an earlier stage (for a compensation: in the whole run).
+    """
+
+    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "_scope")
+
+    input: Any
+    flow: str
+    run_id: str
+    step: str
+    attempt: int
+    results: Mapping[str, Any]
+
+    def __init__(
+        self,
+        *,
+        input: Any,
+        flow: str,
+        run_id: str,
+        step: str,
+        attempt: int,
+        results: Mapping[str, Any],
+        scope: CancelScope | None = None,
+    ) -> None:
+        self.input = input
+        self.flow = flow
+        self.run_id = run_id
+        self.step = step
+        self.attempt = attempt
+        self.results = results
+        self._scope = scope
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this attempt should stop: its timeout passed, its group failed
+        fast, or the run is being interrupted."""
+        scope = self._scope
+        return scope is not None and scope.cancel_reason is not None
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why this attempt should stop, or None."""
+        scope = self._scope
+        return None if scope is None else scope.cancel_reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``StepCancelledError`` if this attempt should stop; the attempt then
+        ends ``CANCELLED``."""
+        reason = self.cancel_reason
+        if reason is not None:
+            raise StepCancelledError(self.step, reason)
+
+    def __repr__(self) -> str:
+        return f"Context(flow={self.flow!r}, step={self.step!r}, attempt={self.attempt}, run_id={self.run_id!r})"

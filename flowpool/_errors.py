@@ -1,0 +1,206 @@
+"""The whole exception hierarchy.
+
+Every error builds its own message from structured fields, so callers raise
+``StepTimeoutError(step="fetch", timeout=1.0, attempt=2)`` rather than
+formatting strings, and handlers can read the fields back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._results import FlowResult
+
+__all__ = [
+    "FlowDefinitionError",
+    "FlowFailedError",
+    "FlowInterrupted",
+    "FlowTimeoutError",
+    "FlowpoolError",
+    "JournalError",
+    "RemoteError",
+    "StepCancelledError",
+    "StepTimeoutError",
+    "UnpicklableResultError",
+    "WorkerCrashedError",
+]
+
+
+class FlowpoolError(Exception):
+    """Base class of every error flowpool raises or records."""
+
+
+class FlowDefinitionError(FlowpoolError, ValueError):
+    """A flow definition (or a run's arguments) is invalid.
+
+    Attributes:
+        flow: the flow's name, when known.
+        step: the step or group involved, when there is one.
+        argument: the argument that is wrong, when there is one.
+        problem: what is wrong with it.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        flow: str | None = None,
+        step: str | None = None,
+        argument: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.flow = flow
+        self.step = step
+        self.argument = argument
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.flow is not None:
+            where.append(f"flow {self.flow!r}")
+        if self.step is not None:
+            where.append(f"step {self.step!r}")
+        if self.argument is not None:
+            where.append(f"argument {self.argument!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.problem}" if prefix else self.problem
+
+    def with_flow(self, flow: str) -> FlowDefinitionError:
+        """Return the same error, naming ``flow`` as well."""
+        if self.flow == flow:
+            return self
+        return FlowDefinitionError(self.problem, flow=flow, step=self.step, argument=self.argument)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_definition_error, (self.problem, self.flow, self.step, self.argument))
+
+
+def _rebuild_definition_error(
+    problem: str, flow: str | None, step: str | None, argument: str | None
+) -> FlowDefinitionError:
+    return FlowDefinitionError(problem, flow=flow, step=step, argument=argument)
+
+
+class StepTimeoutError(FlowpoolError, TimeoutError):
+    """One attempt of a step ran longer than its ``timeout``."""
+
+    def __init__(self, step: str, timeout: float, attempt: int) -> None:
+        self.step = step
+        self.timeout = timeout
+        self.attempt = attempt
+        super().__init__(f"step {step!r} attempt {attempt} timed out after {timeout:g} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.timeout, self.attempt))
+
+
+class FlowTimeoutError(FlowpoolError, TimeoutError):
+    """The whole run passed the ``timeout`` given to ``Flow.run``."""
+
+    def __init__(self, flow: str, timeout: float) -> None:
+        self.flow = flow
+        self.timeout = timeout
+        super().__init__(f"flow {flow!r} did not finish within its timeout of {timeout:g} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.flow, self.timeout))
+
+
+class StepCancelledError(FlowpoolError):
+    """An attempt was stopped, or a step never started, because it was cancelled.
+
+    Attributes:
+        step: the step's name (empty when raised by ``ctx.raise_if_cancelled``
+            outside of flowpool's bookkeeping).
+        reason: who cancelled it and why, e.g. ``"group 'fetch' failed fast"``.
+    """
+
+    def __init__(self, step: str = "", reason: str = "cancelled") -> None:
+        self.step = step
+        self.reason = reason
+        what = f"step {step!r} " if step else ""
+        super().__init__(f"{what}cancelled: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.reason))
+
+
+class WorkerCrashedError(FlowpoolError):
+    """The worker process running a step died (crash, kill, out of memory)."""
+
+    def __init__(self, step: str, attempt: int, detail: str = "") -> None:
+        self.step = step
+        self.attempt = attempt
+        self.detail = detail
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"the worker process running step {step!r} attempt {attempt} died{extra}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.attempt, self.detail))
+
+
+class RemoteError(FlowpoolError):
+    """An exception raised in a worker process that could not be sent back intact.
+
+    Attributes:
+        type_name: the qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        remote_traceback: the traceback text formatted in the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class UnpicklableResultError(FlowpoolError):
+    """A step's value could not be sent back from its worker process."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(
+            f"the value returned by step {step!r} cannot be sent back from its worker "
+            f"process (it cannot be pickled): {detail}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.detail))
+
+
+class JournalError(FlowpoolError):
+    """A journal file is missing, not a journal, corrupt, or lacks a run."""
+
+
+class FlowFailedError(FlowpoolError):
+    """Raised by ``FlowResult.raise_for_status()`` when a run did not complete."""
+
+    def __init__(self, result: FlowResult) -> None:
+        self.result = result
+        where = f" at stage {result.failed_stage!r}" if result.failed_stage else ""
+        cause = f": {result.error}" if result.error is not None else ""
+        super().__init__(f"flow {result.name!r} {result.status.value}{where}{cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.result,))
+
+
+class FlowInterrupted(KeyboardInterrupt):
+    """A run was interrupted (Ctrl-C or SIGTERM); ``result`` holds what happened.
+
+    A ``KeyboardInterrupt`` on purpose: ``except Exception`` must not swallow it.
+    """
+
+    def __init__(self, flow: str, result: FlowResult | None = None) -> None:
+        self.flow = flow
+        self.result = result
+        super().__init__(f"flow {flow!r} was interrupted")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.flow, self.result))

@@ -1,0 +1,87 @@
+"""Event records and their dispatch to a listener."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._results import describe_error
+
+__all__ = ["EVENT_KINDS", "Event", "EventSink"]
+
+log = logging.getLogger("flowpool")
+
+EVENT_KINDS = (
+    "flow_started",
+    "step_started",
+    "step_retrying",
+    "step_finished",
+    "group_finished",
+    "compensation_started",
+    "compensation_finished",
+    "flow_finished",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened in a run.
+
+    ``kind`` is one of ``EVENT_KINDS``; ``step``, ``group``, ``attempt``,
+    ``status`` and ``error`` are None where they do not apply; ``time`` is
+    monotonic seconds. ``started_at`` is set on events that end an attempt
+    (``step_retrying``, ``step_finished``, ``compensation_finished``) to when it
+    started; ``delay`` on ``step_retrying`` is the backoff before the next attempt.
+    """
+
+    kind: str
+    flow: str
+    run_id: str
+    time: float
+    step: str | None = None
+    group: str | None = None
+    attempt: int | None = None
+    status: str | None = None
+    error: BaseException | None = None
+    started_at: float | None = None
+    delay: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (one line of ``--events``)."""
+        return {
+            "kind": self.kind,
+            "flow": self.flow,
+            "run_id": self.run_id,
+            "time": self.time,
+            "step": self.step,
+            "group": self.group,
+            "attempt": self.attempt,
+            "status": None if self.status is None else str(self.status),
+            "error": describe_error(self.error),
+            "started_at": self.started_at,
+            "delay": self.delay,
+        }
+
+
+class EventSink:
+    """Calls the run's listener; a listener that raises is logged and ignored."""
+
+    __slots__ = ("_listener", "_flow", "_run_id", "enabled")
+
+    def __init__(self, listener: Callable[[Event], Any] | None, flow: str, run_id: str) -> None:
+        self._listener = listener
+        self._flow = flow
+        self._run_id = run_id
+        self.enabled = listener is not None
+
+    def emit(self, kind: str, time: float, **fields: Any) -> None:
+        """Send one event to the listener, if there is one."""
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener(Event(kind, self._flow, self._run_id, time, **fields))
+        except Exception:
+            log.exception("flowpool: the on_event listener raised on a %s event; ignored", kind)

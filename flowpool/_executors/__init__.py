@@ -1,0 +1,64 @@
+"""Backends that run attempts: one module per kind, behind ``Backend``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Any
+
+from .._errors import FlowDefinitionError
+from ._base import Backend
+
+__all__ = ["Backend", "default_workers", "describe_executor", "open_backend"]
+
+
+def default_workers(kind: str) -> int:
+    """How many attempts run at once when ``max_workers`` is not given."""
+    cpus = os.cpu_count() or 1
+    if kind == "process":
+        return cpus
+    # Steps are mostly I/O-bound legacy calls: let a group's members really start together.
+    return max(32, cpus + 4)
+
+
+def describe_executor(executor: object) -> str:
+    """What kind of backend ``executor`` selects, or raise ``FlowDefinitionError``."""
+    if isinstance(executor, str):
+        if executor in ("thread", "process"):
+            return executor
+        if executor.startswith("dask://"):
+            return "dask"
+        raise FlowDefinitionError(
+            f"unknown executor {executor!r}; use 'thread', 'process', 'dask://HOST:PORT', "
+            f"a concurrent.futures.Executor or a distributed.Client",
+            argument="executor",
+        )
+    if isinstance(executor, concurrent.futures.Executor):
+        return "executor"
+    if type(executor).__module__.startswith("distributed") and type(executor).__name__ == "Client":
+        return "dask"
+    raise FlowDefinitionError(
+        f"executor must be 'thread', 'process', 'dask://HOST:PORT', a concurrent.futures.Executor "
+        f"or a distributed.Client, not {type(executor).__name__}",
+        argument="executor",
+    )
+
+
+def open_backend(executor: Any, max_workers: int | None) -> Backend:
+    """The backend for ``executor`` (already checked by ``describe_executor``)."""
+    kind = describe_executor(executor)
+    if kind == "thread":
+        from ._threads import ThreadBackend
+
+        return ThreadBackend(max_workers or default_workers("thread"))
+    if kind == "process":
+        from ._process import ProcessBackend
+
+        return ProcessBackend(max_workers or default_workers("process"))
+    if kind == "dask":
+        from ._dask import DaskBackend
+
+        return DaskBackend(executor, max_workers)
+    from ._futures import ExecutorBackend
+
+    return ExecutorBackend(executor)

@@ -1,0 +1,43 @@
+"""The small protocol every backend implements.
+
+The settle loop never touches a pool directly: it hands ``Attempt`` records
+to a backend and reads outcomes from the run's inbox. A backend may hold an
+attempt back until it has a free slot; the attempt's ``started_at`` says when
+it really started.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .._attempt import Attempt
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """Runs attempts somewhere and posts their outcomes to ``attempt.inbox``."""
+
+    #: Human-readable kind: ``"thread"``, ``"process"``, ``"dask"``, ``"executor"``.
+    kind: str
+    #: True when ``stop`` really ends a running attempt (by killing its process).
+    kills: bool
+    #: True when attempts run in this process (so compensations may run in the caller's thread).
+    in_process: bool
+    #: True when the start of an attempt is only known as its submission time.
+    start_is_submission: bool
+
+    def submit(self, attempt: Attempt) -> None:
+        """Start ``attempt`` as soon as there is room; never blocks."""
+
+    def withdraw(self, attempt: Attempt) -> bool:
+        """Take back an attempt that has not started; False if it already started."""
+
+    def stop(self, attempt: Attempt) -> None:
+        """The loop gave up on a running attempt (timeout, cancel): end it if possible.
+
+        Its outcome, if one still arrives, is ignored.
+        """
+
+    def close(self) -> None:
+        """Release what the backend holds for this run; never waits for abandoned work."""

@@ -1,0 +1,253 @@
+"""Statuses and the immutable records a run returns."""
+
+from __future__ import annotations
+
+import enum
+import math
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import FlowFailedError
+
+__all__ = [
+    "CompensationResult",
+    "FlowResult",
+    "FlowStatus",
+    "GroupResult",
+    "GroupStatus",
+    "StepResult",
+    "StepStatus",
+]
+
+
+class StepStatus(enum.StrEnum):
+    """The final status of one step."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class GroupStatus(enum.StrEnum):
+    """The verdict on a parallel group."""
+
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class FlowStatus(enum.StrEnum):
+    """How a whole run ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationResult:
+    """What happened when a completed step was compensated.
+
+    ``status`` is ``"compensated"`` or ``"failed"``; ``error`` is the last
+    attempt's exception when it failed.
+    """
+
+    status: str
+    error: BaseException | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the compensation ran to its end without raising."""
+        return self.status == "compensated"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view."""
+        return {"status": self.status, "error": describe_error(self.error), "attempts": self.attempts}
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """The final record of one step. ``started_at``/``finished_at`` are monotonic seconds
+    of its first attempt's start and last attempt's end (None when it never ran)."""
+
+    name: str
+    status: StepStatus
+    value: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    group: str | None = None
+    compensation: CompensationResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the step completed."""
+        return self.status is StepStatus.COMPLETED
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the last attempt's end."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (values that JSON cannot hold become their ``repr``)."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "group": self.group,
+            "value": jsonable(self.value),
+            "error": describe_error(self.error),
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "compensation": None if self.compensation is None else self.compensation.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    """The verdict on one parallel group; ``members`` in declaration order."""
+
+    name: str
+    status: GroupStatus
+    members: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the group passed (completed or partial)."""
+        return self.status in (GroupStatus.COMPLETED, GroupStatus.PARTIAL)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view."""
+        return {"name": self.name, "status": self.status.value, "members": list(self.members)}
+
+
+@dataclass(frozen=True, slots=True)
+class FlowResult:
+    """Everything a run did. Every step of the definition appears in ``steps``."""
+
+    name: str
+    run_id: str
+    status: FlowStatus
+    steps: Mapping[str, StepResult]
+    groups: Mapping[str, GroupResult]
+    error: BaseException | None = None
+    failed_stage: str | None = None
+    compensated: tuple[str, ...] = ()
+    not_compensated: tuple[str, ...] = ()
+    started_at: float | None = None
+    finished_at: float | None = None
+    _values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Read-only views, so a result handed around cannot be changed by accident.
+        object.__setattr__(self, "steps", MappingProxyType(dict(self.steps)))
+        object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
+        values = {name: step.value for name, step in self.steps.items() if step.ok}
+        object.__setattr__(self, "_values", MappingProxyType(values))
+
+    @property
+    def ok(self) -> bool:
+        """True when the flow completed."""
+        return self.status is FlowStatus.COMPLETED
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """Step name → value, for every completed step."""
+        return self._values
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the run took, compensations included."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def raise_for_status(self) -> FlowResult:
+        """Raise ``FlowFailedError`` unless the flow completed; return ``self`` otherwise."""
+        if not self.ok:
+            raise FlowFailedError(self) from self.error
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view of the whole result."""
+        return {
+            "name": self.name,
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "ok": self.ok,
+            "error": describe_error(self.error),
+            "failed_stage": self.failed_stage,
+            "duration": self.duration,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "compensated": list(self.compensated),
+            "not_compensated": list(self.not_compensated),
+            "steps": {name: step.to_dict() for name, step in self.steps.items()},
+            "groups": {name: group.to_dict() for name, group in self.groups.items()},
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType cannot be pickled; rebuild from plain dicts.
+        return (
+            _rebuild_flow_result,
+            (
+                self.name,
+                self.run_id,
+                self.status,
+                dict(self.steps),
+                dict(self.groups),
+                self.error,
+                self.failed_stage,
+                self.compensated,
+                self.not_compensated,
+                self.started_at,
+                self.finished_at,
+            ),
+        )
+
+
+def _rebuild_flow_result(*fields: Any) -> FlowResult:
+    return FlowResult(*fields)
+
+
+def describe_error(error: BaseException | None) -> dict[str, Any] | None:
+    """A JSON-serialisable description of an exception (type, message, nested errors)."""
+    if error is None:
+        return None
+    described: dict[str, Any] = {
+        "type": type(error).__qualname__,
+        "message": str(error),
+    }
+    if isinstance(error, BaseExceptionGroup):
+        described["exceptions"] = [describe_error(e) for e in error.exceptions]
+    remote = getattr(error, "remote_traceback", None)
+    if isinstance(remote, str):
+        described["remote_traceback"] = remote
+    elif error.__traceback__ is not None:
+        described["traceback"] = "".join(traceback.format_exception(error)).rstrip()
+    return described
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if JSON can hold it as is, else a JSON-friendly stand-in."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: jsonable(v) for k, v in value.items()}
+    return repr(value)

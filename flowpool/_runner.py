@@ -1,0 +1,819 @@
+"""The settle loop: one loop in the caller's thread drives a whole run.
+
+How an attempt flows::
+
+    settle loop (caller's thread)                       backend (threads, lanes, Dask)
+    ───────────────────────────────                     ──────────────────────────────
+    _dispatch: Attempt(step, n, ctx) ── submit ───────▶ worker runs fn(ctx)
+         ▲                                                  │ (STARTED, attempt)  only if a
+         │                                                  │                     timeout or a
+    inbox (SimpleQueue) ◀──────────────────────────────────┘ (DONE, attempt)     listener needs it
+         │
+    _on_done ─▶ completed?  ─▶ _finalize ─▶ step_finished, fail fast?
+              └▶ failed ─▶ RetryDriver.decide (tenacity) ─▶ DoSleep(s): a wake-up timer
+                                                        └▶ stop: _finalize
+    timers (heap): attempt timeouts, backoff wake-ups, the run's deadline, the stop grace
+
+Completions arrive through the inbox (workers or done-callbacks put them
+there), so the loop never polls and never scans pending work: each step costs
+the same whether its group has ten members or a hundred thousand. The loop
+alone decides what an outcome means; a late outcome of an attempt the loop has
+given up on (``attempt.settled``) is dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import signal
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ._attempt import DONE, STARTED, Attempt, Message
+from ._clock import SYSTEM_CLOCK, Clock
+from ._context import Context
+from ._definition import Flow, Group, Step, _check_seconds
+from ._errors import (
+    FlowDefinitionError,
+    FlowInterrupted,
+    FlowTimeoutError,
+    StepCancelledError,
+    StepTimeoutError,
+)
+from ._events import EventSink
+from ._executors import Backend, describe_executor, open_backend
+from ._policy import group_verdict, stops_group_early
+from ._results import (
+    CompensationResult,
+    FlowResult,
+    FlowStatus,
+    GroupResult,
+    GroupStatus,
+    StepResult,
+    StepStatus,
+)
+from ._retry import RetryDriver, backoff_delay, default_retrying
+
+if TYPE_CHECKING:
+    from ._events import Event
+
+__all__ = ["STOP_GRACE", "run_flow"]
+
+log = logging.getLogger("flowpool")
+
+#: How long thread-mode work may take to notice ``ctx.cancelled`` when a run stops.
+STOP_GRACE = 0.5
+
+_INTERRUPT = 3  # inbox message: Ctrl-C arrived
+
+# Step-run states.
+_PENDING, _RUNNING, _BACKOFF, _FINAL = range(4)
+# Timer kinds.
+_TIMEOUT, _WAKE, _DEADLINE, _GRACE = range(4)
+
+
+def status_of(error: BaseException | None) -> StepStatus:
+    """The status an attempt that raised ``error`` ends with."""
+    if isinstance(error, StepCancelledError):
+        return StepStatus.CANCELLED
+    if isinstance(error, StepTimeoutError):
+        return StepStatus.TIMED_OUT
+    return StepStatus.FAILED
+
+
+class _StepRun:
+    """The loop's mutable record of one step during a run."""
+
+    __slots__ = (
+        "step",
+        "index",
+        "group",
+        "backend",
+        "state",
+        "attempts",
+        "attempt",
+        "driver",
+        "first_started",
+        "last_status",
+        "last_error",
+        "record",
+    )
+
+    def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
+        self.step = step
+        self.index = index
+        self.group = group
+        self.backend = backend
+        self.state = _PENDING
+        self.attempts = 0
+        self.attempt: Attempt | None = None
+        self.driver: RetryDriver | None = None
+        self.first_started: float | None = None
+        self.last_status = StepStatus.CANCELLED
+        self.last_error: BaseException | None = None
+        self.record: StepResult | None = None
+
+
+class _StageRun:
+    """One stage being settled: a group, or a single step as a group of one."""
+
+    __slots__ = ("name", "group", "members", "waiting", "active", "unsettled", "cap", "fail_fast", "cancel_reason")
+
+    def __init__(self, name: str, group: Group | None, members: list[_StepRun]) -> None:
+        self.name = name
+        self.group = group
+        self.members = members
+        self.waiting = deque(members)
+        self.active = 0
+        self.unsettled = len(members)
+        self.cap = group.max_concurrency if group is not None else None
+        self.fail_fast = group.fail_fast if group is not None else False
+        self.cancel_reason: str | None = None
+
+
+def run_flow(
+    flow: Flow,
+    input: Any,
+    *,
+    executor: Any,
+    max_workers: int | None,
+    timeout: float | None,
+    on_event: Callable[[Event], Any] | None,
+    clock: Clock | None,
+) -> FlowResult:
+    """Check the run's arguments, then run ``flow`` to its end."""
+    stages = flow.stages
+    if not stages:
+        raise FlowDefinitionError("the flow has no stages; add one with .step() or .parallel()", flow=flow.name)
+    try:
+        describe_executor(executor)
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise FlowDefinitionError(f"must be an int >= 1 or None, not {max_workers!r}", argument="max_workers")
+        timeout = _check_seconds(timeout, "timeout", None, None)
+        if on_event is not None and not callable(on_event):
+            raise FlowDefinitionError(f"must be callable or None, not {type(on_event).__name__}", argument="on_event")
+    except FlowDefinitionError as error:
+        raise error.with_flow(flow.name) from None
+    run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
+    return run.execute()
+
+
+class _Run:
+    """Everything one run owns. Nothing here is shared with other runs."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        stages: tuple[Step | Group, ...],
+        input: Any,
+        executor: Any,
+        max_workers: int | None,
+        timeout: float | None,
+        on_event: Callable[[Event], Any] | None,
+        clock: Clock,
+    ) -> None:
+        self.flow = flow
+        self.name = flow.name
+        self.stages = stages
+        self.input = input
+        self.executor = executor
+        self.max_workers = max_workers
+        self.timeout = timeout
+        self.clock = clock
+        self.run_id = uuid.uuid4().hex
+        self.events = EventSink(on_event, self.name, self.run_id)
+        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.timers: list[tuple[float, int, int, Any]] = []
+        self.sequence = itertools.count()
+        self.backends: dict[str, Backend] = {}
+        self.values: dict[str, Any] = {}
+        self.values_view = MappingProxyType(self.values)
+        self.records: dict[str, StepResult] = {}
+        self.groups: dict[str, GroupResult] = {}
+        self.completed_with_compensation: list[_StepRun] = []
+        self.stage: _StageRun | None = None
+        self.failed_stage: str | None = None
+        self.error: BaseException | None = None
+        self.stopping: str | None = None  # why the run is stopping (timeout, interrupt)
+        self.timed_out = False
+        self.interrupts = 0
+        self.compensating = False
+        self.grace_armed = False
+        self.compensated: list[str] = []
+        self.not_compensated: list[str] = []
+
+    # ── backends ────────────────────────────────────────────────────────────────
+
+    def backend_for(self, step: Step) -> Backend:
+        key = step.executor or "run"
+        if key != "run" and isinstance(self.executor, str) and self.executor == key:
+            key = "run"
+        backend = self.backends.get(key)
+        if backend is None:
+            spec = self.executor if key == "run" else key
+            backend = open_backend(spec, self.max_workers)
+            self.backends[key] = backend
+        return backend
+
+    def close_backends(self) -> None:
+        for backend in self.backends.values():
+            try:
+                backend.close()
+            except Exception:
+                log.exception("flowpool: closing the %s backend failed", backend.kind)
+
+    # ── the run ─────────────────────────────────────────────────────────────────
+
+    def execute(self) -> FlowResult:
+        clock = self.clock
+        self.started_at = clock.now()
+        restore = self.install_interrupt_handler()
+        try:
+            self.events.emit("flow_started", self.started_at)
+            if self.timeout is not None:
+                self.push_timer(self.started_at + self.timeout, _DEADLINE, None)
+            index = 0
+            for stage in self.stages:
+                members = stage.members if isinstance(stage, Group) else (stage,)
+                if self.interrupts and self.stopping is None:
+                    self.stop("the run was interrupted")  # Ctrl-C arrived between stages
+                if self.error is not None or self.stopping is not None:
+                    self.skip_stage(stage, members, index)
+                else:
+                    self.run_stage(stage, members, index)
+                index += len(members)
+            self.compensate_all()
+        finally:
+            restore()
+            self.close_backends()
+        return self.finish()
+
+    def finish(self) -> FlowResult:
+        finished_at = self.clock.now()
+        if self.interrupts and not self.timed_out:
+            status = FlowStatus.CANCELLED
+        elif self.error is not None:
+            status = FlowStatus.FAILED
+        else:
+            status = FlowStatus.COMPLETED
+        steps = {step.name: self.records[step.name] for step in self.flow_steps()}
+        interrupted: FlowInterrupted | None = None
+        error = self.error
+        if status is FlowStatus.CANCELLED:
+            interrupted = FlowInterrupted(self.name)
+            if error is not None and not isinstance(error, FlowInterrupted):
+                interrupted.__context__ = error
+            error = interrupted
+        result = FlowResult(
+            name=self.name,
+            run_id=self.run_id,
+            status=status,
+            steps=steps,
+            groups=self.groups,
+            error=error,
+            failed_stage=self.failed_stage,
+            compensated=tuple(self.compensated),
+            not_compensated=tuple(self.not_compensated),
+            started_at=self.started_at,
+            finished_at=finished_at,
+        )
+        self.events.emit("flow_finished", finished_at, status=status, error=error)
+        if interrupted is not None:
+            interrupted.result = result
+            raise interrupted
+        return result
+
+    def flow_steps(self) -> list[Step]:
+        out: list[Step] = []
+        for stage in self.stages:
+            out.extend(stage.members if isinstance(stage, Group) else (stage,))
+        return out
+
+    def fail(self, stage: str | None, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            self.failed_stage = stage
+
+    # ── stages ──────────────────────────────────────────────────────────────────
+
+    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+        group = stage.name if isinstance(stage, Group) else None
+        now = self.clock.now()
+        for step in members:
+            self.records[step.name] = StepResult(step.name, StepStatus.SKIPPED, group=group)
+            self.events.emit("step_finished", now, step=step.name, group=group, status=StepStatus.SKIPPED)
+        if isinstance(stage, Group):
+            self.groups[stage.name] = GroupResult(stage.name, GroupStatus.SKIPPED, tuple(m.name for m in members))
+            self.events.emit("group_finished", now, group=stage.name, status=GroupStatus.SKIPPED)
+
+    def run_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+        group = stage if isinstance(stage, Group) else None
+        group_name = group.name if group is not None else None
+        runs = [
+            _StepRun(step, index + offset, group_name, self.backend_for(step)) for offset, step in enumerate(members)
+        ]
+        st = _StageRun(stage.name, group, runs)
+        self.stage = st
+        while st.unsettled:
+            if st.waiting:
+                self.start_waiting(st)
+                if not st.unsettled:
+                    break
+            self.wait_once()
+        self.stage = None
+        self.settle_verdict(st)
+
+    def settle_verdict(self, st: _StageRun) -> None:
+        for sr in st.members:
+            record = sr.record
+            assert record is not None
+            if record.status is StepStatus.COMPLETED:
+                self.values[sr.step.name] = record.value
+        if st.group is None:
+            record = st.members[0].record
+            assert record is not None
+            if record.status is not StepStatus.COMPLETED:
+                self.fail(st.name, self.stop_error() or record.error or StepCancelledError(st.name, "not completed"))
+            return
+        group = st.group
+        statuses = [sr.record.status for sr in st.members if sr.record is not None]
+        verdict = group_verdict(
+            statuses,
+            [sr.step.required for sr in st.members],
+            fail_fast=group.fail_fast,
+            min_successes=group.min_successes,
+        )
+        self.groups[group.name] = GroupResult(group.name, verdict, tuple(m.name for m in group.members))
+        self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
+        if verdict is GroupStatus.FAILED:
+            self.fail(group.name, self.stop_error() or self.group_error(group, st))
+
+    def group_error(self, group: Group, st: _StageRun) -> BaseException:
+        errors: list[Exception] = []
+        for sr in st.members:
+            record = sr.record
+            if record is None or record.status is StepStatus.COMPLETED:
+                continue
+            error = record.error or StepCancelledError(sr.step.name, "not completed")
+            errors.append(error if isinstance(error, Exception) else StepCancelledError(sr.step.name, repr(error)))
+        completed = sum(1 for sr in st.members if sr.record is not None and sr.record.ok)
+        why = f"{completed} of {len(st.members)} members completed; policy: {group.policy}"
+        required = [sr.step.name for sr in st.members if sr.step.required and not (sr.record and sr.record.ok)]
+        if required:
+            why += f"; required member(s) did not complete: {', '.join(required)}"
+        return ExceptionGroup(f"group {group.name!r} failed ({why})", errors)
+
+    def stop_error(self) -> BaseException | None:
+        if self.stopping is None:
+            return None
+        if self.timed_out:
+            assert self.timeout is not None
+            return FlowTimeoutError(self.name, self.timeout)
+        return FlowInterrupted(self.name)
+
+    def start_waiting(self, st: _StageRun) -> None:
+        cap = st.cap
+        waiting = st.waiting
+        while waiting and (cap is None or st.active < cap):
+            sr = waiting.popleft()
+            if sr.state != _PENDING:
+                continue
+            if st.cancel_reason is not None:
+                self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, st.cancel_reason))
+                continue
+            st.active += 1
+            self.dispatch(sr)
+
+    def dispatch(self, sr: _StepRun) -> None:
+        step = sr.step
+        number = sr.attempts + 1
+        sr.attempts = number
+        if sr.driver is not None:
+            sr.driver.next_attempt()
+        backend = sr.backend
+        check_capacity = getattr(backend, "check_capacity", None)
+        if check_capacity is not None:
+            try:
+                check_capacity(step.name)
+            except Exception as error:  # noqa: BLE001 - reported as this step's failure
+                sr.attempts -= 1
+                st = self.stage
+                assert st is not None
+                self.finalize(st, sr, StepStatus.FAILED, None, error)
+                return
+        ctx = Context(
+            input=self.input,
+            flow=self.name,
+            run_id=self.run_id,
+            step=step.name,
+            attempt=number,
+            results=self.values_view,
+        )
+        attempt = Attempt(
+            step.name,
+            number,
+            step.fn,
+            (),
+            ctx,
+            self.inbox,
+            self.clock,
+            self.events.enabled or step.timeout is not None,
+            owner=sr,
+        )
+        ctx._scope = attempt
+        sr.attempt = attempt
+        sr.state = _RUNNING
+        backend.submit(attempt)
+        if backend.start_is_submission and attempt.started_at is not None and attempt.finished_at is None:
+            self.on_started(attempt)
+
+    # ── the loop ────────────────────────────────────────────────────────────────
+
+    def push_timer(self, when: float, kind: int, target: Any) -> None:
+        heapq.heappush(self.timers, (when, next(self.sequence), kind, target))
+
+    def wait_once(self) -> None:
+        """Handle due timers, or else the next message (waiting until the next timer)."""
+        timers = self.timers
+        now = self.clock.now()
+        if timers and timers[0][0] <= now:
+            while timers and timers[0][0] <= now:
+                _, _, kind, target = heapq.heappop(timers)
+                self.on_timer(kind, target)
+            return
+        wait = timers[0][0] - now if timers else None
+        try:
+            kind, item = self.clock.get(self.inbox, wait)
+        except queue.Empty:
+            return
+        if kind == DONE:
+            self.on_done(item)
+        elif kind == STARTED:
+            if not item.settled:
+                self.on_started(item)
+        elif kind == _INTERRUPT:
+            self.on_interrupt()
+
+    def on_started(self, attempt: Attempt) -> None:
+        sr: _StepRun = attempt.owner
+        started = attempt.started_at
+        assert started is not None
+        if sr.first_started is None:
+            sr.first_started = started
+        self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
+        timeout = sr.step.timeout
+        if timeout is not None:
+            self.push_timer(started + timeout, _TIMEOUT, attempt)
+
+    def on_done(self, attempt: Attempt) -> None:
+        if attempt.settled:
+            return  # a late outcome of an attempt the loop gave up on
+        attempt.settled = True
+        sr: _StepRun = attempt.owner
+        if sr.first_started is None:
+            sr.first_started = attempt.started_at
+        if attempt.ok:
+            self.on_outcome(sr, attempt, StepStatus.COMPLETED, attempt.value, None)
+        else:
+            self.on_outcome(sr, attempt, status_of(attempt.error), None, attempt.error)
+
+    def on_timer(self, kind: int, target: Any) -> None:
+        if kind == _TIMEOUT:
+            attempt: Attempt = target
+            if attempt.settled or attempt.finished_at is not None:
+                return  # settled, or its outcome is already waiting in the inbox
+            sr: _StepRun = attempt.owner
+            timeout = sr.step.timeout
+            assert timeout is not None
+            attempt.settled = True
+            attempt.cancel_reason = f"its timeout of {timeout:g} s passed"
+            sr.backend.stop(attempt)
+            attempt.finished_at = self.clock.now()
+            error = StepTimeoutError(sr.step.name, timeout, attempt.number)
+            self.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
+        elif kind == _WAKE:
+            sr = target
+            if sr.state == _BACKOFF:
+                self.dispatch(sr)
+        elif kind == _DEADLINE:
+            if self.stopping is None and not self.compensating:
+                self.timed_out = True
+                self.stop(f"the run's timeout of {self.timeout:g} s passed")
+        elif kind == _GRACE:
+            self.abandon_running()
+
+    def on_outcome(
+        self, sr: _StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
+    ) -> None:
+        st = self.stage
+        assert st is not None
+        step = sr.step
+        sr.last_status = status
+        sr.last_error = error
+        custom = step.retry is not None
+        if status is StepStatus.COMPLETED and not custom:
+            self.finalize(st, sr, status, value, None)
+            return
+        may_retry = (custom or step.retries > 0) and status is not StepStatus.CANCELLED
+        if may_retry and (attempt.cancel_reason is not None and status is not StepStatus.TIMED_OUT):
+            may_retry = False  # the attempt was told to stop
+        if may_retry and (st.cancel_reason is not None or self.stopping is not None):
+            may_retry = False  # its group failed fast, or the run is stopping: no more retries
+        if not may_retry:
+            self.finalize(st, sr, status, value, error)
+            return
+        driver = sr.driver
+        if driver is None:
+            retrying = step.retry if custom else default_retrying(step.retries)
+            driver = sr.driver = RetryDriver(step.name, retrying, self.real_time(sr.first_started))
+        decision = driver.decide(status is StepStatus.COMPLETED, value, error)
+        if decision.retry:
+            now = self.clock.now()
+            self.events.emit(
+                "step_retrying",
+                attempt.finished_at if attempt.finished_at is not None else now,
+                step=step.name,
+                group=sr.group,
+                attempt=attempt.number,
+                status=status,
+                error=error,
+                started_at=attempt.started_at,
+                delay=decision.delay,
+            )
+            sr.state = _BACKOFF
+            self.push_timer(now + decision.delay, _WAKE, sr)
+        elif decision.ok:
+            self.finalize(st, sr, StepStatus.COMPLETED, decision.value, None)
+        else:
+            final_error = decision.error
+            final_status = status if final_error is error else status_of(final_error)
+            self.finalize(st, sr, final_status, None, final_error)
+
+    def real_time(self, when: float | None) -> float | None:
+        # tenacity measures delays with time.monotonic; only the system clock shares it.
+        return when if self.clock is SYSTEM_CLOCK else None
+
+    def finalize(
+        self, st: _StageRun, sr: _StepRun, status: StepStatus, value: Any, error: BaseException | None
+    ) -> None:
+        if sr.state in (_RUNNING, _BACKOFF):
+            st.active -= 1
+        sr.state = _FINAL
+        st.unsettled -= 1
+        attempt = sr.attempt
+        finished = attempt.finished_at if attempt is not None else None
+        if finished is None and sr.attempts:
+            finished = self.clock.now()
+        step = sr.step
+        record = StepResult(
+            step.name,
+            status,
+            value if status is StepStatus.COMPLETED else None,
+            error,
+            sr.attempts,
+            sr.first_started if sr.attempts else None,
+            finished if sr.attempts else None,
+            sr.group,
+        )
+        sr.record = record
+        self.records[step.name] = record
+        if status is StepStatus.COMPLETED and step.compensate is not None:
+            self.completed_with_compensation.append(sr)
+        if self.events.enabled:
+            self.events.emit(
+                "step_finished",
+                finished if finished is not None else self.clock.now(),
+                step=step.name,
+                group=sr.group,
+                attempt=sr.attempts or None,
+                status=status,
+                error=error,
+                started_at=attempt.started_at if attempt is not None and sr.attempts else None,
+            )
+        if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast):
+            self.cancel_stage(st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
+
+    # ── cancellation, stopping, interrupts ──────────────────────────────────────
+
+    def cancel_stage(self, st: _StageRun, reason: str) -> None:
+        """No new work in this stage; running attempts see ``ctx.cancelled``."""
+        st.cancel_reason = reason
+        for sr in st.members:
+            if sr.state == _PENDING:
+                self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
+            elif sr.state == _BACKOFF:
+                self.finalize(st, sr, sr.last_status, None, sr.last_error)
+            elif sr.state == _RUNNING:
+                attempt = sr.attempt
+                assert attempt is not None
+                attempt.cancel_reason = reason
+                if sr.backend.withdraw(attempt):
+                    attempt.settled = True
+                    sr.attempts -= 1
+                    if sr.attempts:
+                        self.finalize(st, sr, sr.last_status, None, sr.last_error)
+                    else:
+                        self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
+
+    def stop(self, reason: str) -> None:
+        """Stop the run: nothing new starts, running work is killed or told to stop."""
+        self.stopping = reason
+        st = self.stage
+        if st is None:
+            return
+        if st.cancel_reason is None:
+            self.cancel_stage(st, reason)
+        else:
+            for sr in st.members:
+                if sr.state == _RUNNING and sr.attempt is not None:
+                    sr.attempt.cancel_reason = reason
+        soft = False
+        for sr in st.members:
+            if sr.state != _RUNNING:
+                continue
+            if sr.backend.kills:
+                self.abandon(st, sr, reason)
+            else:
+                soft = True
+        if soft and not self.grace_armed:
+            self.grace_armed = True
+            self.push_timer(self.clock.now() + STOP_GRACE, _GRACE, None)
+
+    def abandon(self, st: _StageRun, sr: _StepRun, reason: str) -> None:
+        attempt = sr.attempt
+        assert attempt is not None
+        attempt.settled = True
+        attempt.cancel_reason = reason
+        sr.backend.stop(attempt)
+        if attempt.finished_at is None:
+            attempt.finished_at = self.clock.now()
+        self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
+
+    def abandon_running(self) -> None:
+        st = self.stage
+        if st is None or self.stopping is None:
+            return
+        for sr in st.members:
+            if sr.state == _RUNNING:
+                self.abandon(st, sr, self.stopping)
+
+    def on_interrupt(self) -> None:
+        if self.stopping is None:
+            self.stop("the run was interrupted")
+        else:
+            self.abandon_running()  # a second Ctrl-C: no more grace
+
+    def install_interrupt_handler(self) -> Callable[[], None]:
+        """Route Ctrl-C into the loop while the run is in the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+        except ValueError:  # pragma: no cover - not the main interpreter
+            return lambda: None
+        if previous is not signal.default_int_handler:
+            return lambda: None  # someone else owns Ctrl-C (or it is ignored): leave it
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            self.interrupts += 1
+            if self.compensating:
+                if self.interrupts >= 2:
+                    raise KeyboardInterrupt  # abandon the remaining compensations
+                return
+            self.inbox.put((_INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+
+        return restore
+
+    # ── compensation ────────────────────────────────────────────────────────────
+
+    def compensate_all(self) -> None:
+        if self.error is None and not self.interrupts:
+            return
+        if self.interrupts and self.error is None:
+            self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
+        pending = sorted(self.completed_with_compensation, key=lambda sr: sr.index, reverse=True)
+        self.compensating = True
+        for position, sr in enumerate(pending):
+            if self.interrupts >= 2:
+                self.not_compensated.extend(p.step.name for p in pending[position:])
+                return
+            try:
+                outcome = self.compensate(sr)
+            except KeyboardInterrupt:
+                self.not_compensated.extend(p.step.name for p in pending[position:])
+                self.events.emit(
+                    "compensation_finished",
+                    self.clock.now(),
+                    step=sr.step.name,
+                    group=sr.group,
+                    status="abandoned",
+                )
+                return
+            record = sr.record
+            assert record is not None
+            self.records[sr.step.name] = _with_compensation(record, outcome)
+            if outcome.ok:
+                self.compensated.append(sr.step.name)
+            else:
+                self.not_compensated.append(sr.step.name)
+
+    def compensate(self, sr: _StepRun) -> CompensationResult:
+        step = sr.step
+        compensate = step.compensate
+        assert compensate is not None and sr.record is not None
+        value = sr.record.value
+        error: BaseException | None = None
+        tries = step.compensate_retries + 1
+        for number in range(1, tries + 1):
+            started = self.clock.now()
+            self.events.emit("compensation_started", started, step=step.name, group=sr.group, attempt=number)
+            ok, error = self.call_compensation(sr, compensate, value, number)
+            finished = self.clock.now()
+            self.events.emit(
+                "compensation_finished",
+                finished,
+                step=step.name,
+                group=sr.group,
+                attempt=number,
+                status="compensated" if ok else "failed",
+                error=error,
+                started_at=started,
+            )
+            if ok:
+                return CompensationResult("compensated", None, number)
+            if number < tries:
+                self.clock.sleep(backoff_delay(number))
+        return CompensationResult("failed", error, tries)
+
+    def call_compensation(
+        self, sr: _StepRun, compensate: Callable[..., Any], value: Any, number: int
+    ) -> tuple[bool, BaseException | None]:
+        step = sr.step
+        ctx = Context(
+            input=self.input,
+            flow=self.name,
+            run_id=self.run_id,
+            step=step.name,
+            attempt=number,
+            results=self.values_view,
+        )
+        backend = sr.backend
+        if backend.in_process and step.compensate_timeout is None:
+            try:  # in the caller's thread, one at a time
+                compensate(ctx, value)
+            except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
+                return False, error
+            return True, None
+        attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
+        ctx._scope = attempt
+        backend.submit(attempt)
+        timeout = step.compensate_timeout
+        deadline: float | None = None
+        if timeout is not None and backend.start_is_submission:
+            deadline = self.clock.now() + timeout
+        while True:
+            wait = None if deadline is None else deadline - self.clock.now()
+            if wait is not None and wait <= 0:
+                attempt.settled = True
+                attempt.cancel_reason = f"its timeout of {timeout:g} s passed"
+                backend.stop(attempt)
+                assert timeout is not None
+                return False, StepTimeoutError(step.name, timeout, number)
+            try:
+                kind, item = self.clock.get(self.inbox, wait)
+            except queue.Empty:
+                continue
+            if item is not attempt:
+                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
+            if kind == STARTED and timeout is not None and attempt.started_at is not None:
+                deadline = attempt.started_at + timeout
+            elif kind == DONE:
+                attempt.settled = True
+                return attempt.ok, attempt.error
+
+
+def _with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
+    return StepResult(
+        record.name,
+        record.status,
+        record.value,
+        record.error,
+        record.attempts,
+        record.started_at,
+        record.finished_at,
+        record.group,
+        compensation,
+    )
