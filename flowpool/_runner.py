@@ -87,6 +87,13 @@ def status_of(error: BaseException | None) -> StepStatus:
     return StepStatus.FAILED
 
 
+def tell_cancel(backend: Backend, attempt: Attempt, reason: str) -> None:
+    """Make ``ctx.cancelled`` true for a running attempt, wherever it runs."""
+    if attempt.cancel_reason is None:
+        attempt.cancel_reason = reason
+        backend.cancel(attempt)
+
+
 class _StepRun:
     """The loop's mutable record of one step during a run."""
 
@@ -494,7 +501,7 @@ class _Run:
             timeout = sr.step.timeout
             assert timeout is not None
             attempt.settled = True
-            attempt.cancel_reason = f"its timeout of {timeout:g} s passed"
+            tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
             sr.backend.stop(attempt)
             attempt.finished_at = self.clock.now()
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
@@ -614,7 +621,7 @@ class _Run:
             elif sr.state == _RUNNING:
                 attempt = sr.attempt
                 assert attempt is not None
-                attempt.cancel_reason = reason
+                tell_cancel(sr.backend, attempt, reason)
                 if sr.backend.withdraw(attempt):
                     attempt.settled = True
                     sr.attempts -= 1
@@ -634,7 +641,7 @@ class _Run:
         else:
             for sr in st.members:
                 if sr.state == _RUNNING and sr.attempt is not None:
-                    sr.attempt.cancel_reason = reason
+                    tell_cancel(sr.backend, sr.attempt, reason)
         soft = False
         for sr in st.members:
             if sr.state != _RUNNING:
@@ -651,7 +658,7 @@ class _Run:
         attempt = sr.attempt
         assert attempt is not None
         attempt.settled = True
-        attempt.cancel_reason = reason
+        tell_cancel(sr.backend, attempt, reason)
         sr.backend.stop(attempt)
         if attempt.finished_at is None:
             attempt.finished_at = self.clock.now()
@@ -788,7 +795,7 @@ class _Run:
             wait = None if deadline is None else deadline - self.clock.now()
             if wait is not None and wait <= 0:
                 attempt.settled = True
-                attempt.cancel_reason = f"its timeout of {timeout:g} s passed"
+                tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")
                 backend.stop(attempt)
                 assert timeout is not None
                 return False, StepTimeoutError(step.name, timeout, number)

@@ -33,6 +33,9 @@ class Backend(Protocol):
     def withdraw(self, attempt: Attempt) -> bool:
         """Take back an attempt that has not started; False if it already started."""
 
+    def cancel(self, attempt: Attempt) -> None:
+        """``attempt.cancel_reason`` was just set: make the worker's ``ctx.cancelled`` see it."""
+
     def stop(self, attempt: Attempt) -> None:
         """The loop gave up on a running attempt (timeout, cancel): end it if possible.
 

@@ -95,6 +95,9 @@ class ExecutorBackend:
         attempt.finished_at = attempt.clock.now()
         attempt.inbox.put((DONE, attempt))
 
+    def cancel(self, attempt: Attempt) -> None:
+        """In-process contexts read ``attempt.cancel_reason`` directly: nothing to send."""
+
     def withdraw(self, attempt: Attempt) -> bool:
         if self._in_process:
             return attempt.try_claim()

@@ -104,6 +104,9 @@ class ThreadBackend:
                 return
             idle.release()
 
+    def cancel(self, attempt: Attempt) -> None:
+        """In-process contexts read ``attempt.cancel_reason`` directly: nothing to send."""
+
     def withdraw(self, attempt: Attempt) -> bool:
         return attempt.try_claim()
 

@@ -1,0 +1,159 @@
+"""Dask: every attempt is a fresh, non-pure task; timeouts are soft.
+
+Dask's executor caches identical submissions (``pure=True``), so a retry could
+get the cached error back; it passes ``key=``/``workers=`` keywords to itself
+rather than to the function; and ``cancel()`` does not stop a running task. So
+each attempt goes through ``client.submit(run_attempt, payload, pure=False)``
+with a unique key, retries stay flowpool's own, and a timed-out attempt is
+abandoned. At most as many attempts as the cluster has threads are in flight,
+so that an attempt's submission is close to its start (the moment timeouts
+count from here).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+from typing import Any
+
+from .._attempt import DONE, STARTED, Attempt
+from .._errors import FlowDefinitionError, FlowpoolError
+from . import _worker
+
+__all__ = ["DaskBackend"]
+
+_keys = itertools.count()
+
+
+class DaskUnavailableError(FlowpoolError):
+    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached."""
+
+
+def _connect(address: str) -> Any:
+    try:
+        import distributed
+    except ImportError as error:
+        raise DaskUnavailableError("executor 'dask://...' needs Dask: pip install 'flowpool[dask]'") from error
+    target = address.removeprefix("dask://")
+    if not target:
+        raise FlowDefinitionError("give the scheduler as 'dask://HOST:PORT'", argument="executor")
+    client_type: Any = distributed.Client
+    try:
+        return client_type(f"tcp://{target}", timeout=10, set_as_default=False)
+    except OSError as error:
+        raise DaskUnavailableError(f"cannot reach the Dask scheduler at {target}: {error}") from error
+
+
+class DaskBackend:
+    """Runs attempts on a Dask cluster through a ``distributed.Client``."""
+
+    kind = "dask"
+    kills = False
+    in_process = False
+    start_is_submission = True
+
+    def __init__(self, executor: Any, max_workers: int | None) -> None:
+        if isinstance(executor, str):
+            self._client = _connect(executor)
+            self._owns_client = True
+        else:
+            self._client = executor
+            self._owns_client = False
+        if max_workers is None:
+            try:
+                max_workers = max(1, sum(self._client.nthreads().values()))
+            except Exception:  # noqa: BLE001 - an unknown cluster size just means no cap from us
+                max_workers = 1_000_000
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[Attempt] = collections.deque()
+        self._running: dict[Attempt, Any] = {}
+        self._closed = False
+
+    def submit(self, attempt: Attempt) -> None:
+        import cloudpickle
+
+        from ._process import CallNotPicklableError, _worker_context
+
+        ctx = attempt.ctx
+        try:
+            payload = cloudpickle.dumps((attempt.fn, _worker_context(ctx), attempt.args))
+        except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
+            attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
+            return
+        attempt.handle = payload
+        with self._lock:
+            self._waiting.append(attempt)
+        self._pump()
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed or not self._waiting or len(self._running) >= self._max_workers:
+                    return
+                attempt = self._waiting.popleft()
+                if not attempt.try_claim():
+                    continue
+                payload = attempt.handle
+                key = f"flowpool-{attempt.step}-{attempt.number}-{next(_keys)}"
+                try:
+                    future = self._client.submit(_worker.run_attempt, payload, "", 0, key=key, pure=False)
+                except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
+                    attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
+                    continue
+                self._running[attempt] = future
+                attempt.handle = future
+                attempt.started_at = attempt.clock.now()
+            if attempt.notify_start:
+                attempt.inbox.put((STARTED, attempt))
+            future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
+
+    def _finished(self, attempt: Attempt, future: Any) -> None:
+        with self._lock:
+            self._running.pop(attempt, None)
+        try:
+            envelope = future.result()
+        except BaseException as error:  # noqa: BLE001 - cancelled, lost worker, …
+            attempt.error = error
+        else:
+            attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
+        attempt.finished_at = attempt.clock.now()
+        attempt.inbox.put((DONE, attempt))
+        self._pump()
+
+    def cancel(self, attempt: Attempt) -> None:
+        """Dask cannot tell a running task to stop; ``ctx.cancelled`` stays False there."""
+
+    def withdraw(self, attempt: Attempt) -> bool:
+        with self._lock:
+            try:
+                self._waiting.remove(attempt)
+            except ValueError:
+                return False
+        attempt.try_claim()
+        return True
+
+    def stop(self, attempt: Attempt) -> None:
+        if self.withdraw(attempt):
+            return
+        with self._lock:
+            future = self._running.pop(attempt, None)
+        if future is not None:
+            with contextlib.suppress(Exception):
+                future.cancel()  # best effort: a running task keeps running on its worker
+        self._pump()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._waiting.clear()
+            running = list(self._running.values())
+            self._running.clear()
+        for future in running:
+            with contextlib.suppress(Exception):
+                future.cancel()
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()

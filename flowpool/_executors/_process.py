@@ -1,0 +1,434 @@
+"""Process mode: isolated worker processes ("lanes") with hard timeouts.
+
+When one worker of a loky (or stdlib) process pool dies, the whole pool
+breaks: every in-flight future fails and the other workers are killed. So
+flowpool gives each concurrency slot its own single-worker loky executor, a
+*lane*, and sends at most one attempt to a lane at a time::
+
+    ProcessBackend (per run)          LanePool (per process, shared by runs)
+    ────────────────────────          ──────────────────────────────────────
+    waiting attempts ── pump ──▶ acquire() ─▶ Lane: loky executor, 1 worker
+                                      ▲           │ run_attempt(payload) → envelope bytes
+    done-callback ◀───────────────────┼───────────┘
+      decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
+    stop(attempt): kill the lane's process tree; the lane is replaced
+
+A kill or a crash therefore only ever hits its own attempt. Lanes start once
+and are reused across stages and runs; idle lanes close after
+``IDLE_TIMEOUT`` seconds, and ``shutdown_workers()`` (also run at interpreter
+exit) kills them all.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import mmap
+import os
+import re
+import tempfile
+import threading
+import weakref
+from typing import Any
+
+from .._attempt import DONE, STARTED, Attempt
+from .._errors import FlowpoolError, WorkerCrashedError
+from . import _worker
+
+__all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
+
+#: Seconds an idle lane is kept for later attempts and runs before it is closed.
+IDLE_TIMEOUT = 300.0
+
+
+class CallNotPicklableError(FlowpoolError):
+    """A process-mode step (function, input or context) cannot be sent to a worker."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(
+            f"step {step!r} cannot be sent to a worker process (its function, the run's input or "
+            f"the results it can read cannot be pickled): {detail}"
+        )
+
+
+def _flag_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class Lane:
+    """One single-worker loky executor, its worker's pid and its cancel flag."""
+
+    def __init__(self, pool: LanePool, number: int) -> None:
+        import loky
+
+        self.pool = pool
+        self.number = number
+        fd, self.flag_path = tempfile.mkstemp(prefix=f"flowpool-{os.getpid()}-lane{number}-", dir=_flag_dir())
+        try:
+            os.ftruncate(fd, _worker.FLAG_SIZE)
+            self.flag = mmap.mmap(fd, _worker.FLAG_SIZE)
+        finally:
+            os.close(fd)
+        self.executor = loky.ProcessPoolExecutor(
+            max_workers=1, initializer=_worker.init_worker, initargs=(os.getpid(),)
+        )
+        self.ready = False
+        self.broken = False
+        self.idle_since = 0.0
+        self.tokens = 0
+
+    def next_token(self) -> int:
+        self.tokens += 1
+        return self.tokens
+
+    def pids(self) -> list[int]:
+        return list(getattr(self.executor, "_processes", {}).keys())
+
+    def kill(self) -> None:
+        """Kill the worker and every process it started; the lane is done."""
+        self.broken = True
+        import psutil
+
+        victims: list[Any] = []
+        for pid in self.pids():
+            try:
+                process = psutil.Process(pid)
+                victims.extend(process.children(recursive=True))
+                victims.append(process)
+            except psutil.Error:
+                continue
+        for victim in victims:
+            with contextlib.suppress(psutil.Error):
+                victim.kill()
+        psutil.wait_procs(victims, timeout=2.0)
+        self.close()
+
+    def close(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self.executor.shutdown(wait=False, kill_workers=True)
+        with contextlib.suppress(Exception):
+            self.flag.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.flag_path)
+
+
+class LanePool:
+    """The process's lanes, shared by every process-mode run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: collections.deque[Lane] = collections.deque()
+        self._all: set[Lane] = set()
+        self._numbers = 0
+        self._waiters: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+        self._reaper: threading.Thread | None = None
+        self._reaper_stop = threading.Event()
+        self.clock_now: Any = None
+
+    def acquire(self, backend: ProcessBackend, now: float) -> Lane | None:
+        """An idle ready lane, or None (a new lane is then being started for ``backend``)."""
+        with self._lock:
+            while self._idle:
+                lane = self._idle.pop()  # most recently used: warm caches, lets old ones idle out
+                if not lane.broken:
+                    return lane
+            self._waiters.add(backend)
+            self._numbers += 1
+            number = self._numbers
+        self._start_lane(number)
+        return None
+
+    def _start_lane(self, number: int) -> None:
+        lane = Lane(self, number)
+        with self._lock:
+            self._all.add(lane)
+            self._ensure_reaper()
+        future = lane.executor.submit(_worker.ping)
+        future.add_done_callback(lambda f: self._on_ping(lane, f))
+
+    def _on_ping(self, lane: Lane, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.discard(lane)
+            error = "cancelled" if future.cancelled() else repr(future.exception())
+            with self._lock:
+                waiters = list(self._waiters)
+            for backend in waiters:
+                backend.lane_failed(error)
+            return
+        lane.ready = True
+        self.release(lane)
+
+    def release(self, lane: Lane) -> None:
+        """Give a lane back; a run waiting for one gets it first."""
+        if lane.broken:
+            self.discard(lane)
+            return
+        while True:
+            with self._lock:
+                waiters = list(self._waiters)
+            for backend in waiters:
+                if backend.offer(lane):
+                    return
+            with self._lock:
+                if set(self._waiters) == set(waiters):
+                    lane.idle_since = _now()
+                    self._idle.append(lane)
+                    return
+
+    def discard(self, lane: Lane) -> None:
+        with self._lock:
+            self._all.discard(lane)
+            with contextlib.suppress(ValueError):
+                self._idle.remove(lane)
+        lane.close()
+
+    def forget(self, backend: ProcessBackend) -> None:
+        with self._lock:
+            self._waiters.discard(backend)
+
+    def want(self, backend: ProcessBackend) -> None:
+        with self._lock:
+            self._waiters.add(backend)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper_stop.clear()
+            self._reaper = threading.Thread(target=self._reap, name="flowpool-lane-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(min(IDLE_TIMEOUT / 4, 30.0)):
+            cutoff = _now() - IDLE_TIMEOUT
+            with self._lock:
+                old = [lane for lane in self._idle if lane.idle_since < cutoff]
+                for lane in old:
+                    self._idle.remove(lane)
+                    self._all.discard(lane)
+                if not self._all:
+                    self._reaper = None
+                    return
+            for lane in old:
+                lane.close()
+
+    def shutdown(self) -> None:
+        """Kill every lane of this process (idle or busy)."""
+        with self._lock:
+            lanes = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+            self._reaper_stop.set()
+        for lane in lanes:
+            lane.kill()
+
+    def size(self) -> int:
+        """How many lanes are alive."""
+        with self._lock:
+            return len(self._all)
+
+
+def _now() -> float:
+    from .._clock import SYSTEM_CLOCK
+
+    return SYSTEM_CLOCK.now()
+
+
+_POOL = LanePool()
+
+
+def shutdown_workers() -> None:
+    """Kill flowpool's worker processes now (they would close after being idle anyway)."""
+    _POOL.shutdown()
+
+
+# Register before loky registers its own exit hook, which joins workers that still run a
+# task: ours kills them first, so a hung step never delays interpreter exit.
+threading._register_atexit(shutdown_workers)  # type: ignore[attr-defined]
+
+
+class ProcessBackend:
+    """A run's view of the lanes: at most ``max_workers`` attempts in flight."""
+
+    kind = "process"
+    kills = True
+    in_process = False
+    start_is_submission = False
+
+    def __init__(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._lock = threading.RLock()
+        self._waiting: collections.deque[Attempt] = collections.deque()
+        self._lanes: dict[Attempt, Lane] = {}
+        self._starting = 0  # lanes being started on our behalf
+        self._closed = False
+
+    def submit(self, attempt: Attempt) -> None:
+        import cloudpickle
+
+        ctx = attempt.ctx
+        scope_holder = ctx._scope
+        try:
+            ctx._scope = None
+            worker_ctx = _worker_context(ctx)
+            attempt.handle = cloudpickle.dumps((attempt.fn, worker_ctx, attempt.args))
+        except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
+            attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
+            return
+        finally:
+            ctx._scope = scope_holder
+        with self._lock:
+            self._waiting.append(attempt)
+        self._pump()
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed or not self._waiting:
+                    _POOL.forget(self)
+                    return
+                if len(self._lanes) + self._starting >= self._max_workers:
+                    return
+                if self._starting >= len(self._waiting):
+                    return  # enough lanes are already starting for what waits
+                lane = _POOL.acquire(self, 0.0)
+                if lane is None:
+                    self._starting += 1
+                    continue
+                attempt = self._waiting.popleft()
+                self._start(attempt, lane)
+
+    def offer(self, lane: Lane) -> bool:
+        """A lane became free: take it if we have work waiting."""
+        with self._lock:
+            if self._closed or not self._waiting:
+                if self._starting:
+                    self._starting -= 1
+                return False
+            if self._starting:
+                self._starting -= 1
+            elif len(self._lanes) >= self._max_workers:
+                return False
+            attempt = self._waiting.popleft()
+            self._start(attempt, lane)
+        self._pump()
+        return True
+
+    def lane_failed(self, detail: str) -> None:
+        """A lane started for us never came up: fail one waiting attempt instead of hanging."""
+        with self._lock:
+            if self._starting:
+                self._starting -= 1
+            attempt = self._waiting.popleft() if self._waiting else None
+        if attempt is not None and attempt.try_claim():
+            attempt.fail_unstarted(
+                WorkerCrashedError(attempt.step, attempt.number, f"a worker process could not start: {detail}")
+            )
+
+    def _start(self, attempt: Attempt, lane: Lane) -> None:
+        # Called with the lock held.
+        if not attempt.try_claim():
+            _POOL.release(lane)  # withdrawn meanwhile
+            return
+        token = lane.next_token()
+        self._lanes[attempt] = lane
+        payload = attempt.handle
+        attempt.handle = (lane, token)
+        try:
+            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token)
+        except Exception as error:  # noqa: BLE001 - a broken lane: the attempt is lost, never started
+            self._lanes.pop(attempt, None)
+            lane.broken = True
+            _POOL.discard(lane)
+            attempt.fail_unstarted(WorkerCrashedError(attempt.step, attempt.number, f"{error}"))
+            return
+        attempt.started_at = attempt.clock.now()
+        if attempt.notify_start:
+            attempt.inbox.put((STARTED, attempt))
+        if attempt.cancel_reason is not None:
+            _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
+        future.add_done_callback(lambda f: self._finished(attempt, lane, f))
+
+    def _finished(self, attempt: Attempt, lane: Lane, future: Any) -> None:
+        with self._lock:
+            self._lanes.pop(attempt, None)
+        error = None if future.cancelled() else future.exception()
+        if error is None and not future.cancelled():
+            ok, value, failure = _worker.decode(future.result(), attempt.step)
+            attempt.ok, attempt.value, attempt.error = ok, value, failure
+            lane_ok = True
+        else:
+            lane_ok = False
+            attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
+        attempt.finished_at = attempt.clock.now()
+        attempt.inbox.put((DONE, attempt))
+        if lane_ok and not lane.broken:
+            _POOL.release(lane)
+        else:
+            lane.broken = True
+            _POOL.discard(lane)
+        self._pump()
+
+    def cancel(self, attempt: Attempt) -> None:
+        """Tell a running attempt (through its lane's flag) that it should stop."""
+        handle = attempt.handle
+        if isinstance(handle, tuple) and attempt.cancel_reason is not None:
+            lane, token = handle
+            if not lane.broken:
+                with contextlib.suppress(ValueError):
+                    _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
+
+    def withdraw(self, attempt: Attempt) -> bool:
+        with self._lock:
+            try:
+                self._waiting.remove(attempt)
+            except ValueError:
+                return False
+        attempt.try_claim()
+        return True
+
+    def stop(self, attempt: Attempt) -> None:
+        if self.withdraw(attempt):
+            return
+        with self._lock:
+            lane = self._lanes.pop(attempt, None)
+        if lane is not None:
+            lane.kill()
+            _POOL.discard(lane)
+            self._pump()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            running = list(self._lanes.items())
+        _POOL.forget(self)
+        for attempt in waiting:
+            attempt.try_claim()
+        for attempt, lane in running:
+            if attempt.settled:  # the loop gave up on it: do not leave it running
+                lane.kill()
+                _POOL.discard(lane)
+
+
+def _crash_detail(error: BaseException | None) -> str:
+    text = str(error or "")
+    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", text)
+    if codes:
+        return f"exit status {codes.group(1)}"
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _worker_context(ctx: Any) -> Any:
+    from .._context import Context
+
+    return Context(
+        input=ctx.input,
+        flow=ctx.flow,
+        run_id=ctx.run_id,
+        step=ctx.step,
+        attempt=ctx.attempt,
+        results=dict(ctx.results),
+    )
