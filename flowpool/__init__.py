@@ -22,6 +22,7 @@ from ._errors import (
     WorkerCrashedError,
 )
 from ._events import EVENT_KINDS, Event
+from ._executors import shutdown_workers
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -59,5 +60,6 @@ __all__ = [
     "StepTimeoutError",
     "UnpicklableResultError",
     "WorkerCrashedError",
+    "shutdown_workers",
     "__version__",
 ]

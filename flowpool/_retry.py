@@ -29,7 +29,8 @@ def default_retrying(retries: int) -> Any:
 
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_JITTER),
+        wait=tenacity.wait_exponential(multiplier=BACKOFF_INITIAL, max=BACKOFF_MAX)
+        + tenacity.wait_random(0, BACKOFF_JITTER),
         retry=tenacity.retry_if_exception(lambda error: not isinstance(error, StepCancelledError)),
         reraise=True,
     )

@@ -9,7 +9,7 @@ from typing import Any
 from .._errors import FlowDefinitionError
 from ._base import Backend
 
-__all__ = ["Backend", "default_workers", "describe_executor", "open_backend"]
+__all__ = ["Backend", "default_workers", "describe_executor", "open_backend", "shutdown_workers"]
 
 
 def default_workers(kind: str) -> int:
@@ -62,3 +62,17 @@ def open_backend(executor: Any, max_workers: int | None) -> Backend:
     from ._futures import ExecutorBackend
 
     return ExecutorBackend(executor)
+
+
+def shutdown_workers() -> None:
+    """Close flowpool's worker processes now: idle ones cleanly, busy ones by a kill.
+
+    Workers are otherwise kept for later runs and closed after being idle for
+    five minutes, and always at interpreter exit. Safe to call at any time; the
+    next process-mode run starts new workers.
+    """
+    import sys
+
+    process = sys.modules.get("flowpool._executors._process")
+    if process is not None:
+        process.shutdown_workers()

@@ -103,12 +103,14 @@ class Lane:
             with contextlib.suppress(psutil.Error):
                 victim.kill()
         psutil.wait_procs(victims, timeout=2.0)
-        self.close()
+        # Waiting lets loky's manager thread see the dead worker and release its
+        # semaphores; without it they are reported leaked at exit. It takes milliseconds.
+        self.close(wait=True)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         self.broken = True
         with contextlib.suppress(Exception):
-            self.executor.shutdown(wait=False, kill_workers=True)
+            self.executor.shutdown(wait=wait, kill_workers=not wait)
         with contextlib.suppress(Exception):
             self.flag.close()
         with contextlib.suppress(OSError):
@@ -214,14 +216,18 @@ class LanePool:
                 lane.close()
 
     def shutdown(self) -> None:
-        """Kill every lane of this process (idle or busy)."""
+        """Close every lane of this process: idle ones cleanly, busy ones by a kill."""
         with self._lock:
+            idle = set(self._idle)
             lanes = list(self._all)
             self._all.clear()
             self._idle.clear()
             self._reaper_stop.set()
         for lane in lanes:
-            lane.kill()
+            if lane in idle and lane.ready:
+                lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
+            else:
+                lane.kill()
 
     def size(self) -> int:
         """How many lanes are alive."""

@@ -1,0 +1,137 @@
+"""Dask: a real scheduler and two workers on 127.0.0.1, started and stopped by the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from faults import steps  # noqa: E402
+
+from flowpool import Flow, Step, StepStatus, StepTimeoutError, UnpicklableResultError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+TESTS = str(Path(__file__).parent)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [
+        subprocess.Popen(
+            [*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    address = f"127.0.0.1:{port}"
+    try:
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        f"tcp://{address}",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--no-nanny",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with distributed.Client(f"tcp://{address}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def client(scheduler: str) -> Iterator[object]:
+    with distributed.Client(f"tcp://{scheduler}", timeout=30) as client:
+        yield client
+
+
+def test_a_flow_runs_on_a_dask_scheduler_address(scheduler: str) -> None:
+    flow = Flow("dask").step("first", lambda ctx: 41).step("second", lambda ctx: ctx.results["first"] + 1)
+    result = flow.run(executor=f"dask://{scheduler}")
+    assert result.ok
+    assert result.values["second"] == 42
+
+
+def test_retries_really_run_again(client: object) -> None:
+    def flaky(ctx):  # type: ignore[no-untyped-def]
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt}")
+        return ctx.attempt
+
+    result = Flow("retry").step("flaky", flaky, retries=3).run(executor=client)
+    assert result.ok
+    assert result.steps["flaky"].attempts == 3
+    assert result.values["flaky"] == 3
+
+
+def test_identical_steps_are_not_cached(client: object) -> None:
+    calls = Flow("pure").parallel("g", [Step(f"s{i}", steps.quick) for i in range(4)]).run(executor=client)
+    assert calls.ok
+    assert len(calls.values) == 4
+
+
+def test_timeouts_are_soft_and_siblings_finish(client: object) -> None:
+    flow = Flow("soft").parallel("g", [Step("slow", steps.slow_ok, timeout=0.05), Step("quick", steps.quick)])
+    result = flow.run(executor=client)
+    assert result.steps["slow"].status is StepStatus.TIMED_OUT
+    assert isinstance(result.steps["slow"].error, StepTimeoutError)
+    assert result.steps["quick"].ok
+
+
+def test_errors_and_unpicklable_values_come_back(client: object) -> None:
+    flow = Flow("errors").parallel(
+        "g", [Step("fail", steps.fail), Step("lock", steps.lock_value), Step("quick", steps.quick)]
+    )
+    result = flow.run(executor=client)
+    assert isinstance(result.steps["fail"].error, ValueError)
+    assert isinstance(result.steps["lock"].error, UnpicklableResultError)
+    assert result.steps["quick"].ok
+
+
+def test_compensations_run_on_dask(client: object, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    flow = Flow("saga").step("do", steps.quick, compensate=steps.record_compensation).step("fail", steps.fail)
+    result = flow.run({"log": str(log)}, executor=client)
+    assert result.compensated == ("do",)
+    assert log.read_text().startswith("do:")
+
+
+def test_flowpool_does_not_close_a_users_client(client: object) -> None:
+    Flow("keep").step("one", steps.quick).run(executor=client)
+    assert client.status == "running"  # type: ignore[attr-defined]

@@ -1,0 +1,202 @@
+"""Process mode: hard timeouts, crash isolation, envelopes — the fault matrix.
+
+Every case checks that each step has a final status and that no process is
+left behind (lane workers kept for reuse excepted).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults import steps
+from processes import pid_alive, stray_children, wait_for_file, wait_until_gone
+
+from flowpool import (
+    Flow,
+    FlowpoolError,
+    RemoteError,
+    Step,
+    StepStatus,
+    StepTimeoutError,
+    UnpicklableResultError,
+    WorkerCrashedError,
+    shutdown_workers,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+FINAL = {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED, StepStatus.SKIPPED}
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes() -> Iterator[None]:
+    yield
+    leftovers = stray_children()
+    alive = wait_until_gone([p.pid for p in leftovers], within=5.0)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def assert_final(result) -> None:  # type: ignore[no-untyped-def]
+    for step in result.steps.values():
+        assert step.status in FINAL
+
+
+def test_hung_step_is_killed_at_its_timeout_and_siblings_finish_undisturbed(tmp_path: Path) -> None:
+    flow = Flow("hang").parallel(
+        "g",
+        [
+            Step("hang", steps.write_pid_and_wait, timeout=0.5),
+            Step("slow", steps.slow_ok),
+            Step("quick", steps.quick),
+        ],
+    )
+    # write_pid_and_wait checks ctx.cancelled, so use the uncooperative hang for the kill.
+    flow = Flow("hang").parallel(
+        "g", [Step("hang", steps.hang, timeout=0.5), Step("slow", steps.slow_ok), Step("quick", steps.quick)]
+    )
+    result = flow.run(executor="process", max_workers=3)
+    assert_final(result)
+    assert result.steps["hang"].status is StepStatus.TIMED_OUT
+    assert isinstance(result.steps["hang"].error, StepTimeoutError)
+    assert result.steps["slow"].value == "fine"
+    assert result.steps["slow"].attempts == 1
+    assert result.steps["quick"].ok
+
+
+def test_timeout_kills_a_subprocess_the_step_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    flow = Flow("sub").step("spawn", steps.subprocess_hangs, timeout=2.0)
+    result = flow.run({"pid_file": str(pid_file)}, executor="process")
+    assert result.steps["spawn"].status is StepStatus.TIMED_OUT
+    child = int(wait_for_file(pid_file))
+    assert not wait_until_gone([child], within=5.0)
+
+
+@pytest.mark.parametrize("fn", [steps.exit_hard, steps.segfault], ids=["os._exit", "SIGSEGV"])
+def test_a_crashing_worker_fails_only_its_step(fn) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow("crash").parallel("g", [Step("crash", fn), Step("slow", steps.slow_ok), Step("quick", steps.quick)])
+    result = flow.run(executor="process", max_workers=3)
+    assert_final(result)
+    crash = result.steps["crash"]
+    assert crash.status is StepStatus.FAILED
+    assert isinstance(crash.error, WorkerCrashedError)
+    assert result.steps["slow"].ok and result.steps["slow"].attempts == 1
+    assert result.steps["quick"].ok and result.steps["quick"].attempts == 1
+
+
+def test_a_worker_crash_is_retryable(tmp_path: Path) -> None:
+    flow = Flow("retry-crash").step("crash", steps.crash_then_succeed, retries=1)
+    result = flow.run({"marker": str(tmp_path / "marker")}, executor="process")
+    assert result.ok
+    assert result.steps["crash"].attempts == 2
+    assert result.values["crash"] == 2
+
+
+def test_an_external_sigkill_of_a_worker_fails_only_its_step(tmp_path: Path) -> None:
+    pid_file = tmp_path / "worker.pid"
+    flow = Flow("sigkill").parallel("g", [Step("victim", steps.write_pid_and_wait), Step("slow", steps.slow_ok)])
+    killer_error: list[BaseException] = []
+
+    def kill_victim() -> None:
+        try:
+            os.kill(int(wait_for_file(pid_file)), signal.SIGKILL)
+        except BaseException as error:
+            killer_error.append(error)
+
+    killer = threading.Thread(target=kill_victim)
+    killer.start()
+    try:
+        result = flow.run({"pid_file": str(pid_file)}, executor="process", max_workers=2)
+    finally:
+        killer.join(timeout=30)
+    assert not killer_error
+    assert isinstance(result.steps["victim"].error, WorkerCrashedError)
+    assert result.steps["slow"].ok and result.steps["slow"].attempts == 1
+
+
+def test_an_unpicklable_value_fails_only_its_step() -> None:
+    flow = Flow("value").parallel("g", [Step("lock", steps.lock_value), Step("quick", steps.quick)])
+    result = flow.run(executor="process")
+    error = result.steps["lock"].error
+    assert isinstance(error, UnpicklableResultError)
+    assert isinstance(error, FlowpoolError)
+    assert "pickle" in str(error)
+    assert result.steps["quick"].ok
+
+
+@pytest.mark.parametrize(
+    ("fn", "type_name"),
+    [(steps.raise_unpicklable, "LockError"), (steps.raise_two_arg, "TwoArgError")],
+    ids=["unpicklable", "two-arg-init"],
+)
+def test_an_exception_that_cannot_travel_keeps_its_type_message_and_traceback(fn, type_name) -> None:  # type: ignore[no-untyped-def]
+    flow = Flow("exc").parallel("g", [Step("raise", fn), Step("slow", steps.slow_ok)])
+    result = flow.run(executor="process", max_workers=2)
+    error = result.steps["raise"].error
+    assert isinstance(error, RemoteError)
+    assert isinstance(error, FlowpoolError)
+    assert error.type_name.endswith(type_name)
+    assert "Traceback" in error.remote_traceback
+    assert error.__cause__ is not None and type_name in str(error.__cause__)
+    assert result.steps["slow"].ok and result.steps["slow"].attempts == 1
+
+
+def test_an_exception_that_travels_comes_back_with_its_remote_traceback() -> None:
+    result = Flow("exc").step("fail", steps.fail).run(executor="process")
+    error = result.steps["fail"].error
+    assert isinstance(error, ValueError) and str(error) == "boom"
+    assert "Traceback" in str(error.__cause__)
+
+
+def test_a_100_mb_value_comes_back() -> None:
+    result = Flow("big").step("big", steps.big_value).run(executor="process")
+    assert result.ok
+    assert len(result.values["big"]) == 100_000_000
+
+
+def test_lambdas_and_closures_work() -> None:
+    base = 40
+    result = Flow("closure").step("add", lambda ctx: base + 2).run(executor="process")
+    assert result.values["add"] == 42
+
+
+def test_ctx_cancelled_reaches_a_worker_when_its_group_fails_fast() -> None:
+    flow = Flow("ff").parallel("g", [Step("waits", steps.wait_cancelled), Step("fails", steps.fail)], fail_fast=True)
+    result = flow.run(executor="process", max_workers=2)
+    assert result.steps["fails"].status is StepStatus.FAILED
+    assert result.steps["waits"].status is StepStatus.CANCELLED
+    assert "failed fast" in str(result.steps["waits"].error)
+
+
+def test_workers_are_reused_across_runs() -> None:
+    flow = Flow("reuse").step("pid", steps.quick)
+    first = flow.run(executor="process").values["pid"]
+    second = flow.run(executor="process").values["pid"]
+    assert first == second
+
+
+def test_process_step_inside_a_thread_run_and_its_compensation_runs_there(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    flow = (
+        Flow("mixed")
+        .step("proc", steps.quick, executor="process", compensate=steps.record_compensation)
+        .step("fail", steps.fail)
+    )
+    result = flow.run({"log": str(log)})
+    assert result.compensated == ("proc",)
+    step, pid = log.read_text().strip().split(":")
+    assert step == "proc"
+    assert int(pid) != os.getpid()
+
+
+def test_shutdown_workers_kills_the_lanes() -> None:
+    Flow("pids").step("pid", steps.quick).run(executor="process")
+    pid = Flow("pids").step("pid", steps.quick).run(executor="process").values["pid"]
+    assert pid_alive(pid)
+    shutdown_workers()
+    assert not wait_until_gone([pid], within=5.0)
