@@ -31,7 +31,7 @@ import signal
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +202,7 @@ class _Run:
         self.sequence = itertools.count()
         self.backends: dict[str, Backend] = {}
         self.values: dict[str, Any] = {}
-        self.values_view = MappingProxyType(self.values)
+        self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
         self.completed_with_compensation: list[_StepRun] = []
@@ -339,16 +339,23 @@ class _Run:
         self.settle_verdict(st)
 
     def settle_verdict(self, st: _StageRun) -> None:
+        added = False
         for sr in st.members:
             record = sr.record
             assert record is not None
             if record.status is StepStatus.COMPLETED:
                 self.values[sr.step.name] = record.value
+                added = True
+        if added:
+            # A fresh snapshot per stage: an abandoned attempt that still holds an older
+            # view never sees the values of its siblings or of later stages.
+            self.values_view = MappingProxyType(dict(self.values))
         if st.group is None:
             record = st.members[0].record
             assert record is not None
             if record.status is not StepStatus.COMPLETED:
                 self.fail(st.name, self.stop_error() or record.error or StepCancelledError(st.name, "not completed"))
+            self.fail_if_stopping(st)
             return
         group = st.group
         statuses = [sr.record.status for sr in st.members if sr.record is not None]
@@ -362,6 +369,14 @@ class _Run:
         self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
         if verdict is GroupStatus.FAILED:
             self.fail(group.name, self.stop_error() or self.group_error(group, st))
+        self.fail_if_stopping(st)
+
+    def fail_if_stopping(self, st: _StageRun) -> None:
+        # A run that was stopped (timeout, Ctrl-C) fails at the stage it was in, whatever
+        # that stage's own verdict.
+        error = self.stop_error()
+        if error is not None:
+            self.fail(st.name, error)
 
     def group_error(self, group: Group, st: _StageRun) -> BaseException:
         errors: list[Exception] = []
@@ -403,19 +418,20 @@ class _Run:
         step = sr.step
         number = sr.attempts + 1
         sr.attempts = number
-        if sr.driver is not None:
-            sr.driver.next_attempt()
+        sr.state = _RUNNING
         backend = sr.backend
         check_capacity = getattr(backend, "check_capacity", None)
-        if check_capacity is not None:
-            try:
+        try:
+            if sr.driver is not None:
+                sr.driver.next_attempt()  # runs the user's tenacity ``before`` hook
+            if check_capacity is not None:
                 check_capacity(step.name)
-            except Exception as error:  # noqa: BLE001 - reported as this step's failure
-                sr.attempts -= 1
-                st = self.stage
-                assert st is not None
-                self.finalize(st, sr, StepStatus.FAILED, None, error)
-                return
+        except Exception as error:  # noqa: BLE001 - reported as this step's failure
+            sr.attempts -= 1
+            st = self.stage
+            assert st is not None
+            self.finalize(st, sr, StepStatus.FAILED, None, error)
+            return
         ctx = Context(
             input=self.input,
             flow=self.name,

@@ -1,0 +1,134 @@
+"""Property tests over random flows (SPEC §§2, 5, 6), in thread mode with a virtual clock.
+
+Each example is a random flow of 1-5 stages (single steps, or groups of 1-6 members
+under every failure policy) whose steps succeed or raise by a script keyed on
+``ctx.attempt``, with retries, compensations that succeed or raise, and per-attempt
+timeouts that are never reached. ``tests/_randomflows.py`` builds the flow and holds
+the oracle and the checks; the properties checked are listed in ``check_result``:
+
+- every step appears in ``result.steps`` in declaration order with a final status,
+  every group in ``result.groups``, with its members in order;
+- group verdicts follow the SPEC rules applied to the members' final statuses, and
+  (where fail fast does not race) member statuses and attempts match the script;
+- after a failing stage every later stage is SKIPPED and none of its functions ran;
+- compensations ran exactly for the COMPLETED steps that have one, one at a time, in
+  reverse declaration order, each ``compensation`` field and ``compensated`` /
+  ``not_compensated`` set accordingly; none when the flow completed;
+- attempts never exceed 1 + retries and equal the recorded calls;
+- flow status, ``ok`` and ``failed_stage`` follow the stages' verdicts;
+- fail fast one at a time: members after the first failing one are CANCELLED, unrun.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from _randomflows import (
+    DrawChooser,
+    FlowSpec,
+    StageSpec,
+    StepSpec,
+    build_flow,
+    check_result,
+    random_flow_spec,
+    random_step_spec,
+)
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
+from hypothesis import strategies as st
+
+from flowpool import FlowResult, FlowStatus, GroupStatus, StepStatus
+from flowpool.testing import AutoJumpClock
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@st.composite
+def flow_specs(draw: Any, **options: Any) -> FlowSpec:
+    return random_flow_spec(DrawChooser(draw), **options)
+
+
+def run_and_check(spec: FlowSpec, max_workers: int | None = None) -> FlowResult:
+    built = build_flow(spec)
+    result = built.flow.run({"spec": spec.name}, max_workers=max_workers, clock=AutoJumpClock())
+    problems = check_result(spec, result, built.log.snapshot())
+    assert not problems, "\n".join(problems)
+    if currently_in_test_context():  # statistics for --hypothesis-show-statistics
+        event(f"flow {result.status}")
+        if result.compensated or result.not_compensated:
+            event("compensations ran" + (" (some failed)" if result.not_compensated else ""))
+        if any(r.status is StepStatus.CANCELLED for r in result.steps.values()):
+            event("fail fast cancelled a member")
+    return result
+
+
+# Justified suppressions: a flow is built from many small draws, so the data-size check
+# trips on the bigger ones (about 6% of examples overrun and are discarded), and every
+# example really runs a flow on threads, where each backoff costs the virtual clock's
+# 20 ms of real quiet before it jumps, so generation looks "slow" to hypothesis.
+_SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=_SLOW_DATA)
+@given(spec=flow_specs(), max_workers=st.sampled_from((None, 1, 2, 3)))
+def test_random_flows_follow_the_spec(spec: FlowSpec, max_workers: int | None) -> None:
+    # A small pool leaves members queued in it, so fail fast also withdraws queued work.
+    run_and_check(spec, max_workers)
+
+
+@st.composite
+def sequential_fail_fast_specs(draw: Any) -> FlowSpec:
+    """A random flow with one fail-fast group run one member at a time, with at least
+    one member whose script fails every attempt."""
+    base = draw(flow_specs(max_stages=3, max_members=4))
+    chooser = DrawChooser(draw)
+    count = chooser.integer(2, 6)
+    members = [random_step_spec(chooser, f"ff{i}") for i in range(count)]
+    doomed = chooser.integer(0, count - 1)
+    m = members[doomed]
+    members[doomed] = StepSpec(m.name, (False,) * (1 + m.retries), m.retries, m.timeout, m.compensate, m.required)
+    group = StageSpec("ff", tuple(members), group=True, fail_fast=True, max_concurrency=1)
+    at = chooser.integer(0, len(base.stages))
+    return FlowSpec(base.name, (*base.stages[:at], group, *base.stages[at:]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=_SLOW_DATA)
+@given(spec=sequential_fail_fast_specs())
+def test_fail_fast_one_at_a_time_cancels_the_rest(spec: FlowSpec) -> None:
+    result = run_and_check(spec)
+    group = next(s for s in spec.stages if s.name == "ff")
+    if result.groups["ff"].status is GroupStatus.SKIPPED:
+        return  # an earlier stage failed
+    assert result.groups["ff"].status is GroupStatus.FAILED
+    assert result.status is FlowStatus.FAILED
+    statuses = [result.steps[m.name].status for m in group.members]
+    first = next(i for i, s in enumerate(statuses) if s is not StepStatus.COMPLETED)
+    assert statuses[first] is StepStatus.FAILED
+    for m in group.members[first + 1 :]:
+        r = result.steps[m.name]
+        assert r.status is StepStatus.CANCELLED, (m.name, r.status)
+        assert r.attempts == 0, (m.name, r.attempts)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_seeded_random_flows(seed: int) -> None:
+    # The path a soak script takes: a plain random.Random, no hypothesis.
+    run_and_check(random_flow_spec(random.Random(seed)))
+
+
+def test_the_checks_are_not_vacuous() -> None:
+    # A result checked against a different script must be flagged.
+    spec = FlowSpec(
+        "check",
+        (
+            StageSpec("a", (StepSpec("a", (True,)),)),
+            StageSpec("b", (StepSpec("b", (False,)),)),
+        ),
+    )
+    built = build_flow(spec)
+    result = built.flow.run(clock=AutoJumpClock())
+    assert not check_result(spec, result, built.log.snapshot())
+    other = FlowSpec("check", (spec.stages[0], StageSpec("b", (StepSpec("b", (True,)),))))
+    assert check_result(other, result, built.log.snapshot())
+    assert check_result(spec, result, [*built.log.snapshot(), ("step", "a", 2, frozenset())])
