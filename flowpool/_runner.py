@@ -242,6 +242,9 @@ class _Run:
     def execute(self) -> FlowResult:
         clock = self.clock
         self.started_at = clock.now()
+        # Open the run's own backend first: a cluster that cannot be reached fails the
+        # call before any event is sent.
+        self.backends["run"] = open_backend(self.executor, self.max_workers)
         restore = self.install_interrupt_handler()
         try:
             self.events.emit("flow_started", self.started_at)
@@ -572,7 +575,10 @@ class _Run:
                 delay=decision.delay,
             )
             sr.state = _BACKOFF
-            self.push_timer(now + decision.delay, _WAKE, sr)
+            # From the attempt's end, so time spent deciding (tenacity's first import) is
+            # not added to the backoff.
+            finished = attempt.finished_at if attempt.finished_at is not None else now
+            self.push_timer(finished + decision.delay, _WAKE, sr)
         elif decision.ok:
             self.finalize(st, sr, StepStatus.COMPLETED, decision.value, None)
         else:

@@ -1,0 +1,202 @@
+"""A flow's plan as text, Mermaid or Graphviz dot, without running it.
+
+``flowpool show`` prints what a run would do: the stages in order, each
+group's failure policy, every step's retries, timeouts and compensation, and
+the order compensations would run in if the flow failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flowpool import Flow, Group, Step
+
+__all__ = ["PLAN_FORMATS", "render_plan"]
+
+PLAN_FORMATS: tuple[str, ...] = ("text", "mermaid", "dot")
+
+
+def render_plan(flow: Flow, fmt: str = "text") -> str:
+    """Render ``flow``'s plan in ``fmt`` (``"text"``, ``"mermaid"`` or ``"dot"``).
+
+    Raises:
+        ValueError: ``fmt`` is not one of ``PLAN_FORMATS``.
+    """
+    renderers: dict[str, Callable[[Flow], str]] = {"text": _text, "mermaid": _mermaid, "dot": _dot}
+    try:
+        renderer = renderers[fmt]
+    except KeyError:
+        raise ValueError(f"unknown plan format {fmt!r}; use one of {', '.join(PLAN_FORMATS)}") from None
+    return renderer(flow)
+
+
+def _callable_name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def step_options(step: Step) -> list[str]:
+    """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
+    shown: list[str] = []
+    if step.retry is not None:
+        shown.append("custom tenacity retry policy")
+    elif step.retries:
+        shown.append(f"retries {step.retries}")
+    if step.timeout is not None:
+        shown.append(f"timeout {_seconds(step.timeout)}")
+    if step.compensate is not None:
+        undo = f"compensate {_callable_name(step.compensate)}"
+        if step.compensate_retries:
+            undo += f" (retries {step.compensate_retries})"
+        if step.compensate_timeout is not None:
+            undo += f" (timeout {_seconds(step.compensate_timeout)})"
+        shown.append(undo)
+    if step.required:
+        shown.append("required")
+    if step.executor is not None:
+        shown.append(f"on {step.executor}")
+    return shown
+
+
+def group_policy(group: Group) -> str:
+    """The group's failure policy in words, with its concurrency cap."""
+    if group.fail_fast:
+        policy = "fail fast: fails as soon as one member does not complete"
+    elif group.min_successes is not None:
+        policy = f"quorum: fails when fewer than {group.min_successes} of {len(group.members)} members complete"
+    else:
+        policy = "default: fails only when no member completes"
+    required = [m.name for m in group.members if m.required]
+    if required:
+        policy += f"; required: {', '.join(required)}"
+    if group.max_concurrency is not None:
+        policy += f"; at most {group.max_concurrency} at a time"
+    return policy
+
+
+def compensation_order(flow: Flow) -> list[str]:
+    """Steps with a compensation, in the order they would be undone (reverse declaration)."""
+    return [step.name for step in reversed(flow.steps()) if step.compensate is not None]
+
+
+# ── text ─────────────────────────────────────────────────────────────────────────
+
+
+def _step_line(step: Step) -> str:
+    options = step_options(step)
+    suffix = f"  [{', '.join(options)}]" if options else ""
+    return f"{step.name} ({_callable_name(step.fn)}){suffix}"
+
+
+def _text(flow: Flow) -> str:
+    lines = [f"flow {flow.name!r}: {len(flow.stages)} stage(s), {len(flow.steps())} step(s)"]
+    for number, stage in enumerate(flow.stages, start=1):
+        if isinstance(stage, Group):
+            lines.append(f"{number}. parallel group {stage.name} ({len(stage.members)} members)")
+            lines.append(f"     policy: {group_policy(stage)}")
+            for position, member in enumerate(stage.members):
+                branch = "`-" if position == len(stage.members) - 1 else "|-"
+                lines.append(f"   {branch} {_step_line(member)}")
+        else:
+            lines.append(f"{number}. step {_step_line(stage)}")
+    order = compensation_order(flow)
+    if order:
+        lines.append(f"if the flow fails, completed steps are compensated in this order: {', '.join(order)}")
+    else:
+        lines.append("no step has a compensation")
+    return "\n".join(lines) + "\n"
+
+
+# ── graphs ───────────────────────────────────────────────────────────────────────
+
+
+def _graph(flow: Flow) -> tuple[list[tuple[str, Step | Group, list[tuple[str, Step]]]], list[tuple[str, str]]]:
+    """Node ids per stage and the edges between stages.
+
+    A group fans out to its members and back in; two groups in a row meet at a
+    join point rather than with members x members edges.
+    """
+    stages: list[tuple[str, Step | Group, list[tuple[str, Step]]]] = []
+    counter = 0
+    for stage in flow.stages:
+        if isinstance(stage, Group):
+            members = []
+            for member in stage.members:
+                counter += 1
+                members.append((f"n{counter}", member))
+            counter += 1
+            stages.append((f"g{counter}", stage, members))
+        else:
+            counter += 1
+            stages.append((f"n{counter}", stage, [(f"n{counter}", stage)]))
+    edges: list[tuple[str, str]] = []
+    for (_, prev, prev_nodes), (next_id, nxt, next_nodes) in itertools.pairwise(stages):
+        if isinstance(prev, Group) and isinstance(nxt, Group):
+            join = f"j{next_id}"
+            edges.extend((node, join) for node, _ in prev_nodes)
+            edges.extend((join, node) for node, _ in next_nodes)
+        else:
+            edges.extend((a, b) for a, _ in prev_nodes for b, _ in next_nodes)
+    return stages, edges
+
+
+def _label(step: Step) -> str:
+    options = step_options(step)
+    return step.name if not options else step.name + "\n" + "\n".join(options)
+
+
+def _mermaid_text(text: str) -> str:
+    # Mermaid labels are quoted; quotes and angle brackets need entity codes.
+    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;").replace("\n", "<br/>")
+
+
+def _mermaid(flow: Flow) -> str:
+    stages, edges = _graph(flow)
+    lines = ["flowchart TD", f"  %% flow {flow.name}"]
+    for node_id, stage, members in stages:
+        if isinstance(stage, Group):
+            title = f"{stage.name} ({group_policy(stage)})"
+            lines.append(f'  subgraph {node_id}["{_mermaid_text(title)}"]')
+            for member_id, member in members:
+                lines.append(f'    {member_id}["{_mermaid_text(_label(member))}"]')
+            lines.append("  end")
+        else:
+            lines.append(f'  {node_id}["{_mermaid_text(_label(members[0][1]))}"]')
+    joins = sorted({b for _, b in edges if b.startswith("j")})
+    lines.extend(f'  {join}((" "))' for join in joins)
+    lines.extend(f"  {a} --> {b}" for a, b in edges)
+    return "\n".join(lines) + "\n"
+
+
+def _dot_text(text: str) -> str:
+    # A JSON string is a valid dot string, escapes included.
+    return json.dumps(text)
+
+
+def _dot(flow: Flow) -> str:
+    stages, edges = _graph(flow)
+    lines = [
+        f"digraph {_dot_text(flow.name)} {{",
+        "  rankdir=TB;",
+        "  node [shape=box, style=rounded];",
+    ]
+    for node_id, stage, members in stages:
+        if isinstance(stage, Group):
+            lines.append(f"  subgraph cluster_{node_id} {{")
+            lines.append(f"    label={_dot_text(f'{stage.name} ({group_policy(stage)})')};")
+            for member_id, member in members:
+                lines.append(f"    {member_id} [label={_dot_text(_label(member))}];")
+            lines.append("  }")
+        else:
+            lines.append(f"  {node_id} [label={_dot_text(_label(members[0][1]))}];")
+    joins = sorted({b for _, b in edges if b.startswith("j")})
+    lines.extend(f'  {join} [shape=point, label=""];' for join in joins)
+    lines.extend(f"  {a} -> {b};" for a, b in edges)
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,401 @@
+"""A self-contained HTML timeline drawn from a run's events.
+
+The page is one HTML file with inline SVG and inline CSS: no script, no
+network, no other file. It is built from event dictionaries (``Event.to_dict()``,
+one per line of ``--events``), so a live run and a saved log draw the same page::
+
+    events ──> runs by run_id ──> rows (groups, then their members) ──> SVG bars
+
+Each attempt is one bar from its ``started_at`` to its end event's ``time``;
+backoff waits are dashed lines between attempts; compensations are bars of
+their own on their step's row. Hovering shows details through SVG ``<title>``.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STATUS_COLOURS", "read_events", "render_timeline"]
+
+# Outcome → colour; chosen to stay apart for the common kinds of colour blindness.
+STATUS_COLOURS: dict[str, str] = {
+    "completed": "#2e9d4f",
+    "failed": "#d64541",
+    "timed_out": "#e8912d",
+    "cancelled": "#9aa0a6",
+    "compensated": "#7b5ea7",
+    "compensation_failed": "#6b1530",
+    "running": "#4a90d9",
+}
+_LEGEND = (
+    ("completed", "completed"),
+    ("failed", "failed"),
+    ("timed_out", "timed out"),
+    ("cancelled", "cancelled"),
+    ("compensated", "compensated"),
+    ("compensation_failed", "compensation failed"),
+)
+
+_LABEL_WIDTH = 240
+_PLOT_WIDTH = 860
+_RIGHT_PAD = 30
+_ROW = 26
+_BAR = 16
+_AXIS_TOP = 50
+_FIRST_ROW = 74
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``--events`` file: one JSON object a line (blank lines ignored).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a line is not a JSON object with a ``kind`` and a ``time``; the
+            message names the line.
+    """
+    events: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+                raise ValueError(f"{path}:{number}: not a flowpool event (a JSON object with a 'kind')")
+            if not isinstance(event.get("time"), int | float):
+                raise ValueError(f"{path}:{number}: the event has no numeric 'time'")
+            events.append(event)
+    return events
+
+
+# ── the model ────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class _Bar:
+    kind: str  # "attempt" or "compensation"
+    attempt: int
+    start: float | None = None
+    end: float | None = None
+    status: str = "running"
+    error: str | None = None
+    delay: float | None = None  # backoff planned after this attempt
+
+
+@dataclass
+class _Row:
+    step: str
+    group: str | None
+    status: str | None = None
+    attempts: dict[int, _Bar] = field(default_factory=dict)
+    compensations: dict[int, _Bar] = field(default_factory=dict)
+
+
+@dataclass
+class _GroupInfo:
+    name: str
+    status: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _RunModel:
+    run_id: str
+    flow: str = "?"
+    status: str | None = None
+    error: str | None = None
+    start: float | None = None
+    end: float | None = None
+    order: list[tuple[str, str]] = field(default_factory=list)  # ("step"|"group", name)
+    rows: dict[str, _Row] = field(default_factory=dict)
+    groups: dict[str, _GroupInfo] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+
+
+def _error_text(error: Any) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, Mapping):
+        kind = error.get("type") or "error"
+        message = error.get("message") or ""
+        text = f"{kind}: {message}" if message else str(kind)
+        nested = error.get("exceptions")
+        if isinstance(nested, list) and nested:
+            text += " [" + "; ".join(filter(None, (_error_text(e) for e in nested))) + "]"
+        return text
+    return str(error)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _model(events: Iterable[Mapping[str, Any]]) -> list[_RunModel]:
+    runs: dict[str, _RunModel] = {}
+    for event in events:
+        run_id = str(event.get("run_id") or "")
+        run = runs.get(run_id)
+        if run is None:
+            run = runs[run_id] = _RunModel(run_id)
+        kind = event.get("kind")
+        time = _number(event.get("time"))
+        if time is None:
+            continue
+        run.times.append(time)
+        run.flow = str(event.get("flow") or run.flow)
+        step = event.get("step")
+        group = event.get("group")
+        group = str(group) if group is not None else None
+        status = event.get("status")
+        status = str(status) if status is not None else None
+        attempt_value = event.get("attempt")
+        attempt = attempt_value if isinstance(attempt_value, int) and not isinstance(attempt_value, bool) else 1
+        started_at = _number(event.get("started_at"))
+        if kind == "flow_started":
+            run.start = time
+            continue
+        if kind == "flow_finished":
+            run.end = time
+            run.status = status
+            run.error = _error_text(event.get("error"))
+            continue
+        if kind == "group_finished":
+            if group is not None:
+                _group(run, group).status = status
+            continue
+        if not isinstance(step, str):
+            continue
+        row = _row(run, step, group)
+        if kind == "step_started":
+            bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
+            bar.start = time
+        elif kind in ("step_retrying", "step_finished"):
+            if kind == "step_finished":
+                row.status = status
+            if started_at is None and attempt not in row.attempts:
+                continue  # ended without running (skipped, or cancelled before it started)
+            bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
+            bar.start = started_at if started_at is not None else bar.start
+            bar.end = time
+            bar.status = status or "completed"
+            bar.error = _error_text(event.get("error"))
+            bar.delay = _number(event.get("delay"))
+        elif kind == "compensation_started":
+            bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
+            bar.start = time
+        elif kind == "compensation_finished":
+            bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
+            bar.start = started_at if started_at is not None else bar.start
+            bar.end = time
+            bar.status = "compensated" if status == "compensated" else "compensation_failed"
+            if status not in ("compensated", "failed"):
+                bar.error = f"compensation {status}"
+            else:
+                bar.error = _error_text(event.get("error"))
+    return [run for run in runs.values() if run.times]
+
+
+def _group(run: _RunModel, name: str) -> _GroupInfo:
+    info = run.groups.get(name)
+    if info is None:
+        info = run.groups[name] = _GroupInfo(name)
+        run.order.append(("group", name))
+    return info
+
+
+def _row(run: _RunModel, step: str, group: str | None) -> _Row:
+    row = run.rows.get(step)
+    if row is None:
+        row = run.rows[step] = _Row(step, group)
+        if group is None:
+            run.order.append(("step", step))
+        else:
+            _group(run, group).steps.append(step)
+    return row
+
+
+# ── drawing ──────────────────────────────────────────────────────────────────────
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.3f} s"
+
+
+def _tick_step(span: float) -> float:
+    raw = span / 8
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if raw <= factor * magnitude:
+            return factor * magnitude
+    return 10 * magnitude  # pragma: no cover - the loop always returns
+
+
+def _svg(run: _RunModel) -> str:
+    t0 = run.start if run.start is not None else min(run.times)
+    t1 = run.end if run.end is not None else max(run.times)
+    span = max(t1 - t0, 1e-3)
+    scale = _PLOT_WIDTH / span
+
+    def x(t: float) -> float:
+        return _LABEL_WIDTH + max(0.0, t - t0) * scale
+
+    rows: list[tuple[str, Any]] = []  # ("group", _GroupInfo) or ("step", _Row)
+    for kind, name in run.order:
+        if kind == "group":
+            info = run.groups[name]
+            rows.append(("group", info))
+            rows.extend(("step", run.rows[s]) for s in info.steps)
+        else:
+            rows.append(("step", run.rows[name]))
+    height = _FIRST_ROW + _ROW * max(len(rows), 1) + 10
+    width = _LABEL_WIDTH + _PLOT_WIDTH + _RIGHT_PAD
+    out = [
+        f'<svg class="timeline" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'aria-label="timeline of flow {_esc(run.flow)}">'
+    ]
+    # Legend.
+    lx = 10.0
+    for key, label in _LEGEND:
+        out.append(f'<rect x="{lx:.0f}" y="10" width="12" height="12" rx="2" fill="{STATUS_COLOURS[key]}"/>')
+        out.append(f'<text x="{lx + 16:.0f}" y="21" class="legend">{_esc(label)}</text>')
+        lx += 24 + 7.6 * len(label)
+    out.append(f'<line x1="{lx:.0f}" y1="16" x2="{lx + 22:.0f}" y2="16" class="backoff"/>')
+    out.append(f'<text x="{lx + 28:.0f}" y="21" class="legend">backoff before a retry</text>')
+    # Time axis with gridlines.
+    step = _tick_step(span)
+    bottom = height - 10
+    tick = 0.0
+    while tick <= span + 1e-12:
+        tx = _LABEL_WIDTH + tick * scale
+        out.append(f'<line x1="{tx:.1f}" y1="{_AXIS_TOP + 6}" x2="{tx:.1f}" y2="{bottom}" class="grid"/>')
+        label = f"{tick:.3g} s" if step >= 0.01 else f"{tick * 1000:.3g} ms"
+        out.append(f'<text x="{tx:.1f}" y="{_AXIS_TOP}" class="tick">{_esc(label)}</text>')
+        tick += step
+    # Rows.
+    for position, (kind, item) in enumerate(rows):
+        y = _FIRST_ROW + position * _ROW
+        if position % 2 == 0:
+            out.append(f'<rect x="0" y="{y}" width="{width}" height="{_ROW}" class="stripe"/>')
+        if kind == "group":
+            verdict = f" - {item.status}" if item.status else ""
+            out.append(
+                f'<text x="8" y="{y + 17}" class="group-label" data-group="{_esc(item.name)}">'
+                f"group {_esc(item.name)}{_esc(verdict)}</text>"
+            )
+            continue
+        row: _Row = item
+        indent = 24 if row.group is not None else 8
+        final = f" ({row.status})" if row.status and row.status != "completed" else ""
+        out.append(
+            f'<text x="{indent}" y="{y + 17}" class="step-label" data-step="{_esc(row.step)}">'
+            f"{_esc(row.step)}{_esc(final)}</text>"
+        )
+        bars = sorted(row.attempts.values(), key=lambda b: b.attempt)
+        for bar, following in itertools.zip_longest(bars, bars[1:]):
+            out.extend(_bar(row, bar, x, y, t1))
+            # The gap between an attempt and the next is the backoff wait.
+            if following is not None and bar.end is not None and following.start is not None:
+                planned = f"; planned {_fmt(bar.delay)}" if bar.delay is not None else ""
+                gap = max(0.0, following.start - bar.end)
+                out.append(
+                    f'<line x1="{x(bar.end):.1f}" y1="{y + _ROW / 2}" x2="{x(following.start):.1f}" '
+                    f'y2="{y + _ROW / 2}" class="backoff" data-step="{_esc(row.step)}">'
+                    f"<title>{_esc(f'{row.step}: backoff {_fmt(gap)} before attempt {following.attempt}{planned}')}"
+                    "</title></line>"
+                )
+        for bar in sorted(row.compensations.values(), key=lambda b: b.attempt):
+            out.extend(_bar(row, bar, x, y, t1))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _bar(row: _Row, bar: _Bar, x: Any, y: int, t1: float) -> list[str]:
+    start = bar.start if bar.start is not None else bar.end
+    if start is None:
+        return []
+    end = bar.end if bar.end is not None else t1
+    x0 = x(start)
+    wide = max(x(end) - x0, 2.0)  # an instant attempt still shows
+    duration = max(0.0, end - start)
+    what = "attempt" if bar.kind == "attempt" else "compensation attempt"
+    status = bar.status.replace("_", " ")
+    lines = [f"{row.step}: {what} {bar.attempt} - {status}", f"duration {_fmt(duration)}"]
+    if row.group is not None:
+        lines.insert(1, f"group {row.group}")
+    if bar.error:
+        lines.append(bar.error)
+    if bar.kind == "attempt" and bar.delay is not None:
+        lines.append(f"retry after {_fmt(bar.delay)}")
+    colour = STATUS_COLOURS.get(bar.status, STATUS_COLOURS["running"])
+    top = y + (_ROW - _BAR) / 2
+    return [
+        f'<rect class="bar {bar.kind}" data-step="{_esc(row.step)}" data-attempt="{bar.attempt}" '
+        f'data-status="{_esc(bar.status)}" x="{x0:.1f}" y="{top:.0f}" width="{wide:.1f}" height="{_BAR}" '
+        f'rx="3" fill="{colour}"><title>{_esc(chr(10).join(lines))}</title></rect>'
+    ]
+
+
+_CSS = """
+body { font: 14px system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #202124; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 28px 0 4px; }
+p.meta { margin: 0 0 8px; color: #5f6368; }
+svg.timeline { display: block; }
+svg text { font: 12px system-ui, sans-serif; fill: #202124; }
+svg text.tick { fill: #5f6368; text-anchor: middle; }
+svg text.group-label { font-weight: 600; }
+svg .stripe { fill: #f6f8fa; }
+svg .grid { stroke: #e1e4e8; stroke-width: 1; }
+svg .backoff { stroke: #5f6368; stroke-width: 2; stroke-dasharray: 4 3; }
+svg rect.bar.compensation { stroke: #202124; stroke-width: 1; }
+svg rect.bar:hover { stroke: #000; stroke-width: 2; }
+"""
+
+
+def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = None) -> str:
+    """Return one self-contained HTML page that draws every run found in ``events``.
+
+    Args:
+        events: event dictionaries as produced by ``Event.to_dict()``; several runs
+            (told apart by ``run_id``) are drawn one below the other.
+        title: the page title; by default named after the flows.
+    """
+    runs = _model(events)
+    flows = ", ".join(dict.fromkeys(run.flow for run in runs)) or "no runs"
+    page_title = title or f"flowpool timeline: {flows}"
+    body: list[str] = [f"<h1>{_esc(page_title)}</h1>"]
+    if not runs:
+        body.append('<p class="meta">The event log holds no events.</p>')
+    for run in runs:
+        start = run.start if run.start is not None else min(run.times)
+        end = run.end if run.end is not None else max(run.times)
+        status = run.status or "unfinished"
+        meta = f"run {run.run_id} - {status} in {_fmt(max(0.0, end - start))}"
+        if run.error:
+            meta += f" - {run.error}"
+        body.append(f'<h2 data-run="{_esc(run.run_id)}">flow {_esc(run.flow)}</h2>')
+        body.append(f'<p class="meta">{_esc(meta)}</p>')
+        body.append(_svg(run))
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_esc(page_title)}</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )

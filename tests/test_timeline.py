@@ -1,0 +1,218 @@
+"""The HTML timeline, drawn from events of real runs and from hand-written logs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowpool import Context, Flow, Step
+from flowpool._timeline import STATUS_COLOURS, read_events, render_timeline
+
+
+class _Elements(HTMLParser):
+    """Collects every element's tag and attributes, and the text of <title>s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.titles: list[str] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+        self._in_title = tag == "title"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.titles.append(data)
+
+
+def parse(page: str) -> _Elements:
+    parser = _Elements()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def bars(page: str, kind: str = "attempt") -> list[dict[str, str | None]]:
+    return [attrs for tag, attrs in parse(page).elements if tag == "rect" and attrs.get("class") == f"bar {kind}"]
+
+
+def record(flow: Flow, input: Any = None) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    flow.run(input, on_event=lambda event: events.append(event.to_dict()))
+    return events
+
+
+def _flaky(ctx: Context) -> int:
+    if ctx.attempt < 3:
+        raise ConnectionError(f"attempt {ctx.attempt} <failed> & was retried")
+    return ctx.attempt
+
+
+def _hang(ctx: Context) -> None:
+    gate = threading.Event()
+    for _ in range(500):  # bounded: at most ~10 s even if cancellation never came
+        ctx.raise_if_cancelled()
+        gate.wait(0.02)
+
+
+def _undo_badly(ctx: Context, value: Any) -> None:
+    raise OSError("cannot undo")
+
+
+def _boom(ctx: Context) -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.fixture(scope="module")
+def mixed_run() -> list[dict[str, Any]]:
+    """A run with retries, a timeout, a failure, skipped steps and compensations (one failing)."""
+    flow = (
+        Flow("mixed")
+        .step("reserve", lambda ctx: 1, compensate=lambda ctx, value: None)
+        .parallel(
+            "fetch",
+            [
+                Step("flaky", _flaky, retries=3, compensate=_undo_badly),
+                Step("slow", _hang, timeout=0.2),
+                Step("broken", _boom),
+            ],
+            min_successes=2,
+        )
+        .step("never", lambda ctx: None)
+    )
+    return record(flow)
+
+
+@pytest.mark.timeout(30)
+def test_one_bar_per_attempt_with_its_outcome(mixed_run: list[dict[str, Any]]) -> None:
+    page = render_timeline(mixed_run)
+    attempts = bars(page)
+    started = [e for e in mixed_run if e["kind"] == "step_started"]
+    assert len(attempts) == len(started) == 1 + 3 + 1 + 1
+    by_step = {(bar["data-step"], bar["data-attempt"]): bar["data-status"] for bar in attempts}
+    assert by_step == {
+        ("reserve", "1"): "completed",
+        ("flaky", "1"): "failed",
+        ("flaky", "2"): "failed",
+        ("flaky", "3"): "completed",
+        ("slow", "1"): "timed_out",
+        ("broken", "1"): "failed",
+    }
+    colours = {bar["data-status"]: bar["fill"] for bar in attempts}
+    assert colours["timed_out"] == STATUS_COLOURS["timed_out"]
+    assert colours["failed"] != colours["completed"]
+
+
+@pytest.mark.timeout(30)
+def test_compensations_and_backoff_are_visible(mixed_run: list[dict[str, Any]]) -> None:
+    page = render_timeline(mixed_run)
+    compensations = {bar["data-step"]: bar["data-status"] for bar in bars(page, "compensation")}
+    assert compensations == {"flaky": "compensation_failed", "reserve": "compensated"}
+    backoffs = [attrs for tag, attrs in parse(page).elements if tag == "line" and attrs.get("class") == "backoff"]
+    assert sum(1 for b in backoffs if b.get("data-step") == "flaky") == 2  # two waits between three attempts
+
+
+@pytest.mark.timeout(30)
+def test_hover_titles_hold_step_attempt_duration_and_error(mixed_run: list[dict[str, Any]]) -> None:
+    titles = parse(render_timeline(mixed_run)).titles
+    flaky = next(t for t in titles if t.startswith("flaky: attempt 1"))
+    assert "group fetch" in flaky
+    assert "duration" in flaky
+    assert "ConnectionError: attempt 1 <failed> & was retried" in flaky  # unescaped by the parser
+    assert any("OSError: cannot undo" in t for t in titles)
+    assert any("StepTimeoutError" in t for t in titles)
+
+
+@pytest.mark.timeout(30)
+def test_rows_are_grouped_under_their_group(mixed_run: list[dict[str, Any]]) -> None:
+    elements = parse(render_timeline(mixed_run)).elements
+    labels = [
+        (attrs.get("data-group") and "group " + str(attrs["data-group"])) or str(attrs.get("data-step"))
+        for tag, attrs in elements
+        if tag == "text" and attrs.get("class") in ("step-label", "group-label")
+    ]
+    assert labels == ["reserve", "group fetch", "flaky", "slow", "broken", "never"]
+
+
+@pytest.mark.timeout(30)
+def test_the_page_is_self_contained(mixed_run: list[dict[str, Any]]) -> None:
+    page = render_timeline(mixed_run)
+    lowered = page.lower()
+    assert lowered.startswith("<!doctype html>")
+    for forbidden in ("<script", "http:", "https:", "src=", "<link", "@import", "url("):
+        assert forbidden not in lowered
+    assert "<svg" in page and "<style>" in page
+
+
+def test_text_is_escaped() -> None:
+    events = [
+        {"kind": "flow_started", "flow": "<b>flow</b>", "run_id": "r", "time": 0.0},
+        {"kind": "step_started", "flow": "<b>flow</b>", "run_id": "r", "time": 0.1, "step": 'x"<y>', "attempt": 1},
+        {
+            "kind": "step_finished",
+            "flow": "<b>flow</b>",
+            "run_id": "r",
+            "time": 0.5,
+            "step": 'x"<y>',
+            "attempt": 1,
+            "status": "failed",
+            "started_at": 0.1,
+            "error": {"type": "ValueError", "message": "<script>alert(1)</script>"},
+        },
+        {"kind": "flow_finished", "flow": "<b>flow</b>", "run_id": "r", "time": 0.6, "status": "failed"},
+    ]
+    page = render_timeline(events)
+    assert "<script>" not in page and "<b>flow" not in page
+    assert bars(page)[0]["data-step"] == 'x"<y>'
+
+
+def test_several_runs_are_drawn_one_below_the_other() -> None:
+    flow = Flow("twice").step("one", lambda ctx: None)
+    page = render_timeline(record(flow) + record(flow))
+    assert page.count("<svg") == 2
+    assert len(bars(page)) == 2
+
+
+def test_an_unfinished_attempt_is_drawn_to_the_end_of_the_log() -> None:
+    events = [
+        {"kind": "flow_started", "flow": "f", "run_id": "r", "time": 10.0},
+        {"kind": "step_started", "flow": "f", "run_id": "r", "time": 10.5, "step": "stuck", "attempt": 1},
+    ]
+    (bar,) = bars(render_timeline(events))
+    assert bar["data-status"] == "running"
+
+
+def test_skipped_steps_get_a_row_but_no_bar() -> None:
+    flow = Flow("f").step("bad", _boom).step("later", lambda ctx: None)
+    page = render_timeline(record(flow))
+    assert [bar["data-step"] for bar in bars(page)] == ["bad"]
+    assert 'data-step="later">later (skipped)' in page
+
+
+def test_no_events_still_make_a_page() -> None:
+    assert "holds no events" in render_timeline([])
+
+
+def test_read_events_round_trips_and_names_bad_lines(tmp_path: Path, mixed_run: list[dict[str, Any]]) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in mixed_run) + "\n\n", encoding="utf-8")
+    assert read_events(path) == json.loads(json.dumps(mixed_run))
+    path.write_text('{"kind": "flow_started", "time": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"events.jsonl:2: not a flowpool event"):
+        read_events(path)
+    path.write_text('{"kind": "flow_started"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r":1: the event has no numeric 'time'"):
+        read_events(path)
+    path.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r":1: not valid JSON"):
+        read_events(path)
