@@ -66,9 +66,13 @@ def _check_seconds(value: object, argument: str, flow: str | None, step: str | N
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(f"must be a number of seconds > 0 or None, not {value!r}", flow, step, argument)
-    if not math.isfinite(value) or value <= 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        raise _fail("must be a finite number of seconds > 0, not a number that large", flow, step, argument) from None
+    if not math.isfinite(seconds) or seconds <= 0:
         raise _fail(f"must be a finite number of seconds > 0, not {value!r}", flow, step, argument)
-    return float(value)
+    return seconds
 
 
 def _check_retrying(value: object, flow: str | None, step: str | None) -> Any:
@@ -135,12 +139,14 @@ class Step:
         compensate_timeout: float | None = None,
         required: bool = False,
         executor: ExecutorName | None = None,
+        **unknown: Any,
     ) -> None:
         self._build(
             None,
             name,
             fn,
             {
+                **unknown,
                 "retries": retries,
                 "retry": retry,
                 "timeout": timeout,
@@ -161,7 +167,7 @@ class Step:
 
     def _build(self, flow: str | None, name: object, fn: object, options: dict[str, Any]) -> None:
         name = check_name(name, flow=flow, what="step")
-        unknown = sorted(set(options) - set(STEP_OPTIONS))
+        unknown = sorted((key for key in options if key not in STEP_OPTIONS), key=repr)
         if unknown:
             raise _fail(
                 f"unknown option(s) {', '.join(map(repr, unknown))}; known options: {', '.join(STEP_OPTIONS)}",

@@ -70,6 +70,9 @@ log = logging.getLogger("flowpool")
 #: How long thread-mode work may take to notice ``ctx.cancelled`` when a run stops.
 STOP_GRACE = 0.5
 
+#: Longest single wait of the loop while it owns Ctrl-C (see install_interrupt_handler).
+SIGNAL_POLL = 0.1
+
 _INTERRUPT = 3  # inbox message: Ctrl-C arrived
 
 # Step-run states.
@@ -216,6 +219,7 @@ class _Run:
         self.grace_armed = False
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
+        self.signal_poll: float | None = None
 
     # ── backends ────────────────────────────────────────────────────────────────
 
@@ -476,6 +480,8 @@ class _Run:
                 self.on_timer(kind, target)
             return
         wait = timers[0][0] - now if timers else None
+        if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
+            wait = self.signal_poll
         try:
             kind, item = self.clock.get(self.inbox, wait)
         except queue.Empty:
@@ -520,9 +526,9 @@ class _Run:
             timeout = sr.step.timeout
             assert timeout is not None
             attempt.settled = True
+            attempt.finished_at = self.clock.now()
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
             sr.backend.stop(attempt)
-            attempt.finished_at = self.clock.now()
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
             self.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
         elif kind == _WAKE:
@@ -720,6 +726,12 @@ class _Run:
             self.inbox.put((_INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
 
         signal.signal(signal.SIGINT, on_sigint)
+        # A signal delivered to another thread (loky's, ours) does not interrupt the main
+        # thread's blocking wait, so Python would run the handler only when the wait ends:
+        # never block longer than this. (A virtual test clock would count these wake-ups
+        # as time passing, so it is left alone.)
+        if type(self.clock) is Clock:
+            self.signal_poll = SIGNAL_POLL
 
         def restore() -> None:
             signal.signal(signal.SIGINT, previous)
@@ -815,6 +827,8 @@ class _Run:
             deadline = self.clock.now() + timeout
         while True:
             wait = None if deadline is None else deadline - self.clock.now()
+            if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
+                wait = self.signal_poll
             if wait is not None and wait <= 0:
                 attempt.settled = True
                 tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")

@@ -656,9 +656,13 @@ def _install_sigterm(terminated: threading.Event) -> Callable[[], None]:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
         return lambda: None
+    # The command promises exit 130 on SIGINT, even when it was started with SIGINT
+    # ignored (a non-interactive shell does that to background jobs).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore() -> None:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
     return restore
 

@@ -76,6 +76,7 @@ class Lane:
         )
         self.ready = False
         self.broken = False
+        self.requester: weakref.ref[ProcessBackend] | None = None
         self.idle_since = 0.0
         self.tokens = 0
 
@@ -86,25 +87,40 @@ class Lane:
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
 
-    def kill(self) -> None:
-        """Kill the worker and every process it started; the lane is done."""
+    def kill(self, wait: bool = False) -> None:
+        """Kill the worker and every process it started; the lane is done.
+
+        The SIGKILLs go out before this returns; loky's clean-up (which reaps the
+        worker and releases its semaphores) finishes on a background thread so the
+        settle loop is not held, unless ``wait``.
+        """
         self.broken = True
         import psutil
 
-        victims: list[Any] = []
+        workers: list[Any] = []
+        descendants: list[Any] = []
         for pid in self.pids():
             try:
                 process = psutil.Process(pid)
-                victims.extend(process.children(recursive=True))
-                victims.append(process)
+                descendants.extend(process.children(recursive=True))
+                workers.append(process)
             except psutil.Error:
                 continue
-        for victim in victims:
+        for victim in (*workers, *descendants):
             with contextlib.suppress(psutil.Error):
                 victim.kill()
-        psutil.wait_procs(victims, timeout=2.0)
-        # Waiting lets loky's manager thread see the dead worker and release its
-        # semaphores; without it they are reported leaked at exit. It takes milliseconds.
+        # Only the descendants are waited for here: reaping the worker ourselves would
+        # leave loky polling for an exit code it can no longer read.
+        if wait:
+            self._finish_kill(descendants)
+            return
+        threading.Thread(target=self._finish_kill, args=(descendants,), name="flowpool-lane-kill", daemon=True).start()
+
+    def _finish_kill(self, descendants: list[Any]) -> None:
+        import psutil
+
+        with contextlib.suppress(Exception):
+            psutil.wait_procs(descendants, timeout=2.0)
         self.close(wait=True)
 
     def close(self, wait: bool = False) -> None:
@@ -128,23 +144,23 @@ class LanePool:
         self._waiters: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
-        self.clock_now: Any = None
 
-    def acquire(self, backend: ProcessBackend, now: float) -> Lane | None:
-        """An idle ready lane, or None (a new lane is then being started for ``backend``)."""
+    def acquire(self, backend: ProcessBackend) -> Lane | None:
+        """An idle ready lane, or None: a new lane is then started for ``backend``, which
+        is offered it first (``offer(lane, requested=True)``) or told it failed."""
         with self._lock:
             while self._idle:
                 lane = self._idle.pop()  # most recently used: warm caches, lets old ones idle out
                 if not lane.broken:
                     return lane
-            self._waiters.add(backend)
             self._numbers += 1
             number = self._numbers
-        self._start_lane(number)
+        self._start_lane(number, backend)
         return None
 
-    def _start_lane(self, number: int) -> None:
+    def _start_lane(self, number: int, requester: ProcessBackend) -> None:
         lane = Lane(self, number)
+        lane.requester = weakref.ref(requester)
         with self._lock:
             self._all.add(lane)
             self._ensure_reaper()
@@ -152,15 +168,16 @@ class LanePool:
         future.add_done_callback(lambda f: self._on_ping(lane, f))
 
     def _on_ping(self, lane: Lane, future: Any) -> None:
+        requester = lane.requester() if lane.requester is not None else None
+        lane.requester = None
         if future.cancelled() or future.exception() is not None:
             self.discard(lane)
-            error = "cancelled" if future.cancelled() else repr(future.exception())
-            with self._lock:
-                waiters = list(self._waiters)
-            for backend in waiters:
-                backend.lane_failed(error)
+            if requester is not None:
+                requester.lane_failed("cancelled" if future.cancelled() else repr(future.exception()))
             return
         lane.ready = True
+        if requester is not None and requester.offer(lane, requested=True):
+            return
         self.release(lane)
 
     def release(self, lane: Lane) -> None:
@@ -168,17 +185,14 @@ class LanePool:
         if lane.broken:
             self.discard(lane)
             return
-        while True:
-            with self._lock:
-                waiters = list(self._waiters)
-            for backend in waiters:
-                if backend.offer(lane):
-                    return
-            with self._lock:
-                if set(self._waiters) == set(waiters):
-                    lane.idle_since = _now()
-                    self._idle.append(lane)
-                    return
+        with self._lock:
+            waiters = list(self._waiters)
+        for backend in waiters:
+            if backend.offer(lane, requested=False):
+                return
+        with self._lock:
+            lane.idle_since = _now()
+            self._idle.append(lane)
 
     def discard(self, lane: Lane) -> None:
         with self._lock:
@@ -187,13 +201,13 @@ class LanePool:
                 self._idle.remove(lane)
         lane.close()
 
-    def forget(self, backend: ProcessBackend) -> None:
+    def waiting(self, backend: ProcessBackend, waits: bool) -> None:
+        """Record whether ``backend`` has work waiting for a lane."""
         with self._lock:
-            self._waiters.discard(backend)
-
-    def want(self, backend: ProcessBackend) -> None:
-        with self._lock:
-            self._waiters.add(backend)
+            if waits:
+                self._waiters.add(backend)
+            else:
+                self._waiters.discard(backend)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -227,7 +241,7 @@ class LanePool:
             if lane in idle and lane.ready:
                 lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
             else:
-                lane.kill()
+                lane.kill(wait=True)
 
     def size(self) -> int:
         """How many lanes are alive."""
@@ -289,53 +303,45 @@ class ProcessBackend:
         self._pump()
 
     def _pump(self) -> None:
-        while True:
-            with self._lock:
-                if self._closed or not self._waiting:
-                    _POOL.forget(self)
-                    return
+        with self._lock:
+            while not self._closed and self._waiting:
                 if len(self._lanes) + self._starting >= self._max_workers:
-                    return
+                    break
                 if self._starting >= len(self._waiting):
-                    return  # enough lanes are already starting for what waits
-                lane = _POOL.acquire(self, 0.0)
+                    break  # enough lanes are already starting for what waits
+                lane = _POOL.acquire(self)
                 if lane is None:
                     self._starting += 1
-                    continue
-                attempt = self._waiting.popleft()
-                self._start(attempt, lane)
+                else:
+                    self._start(self._waiting.popleft(), lane)
+            _POOL.waiting(self, bool(self._waiting) and not self._closed)
 
-    def offer(self, lane: Lane) -> bool:
-        """A lane became free: take it if we have work waiting."""
+    def offer(self, lane: Lane, requested: bool) -> bool:
+        """A lane is free (``requested``: the one started for us): take it if work waits."""
         with self._lock:
-            if self._closed or not self._waiting:
-                if self._starting:
-                    self._starting -= 1
-                return False
-            if self._starting:
+            if requested:
                 self._starting -= 1
-            elif len(self._lanes) >= self._max_workers:
+            if self._closed or not self._waiting or len(self._lanes) >= self._max_workers:
                 return False
-            attempt = self._waiting.popleft()
-            self._start(attempt, lane)
+            self._start(self._waiting.popleft(), lane)
         self._pump()
         return True
 
     def lane_failed(self, detail: str) -> None:
         """A lane started for us never came up: fail one waiting attempt instead of hanging."""
         with self._lock:
-            if self._starting:
-                self._starting -= 1
+            self._starting -= 1
             attempt = self._waiting.popleft() if self._waiting else None
         if attempt is not None and attempt.try_claim():
             attempt.fail_unstarted(
                 WorkerCrashedError(attempt.step, attempt.number, f"a worker process could not start: {detail}")
             )
+        self._pump()
 
     def _start(self, attempt: Attempt, lane: Lane) -> None:
         # Called with the lock held.
         if not attempt.try_claim():
-            _POOL.release(lane)  # withdrawn meanwhile
+            _POOL.release(lane)  # withdrawn meanwhile (cannot happen: withdraw takes our lock)
             return
         token = lane.next_token()
         self._lanes[attempt] = lane
@@ -410,7 +416,7 @@ class ProcessBackend:
             waiting = list(self._waiting)
             self._waiting.clear()
             running = list(self._lanes.items())
-        _POOL.forget(self)
+        _POOL.waiting(self, False)
         for attempt in waiting:
             attempt.try_claim()
         for attempt, lane in running:

@@ -64,9 +64,10 @@ class ThreadBackend:
         self._max_workers = max_workers
         self._name = name
         self._work: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._threads = 0  # live threads that serve the queue (abandoned ones excluded)
+        self._idle = 0  # threads waiting for work
+        self._queued = 0  # attempts submitted and not yet taken by a thread
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
@@ -75,24 +76,30 @@ class ThreadBackend:
         # One token popped by whoever is first: the worker when the call returns, or
         # the loop when it abandons the call (list.pop is atomic; no lock per attempt).
         attempt.handle = [True]
-        self._work.put(attempt)
-        if not self._idle.acquire(blocking=False):
-            self._maybe_spawn()
-
-    def _maybe_spawn(self) -> None:
         with self._lock:
-            if self._threads >= self._max_workers:
-                return
-            self._threads += 1
-            number = self._threads
-        thread = threading.Thread(target=self._serve, name=f"{self._name}-{number}", daemon=True)
+            self._queued += 1
+            spawn = self._queued > self._idle and self._threads < self._max_workers
+            if spawn:
+                self._threads += 1
+        self._work.put(attempt)
+        if spawn:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._serve, name=f"{self._name}-worker", daemon=True)
         thread.start()
 
     def _serve(self) -> None:
         work = self._work
-        idle = self._idle
+        lock = self._lock
         while True:
+            with lock:
+                self._idle += 1
             attempt = work.get()
+            with lock:
+                self._idle -= 1
+                if attempt is not _STOP:
+                    self._queued -= 1
             if attempt is _STOP:
                 return
             attempt.execute()
@@ -102,10 +109,6 @@ class ThreadBackend:
                 # The loop abandoned this call and a replacement thread took our place.
                 _change_abandoned(-1)
                 return
-            idle.release()
-
-    def cancel(self, attempt: Attempt) -> None:
-        """In-process contexts read ``attempt.cancel_reason`` directly: nothing to send."""
 
     def withdraw(self, attempt: Attempt) -> bool:
         return attempt.try_claim()
@@ -119,9 +122,13 @@ class ThreadBackend:
             return  # its call already returned; the thread serves on
         _change_abandoned(+1)
         with self._lock:
-            self._threads -= 1  # the hung thread no longer counts; let a replacement start
-        if self._work.qsize() and not self._idle.acquire(blocking=False):
-            self._maybe_spawn()
+            # The hung thread no longer counts: start a replacement if work is waiting.
+            self._threads -= 1
+            spawn = self._queued > self._idle and self._threads < self._max_workers
+            if spawn:
+                self._threads += 1
+        if spawn:
+            self._spawn()
 
     def check_capacity(self, step: str) -> None:
         """Raise if too many abandoned attempts are still running in this process."""
@@ -137,3 +144,6 @@ class ThreadBackend:
             live = self._threads
         for _ in range(live):
             self._work.put(_STOP)
+
+    def cancel(self, attempt: Attempt) -> None:
+        """In-process contexts read ``attempt.cancel_reason`` directly: nothing to send."""

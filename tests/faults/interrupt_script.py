@@ -6,8 +6,10 @@ Prints "READY" once every blocking step is running, then JSON of the result.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from faults import steps
 from flowpool import Context, Flow, FlowInterrupted, Step
+
+# Behave like a program started from a terminal, even when the test runner was started
+# with SIGINT ignored (a non-interactive shell does that to background jobs).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks if we hang
 
 MODE = sys.argv[1]
 MARKERS = Path(sys.argv[2])

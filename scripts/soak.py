@@ -1,0 +1,1206 @@
+"""Soak test: random flows with injected faults, many runs at once, for a while.
+
+    python scripts/soak.py --duration 600 --concurrency 4 [--json] [--seed N]
+    python scripts/soak.py --replay SEED          # run one flow again and show its checks
+
+Each run draws a random flow (``tests/_randomflows.py``: stages, group policies,
+required members, concurrency caps, retries, compensations) and an executor mode
+(flowpool's threads, flowpool's process lanes, or one ``ThreadPoolExecutor`` that all
+runs share), then injects faults on top: odd exceptions, hangs that outlast a short
+step timeout, worker crashes (``os._exit``) and unpicklable values in process mode,
+slow compensations and compensations that outlast their own timeout.
+
+Every run is checked against the SPEC's invariants (§5): every step has a final
+status, group verdicts follow their policy, later stages are skipped and never
+called, compensations are exactly the completed steps that have one, in reverse
+declaration order, events agree with the result. Runs without timing-dependent
+faults are checked exactly against the oracle of ``tests/_randomflows.py``.
+Step and compensation calls are logged to a file per run (one ``os.write`` per
+call, so process-mode workers log too); each log is read again a few seconds
+after its run to catch calls that happen after the run returned.
+
+Every ``--sample-every`` runs the process's threads, child processes (other than
+flowpool's lane workers and loky's resource tracker), open file descriptors and
+RSS are sampled. At the end, once idle, the counts must be back to their baseline
+and memory must have stayed flat after warm-up. Exit status: 0 when there were no
+invariant violations and no leaks, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import gc
+import itertools
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import psutil
+from _randomflows import (
+    FlowSpec,
+    ScriptedFailure,
+    StageSpec,
+    StepSpec,
+    check_result,
+    expected_outcome,
+    random_flow_spec,
+    spec_verdict,
+)
+
+import flowpool
+from flowpool import (
+    Flow,
+    FlowResult,
+    FlowStatus,
+    GroupStatus,
+    RemoteError,
+    Step,
+    StepCancelledError,
+    StepStatus,
+    StepTimeoutError,
+    UnpicklableResultError,
+    WorkerCrashedError,
+)
+
+MODES = ("thread", "process", "user-pool")
+MODE_WEIGHTS = (45, 30, 25)
+#: Outcomes of one attempt. "ok" returns ``name@attempt``; every other kind does not complete.
+OK, FAIL, ODD, HANG, CRASH, UNPICKLABLE = "ok", "fail", "odd-exception", "hang", "crash", "unpicklable-value"
+FAILING = frozenset({FAIL, ODD, CRASH, UNPICKLABLE})
+PROCESS_ONLY = frozenset({CRASH, UNPICKLABLE})
+#: Thread-mode hangs wait at most this long (on an Event the soak sets at the end).
+MAX_HANG = 2.0
+#: Seconds after a run before its call log is read again for late calls.
+LATE_CHECK_DELAY = MAX_HANG + 1.5
+#: A run taking longer than this is reported as hung.
+RUN_LIMIT = 30.0
+
+# Released at the end so that abandoned thread-mode hangs return at once.
+_HANG_RELEASE = threading.Event()
+
+
+# ── step and compensation functions (plain data; picklable by cloudpickle) ────────
+
+
+class SoakFailure(ScriptedFailure):
+    """A scripted failure that survives pickling (``ScriptedFailure`` takes three arguments)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.step, self.attempt))
+
+
+class OddError(Exception):
+    """An exception that cannot be rebuilt from its args: it cannot come back from a worker intact."""
+
+    def __init__(self, step: str, attempt: int) -> None:
+        super().__init__(f"odd failure of {step!r} attempt {attempt}")
+        self.step_name = step
+
+
+def _log(path: str, entry: list[Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _wait_cancellable(ctx: Any, seconds: float, wait: Callable[[float], Any]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ctx.raise_if_cancelled()
+        wait(0.01)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFn:
+    """A step that logs its call, then does what ``outcomes[attempt - 1]`` says."""
+
+    name: str
+    outcomes: tuple[str, ...]
+    log: str
+    hang: float = 0.0
+    cancel_aware: bool = False
+
+    def outcome(self, attempt: int) -> str:
+        return self.outcomes[attempt - 1] if attempt <= len(self.outcomes) else FAIL
+
+    def __call__(self, ctx: Any) -> Any:
+        attempt = ctx.attempt
+        _log(self.log, ["step", self.name, attempt, sorted(ctx.results)])
+        kind = self.outcome(attempt)
+        if kind == OK:
+            return f"{self.name}@{attempt}"
+        if kind == ODD:
+            raise OddError(self.name, attempt)
+        if kind == HANG:
+            self.do_hang(ctx)
+            return f"{self.name}@{attempt}"  # a late value: must be ignored
+        if kind == CRASH:
+            os._exit(70)
+        if kind == UNPICKLABLE:
+            return threading.Lock()
+        raise SoakFailure("step", self.name, attempt)
+
+    def do_hang(self, ctx: Any) -> None:
+        raise NotImplementedError  # per mode below; the base must not reference _HANG_RELEASE
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessStepFn(StepFn):
+    """Process-mode variant: hangs with ``time.sleep`` (the timeout kills the worker)."""
+
+    def do_hang(self, ctx: Any) -> None:
+        if self.cancel_aware:
+            _wait_cancellable(ctx, self.hang, time.sleep)
+        else:
+            time.sleep(self.hang)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadStepFn(StepFn):
+    def do_hang(self, ctx: Any) -> None:
+        if self.cancel_aware:
+            _wait_cancellable(ctx, min(self.hang, MAX_HANG), _HANG_RELEASE.wait)
+        else:
+            _HANG_RELEASE.wait(min(self.hang, MAX_HANG))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompFn:
+    """A compensation that logs its call, maybe takes its time, then follows its script."""
+
+    name: str
+    script: tuple[bool, ...]
+    log: str
+    slow: float = 0.0
+
+    def __call__(self, ctx: Any, value: Any) -> None:
+        attempt = ctx.attempt
+        _log(self.log, ["compensate", self.name, attempt, sorted(ctx.results), value])
+        if self.slow:
+            self.pause(self.slow)
+        if not (attempt <= len(self.script) and self.script[attempt - 1]):
+            raise SoakFailure("compensation", self.name, attempt)
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadCompFn(CompFn):
+    def pause(self, seconds: float) -> None:
+        _HANG_RELEASE.wait(min(seconds, MAX_HANG))
+
+
+# ── plans: a random flow plus the faults injected into it ─────────────────────────
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    spec: StepSpec  # the script has False wherever a fault makes the attempt not complete
+    outcomes: tuple[str, ...]
+    where: str  # "thread" or "process": where the step (and its compensation) runs
+    override: str | None  # the step's own executor option
+    timeout: float | None
+    short_timeout: bool
+    hang: float
+    cancel_aware: bool
+    comp_slow: float
+    comp_timeout: float | None
+
+
+@dataclasses.dataclass
+class RunPlan:
+    seed: int
+    mode: str
+    max_workers: int | None
+    spec: FlowSpec
+    steps: dict[str, StepPlan]
+    faults: collections.Counter[str]
+
+    @property
+    def exact(self) -> bool:
+        """No timing-dependent fault: statuses follow from the scripts alone."""
+        return not any(p.short_timeout or p.comp_timeout is not None for p in self.steps.values())
+
+    @property
+    def scripted_only(self) -> bool:
+        """Only scripted failures: ``check_result`` of ``tests/_randomflows.py`` applies as is."""
+        return self.exact and all(set(p.outcomes) <= {OK, FAIL} for p in self.steps.values())
+
+    def describe(self) -> dict[str, Any]:
+        stages = []
+        for stage in self.spec.stages:
+            members = []
+            for m in stage.members:
+                p = self.steps[m.name]
+                members.append(
+                    {
+                        "name": m.name,
+                        "outcomes": list(p.outcomes),
+                        "retries": m.retries,
+                        "timeout": p.timeout,
+                        "required": m.required,
+                        "where": p.where,
+                        "compensate": None
+                        if m.compensate is None
+                        else {
+                            "script": list(m.compensate.script),
+                            "retries": m.compensate.retries,
+                            "slow": p.comp_slow,
+                            "timeout": p.comp_timeout,
+                        },
+                    }
+                )
+            stages.append(
+                {
+                    "name": stage.name,
+                    "group": stage.group,
+                    "fail_fast": stage.fail_fast,
+                    "min_successes": stage.min_successes,
+                    "max_concurrency": stage.max_concurrency,
+                    "members": members,
+                }
+            )
+        return {"seed": self.seed, "mode": self.mode, "max_workers": self.max_workers, "stages": stages}
+
+
+def make_plan(seed: int) -> RunPlan:
+    rng = random.Random(seed)
+    mode = rng.choices(MODES, MODE_WEIGHTS)[0]
+    max_members = 4 if mode == "process" else 6
+    spec = random_flow_spec(rng, max_stages=5, max_members=max_members, name=f"soak-{seed}")
+    faulty = rng.random() < 0.6
+    faults: collections.Counter[str] = collections.Counter()
+    steps: dict[str, StepPlan] = {}
+    stages: list[StageSpec] = []
+    for stage in spec.stages:
+        members: list[StepSpec] = []
+        for m in stage.members:
+            override = None
+            if rng.random() < 0.1:
+                override = "thread" if mode == "process" else "process"
+            where = override or ("process" if mode == "process" else "thread")
+            outcomes = [OK if ok else FAIL for ok in m.script]
+            timeout = m.timeout
+            short = False
+            hang = 0.0
+            if faulty and rng.random() < 0.3:
+                kinds = [ODD, HANG] + ([CRASH, UNPICKLABLE] if where == "process" else [])
+                kind = rng.choice(kinds)
+                outcomes[rng.randrange(len(outcomes))] = kind
+                if kind == HANG:
+                    timeout = round(rng.uniform(0.1, 0.3), 3)
+                    short = True
+                    hang = round(rng.uniform(1.0, MAX_HANG), 3)
+            comp = m.compensate
+            comp_slow = 0.0
+            comp_timeout = None
+            if comp is not None and faulty:
+                roll = rng.random()
+                if roll < 0.15:
+                    comp_slow = round(rng.uniform(0.02, 0.15), 3)
+                elif roll < 0.25:
+                    comp_slow = round(rng.uniform(1.0, MAX_HANG), 3)
+                    comp_timeout = round(rng.uniform(0.1, 0.3), 3)
+            script = tuple(o == OK for o in outcomes)
+            new = dataclasses.replace(m, script=script, timeout=timeout)
+            members.append(new)
+            steps[m.name] = StepPlan(
+                new,
+                tuple(outcomes),
+                where,
+                override,
+                timeout,
+                short,
+                hang,
+                rng.random() < 0.5,
+                comp_slow,
+                comp_timeout,
+            )
+        stages.append(dataclasses.replace(stage, members=tuple(members)))
+    max_workers = rng.choice((1, 2, 3, None)) if mode == "process" else rng.choice((None, 1, 2, 4, 8))
+    return RunPlan(seed, mode, max_workers, FlowSpec(spec.name, tuple(stages)), steps, faults)
+
+
+def build(plan: RunPlan, log: str) -> Flow:
+    flow = Flow(plan.spec.name)
+    for stage in plan.spec.stages:
+        made: list[tuple[str, Any, dict[str, Any]]] = []
+        for m in stage.members:
+            p = plan.steps[m.name]
+            step_cls = ProcessStepFn if p.where == "process" else ThreadStepFn
+            comp_cls = CompFn if p.where == "process" else ThreadCompFn
+            fn = step_cls(m.name, p.outcomes, log, p.hang, p.cancel_aware)
+            options: dict[str, Any] = {"retries": m.retries}
+            if p.timeout is not None:
+                options["timeout"] = p.timeout
+            if p.override is not None:
+                options["executor"] = p.override
+            if m.compensate is not None:
+                options["compensate"] = comp_cls(m.name, m.compensate.script, log, p.comp_slow)
+                options["compensate_retries"] = m.compensate.retries
+                if p.comp_timeout is not None:
+                    options["compensate_timeout"] = p.comp_timeout
+            if m.required:
+                options["required"] = True
+            made.append((m.name, fn, options))
+        if not stage.group:
+            name, fn, options = made[0]
+            flow.step(name, fn, **options)
+            continue
+        members: list[Any] = [
+            {"name": name, "fn": fn, **options} if i % 2 else Step(name, fn, **options)
+            for i, (name, fn, options) in enumerate(made)
+        ]
+        flow.parallel(
+            stage.name,
+            members,
+            fail_fast=stage.fail_fast,
+            min_successes=stage.min_successes,
+            max_concurrency=stage.max_concurrency,
+        )
+    return flow
+
+
+def read_log(path: str) -> list[tuple[Any, ...]]:
+    """The call log as ``tests/_randomflows.py``'s ``CallLog`` records it."""
+    calls: list[tuple[Any, ...]] = []
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as file:
+        for line in file:
+            if not line.endswith("\n"):
+                break  # a write still in progress
+            entry = json.loads(line)
+            if entry[0] == "step":
+                calls.append(("step", entry[1], entry[2], frozenset(entry[3])))
+            else:
+                calls.append(("compensate", entry[1], entry[2], frozenset(entry[3]), entry[4]))
+    return calls
+
+
+# ── the invariants ────────────────────────────────────────────────────────────────
+
+
+def check_run(plan: RunPlan, result: FlowResult, calls: Sequence[tuple[Any, ...]], events: list[Any]) -> list[str]:
+    """Every way the run broke the SPEC; exact checks where timing cannot matter."""
+    problems: list[str] = []
+
+    def expect(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    spec = plan.spec
+    all_steps = spec.steps()
+    names = [m.name for m in all_steps]
+    stage_of = spec.stage_of()
+    stage_index = {m.name: i for i, stage in enumerate(spec.stages) for m in stage.members}
+
+    # 1. Nothing is lost: every step, in order, with a final status; every group.
+    expect(list(result.steps) == names, f"result.steps {list(result.steps)} != declared {names}")
+    if set(result.steps) != set(names):
+        return problems
+    groups = [s.name for s in spec.stages if s.group]
+    expect(sorted(result.groups) == sorted(groups), f"result.groups {list(result.groups)} != {groups}")
+    if sorted(result.groups) != sorted(groups):
+        return problems
+    for m in all_steps:
+        r = result.steps[m.name]
+        expect(isinstance(r.status, StepStatus), f"{m.name}: status {r.status!r} is not a StepStatus")
+        expect(r.group == (stage_of[m.name].name if stage_of[m.name].group else None), f"{m.name}: group {r.group}")
+
+    step_calls: dict[str, list[tuple[Any, ...]]] = {n: [] for n in names}
+    comp_calls: list[tuple[Any, ...]] = []
+    for call in calls:
+        if call[0] == "step":
+            if call[1] in step_calls:
+                step_calls[call[1]].append(call)
+            else:
+                problems.append(f"call of unknown step {call[1]!r}")
+        else:
+            comp_calls.append(call)
+
+    completed = {n for n in names if result.steps[n].status is StepStatus.COMPLETED}
+    earlier: dict[str, frozenset[str]] = {}
+    done: set[str] = set()
+    for stage in spec.stages:
+        for m in stage.members:
+            earlier[m.name] = frozenset(done)
+        done |= {m.name for m in stage.members if m.name in completed}
+
+    # 2. Stage by stage: verdicts follow the policy; after a failed stage everything is skipped.
+    failed_stage: str | None = None
+    for stage in spec.stages:
+        member_results = [result.steps[m.name] for m in stage.members]
+        statuses = [r.status for r in member_results]
+        if failed_stage is not None:
+            for m, r in zip(stage.members, member_results, strict=True):
+                expect(r.status is StepStatus.SKIPPED, f"{m.name}: {r.status} after stage {failed_stage} failed")
+                expect(not step_calls[m.name], f"{m.name}: called after stage {failed_stage} failed")
+            if stage.group:
+                g = result.groups[stage.name].status
+                expect(g is GroupStatus.SKIPPED, f"group {stage.name}: {g} after stage {failed_stage} failed")
+            continue
+        for m, r in zip(stage.members, member_results, strict=True):
+            expect(r.status is not StepStatus.SKIPPED, f"{m.name}: SKIPPED though no earlier stage failed")
+        if stage.group:
+            g = result.groups[stage.name]
+            expect(g.members == tuple(m.name for m in stage.members), f"group {stage.name}: members {g.members}")
+            rule = spec_verdict(stage, statuses)
+            expect(g.status is rule, f"group {stage.name}: {g.status}, the policy gives {rule} for {statuses}")
+            stage_failed = g.status is GroupStatus.FAILED
+            if not stage.fail_fast:
+                for m, r in zip(stage.members, member_results, strict=True):
+                    expect(r.status is not StepStatus.CANCELLED, f"{m.name}: CANCELLED without fail fast")
+                    expect(r.attempts >= 1, f"{m.name}: never ran though its group does not fail fast")
+            else:
+                cut = [
+                    m.name
+                    for m, r in zip(stage.members, member_results, strict=True)
+                    if r.status is StepStatus.CANCELLED
+                ]
+                triggers = [
+                    m.name
+                    for m, r in zip(stage.members, member_results, strict=True)
+                    if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+                ]
+                if cut:
+                    expect(bool(triggers), f"group {stage.name}: {cut} cancelled but no member failed on its own")
+        else:
+            expect(statuses[0] is not StepStatus.CANCELLED, f"{stage.name}: a single step CANCELLED")
+            stage_failed = statuses[0] is not StepStatus.COMPLETED
+        if stage_failed:
+            failed_stage = stage.name
+    expect(result.failed_stage == failed_stage, f"failed_stage {result.failed_stage!r}, stages say {failed_stage!r}")
+    want_status = FlowStatus.COMPLETED if failed_stage is None else FlowStatus.FAILED
+    expect(result.status is want_status, f"flow {result.status}, stages say {want_status}")
+    expect(result.ok == (result.status is FlowStatus.COMPLETED), f"ok {result.ok} with {result.status}")
+    expect((result.error is None) == result.ok, f"error {result.error!r} with status {result.status}")
+    if failed_stage is not None and failed_stage in result.groups:
+        expect(isinstance(result.error, ExceptionGroup), f"a failed group's error is {type(result.error).__name__}")
+
+    # 3. Each step: attempts, calls, what it saw, its value and error.
+    for m in all_steps:
+        p = plan.steps[m.name]
+        r = result.steps[m.name]
+        mine = step_calls[m.name]
+        numbers = [c[2] for c in mine]
+        expect(0 <= r.attempts <= 1 + m.retries, f"{m.name}: {r.attempts} attempts with retries={m.retries}")
+        expect(numbers == sorted(set(numbers)), f"{m.name}: ctx.attempt sequence {numbers}")
+        expect(
+            all(1 <= n <= r.attempts for n in numbers), f"{m.name}: called as attempts {numbers}, counted {r.attempts}"
+        )
+        if plan.exact:
+            expect(numbers == list(range(1, r.attempts + 1)), f"{m.name}: calls {numbers}, attempts {r.attempts}")
+        for c in mine:
+            expect(c[3] == earlier[m.name], f"{m.name}: ctx.results {sorted(c[3])} != {sorted(earlier[m.name])}")
+        if r.status is StepStatus.COMPLETED:
+            expect(r.value == f"{m.name}@{r.attempts}", f"{m.name}: value {r.value!r}")
+            expect(r.error is None, f"{m.name}: completed with error {r.error!r}")
+            expect(p.outcomes[r.attempts - 1] == OK, f"{m.name}: completed on a {p.outcomes[r.attempts - 1]} attempt")
+        else:
+            expect(r.value is None, f"{m.name}: value {r.value!r} though {r.status}")
+        if r.status is StepStatus.TIMED_OUT:
+            expect(p.timeout is not None, f"{m.name}: TIMED_OUT without a timeout")
+            expect(isinstance(r.error, StepTimeoutError), f"{m.name}: TIMED_OUT with {r.error!r}")
+        if r.status is StepStatus.FAILED:
+            expect(r.attempts >= 1, f"{m.name}: FAILED without an attempt ({r.error!r})")
+            if r.attempts >= 1:
+                kind = p.outcomes[r.attempts - 1]
+                expect(kind in FAILING, f"{m.name}: FAILED on a {kind} attempt: {r.error!r}")
+                expect(_error_fits(kind, p.where, r.error), f"{m.name}: {kind} attempt failed with {r.error!r}")
+        if r.status is StepStatus.CANCELLED:
+            expect(isinstance(r.error, StepCancelledError), f"{m.name}: CANCELLED with {r.error!r}")
+        if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and not stage_of[m.name].fail_fast:
+            expect(r.attempts == 1 + m.retries, f"{m.name}: {r.status} after {r.attempts} of {1 + m.retries} attempts")
+        if r.status is StepStatus.SKIPPED:
+            expect(r.attempts == 0 and not mine, f"{m.name}: SKIPPED but ran")
+    expect(dict(result.values) == {n: result.steps[n].value for n in completed}, "result.values mismatch")
+
+    # 4. Exactly what the oracle says where timing cannot matter.
+    exp = expected_outcome(spec)
+    if plan.exact:
+        expect(result.status is exp.status, f"flow {result.status}, oracle {exp.status}")
+        expect(
+            result.failed_stage == exp.failed_stage, f"failed_stage {result.failed_stage}, oracle {exp.failed_stage}"
+        )
+        for name, status in exp.groups.items():
+            expect(result.groups[name].status is status, f"group {name}: {result.groups[name].status}, oracle {status}")
+    for m in all_steps:
+        stage = stage_of[m.name]
+        predicted = exp.steps[m.name]
+        r = result.steps[m.name]
+        if predicted is None or r.status is StepStatus.SKIPPED or predicted[0] is StepStatus.SKIPPED:
+            continue
+        racing = stage.fail_fast and any(plan.steps[o.name].short_timeout for o in stage.members)
+        if plan.exact or (not plan.steps[m.name].short_timeout and stage.deterministic and not racing):
+            expect(
+                (r.status, r.attempts) == predicted,
+                f"{m.name}: {r.status} after {r.attempts} attempts, oracle {predicted[0]} after {predicted[1]}",
+            )
+
+    # 5. Compensation: the completed steps that have one, in reverse declaration order.
+    check_compensation(plan, result, comp_calls, completed, expect)
+
+    # 6. Events agree with the result, stage by stage.
+    check_events(plan, result, events, stage_index, expect)
+    return problems
+
+
+def _error_fits(kind: str, where: str, error: BaseException | None) -> bool:
+    if kind == FAIL:
+        return isinstance(error, ScriptedFailure)
+    if kind == ODD:
+        if where == "process":
+            return isinstance(error, RemoteError) and "OddError" in error.type_name
+        return isinstance(error, OddError)
+    if kind == CRASH:
+        return isinstance(error, WorkerCrashedError)
+    if kind == UNPICKLABLE:
+        return isinstance(error, UnpicklableResultError)
+    return False
+
+
+def check_compensation(
+    plan: RunPlan,
+    result: FlowResult,
+    comp_calls: list[tuple[Any, ...]],
+    completed: set[str],
+    expect: Callable[[bool, str], None],
+) -> None:
+    all_steps = plan.spec.steps()
+    if result.ok:
+        expect(not comp_calls, f"compensations ran for a completed flow: {comp_calls}")
+        expect(result.compensated == () == result.not_compensated, "compensated/not_compensated not empty")
+        for m in all_steps:
+            expect(result.steps[m.name].compensation is None, f"{m.name}: compensation on a completed flow")
+        return
+    due = [m for m in reversed(all_steps) if m.compensate is not None and m.name in completed]
+    due_names = [m.name for m in due]
+    expect(
+        sorted(result.compensated + result.not_compensated) == sorted(due_names),
+        f"compensated {result.compensated} + not_compensated {result.not_compensated} != due {due_names}",
+    )
+    expect(list(result.compensated) == [n for n in due_names if n in result.compensated], "compensated out of order")
+    for m in all_steps:
+        c = result.steps[m.name].compensation
+        if m.name not in due_names:
+            expect(c is None, f"{m.name}: compensation {c} though not due")
+            continue
+        assert m.compensate is not None
+        p = plan.steps[m.name]
+        if c is None:
+            expect(False, f"{m.name}: due but no compensation record")
+            continue
+        tries = 1 + m.compensate.retries
+        expect(1 <= c.attempts <= tries, f"{m.name}: compensation attempts {c.attempts} of {tries}")
+        expect(
+            (c.status == "compensated") == (m.name in result.compensated),
+            f"{m.name}: compensation {c.status} vs compensated {result.compensated}",
+        )
+        if c.status == "compensated":
+            expect(m.compensate.script[c.attempts - 1], f"{m.name}: compensated on a failing attempt")
+            expect(c.error is None, f"{m.name}: compensated with {c.error!r}")
+        else:
+            expect(c.attempts == tries, f"{m.name}: compensation failed after {c.attempts} of {tries}")
+            expect(c.error is not None, f"{m.name}: failed compensation without an error")
+        if p.comp_timeout is None:
+            ok, attempts = m.compensate.outcome()
+            want = ("compensated" if ok else "failed", attempts)
+            expect((c.status, c.attempts) == want, f"{m.name}: compensation {(c.status, c.attempts)}, script {want}")
+            if not ok:
+                expect(isinstance(c.error, ScriptedFailure), f"{m.name}: compensation error {c.error!r}")
+    # Calls: one step at a time, in the due order; what each saw.
+    order: list[str] = []
+    for call in comp_calls:
+        if not order or order[-1] != call[1]:
+            order.append(call[1])
+        expect(call[3] == frozenset(completed), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
+        expect(call[4] == result.steps[call[1]].value, f"{call[1]}: compensation got {call[4]!r}")
+    expect(len(order) == len(set(order)), f"compensations interleaved: {order}")
+    positions = [due_names.index(n) if n in due_names else -1 for n in order]
+    expect(-1 not in positions and positions == sorted(positions), f"compensation calls {order}, due {due_names}")
+    if plan.exact:
+        expect(order == due_names, f"compensation calls {order} != due {due_names}")
+        for m in due:
+            c = result.steps[m.name].compensation
+            numbers = [call[2] for call in comp_calls if call[1] == m.name]
+            if c is not None:
+                expect(numbers == list(range(1, c.attempts + 1)), f"{m.name}: compensation calls {numbers}")
+
+
+def check_events(
+    plan: RunPlan,
+    result: FlowResult,
+    events: list[Any],
+    stage_index: dict[str, int],
+    expect: Callable[[bool, str], None],
+) -> None:
+    if not events:
+        expect(False, "no events")
+        return
+    kinds = [e.kind for e in events]
+    expect(kinds[0] == "flow_started" and kinds.count("flow_started") == 1, "flow_started not first/unique")
+    expect(kinds[-1] == "flow_finished" and kinds.count("flow_finished") == 1, "flow_finished not last/unique")
+    expect(all(e.run_id == result.run_id for e in events), "an event carries another run's id")
+    expect(events[-1].status == result.status, f"flow_finished {events[-1].status} != {result.status}")
+    finished = collections.Counter(e.step for e in events if e.kind == "step_finished")
+    started = collections.Counter(e.step for e in events if e.kind == "step_started")
+    comp_started = collections.Counter(e.step for e in events if e.kind == "compensation_started")
+    for name, r in result.steps.items():
+        expect(finished[name] == 1, f"{name}: {finished[name]} step_finished events")
+        expect(started[name] <= r.attempts, f"{name}: {started[name]} step_started for {r.attempts} attempts")
+        if plan.exact:
+            expect(started[name] == r.attempts, f"{name}: {started[name]} step_started for {r.attempts} attempts")
+        c = r.compensation
+        expect(comp_started[name] == (c.attempts if c else 0), f"{name}: {comp_started[name]} compensation_started")
+    for e in events:
+        if e.kind == "step_finished":
+            expect(e.status == result.steps[e.step].status, f"{e.step}: step_finished {e.status}")
+        if e.kind == "group_finished":
+            expect(e.status == result.groups[e.group].status, f"{e.group}: group_finished {e.status}")
+    # Stages in order: no event of a stage after a later stage's.
+    group_stage = {s.name: i for i, s in enumerate(plan.spec.stages) if s.group}
+    current = -1
+    compensating = False
+    for e in events:
+        if e.kind in ("step_started", "step_retrying", "step_finished"):
+            index = stage_index[e.step]
+        elif e.kind == "group_finished":
+            index = group_stage[e.group]
+        elif e.kind.startswith("compensation"):
+            compensating = True
+            continue
+        else:
+            continue
+        expect(not compensating, f"{e.kind} of {e.step or e.group} after compensations began")
+        expect(index >= current, f"{e.kind} of stage {index} after stage {current}")
+        current = max(current, index)
+    # Concurrency caps: members between their first start and their end.
+    for stage in plan.spec.stages:
+        if not stage.group or stage.max_concurrency is None:
+            continue
+        members = {m.name for m in stage.members}
+        active: set[str] = set()
+        peak = 0
+        for e in events:
+            if e.step not in members:
+                continue
+            if e.kind == "step_started":
+                active.add(e.step)
+            elif e.kind == "step_finished":
+                active.discard(e.step)
+            peak = max(peak, len(active))
+        expect(
+            peak <= stage.max_concurrency, f"group {stage.name}: {peak} members at once, cap {stage.max_concurrency}"
+        )
+
+
+def late_calls_allowed(result: FlowResult) -> set[tuple[str, str, int]]:
+    """Calls that may still appear after the run: only attempts the run counted."""
+    allowed: set[tuple[str, str, int]] = set()
+    for name, r in result.steps.items():
+        allowed |= {("step", name, n) for n in range(1, r.attempts + 1)}
+        if r.compensation is not None:
+            allowed |= {("compensate", name, n) for n in range(1, r.compensation.attempts + 1)}
+    return allowed
+
+
+# ── sampling ──────────────────────────────────────────────────────────────────────
+
+
+def lane_pids() -> set[int]:
+    process = sys.modules.get("flowpool._executors._process")
+    if process is None:
+        return set()
+    pool = process._POOL
+    with pool._lock:
+        lanes = list(pool._all)
+    pids: set[int] = set()
+    for lane in lanes:
+        with contextlib.suppress(Exception):
+            pids.update(lane.pids())
+    return pids
+
+
+def _is_tracker(child: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker" in part for part in child.cmdline())
+    except psutil.Error:
+        return False
+
+
+def describe_fds() -> dict[str, int]:
+    """Open descriptors by kind (pipe, socket, anon_inode:…, or the file's directory)."""
+    kinds = collections.Counter[str]()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            kind = target.split(":[")[0] if ":[" in target else os.path.dirname(target) or target
+            kinds[kind] += 1
+    return dict(sorted(kinds.items()))
+
+
+def flag_files() -> int:
+    directory = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return len(list(directory.glob(f"flowpool-{os.getpid()}-lane*")))
+
+
+def sample(elapsed: float, runs: int) -> dict[str, Any]:
+    me = psutil.Process()
+    lanes = lane_pids()
+    others = []
+    zombies = 0
+    for child in me.children(recursive=True):
+        if child.pid in lanes or _is_tracker(child):
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies += 1
+        except psutil.Error:
+            continue
+        others.append(child.pid)
+    from flowpool._executors._threads import abandoned_threads
+
+    return {
+        "elapsed": round(elapsed, 2),
+        "runs": runs,
+        "threads": threading.active_count(),
+        "os_threads": me.num_threads(),
+        "lanes": len(lanes),
+        "children": len(others),
+        "zombies": zombies,
+        "fds": me.num_fds(),
+        "rss_mb": round(me.memory_info().rss / 2**20, 1),
+        "abandoned_threads": abandoned_threads(),
+        "flag_files": flag_files(),
+    }
+
+
+# ── the soak ──────────────────────────────────────────────────────────────────────
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        self.stop = threading.Event()
+        self.tmp = tempfile.mkdtemp(prefix="flowpool-soak-")
+        self.user_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.runs = 0
+        self.runs_by = collections.Counter[str]()
+        self.steps = 0
+        self.calls = 0
+        self.compensation_calls = 0
+        self.faults = collections.Counter[str]()
+        self.violations: list[dict[str, Any]] = []
+        self.violation_count = 0
+        self.leaks: list[str] = []
+        self.samples: list[dict[str, Any]] = []
+        self.late: collections.deque[tuple[float, str, int, set[tuple[str, str, int]], int]] = collections.deque()
+        self.current: dict[int, tuple[int, float]] = {}
+        self.started = 0.0
+        self.hung_runs: list[int] = []
+        self.durations: list[float] = []
+
+    # one run
+    def run_one(self, seed: int, record: bool = True) -> list[str]:
+        plan = make_plan(seed)
+        log = os.path.join(self.tmp, f"{seed}.log")
+        flow = build(plan, log)
+        events: list[Any] = []
+        kwargs: dict[str, Any] = {"max_workers": plan.max_workers, "on_event": events.append}
+        if plan.mode == "process":
+            kwargs["executor"] = "process"
+        elif plan.mode == "user-pool":
+            assert self.user_pool is not None
+            kwargs = {"executor": self.user_pool, "on_event": events.append}
+        began = time.monotonic()
+        try:
+            result = flow.run({"seed": seed}, **kwargs)
+        except BaseException as error:
+            problems = [f"run raised {type(error).__name__}: {error}\n{traceback.format_exc()}"]
+            self.record(plan, problems, [], record)
+            return problems
+        with self.lock:
+            self.durations.append(time.monotonic() - began)
+        calls = read_log(log)
+        problems = check_run(plan, result, calls, events)
+        if plan.scripted_only:
+            problems += [f"oracle: {p}" for p in check_result(plan.spec, result, calls)]
+        if record:
+            with self.lock:
+                self.late.append(
+                    (time.monotonic() + LATE_CHECK_DELAY, log, len(calls), late_calls_allowed(result), seed)
+                )
+        self.count(plan, result, calls)
+        self.record(plan, problems, calls, record)
+        return problems
+
+    def count(self, plan: RunPlan, result: FlowResult, calls: list[tuple[Any, ...]]) -> None:
+        triggered: collections.Counter[str] = collections.Counter()
+        for call in calls:
+            if call[0] == "step":
+                kind = (
+                    plan.steps[call[1]].outcomes[call[2] - 1] if call[2] <= len(plan.steps[call[1]].outcomes) else FAIL
+                )
+                triggered["exception" if kind == FAIL else kind] += 1
+            else:
+                p = plan.steps[call[1]]
+                if p.comp_timeout is not None:
+                    triggered["compensation-timeout"] += 1
+                elif p.comp_slow:
+                    triggered["slow-compensation"] += 1
+                spec = plan.spec.stage_of()[call[1]]
+                member = next(m for m in spec.members if m.name == call[1])
+                assert member.compensate is not None
+                script = member.compensate.script
+                if not (call[2] <= len(script) and script[call[2] - 1]):
+                    triggered["failing-compensation"] += 1
+        triggered.pop(OK, None)
+        with self.lock:
+            self.runs += 1
+            self.runs_by[f"mode:{plan.mode}"] += 1
+            self.runs_by[f"status:{result.status.value}"] += 1
+            self.runs_by["exact" if plan.exact else "timing-dependent"] += 1
+            self.steps += len(result.steps)
+            self.calls += sum(1 for c in calls if c[0] == "step")
+            self.compensation_calls += sum(1 for c in calls if c[0] == "compensate")
+            self.faults.update(triggered)
+
+    def record(self, plan: RunPlan, problems: list[str], calls: list[tuple[Any, ...]], record: bool) -> None:
+        if not problems or not record:
+            return
+        with self.lock:
+            self.violation_count += len(problems)
+            if len(self.violations) < 10:
+                self.violations.append({"seed": plan.seed, "mode": plan.mode, "problems": problems[:20]})
+
+    def check_late(self, force: bool = False) -> None:
+        now = time.monotonic()
+        while True:
+            with self.lock:
+                if not self.late or (not force and self.late[0][0] > now):
+                    return
+                _, log, seen, allowed, seed = self.late.popleft()
+            calls = read_log(log)
+            extra = calls[seen:]
+            keys = {(c[0], c[1], c[2]) for c in calls[:seen]}
+            bad = [c[:3] for c in extra if (c[0], c[1], c[2]) not in allowed or (c[0], c[1], c[2]) in keys]
+            if bad:
+                with self.lock:
+                    self.violation_count += 1
+                    if len(self.violations) < 10:
+                        self.violations.append(
+                            {"seed": seed, "mode": "?", "problems": [f"calls after the run returned: {bad}"]}
+                        )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
+
+    def take_sample(self) -> None:
+        s = sample(time.monotonic() - self.started, self.runs)
+        with self.lock:
+            self.samples.append(s)
+
+    # the loop of one runner thread
+    def runner(self, number: int, deadline: float) -> None:
+        base = self.args.seed * 1_000_003
+        while time.monotonic() < deadline and not self.stop.is_set():
+            index = next(self.counter)
+            seed = base + index
+            with self.lock:
+                self.current[number] = (seed, time.monotonic())
+            try:
+                self.run_one(seed)
+            except Exception:
+                with self.lock:
+                    self.violation_count += 1
+                    self.violations.append(
+                        {"seed": seed, "mode": "?", "problems": [f"soak error: {traceback.format_exc()}"]}
+                    )
+            with self.lock:
+                self.current.pop(number, None)
+            if (index + 1) % self.args.sample_every == 0:
+                self.take_sample()
+
+    def warm_up(self) -> None:
+        """Load everything lazily loaded (loky, its resource tracker, tenacity), then go idle."""
+        for seed in range(3):
+            flow = Flow(f"warm-{seed}").step("a", _warm_step).parallel("g", [Step("b", _warm_step)])
+            flow.run(executor="process", max_workers=2)
+            flow.run()
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                flow.run(executor=pool)
+        flowpool.shutdown_workers()
+
+    def settle(self, condition: Callable[[], bool], limit: float) -> bool:
+        end = time.monotonic() + limit
+        while not condition():
+            if time.monotonic() > end:
+                return False
+            self.stop.wait(0.1)
+        return True
+
+    def main(self) -> int:
+        args = self.args
+        self.warm_up()
+        self.settle(lambda: threading.active_count() <= 1 + _reaper_alive(), 10)
+        baseline = sample(0.0, 0)
+        baseline_fds = describe_fds()
+        self.user_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8 * args.concurrency, thread_name_prefix="soak-user-pool"
+        )
+        self.started = time.monotonic()
+        deadline = self.started + args.duration
+        runners: dict[int, threading.Thread] = {}
+
+        def start_runner(number: int) -> None:
+            thread = threading.Thread(
+                target=self.runner, args=(number, deadline), name=f"soak-runner-{number}", daemon=True
+            )
+            runners[number] = thread
+            thread.start()
+
+        for number in range(args.concurrency):
+            start_runner(number)
+        hung: dict[int, int] = {}  # runner number -> seed of its hung run
+        try:
+            while any(t.is_alive() for n, t in runners.items() if n not in hung):
+                self.check_late()
+                now = time.monotonic()
+                with self.lock:
+                    current = dict(self.current)
+                for number, (seed, since) in current.items():
+                    if number in hung or now - since <= RUN_LIMIT:
+                        continue
+                    hung[number] = seed
+                    self.hung_runs.append(seed)
+                    with self.lock:
+                        self.violation_count += 1
+                        self.violations.append(
+                            {
+                                "seed": seed,
+                                "mode": make_plan(seed).mode,
+                                "problems": [f"run still running after {RUN_LIMIT:.0f} s (hung)"],
+                            }
+                        )
+                    if now < deadline:
+                        start_runner(len(runners))  # keep the concurrency; the hung thread is a daemon
+                self.stop.wait(0.25)
+        except KeyboardInterrupt:
+            self.stop.set()
+            for thread in runners.values():
+                thread.join(RUN_LIMIT)
+        elapsed = time.monotonic() - self.started
+        self.take_sample()
+        busy = self.samples[-1]
+
+        # Idle: release abandoned hangs, let them finish, read late calls.
+        _HANG_RELEASE.set()
+        from flowpool._executors import _process
+        from flowpool._executors._threads import abandoned_threads
+
+        if not self.settle(lambda: abandoned_threads() == 0, 15):
+            self.leaks.append(f"{abandoned_threads()} abandoned thread-mode attempts still running when idle")
+        self.check_late(force=True)
+        if not self.settle(lambda: sample(0, 0)["children"] == 0, 15):
+            self.leaks.append(f"child processes other than lane workers when idle: {sample(0, 0)}")
+        pool = _process._POOL
+        if not self.settle(lambda: pool.size() == len(pool._idle), 10):
+            self.leaks.append(f"{pool.size() - len(pool._idle)} lanes still busy when idle")
+        idle_with_lanes = sample(elapsed, self.runs)
+        self.user_pool.shutdown(wait=True, cancel_futures=True)
+        flowpool.shutdown_workers()
+
+        def back_to_baseline() -> bool:
+            s = sample(0, 0)
+            return (
+                s["threads"] <= baseline["threads"]
+                and s["os_threads"] <= baseline["os_threads"]
+                and s["fds"] <= baseline["fds"]
+                and s["children"] == 0
+                and s["lanes"] == 0
+                and s["flag_files"] == 0
+            )
+
+        if not self.settle(back_to_baseline, 20):
+            final = sample(elapsed, self.runs)
+            for key in ("threads", "os_threads", "fds", "flag_files"):
+                if final[key] > baseline[key]:
+                    self.leaks.append(f"{key}: {final[key]} when idle, baseline {baseline[key]}")
+            for key in ("children", "lanes"):
+                if final[key]:
+                    self.leaks.append(f"{key}: {final[key]} after shutdown_workers()")
+            if final["fds"] > baseline["fds"]:
+                self.leaks.append(f"open descriptors: {describe_fds()} (baseline: {baseline_fds})")
+            if final["threads"] > baseline["threads"]:
+                names = sorted(t.name for t in threading.enumerate())
+                self.leaks.append(f"threads alive: {names}")
+        final = sample(elapsed, self.runs)
+        live = _live_engine_objects()
+        if live:
+            self.leaks.append(f"engine objects still alive when idle: {live}")
+        memory = self.memory_check(args.duration)
+        if self.hung_runs and self.leaks:
+            self.leaks.append(f"(the {len(self.hung_runs)} hung runs still hold their threads and objects)")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        summary = {
+            "duration": round(elapsed, 1),
+            "concurrency": args.concurrency,
+            "seed": args.seed,
+            "runs": self.runs,
+            "runs_by": dict(sorted(self.runs_by.items())),
+            "steps": self.steps,
+            "step_calls": self.calls,
+            "compensation_calls": self.compensation_calls,
+            "faults": dict(sorted(self.faults.items())),
+            "violations": self.violation_count,
+            "violation_examples": self.violations,
+            "hung_runs": self.hung_runs,
+            "run_seconds": {
+                "mean": round(statistics.fmean(self.durations), 3) if self.durations else None,
+                "max": round(max(self.durations), 3) if self.durations else None,
+            },
+            "leaks": len(self.leaks),
+            "leak_details": self.leaks,
+            "memory": memory,
+            "baseline": baseline,
+            "busy_at_end": busy,
+            "idle_with_lanes": idle_with_lanes,
+            "idle_after_shutdown": final,
+            "samples": len(self.samples),
+            "peak": {k: max(s[k] for s in self.samples) for k in ("threads", "os_threads", "lanes", "children", "fds")}
+            if self.samples
+            else {},
+        }
+        if args.json:
+            summary["sample_log"] = self.samples
+            print(json.dumps(summary, indent=2, default=str))
+        else:
+            print_summary(summary)
+        return 1 if self.violation_count or self.leaks else 0
+
+    def memory_check(self, duration: float) -> dict[str, Any]:
+        warm = max(5.0, 0.25 * duration)
+        after = [s for s in self.samples if s["elapsed"] >= warm]
+        if len(after) < 4:
+            return {"checked": False, "reason": f"only {len(after)} samples after {warm:.0f} s of warm-up"}
+        head = statistics.median(s["rss_mb"] for s in after[:3])
+        tail = statistics.median(s["rss_mb"] for s in after[-3:])
+        tolerance = max(self.args.memory_tolerance_mb, 0.2 * head)
+        growth = tail - head
+        if growth > tolerance:
+            self.leaks.append(f"memory grew {growth:.1f} MB after warm-up ({head:.1f} -> {tail:.1f} MB)")
+        return {
+            "checked": True,
+            "after_warm_up_mb": head,
+            "at_end_mb": tail,
+            "growth_mb": round(growth, 1),
+            "tolerance_mb": round(tolerance, 1),
+        }
+
+
+def _warm_step(ctx: Any) -> int:
+    return 1
+
+
+def _reaper_alive() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "flowpool-lane-reaper")
+
+
+def _live_engine_objects() -> dict[str, int]:
+    from flowpool import _attempt, _runner
+
+    gc.collect()
+    kinds = {"Attempt": _attempt.Attempt, "_Run": _runner._Run, "_StepRun": _runner._StepRun}
+    counts = collections.Counter[str]()
+    for obj in gc.get_objects():
+        for name, kind in kinds.items():
+            if type(obj) is kind:
+                counts[name] += 1
+    return dict(counts)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    print(f"flowpool soak: {s['duration']} s, {s['concurrency']} runners, seed {s['seed']}")
+    print(f"  runs: {s['runs']}  ({', '.join(f'{k} {v}' for k, v in s['runs_by'].items())})")
+    print(f"  steps: {s['steps']}  step calls: {s['step_calls']}  compensation calls: {s['compensation_calls']}")
+    print(f"  faults injected: {', '.join(f'{k} {v}' for k, v in s['faults'].items()) or 'none'}")
+    print(f"  run seconds: {s['run_seconds']}  hung runs: {s['hung_runs'] or 'none'}")
+    print(f"  peak while running: {s['peak']}")
+    keys = ("threads", "os_threads", "children", "lanes", "fds", "rss_mb", "flag_files")
+    for label in ("baseline", "idle_with_lanes", "idle_after_shutdown"):
+        print(f"  {label}: " + ", ".join(f"{k} {s[label][k]}" for k in keys))
+    print(f"  memory: {s['memory']}")
+    print(f"  violations: {s['violations']}")
+    for v in s["violation_examples"]:
+        print(f"    seed {v['seed']} ({v['mode']}):")
+        for p in v["problems"][:8]:
+            print(f"      - {p}")
+    print(f"  leaks: {s['leaks']}")
+    for leak in s["leak_details"]:
+        print(f"    - {leak}")
+    print("OK" if not s["violations"] and not s["leaks"] else "FAILED")
+
+
+def replay(seed: int) -> int:
+    soak = Soak(argparse.Namespace(seed=0, sample_every=10**9, memory_tolerance_mb=0))
+    soak.user_pool = concurrent.futures.ThreadPoolExecutor(8)
+    plan = make_plan(seed)
+    print(json.dumps(plan.describe(), indent=1))
+    try:
+        problems = soak.run_one(seed, record=False)
+    finally:
+        _HANG_RELEASE.set()
+        soak.user_pool.shutdown()
+        flowpool.shutdown_workers()
+        shutil.rmtree(soak.tmp, ignore_errors=True)
+    print("\n".join(problems) or "no problems")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds to keep starting runs (600)")
+    parser.add_argument("--concurrency", type=int, default=4, help="threads each looping runs (4)")
+    parser.add_argument("--seed", type=int, default=None, help="base seed (random by default)")
+    parser.add_argument("--sample-every", type=int, default=20, help="sample resources every N runs (20)")
+    parser.add_argument("--memory-tolerance-mb", type=float, default=48.0, help="allowed RSS growth (48)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    parser.add_argument("--replay", type=int, default=None, metavar="SEED", help="run one flow again and check it")
+    args = parser.parse_args(argv)
+    if args.replay is not None:
+        return replay(args.replay)
+    if args.duration <= 0 or args.concurrency < 1 or args.sample_every < 1:
+        parser.error("--duration must be > 0, --concurrency and --sample-every >= 1")
+    if args.seed is None:
+        args.seed = random.randrange(1, 10**6)
+    try:
+        return Soak(args).main()
+    finally:
+        _HANG_RELEASE.set()
+        flowpool.shutdown_workers()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""SPEC §2: every problem in a definition raises ``FlowDefinitionError`` from the call
+that introduced it, naming the flow, the step and the bad argument."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import tenacity
+
+from flowpool import Flow, FlowDefinitionError, FlowpoolError, Step
+
+pytestmark = pytest.mark.timeout(30)
+
+FLOW = "flow-under-test"
+
+
+def ok(ctx: Any) -> str:
+    return "ok"
+
+
+def undo(ctx: Any, value: Any) -> None:
+    return None
+
+
+def check(
+    excinfo: pytest.ExceptionInfo[FlowDefinitionError],
+    *,
+    flow: str | None = FLOW,
+    step: str | None = None,
+    argument: str | None = None,
+) -> None:
+    """The error is a FlowDefinitionError and a ValueError whose message names what it should."""
+    error = excinfo.value
+    assert isinstance(error, FlowDefinitionError)
+    assert isinstance(error, ValueError)
+    assert isinstance(error, FlowpoolError)
+    message = str(error)
+    for what, expected in (("flow", flow), ("step", step), ("argument", argument)):
+        if expected is not None:
+            assert expected in message, f"the message should name the {what} {expected!r}: {message!r}"
+
+
+def base() -> Flow:
+    return Flow(FLOW).step("first", ok)
+
+
+def still_usable(flow: Flow, *, stages: int = 1) -> None:
+    """A failed call left the flow unchanged: the next valid call works and the flow runs."""
+    assert len(flow.stages) == stages
+    flow.step("after-the-error", ok)
+    result = flow.run()
+    assert result.ok
+    assert list(result.steps)[-1] == "after-the-error"
+
+
+# ── names ───────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("name", ["", None, 3])
+def test_flow_name_must_be_a_non_empty_string(name: Any) -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Flow(name)
+    check(excinfo, flow=None, argument="name")
+
+
+@pytest.mark.parametrize("name", ["", None, 7])
+def test_step_name_must_be_a_non_empty_string(name: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step(name, ok)
+    check(excinfo, argument="name")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("name", ["", None])
+def test_standalone_step_name_must_be_a_non_empty_string(name: Any) -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step(name, ok)
+    check(excinfo, flow=None, argument="name")
+
+
+@pytest.mark.parametrize("name", ["", None])
+def test_group_name_must_be_a_non_empty_string(name: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel(name, [Step("m", ok)])
+    check(excinfo, argument="name")
+    still_usable(flow)
+
+
+def test_mapping_member_name_must_be_a_non_empty_string() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "", "fn": ok}])
+    check(excinfo, argument="name")
+    still_usable(flow)
+
+
+def test_duplicate_step_names() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("first", ok)
+    check(excinfo, step="first", argument="name")
+    still_usable(flow)
+
+
+def test_group_name_may_not_repeat_a_step_name() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("first", [Step("m", ok)])
+    check(excinfo, step="first", argument="name")
+    still_usable(flow)
+
+
+def test_step_name_may_not_repeat_a_group_name() -> None:
+    flow = base().parallel("group", [Step("m", ok)])
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("group", ok)
+    check(excinfo, step="group", argument="name")
+    still_usable(flow, stages=2)
+
+
+def test_member_name_may_not_repeat_an_earlier_step_name() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("m", ok), {"name": "first", "fn": ok}])
+    check(excinfo, step="first", argument="name")
+    still_usable(flow)
+
+
+def test_members_of_one_group_need_distinct_names() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("twin", ok), Step("twin", ok)])
+    check(excinfo, step="twin", argument="name")
+    still_usable(flow)
+
+
+def test_member_name_may_not_repeat_its_own_group_name() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("group", ok)])
+    check(excinfo, step="group", argument="name")
+    still_usable(flow)
+
+
+def test_a_later_step_may_not_reuse_a_member_name() -> None:
+    flow = base().parallel("group", [Step("m", ok)])
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("m", ok)
+    check(excinfo, step="m", argument="name")
+    still_usable(flow, stages=2)
+
+
+def test_names_of_a_rejected_group_stay_free() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError):
+        flow.parallel("group", [Step("m", ok), {"name": "bad", "fn": ok, "retries": -1}])
+    flow.parallel("group", [Step("m", ok)]).step("bad", ok)
+    assert [stage.name for stage in flow.stages] == ["first", "group", "bad"]
+    assert flow.run().ok
+
+
+# ── fn and compensate ───────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("fn", [None, 42, "ok"])
+def test_fn_must_be_callable(fn: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", fn)
+    check(excinfo, step="bad", argument="fn")
+    still_usable(flow)
+
+
+def test_standalone_step_fn_must_be_callable() -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", 42)  # type: ignore[arg-type]
+    check(excinfo, flow=None, step="bad", argument="fn")
+
+
+def test_mapping_member_fn_must_be_callable() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": "not callable"}])
+    check(excinfo, step="bad", argument="fn")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("compensate", [42, "undo", object()])
+def test_compensate_must_be_callable(compensate: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, compensate=compensate)
+    check(excinfo, step="bad", argument="compensate")
+    still_usable(flow)
+
+
+def test_standalone_step_compensate_must_be_callable() -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", ok, compensate=42)  # type: ignore[arg-type]
+    check(excinfo, flow=None, step="bad", argument="compensate")
+
+
+def test_mapping_member_compensate_must_be_callable() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, "compensate": 1}])
+    check(excinfo, step="bad", argument="compensate")
+    still_usable(flow)
+
+
+def test_valid_options_are_accepted_everywhere() -> None:
+    flow = (
+        Flow(FLOW)
+        .step("a", ok, retries=0, timeout=1, compensate=undo, compensate_retries=2, compensate_timeout=0.5)
+        .parallel(
+            "group",
+            [
+                Step("b", ok, retries=3, timeout=2.5, required=True, executor="thread"),
+                {"name": "c", "fn": ok, "retry": tenacity.Retrying(stop=tenacity.stop_after_attempt(2))},
+                {"name": "d", "fn": ok, "executor": None, "required": False},
+            ],
+            min_successes=3,
+            max_concurrency=1,
+        )
+    )
+    assert flow.run().ok
+
+
+# ── retries, timeouts and their compensation twins ──────────────────────────────
+
+BAD_COUNTS = [-1, 1.5, "2", None, True, False]
+BAD_SECONDS = [0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, True, False, "1", [1]]
+
+
+@pytest.mark.parametrize("argument", ["retries", "compensate_retries"])
+@pytest.mark.parametrize("value", BAD_COUNTS, ids=repr)
+def test_counts_must_be_ints_at_least_zero(argument: str, value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, compensate=undo, **{argument: value})
+    check(excinfo, step="bad", argument=argument)
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("argument", ["retries", "compensate_retries"])
+@pytest.mark.parametrize("value", [-1, True, 2.0], ids=repr)
+def test_standalone_step_counts_are_checked(argument: str, value: Any) -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", ok, **{argument: value})
+    check(excinfo, flow=None, step="bad", argument=argument)
+
+
+@pytest.mark.parametrize("argument", ["retries", "compensate_retries"])
+@pytest.mark.parametrize("value", [-3, False, "1"], ids=repr)
+def test_mapping_member_counts_are_checked(argument: str, value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, argument: value}])
+    check(excinfo, step="bad", argument=argument)
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("argument", ["timeout", "compensate_timeout"])
+@pytest.mark.parametrize("value", BAD_SECONDS, ids=repr)
+def test_seconds_must_be_finite_and_positive(argument: str, value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, compensate=undo, **{argument: value})
+    check(excinfo, step="bad", argument=argument)
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("argument", ["timeout", "compensate_timeout"])
+@pytest.mark.parametrize("value", [0, math.nan, math.inf, -2, True, "3"], ids=repr)
+def test_standalone_step_seconds_are_checked(argument: str, value: Any) -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", ok, **{argument: value})
+    check(excinfo, flow=None, step="bad", argument=argument)
+
+
+@pytest.mark.parametrize("argument", ["timeout", "compensate_timeout"])
+@pytest.mark.parametrize("value", [0, math.nan, -math.inf, True], ids=repr)
+def test_mapping_member_seconds_are_checked(argument: str, value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, argument: value}])
+    check(excinfo, step="bad", argument=argument)
+    still_usable(flow)
+
+
+def retrying() -> tenacity.Retrying:
+    return tenacity.Retrying(stop=tenacity.stop_after_attempt(3))
+
+
+def test_retries_and_retry_together_on_step() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, retries=2, retry=retrying())
+    check(excinfo, step="bad")
+    assert "retries" in str(excinfo.value)
+    assert "retry" in str(excinfo.value)
+    still_usable(flow)
+
+
+def test_retries_and_retry_together_on_standalone_step() -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", ok, retries=1, retry=retrying())
+    check(excinfo, flow=None, step="bad", argument="retr")
+
+
+def test_retries_and_retry_together_in_mapping() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, "retries": 1, "retry": retrying()}])
+    check(excinfo, step="bad", argument="retr")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("value", [3, "tenacity", lambda: None], ids=["int", "str", "lambda"])
+def test_retry_must_be_a_tenacity_retrying(value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, retry=value)
+    check(excinfo, step="bad", argument="retry")
+    still_usable(flow)
+
+
+# ── groups ──────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("members", [[], ()], ids=["list", "tuple"])
+def test_empty_group(members: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", members)
+    check(excinfo, step="group", argument="members")
+    still_usable(flow)
+
+
+def test_unknown_mapping_keys() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, "retires": 2}])
+    check(excinfo, step="bad", argument="retires")
+    still_usable(flow)
+
+
+def test_unknown_option_on_step() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, timout=1.0)
+    check(excinfo, step="bad", argument="timout")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("missing", ["name", "fn"])
+def test_mapping_missing_a_key(missing: str) -> None:
+    member = {"name": "bad", "fn": ok}
+    del member[missing]
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("fine", ok), member])
+    check(excinfo, step="bad" if missing == "fn" else None, argument=missing)
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("member", [42, "step", ok], ids=["int", "str", "function"])
+def test_member_must_be_a_step_or_a_mapping(member: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("fine", ok), member])
+    check(excinfo, step="group")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("min_successes", [0, -1, 3, 10])
+def test_min_successes_outside_range(min_successes: int) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("a", ok), Step("b", ok)], min_successes=min_successes)
+    check(excinfo, step="group", argument="min_successes")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("min_successes", [1, 2])
+def test_min_successes_inside_range(min_successes: int) -> None:
+    flow = base().parallel("group", [Step("a", ok), Step("b", ok)], min_successes=min_successes)
+    assert flow.run().ok
+
+
+def test_min_successes_with_fail_fast() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("a", ok), Step("b", ok)], min_successes=1, fail_fast=True)
+    check(excinfo, step="group", argument="min_successes")
+    assert "fail_fast" in str(excinfo.value)
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("max_concurrency", [0, -1])
+def test_max_concurrency_below_one(max_concurrency: int) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [Step("a", ok)], max_concurrency=max_concurrency)
+    check(excinfo, step="group", argument="max_concurrency")
+    still_usable(flow)
+
+
+def test_required_outside_a_group() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, required=True)
+    check(excinfo, step="bad", argument="required")
+    still_usable(flow)
+
+
+def test_required_on_a_member_is_fine() -> None:
+    flow = base().parallel("group", [Step("a", ok, required=True), {"name": "b", "fn": ok, "required": True}])
+    assert flow.run().ok
+
+
+@pytest.mark.parametrize("value", ["threads", "dask", "", 3])
+def test_unknown_executor_name_on_a_step(value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.step("bad", ok, executor=value)
+    check(excinfo, step="bad", argument="executor")
+    still_usable(flow)
+
+
+def test_unknown_executor_name_on_standalone_step() -> None:
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        Step("bad", ok, executor="gpu")  # type: ignore[arg-type]
+    check(excinfo, flow=None, step="bad", argument="executor")
+
+
+def test_unknown_executor_name_in_mapping() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, "executor": "gpu"}])
+    check(excinfo, step="bad", argument="executor")
+    still_usable(flow)
+
+
+def test_parallel_checks_step_objects_again_and_names_the_flow() -> None:
+    member = Step("sneaky", ok)
+    # Break the immutable Step behind its back: .parallel() must not trust it.
+    object.__setattr__(member, "retries", -1)
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [member])
+    check(excinfo, step="sneaky", argument="retries")
+    still_usable(flow)
+
+
+def test_parallel_names_the_flow_for_a_bad_mapping_member() -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.parallel("group", [{"name": "bad", "fn": ok, "timeout": -1}])
+    check(excinfo, flow=FLOW, step="bad", argument="timeout")
+
+
+def test_standalone_step_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="retries"):
+        Step("bad", ok, retries=-1)
+
+
+# ── running ─────────────────────────────────────────────────────────────────────
+
+
+def test_running_a_flow_with_no_stages() -> None:
+    flow = Flow(FLOW)
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.run()
+    check(excinfo)
+    flow.step("only", ok)
+    assert flow.run().ok
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "2"], ids=repr)
+def test_run_max_workers(value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.run(max_workers=value)
+    check(excinfo, argument="max_workers")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, True, "1"], ids=repr)
+def test_run_timeout(value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.run(timeout=value)
+    check(excinfo, argument="timeout")
+    still_usable(flow)
+
+
+@pytest.mark.parametrize("value", ["threads", "", "dask", 42, object()], ids=repr)
+def test_run_executor(value: Any) -> None:
+    flow = base()
+    with pytest.raises(FlowDefinitionError) as excinfo:
+        flow.run(executor=value)
+    check(excinfo, argument="executor")
+    still_usable(flow)
+
+
+def test_bad_run_arguments_do_not_call_any_step() -> None:
+    calls: list[str] = []
+    flow = Flow(FLOW).step("first", lambda ctx: calls.append("first"))
+    for kwargs in ({"max_workers": 0}, {"timeout": -1}, {"executor": "nope"}):
+        with pytest.raises(FlowDefinitionError):
+            flow.run(**kwargs)
+    assert calls == []
