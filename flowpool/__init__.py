@@ -6,6 +6,8 @@ processes, or on any ``concurrent.futures.Executor`` (Dask included), with
 retries, timeouts, group failure policies and saga compensation.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._context import Context
 from ._definition import Flow, Group, Step
 from ._errors import (
@@ -33,7 +35,20 @@ from ._results import (
     StepStatus,
 )
 
+if TYPE_CHECKING:
+    from ._journal import Journal, JournalRun
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The journal (sqlite3, hashlib, json) is imported only by programs that use it.
+    if name in ("Journal", "JournalRun"):
+        from . import _journal
+
+        return getattr(_journal, name)
+    raise AttributeError(f"module 'flowpool' has no attribute {name!r}")
+
 
 __all__ = [
     "EVENT_KINDS",
@@ -51,7 +66,9 @@ __all__ = [
     "Group",
     "GroupResult",
     "GroupStatus",
+    "Journal",
     "JournalError",
+    "JournalRun",
     "RemoteError",
     "Step",
     "StepCancelledError",

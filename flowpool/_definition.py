@@ -16,9 +16,11 @@ from ._errors import FlowDefinitionError
 
 if TYPE_CHECKING:
     import concurrent.futures
+    import os
 
     from ._context import Context
     from ._events import Event
+    from ._journal import Journal
     from ._results import FlowResult
 
 __all__ = ["Flow", "Group", "Step"]
@@ -416,6 +418,7 @@ class Flow:
         timeout: float | None = None,
         on_event: Callable[[Event], Any] | None = None,
         clock: Any = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> FlowResult:
         """Run the flow and return its ``FlowResult``; a failing step does not raise.
 
@@ -429,6 +432,8 @@ class Flow:
                 with ``FlowTimeoutError``, and completed steps are compensated.
             on_event: called in the caller's thread with each ``Event``.
             clock: a ``flowpool.testing`` clock, for tests.
+            journal: a path or a ``flowpool.Journal``: record the run in an embedded
+                SQLite journal so that ``resume`` can continue it if the process dies.
 
         Raises:
             FlowDefinitionError: the flow has no stages, or an argument is invalid.
@@ -444,7 +449,66 @@ class Flow:
             timeout=timeout,
             on_event=on_event,
             clock=clock,
+            journal=journal,
         )
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        journal: str | os.PathLike[str] | Journal,
+        force: bool = False,
+        executor: str | concurrent.futures.Executor | Any = "thread",
+        max_workers: int | None = None,
+        timeout: float | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> FlowResult:
+        """Continue a journaled run whose process died.
+
+        Steps recorded as completed are not executed again (their values come back
+        from the journal); a step that was running when the process died runs again
+        (at least once). A run that had failed resumes only its pending
+        compensations. A finished run runs nothing and returns its recorded result.
+
+        Args:
+            run_id: the run to continue (``Journal(path).runs()`` lists them).
+            journal: the journal the run was recorded in.
+            force: resume even if the definition changed since the run.
+
+        Raises:
+            JournalError: unknown run id, or a file that is not a journal or is corrupt.
+            FlowDefinitionError: the definition changed since the run (unless ``force``).
+        """
+        from ._journal import Journal, fingerprint
+        from ._runner import open_journal, run_flow
+
+        owned, book = open_journal(journal, self._name)
+        assert book is not None
+        try:
+            recorded = book.recorded(run_id)
+            if recorded.fingerprint != fingerprint(self) and not force:
+                raise FlowDefinitionError(
+                    f"the definition changed since run {run_id!r} was recorded (its fingerprint differs); "
+                    f"pass force=True to resume it anyway",
+                    flow=self._name,
+                    argument="run_id",
+                )
+            if recorded.status != "running":
+                return book.result(run_id)
+            return run_flow(
+                self,
+                recorded.input,
+                executor=executor,
+                max_workers=max_workers,
+                timeout=timeout,
+                on_event=on_event,
+                clock=None,
+                journal=book,
+                resume=recorded,
+            )
+        finally:
+            if owned and isinstance(book, Journal):
+                book.close()
 
     def __repr__(self) -> str:
         return f"Flow({self._name!r}, stages={len(self._stages)})"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import queue
 import signal
 import threading
@@ -48,6 +49,7 @@ from ._errors import (
 )
 from ._events import EventSink
 from ._executors import Backend, describe_executor, open_backend
+from ._journal import Journal, RecordedRun
 from ._policy import group_verdict, stops_group_early
 from ._results import (
     CompensationResult,
@@ -156,8 +158,10 @@ def run_flow(
     timeout: float | None,
     on_event: Callable[[Event], Any] | None,
     clock: Clock | None,
+    journal: Any = None,
+    resume: RecordedRun | None = None,
 ) -> FlowResult:
-    """Check the run's arguments, then run ``flow`` to its end."""
+    """Check the run's arguments, then run ``flow`` to its end (or on from ``resume``)."""
     stages = flow.stages
     if not stages:
         raise FlowDefinitionError("the flow has no stages; add one with .step() or .parallel()", flow=flow.name)
@@ -172,8 +176,29 @@ def run_flow(
             raise FlowDefinitionError(f"must be callable or None, not {type(on_event).__name__}", argument="on_event")
     except FlowDefinitionError as error:
         raise error.with_flow(flow.name) from None
-    run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
-    return run.execute()
+    owned, book = open_journal(journal, flow.name)
+    try:
+        run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
+        run.journal = book
+        if resume is not None:
+            run.resume_from(resume)
+        return run.execute()
+    finally:
+        if owned and book is not None:
+            book.close()
+
+
+def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
+    """``(owned, journal)`` for a ``journal=`` argument: a path is opened (and owned)."""
+    if journal is None:
+        return False, None
+    if isinstance(journal, Journal):
+        return False, journal
+    if isinstance(journal, str | os.PathLike):
+        return True, Journal(journal)
+    raise FlowDefinitionError(
+        f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
+    )
 
 
 class _Run:
@@ -220,6 +245,9 @@ class _Run:
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
         self.signal_poll: float | None = None
+        self.journal: Journal | None = None
+        self.resumed: RecordedRun | None = None
+        self.compensation_done: set[str] = set()
 
     # ── backends ────────────────────────────────────────────────────────────────
 
@@ -251,11 +279,20 @@ class _Run:
         self.backends["run"] = open_backend(self.executor, self.max_workers)
         restore = self.install_interrupt_handler()
         try:
+            if self.journal is not None:
+                if self.resumed is None:
+                    self.journal.begin_run(self.run_id, self.flow, self.input, self.layout())
+                else:
+                    self.journal.reopen_run(self.run_id)
             self.events.emit("flow_started", self.started_at)
             if self.timeout is not None:
                 self.push_timer(self.started_at + self.timeout, _DEADLINE, None)
+            if self.resumed is not None and self.resumed.phase == "compensating":
+                self.restore_compensation_phase(self.resumed)
             index = 0
             for stage in self.stages:
+                if self.resumed is not None and self.resumed.phase == "compensating":
+                    break
                 members = stage.members if isinstance(stage, Group) else (stage,)
                 if self.interrupts and self.stopping is None:
                     self.stop("the run was interrupted")  # Ctrl-C arrived between stages
@@ -272,7 +309,8 @@ class _Run:
 
     def finish(self) -> FlowResult:
         finished_at = self.clock.now()
-        if self.interrupts and not self.timed_out:
+        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
+        if (self.interrupts and not self.timed_out) or (resumed_outcome == "cancelled" and not self.interrupts):
             status = FlowStatus.CANCELLED
         elif self.error is not None:
             status = FlowStatus.FAILED
@@ -299,11 +337,100 @@ class _Run:
             started_at=self.started_at,
             finished_at=finished_at,
         )
+        if self.journal is not None:
+            self.journal.end_run(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if interrupted is not None:
+        if interrupted is not None and self.interrupts:
             interrupted.result = result
             raise interrupted
         return result
+
+    def layout(self) -> list[list[Any]]:
+        """``[step, group]`` pairs in declaration order, as the journal keeps them."""
+        out: list[list[Any]] = []
+        for stage in self.stages:
+            if isinstance(stage, Group):
+                out.extend([member.name, stage.name] for member in stage.members)
+            else:
+                out.append([stage.name, None])
+        return out
+
+    def resume_from(self, recorded: RecordedRun) -> None:
+        """Continue ``recorded``: same run id and input; completed steps are not run again."""
+        self.resumed = recorded
+        self.run_id = recorded.run_id
+        self.input = recorded.input
+        self.events = EventSink(self.events._listener, self.name, self.run_id)
+
+    def preload_completed(self, st: _StageRun) -> None:
+        assert self.resumed is not None
+        for sr in st.members:
+            recorded = self.resumed.steps.get(sr.step.name)
+            if recorded is None or recorded.status is not StepStatus.COMPLETED or not recorded.value_kept:
+                continue  # it runs (again): at least once
+            sr.attempts = recorded.attempts
+            sr.first_started = recorded.started_at
+            self.finalize(st, sr, StepStatus.COMPLETED, recorded.value, None)
+            record = sr.record
+            assert record is not None
+            sr.record = self.records[sr.step.name] = StepResult(
+                record.name,
+                record.status,
+                record.value,
+                None,
+                recorded.attempts,
+                recorded.started_at,
+                recorded.finished_at,
+                record.group,
+            )
+
+    def restore_compensation_phase(self, recorded: RecordedRun) -> None:
+        """The run had failed and was compensating when its process died: rebuild its
+        records and run only the compensations that had not finished."""
+        index = 0
+        for stage in self.stages:
+            members = stage.members if isinstance(stage, Group) else (stage,)
+            group = stage.name if isinstance(stage, Group) else None
+            for step in members:
+                rec = recorded.steps.get(step.name)
+                if rec is None:
+                    record = StepResult(step.name, StepStatus.SKIPPED, group=group)
+                else:
+                    record = StepResult(
+                        step.name,
+                        rec.status,
+                        rec.value if rec.status is StepStatus.COMPLETED else None,
+                        rec.error,
+                        rec.attempts,
+                        rec.started_at,
+                        rec.finished_at,
+                        group,
+                    )
+                comp = recorded.compensations.get(step.name)
+                if comp is not None and comp[0] in ("compensated", "failed"):
+                    record = _with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
+                    self.compensation_done.add(step.name)
+                self.records[step.name] = record
+                if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
+                    sr = _StepRun(step, index, group, self.backend_for(step))
+                    sr.record = record
+                    self.completed_with_compensation.append(sr)
+                if rec is not None and rec.status is StepStatus.COMPLETED:
+                    self.values[step.name] = rec.value
+                index += 1
+            if isinstance(stage, Group):
+                status = recorded.groups.get(stage.name)
+                self.groups[stage.name] = GroupResult(
+                    stage.name,
+                    GroupStatus(status) if status else GroupStatus.SKIPPED,
+                    tuple(m.name for m in members),
+                )
+        for name in recorded.compensation_order:  # in the order they ran before the death
+            state = recorded.compensations[name][0]
+            (self.compensated if state == "compensated" else self.not_compensated).append(name)
+        self.values_view = MappingProxyType(dict(self.values))
+        self.error = recorded.error or StepCancelledError("", "the run failed before its process died")
+        self.failed_stage = recorded.failed_stage
 
     def flow_steps(self) -> list[Step]:
         out: list[Step] = []
@@ -336,6 +463,8 @@ class _Run:
         ]
         st = _StageRun(stage.name, group, runs)
         self.stage = st
+        if self.resumed is not None:
+            self.preload_completed(st)
         while st.unsettled:
             if st.waiting:
                 self.start_waiting(st)
@@ -344,6 +473,8 @@ class _Run:
             self.wait_once()
         self.stage = None
         self.settle_verdict(st)
+        if self.journal is not None:
+            self.journal.flush()  # before any later stage starts
 
     def settle_verdict(self, st: _StageRun) -> None:
         added = False
@@ -374,6 +505,8 @@ class _Run:
         )
         self.groups[group.name] = GroupResult(group.name, verdict, tuple(m.name for m in group.members))
         self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
+        if self.journal is not None:
+            self.journal.group_finished(self.run_id, group.name, verdict.value)
         if verdict is GroupStatus.FAILED:
             self.fail(group.name, self.stop_error() or self.group_error(group, st))
         self.fail_if_stopping(st)
@@ -482,6 +615,9 @@ class _Run:
         wait = timers[0][0] - now if timers else None
         if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
             wait = self.signal_poll
+        journal = self.journal
+        if journal is not None and journal.dirty and self.inbox.empty():
+            journal.flush()  # what arrived together is committed together, before we wait
         try:
             kind, item = self.clock.get(self.inbox, wait)
         except queue.Empty:
@@ -501,6 +637,8 @@ class _Run:
         if sr.first_started is None:
             sr.first_started = started
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
+        if self.journal is not None:
+            self.journal.attempt_started(self.run_id, sr.step.name, attempt.number)
         timeout = sr.step.timeout
         if timeout is not None:
             self.push_timer(started + timeout, _TIMEOUT, attempt)
@@ -550,6 +688,8 @@ class _Run:
         step = sr.step
         sr.last_status = status
         sr.last_error = error
+        if self.journal is not None:
+            self.journal.attempt_finished(self.run_id, step.name, attempt.number, status.value)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
@@ -620,6 +760,8 @@ class _Run:
         )
         sr.record = record
         self.records[step.name] = record
+        if self.journal is not None:
+            self.journal.step_finished(self.run_id, record)
         if status is StepStatus.COMPLETED and step.compensate is not None:
             self.completed_with_compensation.append(sr)
         if self.events.enabled:
@@ -747,13 +889,23 @@ class _Run:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
         pending = sorted(self.completed_with_compensation, key=lambda sr: sr.index, reverse=True)
         self.compensating = True
+        journal = self.journal
+        if journal is not None:
+            if self.resumed is None or self.resumed.phase != "compensating":
+                phase_outcome = "failed" if self.timed_out or not self.interrupts else "cancelled"
+                journal.compensating(self.run_id, phase_outcome, self.failed_stage, self.error)
+            pending = [sr for sr in pending if sr.step.name not in self.compensation_done]
         for position, sr in enumerate(pending):
             if self.interrupts >= 2:
                 self.not_compensated.extend(p.step.name for p in pending[position:])
                 return
+            if journal is not None:
+                journal.compensation_started(self.run_id, sr.step.name)
             try:
                 outcome = self.compensate(sr)
             except KeyboardInterrupt:
+                if journal is not None:
+                    journal.compensation_finished(self.run_id, sr.step.name, None, None)
                 self.not_compensated.extend(p.step.name for p in pending[position:])
                 self.events.emit(
                     "compensation_finished",
@@ -766,6 +918,10 @@ class _Run:
             record = sr.record
             assert record is not None
             self.records[sr.step.name] = _with_compensation(record, outcome)
+            if journal is not None:
+                journal.compensation_finished(
+                    self.run_id, sr.step.name, outcome, len(self.compensated) + len(self.not_compensated)
+                )
             if outcome.ok:
                 self.compensated.append(sr.step.name)
             else:

@@ -37,6 +37,8 @@ from flowpool import (
     FlowpoolError,
     FlowResult,
     Group,
+    Journal,
+    JournalError,
     __version__,
 )
 
@@ -597,6 +599,7 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
 @click.option("--timeline", "timeline_path", metavar="PATH", help="Write an HTML timeline of the run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
 @click.option("-v", "--verbose", count=True, help="Show flowpool's log (-vv for debug).")
+@click.option("--journal", "journal_path", metavar="PATH", help="Record the run in this journal (resumable).")
 def run(
     target: str,
     input_json: str | None,
@@ -609,18 +612,51 @@ def run(
     timeline_path: str | None,
     quiet: bool,
     verbose: int,
+    journal_path: str | None,
 ) -> None:
     """Run the flow TARGET (path/to/file.py:NAME or package.module:NAME).
 
     Exit status: 0 completed, 1 failed, 2 bad usage or target, 130 interrupted,
     143 terminated (SIGTERM). Completed steps are compensated before exiting.
     """
+    _execute(
+        target,
+        lambda: _read_input(input_json, input_file),
+        executor,
+        workers,
+        timeout,
+        as_json,
+        events_path,
+        timeline_path,
+        quiet,
+        verbose,
+        journal_path,
+        None,
+        False,
+    )
+
+
+def _execute(
+    target: str,
+    read_input: Callable[[], Any],
+    executor: str,
+    workers: int | None,
+    timeout: float | None,
+    as_json: bool,
+    events_path: str | None,
+    timeline_path: str | None,
+    quiet: bool,
+    verbose: int,
+    journal_path: str | None,
+    resume_id: str | None,
+    force: bool,
+) -> NoReturn:
     terminated = threading.Event()
     restore = _install_sigterm(terminated)
     try:
         code = _run(
             target,
-            _read_input(input_json, input_file),
+            read_input(),
             executor,
             workers,
             timeout,
@@ -630,6 +666,9 @@ def run(
             quiet,
             verbose,
             terminated,
+            journal_path,
+            resume_id,
+            force,
         )
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM) before the run started, e.g. while importing the target.
@@ -679,8 +718,12 @@ def _run(
     quiet: bool,
     verbose: int,
     terminated: threading.Event,
+    journal_path: str | None = None,
+    resume_id: str | None = None,
+    force: bool = False,
 ) -> int:
     flow = load_target(target)
+    journal = _open_journal(journal_path, must_exist=resume_id is not None) if journal_path else None
     for path, option in ((events_path, "--events"), (timeline_path, "--timeline")):
         if path is not None:
             _check_writable(path, option)
@@ -714,7 +757,25 @@ def _run(
 
     result: FlowResult | None = None
     try:
-        result = flow.run(value, executor=executor, max_workers=workers, timeout=timeout, on_event=on_event)
+        if resume_id is not None:
+            assert journal is not None
+            result = flow.resume(
+                resume_id,
+                journal=journal,
+                force=force,
+                executor=executor,
+                max_workers=workers,
+                timeout=timeout,
+                on_event=on_event,
+            )
+        else:
+            listener: Callable[[Event], None] = on_event
+            if journal is not None:
+                # The run id is known only once the run starts: tell it from the first event.
+                listener = _announce_run_id(on_event, journal.path)
+            result = flow.run(
+                value, executor=executor, max_workers=workers, timeout=timeout, on_event=listener, journal=journal
+            )
         code = EXIT_COMPLETED if result.ok else EXIT_FAILED
     except FlowInterrupted as interrupted:
         result = interrupted.result
@@ -730,6 +791,8 @@ def _run(
             progress.close()
         if events_file is not None:
             events_file.close()
+        if journal is not None:
+            journal.close()
         if handler is not None:
             logger.removeHandler(handler)
             logger.setLevel(previous_level)
@@ -750,6 +813,142 @@ def _run(
     else:
         click.echo(f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})")
     return code
+
+
+# ── durable runs: --journal, runs, resume ────────────────────────────────────────
+
+
+def _default_journal() -> str:
+    return os.environ.get("FLOWPOOL_JOURNAL") or "runs.db"
+
+
+def _open_journal(path: str, *, must_exist: bool) -> Journal:
+    if must_exist and not Path(path).exists():
+        _fail(f"no journal at {path} (give one with --journal PATH or $FLOWPOOL_JOURNAL)")
+    try:
+        return Journal(path)
+    except JournalError as error:
+        _fail(str(error))
+
+
+def _announce_run_id(on_event: Callable[[Event], None], path: str) -> Callable[[Event], None]:
+    told = False
+
+    def announce(event: Event) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            click.echo(f"flowpool: run id {event.run_id} (journal {path})", err=True)
+        on_event(event)
+
+    return announce
+
+
+@main.command(short_help="Continue a journaled run whose process died.")
+@click.argument("target")
+@click.argument("run_id")
+@click.option("--journal", "journal_path", metavar="PATH", help="The journal (default: $FLOWPOOL_JOURNAL or runs.db).")
+@click.option("--force", is_flag=True, help="Resume even if the flow's definition changed since the run.")
+@click.option(
+    "--executor",
+    default="thread",
+    callback=_check_executor,
+    metavar="thread|process|dask://HOST:PORT",
+    help="Where the remaining steps run (default: thread).",
+)
+@click.option("--workers", type=click.IntRange(min=1), metavar="N", help="How many steps may run at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (and nothing else there).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
+def resume(
+    target: str,
+    run_id: str,
+    journal_path: str | None,
+    force: bool,
+    executor: str,
+    workers: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Continue run RUN_ID of the flow TARGET from its journal.
+
+    Steps recorded as completed are not run again; a run that had failed finishes
+    only its pending compensations; a finished run just shows its result.
+    """
+    _execute(
+        target,
+        lambda: None,
+        executor,
+        workers,
+        None,
+        as_json,
+        None,
+        None,
+        quiet,
+        0,
+        journal_path or _default_journal(),
+        run_id,
+        force,
+    )
+
+
+@main.group(invoke_without_command=True, short_help="List the runs of a journal.")
+@click.option("--journal", "journal_path", metavar="PATH", help="The journal (default: $FLOWPOOL_JOURNAL or runs.db).")
+@click.pass_context
+def runs(ctx: click.Context, journal_path: str | None) -> None:
+    """List the runs recorded in a journal, one line each (oldest first)."""
+    ctx.obj = journal_path
+    if ctx.invoked_subcommand is not None:
+        return
+    path = journal_path or _default_journal()
+    journal = _open_journal(path, must_exist=True)
+    try:
+        recorded = journal.runs()
+    except JournalError as error:
+        _fail(str(error))
+    finally:
+        journal.close()
+    for entry in recorded:
+        started = _wall(entry.started_at)
+        finished = _wall(entry.finished_at) if entry.finished_at is not None else "-"
+        click.echo(f"{entry.run_id}  {entry.status:<9}  {entry.flow}  started {started}  finished {finished}")
+
+
+def _wall(when: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@runs.command("show", short_help="Show one recorded run.")
+@click.argument("run_id")
+@click.option("--journal", "journal_path", metavar="PATH", help="The journal (default: $FLOWPOOL_JOURNAL or runs.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded result as JSON.")
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json: bool) -> None:
+    """Show the recorded result of run RUN_ID."""
+    path = journal_path or ctx.obj or _default_journal()
+    journal = _open_journal(path, must_exist=True)
+    try:
+        known = {entry.run_id: entry for entry in journal.runs()}
+        if run_id not in known:
+            _fail(f"journal {path} has no run {run_id!r}")
+        entry = known[run_id]
+        if entry.status == "running":
+            click.echo(
+                f"run {run_id} of flow {entry.flow!r} has not finished (its process may have died); "
+                f"continue it with: flowpool resume TARGET {run_id} --journal {path}"
+            )
+            return
+        result = journal.result(run_id)
+    except JournalError as error:
+        _fail(str(error))
+    finally:
+        journal.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
+        return
+    click.echo(f"run {run_id}: flow {result.name!r} {result.status.value}")
+    click.echo(summary_table(result))
 
 
 # ── show, timeline, demo ─────────────────────────────────────────────────────────

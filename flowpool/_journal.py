@@ -1,0 +1,591 @@
+"""Durable runs: an embedded SQLite journal that a crashed batch can resume from.
+
+The settle loop records into a ``Journal`` from its own thread only. Writes are
+buffered and committed in one transaction whenever the loop is about to wait
+(so completions that arrive together share a transaction), at the end of each
+stage, and around each compensation — always before any later stage or
+compensation starts.
+
+What a journal holds::
+
+    meta          format marker and schema version
+    runs          run id, flow, fingerprint, pickled input, status, phase, times,
+                  the failure (stage, pickled error), the step layout
+    steps         final record of each step: status, pickled value, error, attempts
+    attempts      each attempt's start and end
+    groups        group verdicts
+    compensations each compensation's start and end
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._errors import FlowDefinitionError, JournalError, RemoteError, StepCancelledError
+from ._results import (
+    CompensationResult,
+    FlowResult,
+    FlowStatus,
+    GroupResult,
+    GroupStatus,
+    StepResult,
+    StepStatus,
+)
+
+if TYPE_CHECKING:
+    from ._definition import Flow
+
+__all__ = ["Journal", "JournalRun", "fingerprint"]
+
+_FORMAT = "flowpool-journal"
+_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    input BLOB,
+    layout TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    outcome TEXT,
+    failed_stage TEXT,
+    error BLOB,
+    started_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value BLOB,
+    value_kept INTEGER NOT NULL,
+    error BLOB,
+    attempts INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    status TEXT,
+    PRIMARY KEY (run_id, step, attempt)
+);
+CREATE TABLE IF NOT EXISTS groups (
+    run_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (run_id, grp)
+);
+CREATE TABLE IF NOT EXISTS compensations (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error BLOB,
+    attempts INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    position INTEGER,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRun:
+    """One run as the journal knows it. ``status`` is ``"running"`` until it ends;
+    times are seconds since the epoch."""
+
+    run_id: str
+    flow: str
+    status: str
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """A step's final record as stored (``value_kept`` False: its value could not be pickled)."""
+
+    name: str
+    status: StepStatus
+    value: Any
+    value_kept: bool
+    error: BaseException | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRun:
+    """What ``Flow.resume`` needs to know about a run."""
+
+    run_id: str
+    flow: str
+    fingerprint: str
+    input: Any
+    status: str
+    phase: str
+    outcome: str | None
+    failed_stage: str | None
+    error: BaseException | None
+    steps: Mapping[str, RecordedStep]
+    groups: Mapping[str, str]
+    compensations: Mapping[str, tuple[str, BaseException | None, int]]
+    compensation_order: tuple[str, ...] = ()
+
+
+def fingerprint(flow: Flow) -> str:
+    """A hash of the definition's structure: names, stage kinds and order, options and
+    policies — not the module its functions come from."""
+    from ._definition import Group
+
+    def describe_step(step: Any) -> dict[str, Any]:
+        retry = step.retry
+        return {
+            "name": step.name,
+            "retries": step.retries,
+            "retry": None
+            if retry is None
+            else [type(getattr(retry, part, None)).__name__ for part in ("stop", "wait", "retry")],
+            "timeout": step.timeout,
+            "compensate": step.compensate is not None,
+            "compensate_retries": step.compensate_retries,
+            "compensate_timeout": step.compensate_timeout,
+            "required": step.required,
+            "executor": step.executor,
+        }
+
+    stages = []
+    for stage in flow.stages:
+        if isinstance(stage, Group):
+            stages.append(
+                {
+                    "group": stage.name,
+                    "fail_fast": stage.fail_fast,
+                    "min_successes": stage.min_successes,
+                    "max_concurrency": stage.max_concurrency,
+                    "members": [describe_step(m) for m in stage.members],
+                }
+            )
+        else:
+            stages.append({"step": describe_step(stage)})
+    text = json.dumps({"flow": flow.name, "stages": stages}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def portable_error(error: BaseException | None) -> bytes | None:
+    """Pickle an error so that it loads back; one that cannot becomes a ``RemoteError``."""
+    if error is None:
+        return None
+    try:
+        data = pickle.dumps(error)
+        pickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - described in plain data instead
+        import traceback
+
+        text = "".join(traceback.format_exception(error))
+        return pickle.dumps(RemoteError(type(error).__qualname__, str(error), text))
+
+
+def _load_error(data: bytes | None) -> BaseException | None:
+    if data is None:
+        return None
+    try:
+        error: BaseException = pickle.loads(data)
+    except Exception as problem:  # noqa: BLE001 - a class that no longer imports
+        return RemoteError(type(problem).__name__, f"the recorded error could not be loaded: {problem}", "")
+    return error
+
+
+class Journal:
+    """An embedded SQLite journal of runs.
+
+    Args:
+        path: the journal file; created if missing.
+
+    Raises:
+        JournalError: the file is not a journal, or is corrupt.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.RLock()
+        self._warned_values: set[str] = set()
+        self._dirty = False
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as error:
+            raise JournalError(f"cannot open journal {self.path!r}: {error}") from None
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise JournalError(f"{self.path!r} is not a flowpool journal or is corrupt: {error}") from None
+
+    def _prepare(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 30000")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
+        if "meta" in tables:
+            marker = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if marker.get("format") != _FORMAT:
+                raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
+            if int(marker.get("version", "0")) > _VERSION:
+                raise JournalError(f"{self.path!r} was written by a newer flowpool (journal v{marker['version']})")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        if "meta" not in tables:
+            # Idempotent, so two processes creating the same journal at once do no harm.
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (_FORMAT, str(_VERSION)))
+
+    # ── reading ─────────────────────────────────────────────────────────────────
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as error:
+                raise JournalError(f"journal {self.path!r} cannot be read (corrupt?): {error}") from None
+
+    def runs(self) -> list[JournalRun]:
+        """Every run in the journal, oldest first."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT run_id, flow, status, started_at, finished_at FROM runs ORDER BY started_at, rowid"
+            ).fetchall()
+        return [JournalRun(*row) for row in rows]
+
+    def recorded(self, run_id: str) -> RecordedRun:
+        """Everything recorded about ``run_id``."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT flow, fingerprint, input, status, phase, outcome, failed_stage, error FROM runs "
+                "WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"journal {self.path!r} has no run {run_id!r}")
+            steps = db.execute(
+                "SELECT step, status, value, value_kept, error, attempts, started_at, finished_at FROM steps "
+                "WHERE run_id = ?",
+                (run_id,),
+            ).fetchall()
+            groups = dict(db.execute("SELECT grp, status FROM groups WHERE run_id = ?", (run_id,)).fetchall())
+            compensations = db.execute(
+                "SELECT step, state, error, attempts FROM compensations WHERE run_id = ? "
+                "ORDER BY position IS NULL, position",
+                (run_id,),
+            ).fetchall()
+        flow, fp, input_data, status, phase, outcome, failed_stage, error = row
+        recorded_steps: dict[str, RecordedStep] = {}
+        for name, step_status, value, kept, step_error, attempts, started, finished in steps:
+            loaded = None
+            usable = bool(kept)
+            if usable:
+                try:
+                    loaded = pickle.loads(value)
+                except Exception:  # noqa: BLE001 - a class that no longer imports: run the step again
+                    usable = False
+            recorded_steps[name] = RecordedStep(
+                name, StepStatus(step_status), loaded, usable, _load_error(step_error), attempts, started, finished
+            )
+        try:
+            run_input = pickle.loads(input_data) if input_data is not None else None
+        except Exception as problem:  # noqa: BLE001 - any unpickling failure means the same
+            raise JournalError(f"the input of run {run_id!r} cannot be loaded: {problem}") from None
+        return RecordedRun(
+            run_id,
+            flow,
+            fp,
+            run_input,
+            status,
+            phase,
+            outcome,
+            failed_stage,
+            _load_error(error),
+            recorded_steps,
+            groups,
+            {name: (state, _load_error(err), attempts) for name, state, err, attempts in compensations},
+            tuple(name for name, state, _, _ in compensations if state in ("compensated", "failed")),
+        )
+
+    def result(self, run_id: str) -> FlowResult:
+        """The recorded ``FlowResult`` of a finished run.
+
+        Raises:
+            JournalError: unknown run id, or the run has not finished (resume it).
+        """
+        recorded = self.recorded(run_id)
+        if recorded.status == "running":
+            raise JournalError(
+                f"run {run_id!r} has not finished (its process may have died): resume it with Flow.resume"
+            )
+        with self._reading() as db:
+            layout_text, started_at, finished_at = db.execute(
+                "SELECT layout, started_at, finished_at FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            order = [
+                row[0]
+                for row in db.execute(
+                    "SELECT step FROM compensations WHERE run_id = ? AND position IS NOT NULL ORDER BY position",
+                    (run_id,),
+                ).fetchall()
+            ]
+        layout = json.loads(layout_text)
+        return build_result(recorded, layout, order, started_at, finished_at)
+
+    # ── writing (from the settle loop's thread) ─────────────────────────────────
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            try:
+                if not self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, args)
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+            self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        """True when records wait to be committed."""
+        return self._dirty
+
+    def flush(self) -> None:
+        """Commit what was recorded since the last flush, in one transaction."""
+        with self._lock:
+            if not self._dirty:
+                return
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise JournalError(f"cannot commit to journal {self.path!r}: {error}") from None
+            self._dirty = False
+
+    def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
+        """Record a new run (committed at once)."""
+        try:
+            input_data = pickle.dumps(run_input)
+        except Exception as error:  # noqa: BLE001 - any pickling failure means the same
+            raise FlowDefinitionError(
+                f"a journaled run needs an input that can be pickled: {error}", flow=flow.name, argument="input"
+            ) from None
+        self._write(
+            "INSERT INTO runs (run_id, flow, fingerprint, input, layout, status, phase, started_at) "
+            "VALUES (?, ?, ?, ?, ?, 'running', 'stages', ?)",
+            (run_id, flow.name, fingerprint(flow), input_data, json.dumps(layout), time.time()),
+        )
+        self.flush()
+
+    def reopen_run(self, run_id: str) -> None:
+        """A resumed run starts again: forget attempts that never ended."""
+        self._write("DELETE FROM attempts WHERE run_id = ? AND finished_at IS NULL", (run_id,))
+        self.flush()
+
+    def attempt_started(self, run_id: str, step: str, attempt: int) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)",
+            (run_id, step, attempt, time.time()),
+        )
+
+    def attempt_finished(self, run_id: str, step: str, attempt: int, status: str) -> None:
+        self._write(
+            "UPDATE attempts SET finished_at = ?, status = ? WHERE run_id = ? AND step = ? AND attempt = ?",
+            (time.time(), status, run_id, step, attempt),
+        )
+
+    def step_finished(self, run_id: str, record: StepResult) -> None:
+        value: bytes | None = None
+        kept = 0
+        if record.status is StepStatus.COMPLETED:
+            try:
+                value = pickle.dumps(record.value)
+                kept = 1
+            except Exception as error:  # noqa: BLE001 - the step completes; resume runs it again
+                if record.name not in self._warned_values:
+                    self._warned_values.add(record.name)
+                    warnings.warn(
+                        f"flowpool journal: the value of step {record.name!r} cannot be pickled ({error}); "
+                        f"a resumed run will execute this step again",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        self._write(
+            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                record.name,
+                record.status.value,
+                value,
+                kept,
+                portable_error(record.error),
+                record.attempts,
+                record.started_at,
+                record.finished_at,
+            ),
+        )
+
+    def group_finished(self, run_id: str, group: str, status: str) -> None:
+        self._write("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (run_id, group, status))
+
+    def compensating(self, run_id: str, outcome: str, failed_stage: str | None, error: BaseException | None) -> None:
+        """The run failed (or was interrupted) and enters its compensation phase."""
+        self._write(
+            "UPDATE runs SET phase = 'compensating', outcome = ?, failed_stage = ?, error = ? WHERE run_id = ?",
+            (outcome, failed_stage, portable_error(error), run_id),
+        )
+        self.flush()
+
+    def compensation_started(self, run_id: str, step: str) -> None:
+        self._write(
+            "INSERT INTO compensations (run_id, step, state, attempts, started_at) VALUES (?, ?, 'running', 0, ?) "
+            "ON CONFLICT (run_id, step) DO UPDATE SET state = 'running', started_at = excluded.started_at",
+            (run_id, step, time.time()),
+        )
+        self.flush()
+
+    def compensation_finished(
+        self, run_id: str, step: str, result: CompensationResult | None, position: int | None
+    ) -> None:
+        state = "abandoned" if result is None else result.status
+        self._write(
+            "UPDATE compensations SET state = ?, error = ?, attempts = ?, finished_at = ?, position = ? "
+            "WHERE run_id = ? AND step = ?",
+            (
+                state,
+                portable_error(result.error) if result is not None else None,
+                result.attempts if result is not None else 0,
+                time.time(),
+                position,
+                run_id,
+                step,
+            ),
+        )
+        self.flush()
+
+    def end_run(self, result: FlowResult) -> None:
+        """Record how the run ended (committed at once)."""
+        self._write(
+            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ? WHERE run_id = ?",
+            (
+                result.status.value,
+                time.time(),
+                result.failed_stage,
+                portable_error(result.error) if result.status is not FlowStatus.CANCELLED else None,
+                result.run_id,
+            ),
+        )
+        self.flush()
+
+    def close(self) -> None:
+        """Commit and close the file."""
+        with self._lock:
+            try:
+                self.flush()
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.path!r})"
+
+
+def build_result(
+    recorded: RecordedRun,
+    layout: list[list[Any]],
+    compensation_order: list[str],
+    started_at: float | None,
+    finished_at: float | None,
+) -> FlowResult:
+    """A ``FlowResult`` from journal records. ``layout`` lists ``[step, group]`` pairs in
+    declaration order."""
+    steps: dict[str, StepResult] = {}
+    groups: dict[str, GroupResult] = {}
+    members: dict[str, list[str]] = {}
+    compensated: list[str] = []
+    not_compensated: list[str] = []
+    for name, group in layout:
+        if group is not None:
+            members.setdefault(group, []).append(name)
+        record = recorded.steps.get(name)
+        compensation = None
+        comp = recorded.compensations.get(name)
+        if comp is not None and comp[0] in ("compensated", "failed"):
+            compensation = CompensationResult(comp[0], comp[1], comp[2])
+        if record is None:
+            steps[name] = StepResult(name, StepStatus.SKIPPED, group=group)
+            continue
+        steps[name] = StepResult(
+            name,
+            record.status,
+            record.value if record.status is StepStatus.COMPLETED else None,
+            record.error,
+            record.attempts,
+            record.started_at,
+            record.finished_at,
+            group,
+            compensation,
+        )
+    for name in compensation_order:
+        state = recorded.compensations.get(name, ("", None, 0))[0]
+        (compensated if state == "compensated" else not_compensated).append(name)
+    for name, (state, _, _) in recorded.compensations.items():
+        if state not in ("compensated",) and name not in not_compensated:
+            not_compensated.append(name)
+    for group, names in members.items():
+        status = recorded.groups.get(group)
+        groups[group] = GroupResult(group, GroupStatus(status) if status else GroupStatus.SKIPPED, tuple(names))
+    error = recorded.error
+    status = FlowStatus(recorded.status) if recorded.status != "running" else FlowStatus.FAILED
+    if status is FlowStatus.CANCELLED and error is None:
+        from ._errors import FlowInterrupted
+
+        error = FlowInterrupted(recorded.flow)
+    if status is not FlowStatus.COMPLETED and error is None:
+        error = StepCancelledError("", "the run did not complete")
+    result = FlowResult(
+        name=recorded.flow,
+        run_id=recorded.run_id,
+        status=status,
+        steps=steps,
+        groups=groups,
+        error=error if status is not FlowStatus.COMPLETED else None,
+        failed_stage=recorded.failed_stage,
+        compensated=tuple(compensated),
+        not_compensated=tuple(not_compensated),
+        started_at=started_at,
+        finished_at=finished_at,
+    )
+    if isinstance(result.error, KeyboardInterrupt):
+        result.error.result = result  # type: ignore[attr-defined]
+    return result
