@@ -52,6 +52,9 @@ class Attempt:
         "error",
         "owner",
         "handle",
+        "never_started",
+        "quiet_start",
+        "may_queue",
     )
 
     def __init__(
@@ -85,6 +88,13 @@ class Attempt:
         self.error: BaseException | None = None
         self.owner = owner  # the loop's record of the step
         self.handle: Any = None  # the backend's handle (a future, a lane)
+        self.never_started = False  # set by a backend that took it back unstarted
+        # Set by a backend that cannot tell yet whether the attempt really started (it
+        # was cancelled while queued on a worker): announce it only once it is known.
+        self.quiet_start = False
+        # Whether a backend may queue it on a worker behind another attempt (not when
+        # it may be cancelled before it starts, e.g. in a fail-fast group).
+        self.may_queue = True
 
     def try_claim(self) -> bool:
         """Take the right to run (worker) or to withdraw (loop); True for the first caller."""

@@ -135,7 +135,18 @@ class _StepRun:
 class _StageRun:
     """One stage being settled: a group, or a single step as a group of one."""
 
-    __slots__ = ("name", "group", "members", "waiting", "active", "unsettled", "cap", "fail_fast", "cancel_reason")
+    __slots__ = (
+        "name",
+        "group",
+        "members",
+        "waiting",
+        "active",
+        "unsettled",
+        "cap",
+        "fail_fast",
+        "cancel_reason",
+        "may_queue",
+    )
 
     def __init__(self, name: str, group: Group | None, members: list[_StepRun]) -> None:
         self.name = name
@@ -147,6 +158,7 @@ class _StageRun:
         self.cap = group.max_concurrency if group is not None else None
         self.fail_fast = group.fail_fast if group is not None else False
         self.cancel_reason: str | None = None
+        self.may_queue = not self.fail_fast and all(sr.step.timeout is None for sr in members)
 
 
 def run_flow(
@@ -592,6 +604,10 @@ class _Run:
             owner=sr,
         )
         ctx._scope = attempt
+        st = self.stage
+        # Queued behind another attempt on a worker, an attempt's start is known only
+        # late; keep that to stages where nothing cancels or kills attempts early.
+        attempt.may_queue = st is None or st.may_queue
         sr.attempt = attempt
         sr.state = _RUNNING
         backend.submit(attempt)
@@ -634,20 +650,33 @@ class _Run:
         sr: _StepRun = attempt.owner
         started = attempt.started_at
         assert started is not None
+        if not attempt.quiet_start:
+            self.announce_start(sr, attempt)
+        timeout = sr.step.timeout
+        if timeout is not None:
+            self.push_timer(started + timeout, _TIMEOUT, attempt)
+
+    def announce_start(self, sr: _StepRun, attempt: Attempt) -> None:
+        started = attempt.started_at
+        assert started is not None
         if sr.first_started is None:
             sr.first_started = started
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
         if self.journal is not None:
             self.journal.attempt_started(self.run_id, sr.step.name, attempt.number)
-        timeout = sr.step.timeout
-        if timeout is not None:
-            self.push_timer(started + timeout, _TIMEOUT, attempt)
 
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
             return  # a late outcome of an attempt the loop gave up on
-        attempt.settled = True
         sr: _StepRun = attempt.owner
+        if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
+            st = self.stage
+            assert st is not None
+            self.withdrawn(st, sr, attempt, attempt.cancel_reason or "cancelled")
+            return
+        attempt.settled = True
+        if attempt.quiet_start and attempt.started_at is not None:
+            self.announce_start(sr, attempt)  # it did run: announce it now
         if sr.first_started is None:
             sr.first_started = attempt.started_at
         if attempt.ok:
@@ -793,12 +822,16 @@ class _Run:
                 assert attempt is not None
                 tell_cancel(sr.backend, attempt, reason)
                 if sr.backend.withdraw(attempt):
-                    attempt.settled = True
-                    sr.attempts -= 1
-                    if sr.attempts:
-                        self.finalize(st, sr, sr.last_status, None, sr.last_error)
-                    else:
-                        self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
+                    self.withdrawn(st, sr, attempt, reason)
+
+    def withdrawn(self, st: _StageRun, sr: _StepRun, attempt: Attempt, reason: str) -> None:
+        """``attempt`` never started and never will: it does not count as an attempt."""
+        attempt.settled = True
+        sr.attempts -= 1
+        if sr.attempts:
+            self.finalize(st, sr, sr.last_status, None, sr.last_error)
+        else:
+            self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
 
     def stop(self, reason: str) -> None:
         """Stop the run: nothing new starts, running work is killed or told to stop."""
@@ -827,8 +860,11 @@ class _Run:
     def abandon(self, st: _StageRun, sr: _StepRun, reason: str) -> None:
         attempt = sr.attempt
         assert attempt is not None
-        attempt.settled = True
         tell_cancel(sr.backend, attempt, reason)
+        if sr.backend.withdraw(attempt):
+            self.withdrawn(st, sr, attempt, reason)
+            return
+        attempt.settled = True
         sr.backend.stop(attempt)
         if attempt.finished_at is None:
             attempt.finished_at = self.clock.now()

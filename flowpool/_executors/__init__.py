@@ -65,14 +65,19 @@ def open_backend(executor: Any, max_workers: int | None) -> Backend:
 
 
 def shutdown_workers() -> None:
-    """Close flowpool's worker processes now: idle ones cleanly, busy ones by a kill.
+    """Close flowpool's workers now: worker processes (idle ones cleanly, busy ones by
+    a kill) and idle threads.
 
-    Workers are otherwise kept for later runs and closed after being idle for
-    five minutes, and always at interpreter exit. Safe to call at any time; the
-    next process-mode run starts new workers.
+    Workers are otherwise kept for later runs: processes close after five minutes
+    idle and always at interpreter exit; threads exit after a minute idle (they
+    are daemons and never delay exit). Safe to call at any time; the next run
+    starts new workers.
     """
     import sys
 
     process = sys.modules.get("flowpool._executors._process")
     if process is not None:
         process.shutdown_workers()
+    threads = sys.modules.get("flowpool._executors._threads")
+    if threads is not None:
+        threads.SHARED.retire_idle()

@@ -52,7 +52,9 @@ class DaskBackend:
     kind = "dask"
     kills = False
     in_process = False
-    start_is_submission = True
+    # Attempts wait here until the cluster has room; each is announced (STARTED) when
+    # it is handed to Dask, which is the moment its timeout counts from.
+    start_is_submission = False
 
     def __init__(self, executor: Any, max_workers: int | None) -> None:
         if isinstance(executor, str):
@@ -71,15 +73,13 @@ class DaskBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._running: dict[Attempt, Any] = {}
         self._closed = False
+        self._packer = _worker.CallPacker()
 
     def submit(self, attempt: Attempt) -> None:
-        import cloudpickle
+        from ._process import CallNotPicklableError
 
-        from ._process import CallNotPicklableError, _worker_context
-
-        ctx = attempt.ctx
         try:
-            payload = cloudpickle.dumps((attempt.fn, _worker_context(ctx), attempt.args))
+            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+from types import MappingProxyType
 from typing import Any
 
 from .._attempt import DONE, Attempt
@@ -31,6 +32,7 @@ class ExecutorRefusedError(FlowpoolError):
 
 def call_detached(fn: Any, ctx: Context, args: tuple[Any, ...]) -> Any:
     """What a remote worker runs: the step function with a plain context."""
+    ctx.results = MappingProxyType(dict(ctx.results))  # read-only there too
     return fn(ctx, *args)
 
 

@@ -40,6 +40,9 @@ __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 #: Seconds an idle lane is kept for later attempts and runs before it is closed.
 IDLE_TIMEOUT = 300.0
 
+#: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
+LANE_DEPTH = 2
+
 
 class CallNotPicklableError(FlowpoolError):
     """A process-mode step (function, input or context) cannot be sent to a worker."""
@@ -77,12 +80,20 @@ class Lane:
         self.ready = False
         self.broken = False
         self.requester: weakref.ref[ProcessBackend] | None = None
+        self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
 
     def next_token(self) -> int:
         self.tokens += 1
         return self.tokens
+
+    def started_token(self) -> int:
+        """The token of the attempt the worker started last (all of them if unknown)."""
+        try:
+            return _worker.started_token(self.flag)
+        except (ValueError, OSError):  # the flag is closed: assume the worst, never run twice
+            return 1 << 62
 
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
@@ -125,12 +136,33 @@ class Lane:
 
     def close(self, wait: bool = False) -> None:
         self.broken = True
+        processes = self.processes or list(getattr(self.executor, "_processes", {}).values())
         with contextlib.suppress(Exception):
             self.executor.shutdown(wait=wait, kill_workers=not wait)
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.join(timeout=1.0 if wait else 0)
+                if process.exitcode is not None:
+                    _release_sentinel(process)
         with contextlib.suppress(Exception):
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
+
+
+def _release_sentinel(process: Any) -> None:
+    """Close a dead loky worker's sentinel pipe now rather than whenever its objects are
+    collected (loky's Popen has no ``close``; it registers a finalizer that closes it)."""
+    from multiprocessing import util
+
+    popen = getattr(process, "_popen", None)
+    if popen is None:
+        return
+    registry = getattr(util, "_finalizer_registry", {})
+    for finalizer in list(registry.values()):
+        reference = getattr(finalizer, "_weakref", None)
+        if reference is not None and reference() is popen:
+            finalizer()  # runs once, then unregisters itself
 
 
 class LanePool:
@@ -159,12 +191,20 @@ class LanePool:
         return None
 
     def _start_lane(self, number: int, requester: ProcessBackend) -> None:
+        if number == 1:
+            # loky starts multiprocessing's resource tracker the first time a worker
+            # dies; start it with the first lane so its pipe is there from the start.
+            from multiprocessing import resource_tracker
+
+            with contextlib.suppress(Exception):
+                resource_tracker.ensure_running()
         lane = Lane(self, number)
         lane.requester = weakref.ref(requester)
         with self._lock:
             self._all.add(lane)
             self._ensure_reaper()
         future = lane.executor.submit(_worker.ping)
+        lane.processes = list(getattr(lane.executor, "_processes", {}).values())  # spawned by submit
         future.add_done_callback(lambda f: self._on_ping(lane, f))
 
     def _on_ping(self, lane: Lane, future: Any) -> None:
@@ -199,7 +239,8 @@ class LanePool:
             self._all.discard(lane)
             with contextlib.suppress(ValueError):
                 self._idle.remove(lane)
-        lane.close()
+        # Waiting lets loky reap the worker so its pipes can be closed: off this thread.
+        threading.Thread(target=lane.close, kwargs={"wait": True}, name="flowpool-lane-close", daemon=True).start()
 
     def waiting(self, backend: ProcessBackend, waits: bool) -> None:
         """Record whether ``backend`` has work waiting for a lane."""
@@ -227,7 +268,7 @@ class LanePool:
                     self._reaper = None
                     return
             for lane in old:
-                lane.close()
+                lane.close(wait=True)
 
     def shutdown(self) -> None:
         """Close every lane of this process: idle ones cleanly, busy ones by a kill."""
@@ -269,7 +310,14 @@ threading._register_atexit(shutdown_workers)  # type: ignore[attr-defined]
 
 
 class ProcessBackend:
-    """A run's view of the lanes: at most ``max_workers`` attempts in flight."""
+    """A run's view of the lanes: at most ``max_workers`` attempts running at once.
+
+    When every lane is busy and work waits, each lane also gets one attempt
+    queued behind its running one (``LANE_DEPTH``), so a worker never idles
+    while its result travels back and the next call travels out. A queued
+    attempt has not started: its timeout is armed when the one before it ends,
+    and if the lane is killed or crashes it is quietly sent to another lane.
+    """
 
     kind = "process"
     kills = True
@@ -280,40 +328,50 @@ class ProcessBackend:
         self._max_workers = max_workers
         self._lock = threading.RLock()
         self._waiting: collections.deque[Attempt] = collections.deque()
-        self._lanes: dict[Attempt, Lane] = {}
+        self._lanes: dict[Attempt, Lane] = {}  # every attempt handed to a lane
+        self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
+        self._payloads: dict[Attempt, bytes] = {}
         self._starting = 0  # lanes being started on our behalf
+        self._packer = _worker.CallPacker()
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
-        import cloudpickle
-
-        ctx = attempt.ctx
-        scope_holder = ctx._scope
         try:
-            ctx._scope = None
-            worker_ctx = _worker_context(ctx)
-            attempt.handle = cloudpickle.dumps((attempt.fn, worker_ctx, attempt.args))
+            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
-        finally:
-            ctx._scope = scope_holder
         with self._lock:
+            self._payloads[attempt] = payload
             self._waiting.append(attempt)
         self._pump()
 
     def _pump(self) -> None:
         with self._lock:
             while not self._closed and self._waiting:
-                if len(self._lanes) + self._starting >= self._max_workers:
+                if self._waiting[0].settled:  # given up on while it waited
+                    self._payloads.pop(self._waiting.popleft(), None)
+                    continue
+                if len(self._own) + self._starting < self._max_workers:
+                    if self._starting >= len(self._waiting):
+                        break  # enough lanes are already starting for what waits
+                    lane = _POOL.acquire(self)
+                    if lane is None:
+                        self._starting += 1
+                    else:
+                        self._start(self._waiting.popleft(), lane)
+                    continue
+                # Every lane is busy or starting. What the starting lanes will not take may
+                # queue behind a running attempt, unless it may be cancelled before it
+                # starts (a fail-fast group).
+                if len(self._waiting) <= self._starting or not self._waiting[0].may_queue:
                     break
-                if self._starting >= len(self._waiting):
-                    break  # enough lanes are already starting for what waits
-                lane = _POOL.acquire(self)
-                if lane is None:
-                    self._starting += 1
-                else:
-                    self._start(self._waiting.popleft(), lane)
+                queue_on = next(
+                    (lane for lane, held in self._own.items() if len(held) < LANE_DEPTH and not lane.broken), None
+                )
+                if queue_on is None:
+                    break
+                self._start(self._waiting.popleft(), queue_on)
             _POOL.waiting(self, bool(self._waiting) and not self._closed)
 
     def offer(self, lane: Lane, requested: bool) -> bool:
@@ -321,7 +379,7 @@ class ProcessBackend:
         with self._lock:
             if requested:
                 self._starting -= 1
-            if self._closed or not self._waiting or len(self._lanes) >= self._max_workers:
+            if self._closed or not self._waiting or len(self._own) >= self._max_workers:
                 return False
             self._start(self._waiting.popleft(), lane)
         self._pump()
@@ -332,7 +390,10 @@ class ProcessBackend:
         with self._lock:
             self._starting -= 1
             attempt = self._waiting.popleft() if self._waiting else None
-        if attempt is not None and attempt.try_claim():
+            if attempt is not None:
+                self._payloads.pop(attempt, None)
+        if attempt is not None:
+            attempt.try_claim()
             attempt.fail_unstarted(
                 WorkerCrashedError(attempt.step, attempt.number, f"a worker process could not start: {detail}")
             )
@@ -340,50 +401,93 @@ class ProcessBackend:
 
     def _start(self, attempt: Attempt, lane: Lane) -> None:
         # Called with the lock held.
-        if not attempt.try_claim():
-            _POOL.release(lane)  # withdrawn meanwhile (cannot happen: withdraw takes our lock)
-            return
+        attempt.try_claim()  # from now on the loop cannot withdraw it; a requeued one is claimed already
         token = lane.next_token()
-        self._lanes[attempt] = lane
-        payload = attempt.handle
-        attempt.handle = (lane, token)
+        held = self._own.setdefault(lane, [])
         try:
-            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token)
-        except Exception as error:  # noqa: BLE001 - a broken lane: the attempt is lost, never started
-            self._lanes.pop(attempt, None)
+            future = lane.executor.submit(
+                _worker.run_attempt, self._payloads[attempt], lane.flag_path, token, bool(held)
+            )
+        except Exception:  # noqa: BLE001 - the lane broke (its worker died): this attempt never started
             lane.broken = True
-            _POOL.discard(lane)
-            attempt.fail_unstarted(WorkerCrashedError(attempt.step, attempt.number, f"{error}"))
+            if not held:
+                del self._own[lane]
+                _POOL.discard(lane)
+            self._waiting.appendleft(attempt)  # it goes to another lane
             return
-        attempt.started_at = attempt.clock.now()
-        if attempt.notify_start:
-            attempt.inbox.put((STARTED, attempt))
+        held.append(attempt)
+        self._lanes[attempt] = lane
+        attempt.handle = (lane, token)
+        if len(held) == 1:
+            self._mark_running(attempt)
         if attempt.cancel_reason is not None:
             _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
         future.add_done_callback(lambda f: self._finished(attempt, lane, f))
 
+    @staticmethod
+    def _mark_running(attempt: Attempt) -> None:
+        # Cancelled while it was queued: the worker skips it unless it had already begun.
+        attempt.quiet_start = attempt.cancel_reason is not None
+        attempt.started_at = attempt.clock.now()
+        if attempt.notify_start:
+            attempt.inbox.put((STARTED, attempt))
+
     def _finished(self, attempt: Attempt, lane: Lane, future: Any) -> None:
-        with self._lock:
-            self._lanes.pop(attempt, None)
         error = None if future.cancelled() else future.exception()
-        if error is None and not future.cancelled():
-            ok, value, failure = _worker.decode(future.result(), attempt.step)
-            attempt.ok, attempt.value, attempt.error = ok, value, failure
-            lane_ok = True
-        else:
-            lane_ok = False
-            attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
-        attempt.finished_at = attempt.clock.now()
-        attempt.inbox.put((DONE, attempt))
-        if lane_ok and not lane.broken:
+        crashed = future.cancelled() or error is not None
+        with self._lock:
+            if self._lanes.get(attempt) is not lane:
+                return  # it never started there and was sent to another lane
+            held = self._own.get(lane, [])
+            if crashed or lane.broken:
+                lane.broken = True
+                # What was queued behind the running attempt and never started goes to
+                # another lane (or is dropped, if the loop gave up on it meanwhile). One
+                # the worker had started is reported crashed by its own callback.
+                started = lane.started_token()
+                kept = held[:1]
+                for queued in held[1:]:
+                    if queued.handle[1] <= started:
+                        kept.append(queued)
+                        continue
+                    del self._lanes[queued]
+                    if queued.settled:
+                        self._payloads.pop(queued, None)
+                    else:
+                        self._waiting.appendleft(queued)  # (at most one is queued per lane)
+                held[:] = kept
+                requeued = attempt not in held
+                if requeued and not held:
+                    self._own.pop(lane, None)
+            else:
+                requeued = False
+            if not requeued:
+                del self._lanes[attempt]
+                self._payloads.pop(attempt, None)
+                if attempt in held:
+                    held.remove(attempt)
+                if held and not lane.broken:
+                    self._mark_running(held[0])
+                if not held:
+                    self._own.pop(lane, None)
+            idle = not held
+        if not requeued:
+            if crashed:
+                attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
+            else:
+                attempt.ok, attempt.value, attempt.error = _worker.decode(future.result(), attempt.step)
+                attempt.never_started = isinstance(attempt.error, _worker.NotStartedError)
+            attempt.finished_at = attempt.clock.now()
+            attempt.inbox.put((DONE, attempt))
+        if lane.broken:
+            if idle:
+                _POOL.discard(lane)
+        elif idle:
             _POOL.release(lane)
-        else:
-            lane.broken = True
-            _POOL.discard(lane)
         self._pump()
 
     def cancel(self, attempt: Attempt) -> None:
-        """Tell a running attempt (through its lane's flag) that it should stop."""
+        """Tell an attempt (through its lane's flag) that it should stop, or not start."""
         handle = attempt.handle
         if isinstance(handle, tuple) and attempt.cancel_reason is not None:
             lane, token = handle
@@ -397,6 +501,7 @@ class ProcessBackend:
                 self._waiting.remove(attempt)
             except ValueError:
                 return False
+            self._payloads.pop(attempt, None)
         attempt.try_claim()
         return True
 
@@ -404,25 +509,27 @@ class ProcessBackend:
         if self.withdraw(attempt):
             return
         with self._lock:
-            lane = self._lanes.pop(attempt, None)
-        if lane is not None:
-            lane.kill()
-            _POOL.discard(lane)
-            self._pump()
+            lane = self._lanes.get(attempt)
+            running = lane is not None and self._own.get(lane, [None])[0] is attempt
+        if lane is None:
+            return
+        if running:
+            lane.kill()  # the callbacks send what was queued behind it elsewhere
+        else:
+            self.cancel(attempt)  # queued behind another: the worker will skip it
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             waiting = list(self._waiting)
             self._waiting.clear()
-            running = list(self._lanes.items())
+            lanes = [(lane, list(held)) for lane, held in self._own.items()]
         _POOL.waiting(self, False)
         for attempt in waiting:
             attempt.try_claim()
-        for attempt, lane in running:
-            if attempt.settled:  # the loop gave up on it: do not leave it running
+        for lane, held in lanes:
+            if any(attempt.settled for attempt in held):  # the loop gave up: leave nothing running
                 lane.kill()
-                _POOL.discard(lane)
 
 
 def _crash_detail(error: BaseException | None) -> str:
@@ -431,16 +538,3 @@ def _crash_detail(error: BaseException | None) -> str:
     if codes:
         return f"exit status {codes.group(1)}"
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def _worker_context(ctx: Any) -> Any:
-    from .._context import Context
-
-    return Context(
-        input=ctx.input,
-        flow=ctx.flow,
-        run_id=ctx.run_id,
-        step=ctx.step,
-        attempt=ctx.attempt,
-        results=dict(ctx.results),
-    )

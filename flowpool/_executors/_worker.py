@@ -18,15 +18,21 @@ import pickle
 import signal
 import threading
 import traceback
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ["CancelFlag", "decode", "init_worker", "ping", "run_attempt"]
+from .._errors import StepCancelledError
 
-#: Bytes of a lane's cancel flag: an 8-byte attempt token, then the reason text.
+__all__ = ["CallPacker", "CancelFlag", "decode", "init_worker", "ping", "run_attempt"]
+
+#: Bytes of a lane's flag file: the highest cancelled token (8 bytes), the token of
+#: the attempt the worker last started (8 bytes), then the cancel reason's text.
 FLAG_SIZE = 512
 _TOKEN_BYTES = 8
+_STARTED = slice(8, 16)
+_REASON = 16
 
-OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR = range(4)
+OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR, WITHDRAWN = range(5)
 
 _flags: dict[str, mmap.mmap] = {}
 
@@ -51,10 +57,12 @@ def ping() -> int:
 
 
 class CancelFlag:
-    """Reads a lane's cancel flag (a small shared file mapped into memory).
+    """Reads a lane's flag file (a small shared file mapped into memory).
 
-    The parent writes the reason, then the token of the attempt to stop; an
-    attempt is cancelled when the token in the flag is its own.
+    The parent writes the reason, then the highest cancelled token: every attempt
+    of the lane with a token up to it is cancelled. The worker writes the token
+    of each attempt it starts, so the parent can tell, after a crash, whether an
+    attempt queued on the lane had started.
     """
 
     __slots__ = ("path", "token")
@@ -63,8 +71,7 @@ class CancelFlag:
         self.path = path
         self.token = token
 
-    @property
-    def cancel_reason(self) -> str | None:
+    def _flag(self) -> mmap.mmap | None:
         flag = _flags.get(self.path)
         if flag is None:
             try:
@@ -73,29 +80,118 @@ class CancelFlag:
             except OSError:
                 return None
             _flags[self.path] = flag
-        if int.from_bytes(flag[:_TOKEN_BYTES], "little") != self.token:
+        return flag
+
+    @property
+    def cancel_reason(self) -> str | None:
+        flag = self._flag()
+        if flag is None or int.from_bytes(flag[:_TOKEN_BYTES], "little") < self.token:
             return None
-        reason = flag[_TOKEN_BYTES:].split(b"\0", 1)[0].decode("utf-8", "replace")
+        reason = flag[_REASON:].split(b"\0", 1)[0].decode("utf-8", "replace")
         return reason or "cancelled"
+
+    def mark_started(self) -> None:
+        flag = self._flag()
+        if flag is not None:
+            flag[_STARTED] = self.token.to_bytes(_TOKEN_BYTES, "little")
 
 
 def write_cancel(flag: mmap.mmap, token: int, reason: str) -> None:
-    """Parent side: mark attempt ``token`` of this lane as cancelled because of ``reason``."""
-    text = reason.encode("utf-8")[: FLAG_SIZE - _TOKEN_BYTES - 1]
-    flag[_TOKEN_BYTES : _TOKEN_BYTES + len(text) + 1] = text + b"\0"
+    """Parent side: cancel the lane's attempts up to ``token`` because of ``reason``."""
+    if int.from_bytes(flag[:_TOKEN_BYTES], "little") >= token:
+        return  # already cancelled, with an earlier reason
+    text = reason.encode("utf-8")[: FLAG_SIZE - _REASON - 1]
+    flag[_REASON : _REASON + len(text) + 1] = text + b"\0"
     flag[:_TOKEN_BYTES] = token.to_bytes(_TOKEN_BYTES, "little")
 
 
-def run_attempt(payload: bytes, flag_path: str, token: int) -> bytes:
-    """Run one pickled call ``(fn, ctx, args)`` and return its envelope.
+def started_token(flag: mmap.mmap) -> int:
+    """Parent side: the token of the attempt the lane's worker started last."""
+    return int.from_bytes(flag[_STARTED], "little")
 
-    ``flag_path`` and ``token`` name the lane's cancel flag, which backs ``ctx.cancelled``.
+
+class CallPacker:
+    """Parent side: turns attempts into small payloads, pickling what repeats only once.
+
+    A step's function (pickled by value when it lives in ``__main__``) and the
+    run's input and results (the same for every member of a stage) are pickled
+    once and sent as bytes that the worker unpickles once and caches.
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[int, tuple[Any, bytes]] = {}
+        self._shared: tuple[Any, Any, bytes] | None = None
+
+    def pack(self, fn: Any, ctx: Any, args: tuple[Any, ...]) -> bytes:
+        """The payload for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
+        import cloudpickle
+
+        cached = self._functions.get(id(fn))
+        if cached is None or cached[0] is not fn:
+            cached = (fn, cloudpickle.dumps(fn))
+            self._functions[id(fn)] = cached
+        shared = self._shared
+        if shared is None or shared[0] is not ctx.input or shared[1] is not ctx.results:
+            state = (ctx.input, dict(ctx.results), ctx.flow, ctx.run_id)
+            shared = (ctx.input, ctx.results, _dumps(state))
+            self._shared = shared
+        return pickle.dumps((cached[1], shared[2], ctx.step, ctx.attempt, _dumps(args) if args else None))
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - lambdas, closures, classes from __main__: cloudpickle can
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps(value)
+        return data
+
+
+_unpacked: dict[bytes, Any] = {}
+
+
+def _unpack_cached(data: bytes) -> Any:
+    value = _unpacked.get(data)
+    if value is None:
+        if len(_unpacked) > 64:  # many functions or stages: keep the cache small
+            _unpacked.clear()
+        value = _unpacked[data] = pickle.loads(data)
+    return value
+
+
+def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False) -> bytes:
+    """Run one packed call (see ``CallPacker``) and return its envelope.
+
+    ``flag_path`` and ``token`` name the lane's flag, which backs ``ctx.cancelled``.
+    An attempt that was ``queued`` behind another one is skipped if it was
+    cancelled before it could start.
     """
     import cloudpickle
 
+    from .._context import Context
+
+    flag = CancelFlag(flag_path, token) if flag_path else None
+    if flag is not None:
+        if queued:
+            reason = flag.cancel_reason
+            if reason is not None:
+                return pickle.dumps((WITHDRAWN, reason))
+        flag.mark_started()
     try:
-        fn, ctx, args = pickle.loads(payload)
-        ctx._scope = CancelFlag(flag_path, token)
+        fn_data, shared_data, step, attempt, args_data = pickle.loads(payload)
+        fn = _unpack_cached(fn_data)
+        run_input, results, flow, run_id = _unpack_cached(shared_data)
+        args = pickle.loads(args_data) if args_data is not None else ()
+        ctx = Context(
+            input=run_input,
+            flow=flow,
+            run_id=run_id,
+            step=step,
+            attempt=attempt,
+            results=MappingProxyType(results),
+            scope=flag,
+        )
         value = fn(ctx, *args)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
@@ -121,6 +217,10 @@ def _envelope_error(error: BaseException) -> bytes:
 def _qualified_name(kind: type) -> str:
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+class NotStartedError(StepCancelledError):
+    """An attempt cancelled while it was queued on a worker: it never ran."""
 
 
 class RemoteTraceback(Exception):
@@ -149,6 +249,8 @@ def decode(envelope: bytes, step: str) -> tuple[bool, Any, BaseException | None]
         raised: BaseException = message[1]
         raised.__cause__ = RemoteTraceback(message[2])
         return False, None, raised
+    if kind == WITHDRAWN:
+        return False, None, NotStartedError(step, f"{message[1]} (it never started)")
     if kind == UNPICKLABLE_VALUE:
         return False, None, UnpicklableResultError(step, f"{message[2]} value: {message[1]}")
     remote = RemoteError(message[1], message[2], message[3])
