@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,6 @@ from ._results import describe_error
 
 __all__ = ["EVENT_KINDS", "Event", "EventSink"]
 
-log = logging.getLogger("flowpool")
 
 EVENT_KINDS = (
     "flow_started",
@@ -84,4 +82,8 @@ class EventSink:
         try:
             listener(Event(kind, self._flow, self._run_id, time, **fields))
         except Exception:
-            log.exception("flowpool: the on_event listener raised on a %s event; ignored", kind)
+            import logging  # only when a listener fails: logging costs start-up time
+
+            logging.getLogger("flowpool").exception(
+                "flowpool: the on_event listener raised on a %s event; ignored", kind
+            )

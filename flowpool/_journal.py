@@ -232,6 +232,8 @@ class Journal:
         self._lock = threading.RLock()
         self._warned_values: set[str] = set()
         self._dirty = False
+        # Insertion-ordered: statement kinds run in the order they were first recorded.
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as error:
@@ -361,13 +363,9 @@ class Journal:
     # ── writing (from the settle loop's thread) ─────────────────────────────────
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        # Buffered: statements of one kind go to SQLite together (executemany) at flush.
         with self._lock:
-            try:
-                if not self._db.in_transaction:
-                    self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, args)
-            except sqlite3.Error as error:
-                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+            self._pending.setdefault(sql, []).append(args)
             self._dirty = True
 
     @property
@@ -380,11 +378,17 @@ class Journal:
         with self._lock:
             if not self._dirty:
                 return
+            pending, self._pending = self._pending, {}
+            db = self._db
             try:
-                if self._db.in_transaction:
-                    self._db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                for sql, rows in pending.items():
+                    db.executemany(sql, rows)
+                db.execute("COMMIT")
             except sqlite3.Error as error:
-                raise JournalError(f"cannot commit to journal {self.path!r}: {error}") from None
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
             self._dirty = False
 
     def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
@@ -409,14 +413,18 @@ class Journal:
 
     def attempt_started(self, run_id: str, step: str, attempt: int) -> None:
         self._write(
-            "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)",
+            # IGNORE: in one flush, the row of an attempt that already ended must win.
+            "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)",
             (run_id, step, attempt, time.time()),
         )
 
-    def attempt_finished(self, run_id: str, step: str, attempt: int, status: str) -> None:
+    def attempt_finished(self, run_id: str, step: str, attempt: int, status: str, seconds: float | None) -> None:
+        """An attempt ended after ``seconds`` (one row, whether or not its start was recorded)."""
+        now = time.time()
         self._write(
-            "UPDATE attempts SET finished_at = ?, status = ? WHERE run_id = ? AND step = ? AND attempt = ?",
-            (time.time(), status, run_id, step, attempt),
+            "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, step, attempt, None if seconds is None else now - seconds, now, status),
         )
 
     def step_finished(self, run_id: str, record: StepResult) -> None:

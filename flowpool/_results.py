@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import math
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -236,6 +235,8 @@ def describe_error(error: BaseException | None) -> dict[str, Any] | None:
     if isinstance(remote, str):
         described["remote_traceback"] = remote
     elif error.__traceback__ is not None:
+        import traceback
+
         described["traceback"] = "".join(traceback.format_exception(error)).rstrip()
     return described
 

@@ -357,6 +357,17 @@ class _Run:
             raise interrupted
         return result
 
+    def context(self, step: str, attempt: int) -> Context:
+        """The context of one attempt (or compensation attempt) of ``step``."""
+        return Context(
+            input=self.input,
+            flow=self.name,
+            run_id=self.run_id,
+            step=step,
+            attempt=attempt,
+            results=self.values_view,
+        )
+
     def layout(self) -> list[list[Any]]:
         """``[step, group]`` pairs in declaration order, as the journal keeps them."""
         out: list[list[Any]] = []
@@ -584,14 +595,7 @@ class _Run:
             assert st is not None
             self.finalize(st, sr, StepStatus.FAILED, None, error)
             return
-        ctx = Context(
-            input=self.input,
-            flow=self.name,
-            run_id=self.run_id,
-            step=step.name,
-            attempt=number,
-            results=self.values_view,
-        )
+        ctx = self.context(step.name, number)
         attempt = Attempt(
             step.name,
             number,
@@ -718,7 +722,9 @@ class _Run:
         sr.last_status = status
         sr.last_error = error
         if self.journal is not None:
-            self.journal.attempt_finished(self.run_id, step.name, attempt.number, status.value)
+            started, finished = attempt.started_at, attempt.finished_at
+            seconds = finished - started if started is not None and finished is not None else None
+            self.journal.attempt_finished(self.run_id, step.name, attempt.number, status.value, seconds)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
@@ -995,14 +1001,7 @@ class _Run:
         self, sr: _StepRun, compensate: Callable[..., Any], value: Any, number: int
     ) -> tuple[bool, BaseException | None]:
         step = sr.step
-        ctx = Context(
-            input=self.input,
-            flow=self.name,
-            run_id=self.run_id,
-            step=step.name,
-            attempt=number,
-            results=self.values_view,
-        )
+        ctx = self.context(step.name, number)
         backend = sr.backend
         if backend.in_process and step.compensate_timeout is None:
             try:  # in the caller's thread, one at a time

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 from typing import Any
 
@@ -33,6 +32,8 @@ def describe_executor(executor: object) -> str:
             f"a concurrent.futures.Executor or a distributed.Client",
             argument="executor",
         )
+    import concurrent.futures  # not at import time: it pulls in threading machinery
+
     if isinstance(executor, concurrent.futures.Executor):
         return "executor"
     if type(executor).__module__.startswith("distributed") and type(executor).__name__ == "Client":
