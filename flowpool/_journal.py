@@ -385,10 +385,13 @@ class Journal:
                 for sql, rows in pending.items():
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
-            except sqlite3.Error as error:
+            except BaseException as error:  # an interrupt too: never leave a transaction open
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+                self._pending = pending  # nothing recorded is lost (we hold the lock: no newer rows)
+                if isinstance(error, sqlite3.Error):
+                    raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+                raise
             self._dirty = False
 
     def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:

@@ -260,6 +260,8 @@ class _Run:
         self.journal: Journal | None = None
         self.resumed: RecordedRun | None = None
         self.compensation_done: set[str] = set()
+        self.failure_recorded = False
+        self.interruptible = False  # True while a compensation runs in this thread
 
     # ── backends ────────────────────────────────────────────────────────────────
 
@@ -386,26 +388,37 @@ class _Run:
         self.events = EventSink(self.events._listener, self.name, self.run_id)
 
     def preload_completed(self, st: _StageRun) -> None:
+        """Restore what the journal says about this stage's steps: completed steps (and,
+        in a group whose verdict was recorded, every member) are not run again."""
         assert self.resumed is not None
+        settled = st.group is not None and st.group.name in self.resumed.groups
+        if settled:
+            st.cancel_reason = "restored from the journal"  # restoring must not trigger fail fast
         for sr in st.members:
             recorded = self.resumed.steps.get(sr.step.name)
-            if recorded is None or recorded.status is not StepStatus.COMPLETED or not recorded.value_kept:
+            if recorded is None:
+                continue
+            completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
+            if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
                 continue  # it runs (again): at least once
             sr.attempts = recorded.attempts
             sr.first_started = recorded.started_at
-            self.finalize(st, sr, StepStatus.COMPLETED, recorded.value, None)
+            value = recorded.value if completed else None
+            self.finalize(st, sr, recorded.status, value, recorded.error)
             record = sr.record
             assert record is not None
             sr.record = self.records[sr.step.name] = StepResult(
                 record.name,
                 record.status,
-                record.value,
-                None,
+                value,
+                recorded.error,
                 recorded.attempts,
                 recorded.started_at,
                 recorded.finished_at,
                 record.group,
             )
+            if self.journal is not None:
+                self.journal.step_finished(self.run_id, sr.record)  # keep the recorded times
 
     def restore_compensation_phase(self, recorded: RecordedRun) -> None:
         """The run had failed and was compensating when its process died: rebuild its
@@ -497,6 +510,8 @@ class _Run:
         self.stage = None
         self.settle_verdict(st)
         if self.journal is not None:
+            if self.error is not None:
+                self.record_failure()  # in the same transaction as the stage's verdict
             self.journal.flush()  # before any later stage starts
 
     def settle_verdict(self, st: _StageRun) -> None:
@@ -904,8 +919,10 @@ class _Run:
         def on_sigint(signum: int, frame: FrameType | None) -> None:
             self.interrupts += 1
             if self.compensating:
-                if self.interrupts >= 2:
-                    raise KeyboardInterrupt  # abandon the remaining compensations
+                # A second Ctrl-C abandons the compensations: it interrupts a compensation
+                # running in this thread; anywhere else the loop notices it at once.
+                if self.interrupts >= 2 and self.interruptible:
+                    raise KeyboardInterrupt
                 return
             self.inbox.put((_INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
 
@@ -924,6 +941,17 @@ class _Run:
 
     # ── compensation ────────────────────────────────────────────────────────────
 
+    def record_failure(self) -> None:
+        """Journal that the run failed (once): a resume then only compensates."""
+        journal = self.journal
+        if journal is None or self.failure_recorded:
+            return
+        self.failure_recorded = True
+        if self.resumed is not None and self.resumed.phase == "compensating":
+            return
+        outcome = "failed" if self.timed_out or not self.interrupts else "cancelled"
+        journal.compensating(self.run_id, outcome, self.failed_stage, self.error)
+
     def compensate_all(self) -> None:
         if self.error is None and not self.interrupts:
             return
@@ -933,9 +961,7 @@ class _Run:
         self.compensating = True
         journal = self.journal
         if journal is not None:
-            if self.resumed is None or self.resumed.phase != "compensating":
-                phase_outcome = "failed" if self.timed_out or not self.interrupts else "cancelled"
-                journal.compensating(self.run_id, phase_outcome, self.failed_stage, self.error)
+            self.record_failure()
             pending = [sr for sr in pending if sr.step.name not in self.compensation_done]
         for position, sr in enumerate(pending):
             if self.interrupts >= 2:
@@ -1004,10 +1030,13 @@ class _Run:
         ctx = self.context(step.name, number)
         backend = sr.backend
         if backend.in_process and step.compensate_timeout is None:
+            self.interruptible = True
             try:  # in the caller's thread, one at a time
                 compensate(ctx, value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
                 return False, error
+            finally:
+                self.interruptible = False
             return True, None
         attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
         ctx._scope = attempt
@@ -1017,6 +1046,11 @@ class _Run:
         if timeout is not None and backend.start_is_submission:
             deadline = self.clock.now() + timeout
         while True:
+            if self.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
+                attempt.settled = True
+                tell_cancel(backend, attempt, "the compensations were abandoned (second Ctrl-C)")
+                backend.stop(attempt)
+                raise KeyboardInterrupt
             wait = None if deadline is None else deadline - self.clock.now()
             if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
                 wait = self.signal_poll

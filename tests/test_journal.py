@@ -130,6 +130,43 @@ def test_a_run_that_died_while_compensating_finishes_only_the_pending_compensati
         assert book.runs()[0].status == "failed"
 
 
+def test_a_run_that_failed_before_its_process_died_resumes_only_its_compensations(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    path = tmp_path / "runs.db"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(path), str(log), "failsdie"], check=False, capture_output=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr  # died right after the failure, before compensating
+    with Journal(path) as book:
+        run_id = only_run(book)
+    result = journal_flows.fails_then_dies().resume(run_id, journal=path)
+    assert result.status is FlowStatus.FAILED
+    assert result.failed_stage == "flaky"
+    assert result.compensated == ("charge",)
+    counts = executions(log)
+    assert counts["start flaky"] == 1  # the failed step is not run again (it would now succeed)
+    assert counts["start ship"] == 0
+    assert counts["undo-done charge"] == 1
+
+
+def test_a_settled_group_is_not_run_again_on_resume(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    path = tmp_path / "runs.db"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(path), str(log), "groupdie"], check=False, capture_output=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    with Journal(path) as book:
+        run_id = only_run(book)
+    result = journal_flows.group_then_dies().resume(run_id, journal=path)
+    assert result.ok
+    assert result.groups["g"].status.value == "partial"
+    assert result.steps["bad"].status is StepStatus.FAILED
+    counts = executions(log)
+    assert counts["start bad"] == 1  # failed before the death: its verdict stands
+    assert counts["done ok"] == 1
+
+
 def test_a_changed_definition_is_refused_unless_forced(tmp_path: Path) -> None:
     log = tmp_path / "log"
     path = tmp_path / "runs.db"

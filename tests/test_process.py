@@ -200,3 +200,17 @@ def test_shutdown_workers_kills_the_lanes() -> None:
     assert pid_alive(pid)
     shutdown_workers()
     assert not wait_until_gone([pid], within=5.0)
+
+
+def test_a_users_process_pool_gets_attempts_only_when_a_worker_is_free() -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        flow = Flow("queued").parallel(
+            "g", [Step(f"m{i}", steps.slow_ok, timeout=5.0) for i in range(3)]
+        )  # 0.3 s each, one at a time: a timeout counted from submission would still pass,
+        result = flow.run(executor=pool)
+        assert result.ok, result.error
+        starts = sorted(step.started_at for step in result.steps.values() if step.started_at is not None)
+        # ...but the starts must be spread out, one after another, not all at submission.
+        assert starts[-1] - starts[0] >= 0.4

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import threading
+import uuid
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt
@@ -23,8 +23,6 @@ from .._errors import FlowDefinitionError, FlowpoolError
 from . import _worker
 
 __all__ = ["DaskBackend"]
-
-_keys = itertools.count()
 
 
 class DaskUnavailableError(FlowpoolError):
@@ -97,7 +95,9 @@ class DaskBackend:
                 if not attempt.try_claim():
                     continue
                 payload = attempt.handle
-                key = f"flowpool-{attempt.step}-{attempt.number}-{next(_keys)}"
+                # Unique across processes too: the same key from another client would be
+                # taken for the same task and get its result.
+                key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
                 try:
                     future = self._client.submit(_worker.run_attempt, payload, "", 0, key=key, pure=False)
                 except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone

@@ -3,18 +3,21 @@
 In-process executors (``ThreadPoolExecutor`` and subclasses) run the attempt
 record itself, so ``ctx.cancelled`` and the real start time work as in
 flowpool's own pool. Other executors (process pools, clusters) receive a
-picklable call; the attempt's start is then known only as its submission, so
-timeouts there count from submission.
+picklable call; the attempt's start is then known only as the moment flowpool
+hands it over, which it does only when a worker is free (``_max_workers``), so
+timeouts there count from then.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
+import threading
 from types import MappingProxyType
 from typing import Any
 
-from .._attempt import DONE, Attempt
+from .._attempt import DONE, STARTED, Attempt
 from .._context import Context
 from .._errors import FlowpoolError
 
@@ -49,30 +52,63 @@ def detached_context(ctx: Context) -> Context:
 
 
 class ExecutorBackend:
-    """Submits attempts to a user-supplied executor; completion via done-callbacks."""
+    """Submits attempts to a user-supplied executor; completion via done-callbacks.
+
+    A process pool (anything with ``_max_workers`` that is not a thread pool) gets at
+    most that many attempts at a time, so that an attempt is sent when a worker is
+    free and its timeout counts from then, not while it would wait in the pool.
+    """
 
     kind = "executor"
     kills = False
+    start_is_submission = False
 
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self._executor = executor
         self._in_process = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
         self.in_process = self._in_process
-        self.start_is_submission = not self._in_process
+        capacity = getattr(executor, "_max_workers", None)
+        self._capacity = capacity if isinstance(capacity, int) and capacity > 0 else None
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[Attempt] = collections.deque()
+        self._sent = 0
 
     def submit(self, attempt: Attempt) -> None:
-        try:
-            if self._in_process:
+        if self._in_process:
+            try:
                 future = self._executor.submit(attempt.execute)
-            else:
-                attempt.started_at = attempt.clock.now()
+            except Exception as error:  # noqa: BLE001 - shut down: reported as this attempt's failure
+                attempt.fail_unstarted(ExecutorRefusedError(attempt.step, f"{type(error).__name__}: {error}"))
+                return
+            attempt.handle = future
+            future.add_done_callback(functools.partial(self._settled, attempt))
+            return
+        with self._lock:
+            self._waiting.append(attempt)
+        self._pump()
+
+    def _pump(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or (self._capacity is not None and self._sent >= self._capacity):
+                    return
+                attempt = self._waiting.popleft()
+                if not attempt.try_claim():
+                    continue
+                self._sent += 1
+            try:
                 ctx = detached_context(attempt.ctx)
                 future = self._executor.submit(call_detached, attempt.fn, ctx, attempt.args)
-        except Exception as error:  # noqa: BLE001 - shut down, or the call could not be pickled
-            attempt.fail_unstarted(ExecutorRefusedError(attempt.step, f"{type(error).__name__}: {error}"))
-            return
-        attempt.handle = future
-        future.add_done_callback(functools.partial(self._settled, attempt))
+            except Exception as error:  # noqa: BLE001 - shut down, or the call could not be pickled
+                with self._lock:
+                    self._sent -= 1
+                attempt.fail_unstarted(ExecutorRefusedError(attempt.step, f"{type(error).__name__}: {error}"))
+                continue
+            attempt.handle = future
+            attempt.started_at = attempt.clock.now()
+            if attempt.notify_start:
+                attempt.inbox.put((STARTED, attempt))
+            future.add_done_callback(functools.partial(self._settled, attempt))
 
     def _settled(self, attempt: Attempt, future: concurrent.futures.Future[Any]) -> None:
         if self._in_process:
@@ -84,37 +120,61 @@ class ExecutorBackend:
                 error = future.exception()
                 attempt.fail_unstarted(error or ExecutorRefusedError(attempt.step, "it returned without running"))
             return
+        self._release(attempt)
         if future.cancelled():
-            if attempt.claim:  # not withdrawn by the loop
-                attempt.fail_unstarted(ExecutorRefusedError(attempt.step, "the executor cancelled it"))
-            return
-        error = future.exception()
-        if error is None:
-            attempt.value = future.result()
-            attempt.ok = True
+            attempt.fail_unstarted(ExecutorRefusedError(attempt.step, "the executor cancelled it"))
         else:
-            attempt.error = error
-        attempt.finished_at = attempt.clock.now()
-        attempt.inbox.put((DONE, attempt))
+            error = future.exception()
+            if error is None:
+                attempt.value = future.result()
+                attempt.ok = True
+            else:
+                attempt.error = error
+            attempt.finished_at = attempt.clock.now()
+            attempt.inbox.put((DONE, attempt))
+        self._pump()
+
+    def _release(self, attempt: Attempt) -> None:
+        with self._lock:
+            if attempt.handle is not None and attempt.handle is not _RELEASED:
+                self._sent -= 1
+                attempt.handle = _RELEASED
 
     def cancel(self, attempt: Attempt) -> None:
-        """In-process contexts read ``attempt.cancel_reason`` directly: nothing to send."""
+        """In-process contexts read ``attempt.cancel_reason`` directly; others cannot be told."""
 
     def withdraw(self, attempt: Attempt) -> bool:
         if self._in_process:
             return attempt.try_claim()
-        future = attempt.handle
-        if future is not None and future.cancel():
-            attempt.try_claim()
-            return True
-        return False
+        with self._lock:
+            try:
+                self._waiting.remove(attempt)
+            except ValueError:
+                return False
+        attempt.try_claim()
+        return True
 
     def stop(self, attempt: Attempt) -> None:
         # Nothing can stop a call inside someone else's executor; the loop ignores its outcome.
-        if self._in_process and attempt.started_at is None:
-            attempt.try_claim()
-        elif attempt.handle is not None:
-            attempt.handle.cancel()
+        if self._in_process:
+            if attempt.started_at is None:
+                attempt.try_claim()
+            return
+        if self.withdraw(attempt):
+            return
+        future = attempt.handle
+        if isinstance(future, concurrent.futures.Future):
+            future.cancel()
+        self._release(attempt)  # the loop gave up on it: let the next attempt go
+        self._pump()
 
     def close(self) -> None:
-        """The executor is the user's to manage: nothing to do."""
+        """The executor is the user's to manage; attempts still waiting here never start."""
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for attempt in waiting:
+            attempt.try_claim()
+
+
+_RELEASED: Any = object()

@@ -65,6 +65,35 @@ def die_once(ctx: Context) -> str:
     return "survived"
 
 
+def fail_once(ctx: Context) -> str:
+    _log(ctx, "start")
+    if not Path(ctx.input["log"] + ".failed").exists():
+        Path(ctx.input["log"] + ".failed").write_text("1")
+        raise RuntimeError("fails the first time only")
+    _log(ctx, "done")
+    return "fine"
+
+
+def fails_then_dies() -> Flow:
+    """The middle step fails (so the flow fails); the process dies before compensating."""
+    return Flow("fails-then-dies").step("charge", work, compensate=undo).step("flaky", fail_once).step("ship", work)
+
+
+def group_then_dies() -> Flow:
+    """A group settles PARTIAL (one member failed); the process dies in the next stage."""
+    return (
+        Flow("group-then-dies")
+        .parallel("g", [Step("ok", work, compensate=undo), Step("bad", fail_once)])
+        .step("second", die_once)
+        .step("third", work)
+    )
+
+
+def _die_on_first_skip(event: Any) -> None:
+    if event.kind == "step_finished" and str(event.status) == "skipped":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def saga() -> Flow:
     """Four stages, two parallel groups, compensations everywhere but the last step."""
     return (
@@ -87,7 +116,7 @@ if __name__ == "__main__":
     journal, log, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
     seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     random.seed(seed)
-    flows = {"saga": saga, "dies": dies_in_stage}
+    flows = {"saga": saga, "dies": dies_in_stage, "failsdie": fails_then_dies, "groupdie": group_then_dies}
     flow = flows[scenario.split("-")[0]]()
     run_input: dict[str, Any] = {"log": log, "delay": 0.05 if scenario.endswith("slow") else 0.0}
     if "fail" in scenario:
@@ -96,6 +125,7 @@ if __name__ == "__main__":
         run_input["die_in_compensation"] = "car"
     from flowpool import Journal
 
+    listener = _die_on_first_skip if scenario == "failsdie" else None
     with Journal(journal) as book:
-        result = flow.run(run_input, journal=book)
+        result = flow.run(run_input, journal=book, on_event=listener)
     print(result.run_id, result.status, flush=True)
