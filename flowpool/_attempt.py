@@ -44,7 +44,6 @@ class Attempt:
         "claim",
         "cancel_reason",
         "settled",
-        "submitted_at",
         "started_at",
         "finished_at",
         "ok",
@@ -80,7 +79,6 @@ class Attempt:
         self.claim: list[bool] = [True]
         self.cancel_reason: str | None = None
         self.settled = False  # set by the loop once it has taken an outcome (or gave up)
-        self.submitted_at: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.ok = False
@@ -133,3 +131,15 @@ class Attempt:
 
     def __repr__(self) -> str:
         return f"Attempt({self.step!r}, {self.number})"
+
+
+def take_back(lock: Any, waiting: Any, attempt: Attempt) -> bool:
+    """Remove ``attempt`` from a backend's ``waiting`` deque (under ``lock``) and claim
+    it, so it never starts; False if it had already left the deque."""
+    with lock:
+        try:
+            waiting.remove(attempt)
+        except ValueError:
+            return False
+    attempt.try_claim()
+    return True

@@ -10,7 +10,7 @@ import queue
 import time
 from typing import TypeVar
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock"]
 
 T = TypeVar("T")
 
@@ -38,5 +38,4 @@ class Clock:
             time.sleep(seconds)
 
 
-SystemClock = Clock
 SYSTEM_CLOCK = Clock()

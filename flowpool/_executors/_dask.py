@@ -18,7 +18,7 @@ import threading
 import uuid
 from typing import Any
 
-from .._attempt import DONE, STARTED, Attempt
+from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import FlowDefinitionError, FlowpoolError
 from . import _worker
 
@@ -127,13 +127,7 @@ class DaskBackend:
         """Dask cannot tell a running task to stop; ``ctx.cancelled`` stays False there."""
 
     def withdraw(self, attempt: Attempt) -> bool:
-        with self._lock:
-            try:
-                self._waiting.remove(attempt)
-            except ValueError:
-                return False
-        attempt.try_claim()
-        return True
+        return take_back(self._lock, self._waiting, attempt)
 
     def stop(self, attempt: Attempt) -> None:
         if self.withdraw(attempt):

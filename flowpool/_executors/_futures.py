@@ -17,7 +17,7 @@ import threading
 from types import MappingProxyType
 from typing import Any
 
-from .._attempt import DONE, STARTED, Attempt
+from .._attempt import DONE, STARTED, Attempt, take_back
 from .._context import Context
 from .._errors import FlowpoolError
 
@@ -146,13 +146,7 @@ class ExecutorBackend:
     def withdraw(self, attempt: Attempt) -> bool:
         if self._in_process:
             return attempt.try_claim()
-        with self._lock:
-            try:
-                self._waiting.remove(attempt)
-            except ValueError:
-                return False
-        attempt.try_claim()
-        return True
+        return take_back(self._lock, self._waiting, attempt)
 
     def stop(self, attempt: Attempt) -> None:
         # Nothing can stop a call inside someone else's executor; the loop ignores its outcome.

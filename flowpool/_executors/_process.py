@@ -31,7 +31,7 @@ import threading
 import weakref
 from typing import Any
 
-from .._attempt import DONE, STARTED, Attempt
+from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import FlowpoolError, WorkerCrashedError
 from . import _worker
 
@@ -496,13 +496,10 @@ class ProcessBackend:
                     _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
 
     def withdraw(self, attempt: Attempt) -> bool:
+        if not take_back(self._lock, self._waiting, attempt):
+            return False
         with self._lock:
-            try:
-                self._waiting.remove(attempt)
-            except ValueError:
-                return False
             self._payloads.pop(attempt, None)
-        attempt.try_claim()
         return True
 
     def stop(self, attempt: Attempt) -> None:
