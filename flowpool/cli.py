@@ -39,6 +39,7 @@ from flowpool import (
     Group,
     Journal,
     JournalError,
+    RemoteError,
     __version__,
 )
 
@@ -315,17 +316,34 @@ _COLOURS = {
 }
 
 
+# Terminal escape sequences: CSI (colours, cursor moves), OSC (titles, links), and
+# the two-character ones.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def _printable(text: str) -> str:
+    """Text written by a step (an error message) or read from a journal, made safe to
+    print on a terminal: escape sequences dropped, other control characters shown as
+    ``\\xNN`` so that they cannot move the cursor, recolour or retitle the terminal."""
+    text = _ESCAPES.sub("", text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _error_line(error: Any, width: int = 80) -> str:
-    """One line for an error description (``describe_error``'s dict) or exception."""
+    """One printable line for an error description (``describe_error``'s dict) or exception."""
     if error is None:
         return ""
-    if isinstance(error, BaseException):
+    if isinstance(error, RemoteError):
+        text = f"{error.type_name}: {error.message}"  # the original type, not the stand-in's
+    elif isinstance(error, BaseException):
         text = f"{type(error).__name__}: {error}"
     elif isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('message')}"
     else:
         text = str(error)
-    text = " ".join(text.split())
+    text = _printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -551,6 +569,8 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
                 undo,
             )
         )
+    # Names may come from a journal written elsewhere: print nothing a terminal obeys.
+    rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: tuple[str, ...], status: str | None = None) -> str:
@@ -566,9 +586,9 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
     out.append("")
     out.append(f"flow {result.name!r} {result.status.value}{where} in {_seconds(result.duration)}{cause}")
     if result.compensated:
-        out.append(f"compensated (in this order): {', '.join(result.compensated)}")
+        out.append(_printable(f"compensated (in this order): {', '.join(result.compensated)}"))
     if result.not_compensated:
-        out.append(f"NOT compensated: {', '.join(result.not_compensated)}")
+        out.append(_printable(f"NOT compensated: {', '.join(result.not_compensated)}"))
     return "\n".join(out)
 
 
@@ -615,6 +635,9 @@ def run(
     journal_path: str | None,
 ) -> None:
     """Run the flow TARGET (path/to/file.py:NAME or package.module:NAME).
+
+    Loading TARGET imports it and so executes its Python code, as
+    ``python file.py`` would: run only targets you trust.
 
     Exit status: 0 completed, 1 failed, 2 bad usage or target, 130 interrupted,
     143 terminated (SIGTERM). Completed steps are compensated before exiting.
@@ -873,6 +896,10 @@ def resume(
 
     Steps recorded as completed are not run again; a run that had failed finishes
     only its pending compensations; a finished run just shows its result.
+
+    Loading TARGET executes its Python code, and resuming unpickles the run's
+    values from the journal, which can execute code too: a journal is as trusted
+    as the code that wrote it.
     """
     _execute(
         target,
@@ -910,7 +937,8 @@ def runs(ctx: click.Context, journal_path: str | None) -> None:
     for entry in recorded:
         started = _wall(entry.started_at)
         finished = _wall(entry.finished_at) if entry.finished_at is not None else "-"
-        click.echo(f"{entry.run_id}  {entry.status:<9}  {entry.flow}  started {started}  finished {finished}")
+        line = f"{entry.run_id}  {entry.status:<9}  {entry.flow}  started {started}  finished {finished}"
+        click.echo(_printable(line))
 
 
 def _wall(when: float) -> str:
@@ -925,7 +953,11 @@ def _wall(when: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded result as JSON.")
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json: bool) -> None:
-    """Show the recorded result of run RUN_ID."""
+    """Show the recorded result of run RUN_ID.
+
+    Values and errors are shown from the short text stored beside them: nothing in
+    the journal is unpickled, so this is safe on a journal written by anyone.
+    """
     path = journal_path or ctx.obj or _default_journal()
     journal = _open_journal(path, must_exist=True)
     try:
@@ -939,7 +971,7 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
                 f"continue it with: flowpool resume TARGET {run_id} --journal {path}"
             )
             return
-        result = journal.result(run_id)
+        result = journal.summary(run_id)  # text only: inspecting a journal never unpickles
     except JournalError as error:
         _fail(str(error))
     finally:
@@ -947,7 +979,7 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
         return
-    click.echo(f"run {run_id}: flow {result.name!r} {result.status.value}")
+    click.echo(_printable(f"run {run_id}: flow {result.name!r} {result.status.value}"))
     click.echo(summary_table(result))
 
 
@@ -960,7 +992,10 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
     "--format", "fmt", type=click.Choice(PLAN_FORMATS), default="text", show_default=True, help="How to draw it."
 )
 def show(target: str, fmt: str) -> None:
-    """Print the plan of the flow TARGET without running it."""
+    """Print the plan of the flow TARGET without running it.
+
+    Loading TARGET still imports it, which executes its module-level code.
+    """
     flow = load_target(target)
     if not flow.stages:
         _fail(f"flow {flow.name!r} has no stages; add one with .step() or .parallel()")
