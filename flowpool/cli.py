@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
@@ -184,56 +185,50 @@ def run(
     143 terminated (SIGTERM). Completed steps are compensated before exiting.
     """
     _execute(
-        target,
-        lambda: _read_input(input_json, input_file),
-        executor,
-        workers,
-        timeout,
-        as_json,
-        events_path,
-        timeline_path,
-        quiet,
-        verbose,
-        journal_path,
-        None,
-        False,
+        _Request(
+            target,
+            lambda: _read_input(input_json, input_file),
+            executor=executor,
+            workers=workers,
+            timeout=timeout,
+            as_json=as_json,
+            events_path=events_path,
+            timeline_path=timeline_path,
+            quiet=quiet,
+            verbose=verbose,
+            journal_path=journal_path,
+        )
     )
 
 
-def _execute(
-    target: str,
-    read_input: Callable[[], Any],
-    executor: str,
-    workers: int | None,
-    timeout: float | None,
-    as_json: bool,
-    events_path: str | None,
-    timeline_path: str | None,
-    quiet: bool,
-    verbose: int,
-    journal_path: str | None,
-    resume_id: str | None,
-    force: bool,
-) -> NoReturn:
+def _no_input() -> Any:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What ``run`` or ``resume`` was asked to do (``resume_id`` set: resume that run)."""
+
+    target: str
+    read_input: Callable[[], Any] = _no_input  # called once signals are handled
+    executor: str = "thread"
+    workers: int | None = None
+    timeout: float | None = None
+    as_json: bool = False
+    events_path: str | None = None
+    timeline_path: str | None = None
+    quiet: bool = False
+    verbose: int = 0
+    journal_path: str | None = None
+    resume_id: str | None = None
+    force: bool = False
+
+
+def _execute(request: _Request) -> NoReturn:
     terminated = threading.Event()
     restore = _install_sigterm(terminated)
     try:
-        code = _run(
-            target,
-            read_input(),
-            executor,
-            workers,
-            timeout,
-            as_json,
-            events_path,
-            timeline_path,
-            quiet,
-            verbose,
-            terminated,
-            journal_path,
-            resume_id,
-            force,
-        )
+        code = _run(request, request.read_input(), terminated)
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM) before the run started, e.g. while importing the target.
         click.echo("flowpool: interrupted", err=True)
@@ -270,43 +265,30 @@ def _install_sigterm(terminated: threading.Event) -> Callable[[], None]:
     return restore
 
 
-def _run(
-    target: str,
-    value: Any,
-    executor: str,
-    workers: int | None,
-    timeout: float | None,
-    as_json: bool,
-    events_path: str | None,
-    timeline_path: str | None,
-    quiet: bool,
-    verbose: int,
-    terminated: threading.Event,
-    journal_path: str | None = None,
-    resume_id: str | None = None,
-    force: bool = False,
-) -> int:
-    flow = load_target(target)
-    journal = _open_journal(journal_path, must_exist=resume_id is not None) if journal_path else None
-    for path, option in ((events_path, "--events"), (timeline_path, "--timeline")):
+def _run(request: _Request, value: Any, terminated: threading.Event) -> int:
+    flow = load_target(request.target)
+    journal = (
+        _open_journal(request.journal_path, must_exist=request.resume_id is not None) if request.journal_path else None
+    )
+    for path, option in ((request.events_path, "--events"), (request.timeline_path, "--timeline")):
         if path is not None:
             _check_writable(path, option)
-    progress = None if quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
+    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
     logger = logging.getLogger("flowpool")
     handler: logging.Handler | None = None
     previous_level = logger.level
-    if verbose:
+    if request.verbose:
         handler = _ProgressLogHandler(progress.print if progress is not None else _to_stderr)
         handler.setFormatter(logging.Formatter("flowpool: %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        logger.setLevel(logging.DEBUG if request.verbose > 1 else logging.INFO)
     collected: list[dict[str, Any]] = []
     events_file: IO[str] | None = None
-    if events_path is not None:
+    if request.events_path is not None:
         try:
-            events_file = open(events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+            events_file = open(request.events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         except OSError as error:
-            _fail(f"cannot write --events {events_path}: {error.strerror or error}")
+            _fail(f"cannot write --events {request.events_path}: {error.strerror or error}")
 
     def on_event(event: Event) -> None:
         record = event.to_dict()
@@ -314,22 +296,22 @@ def _run(
             # Flushed per line, so the log is complete up to the moment of a crash.
             events_file.write(json.dumps(record, default=repr) + "\n")
             events_file.flush()
-        if timeline_path is not None:
+        if request.timeline_path is not None:
             collected.append(record)
         if progress is not None:
             progress.event(event)
 
     result: FlowResult | None = None
     try:
-        if resume_id is not None:
+        if request.resume_id is not None:
             assert journal is not None
             result = flow.resume(
-                resume_id,
+                request.resume_id,
                 journal=journal,
-                force=force,
-                executor=executor,
-                max_workers=workers,
-                timeout=timeout,
+                force=request.force,
+                executor=request.executor,
+                max_workers=request.workers,
+                timeout=request.timeout,
                 on_event=on_event,
             )
         else:
@@ -338,7 +320,12 @@ def _run(
                 # The run id is known only once the run starts: tell it from the first event.
                 listener = _announce_run_id(on_event, journal.path)
             result = flow.run(
-                value, executor=executor, max_workers=workers, timeout=timeout, on_event=listener, journal=journal
+                value,
+                executor=request.executor,
+                max_workers=request.workers,
+                timeout=request.timeout,
+                on_event=listener,
+                journal=journal,
             )
         code = EXIT_COMPLETED if result.ok else EXIT_FAILED
     except FlowInterrupted as interrupted:
@@ -360,19 +347,19 @@ def _run(
         if handler is not None:
             logger.removeHandler(handler)
             logger.setLevel(previous_level)
-    if timeline_path is not None:
-        Path(timeline_path).write_text(render_timeline(collected), encoding="utf-8")
+    if request.timeline_path is not None:
+        Path(request.timeline_path).write_text(render_timeline(collected), encoding="utf-8")
     if result is None:
         click.echo("flowpool: interrupted", err=True)
         return code
-    if not quiet:
+    if not request.quiet:
         click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
-    if timeline_path is not None and not quiet:
-        click.echo(f"timeline: {timeline_path}", err=True)
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and not quiet:
+    if request.timeline_path is not None and not request.quiet:
+        click.echo(f"timeline: {request.timeline_path}", err=True)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and not request.quiet:
         why = "SIGTERM" if code == EXIT_TERMINATED else "interrupt"
         click.echo(f"flowpool: stopped by {why}", err=True)
-    if as_json:
+    if request.as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
     else:
         click.echo(f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})")
@@ -443,19 +430,16 @@ def resume(
     as the code that wrote it.
     """
     _execute(
-        target,
-        lambda: None,
-        executor,
-        workers,
-        None,
-        as_json,
-        None,
-        None,
-        quiet,
-        0,
-        journal_path or _default_journal(),
-        run_id,
-        force,
+        _Request(
+            target,
+            executor=executor,
+            workers=workers,
+            as_json=as_json,
+            quiet=quiet,
+            journal_path=journal_path or _default_journal(),
+            resume_id=run_id,
+            force=force,
+        )
     )
 
 
