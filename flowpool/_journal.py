@@ -290,7 +290,10 @@ def _load_error(data: bytes | None) -> BaseException | None:
 
 
 class Journal:
-    """An embedded SQLite journal of runs.
+    """An embedded SQLite journal of runs: list them, and read what they recorded.
+
+    Pass it (or a path) as ``Flow.run(journal=...)`` to record a run in it;
+    ``runs()`` and ``summary()`` are safe on any journal, ``result()`` unpickles.
 
     Args:
         path: the journal file; created if missing.
@@ -300,12 +303,9 @@ class Journal:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._recorder: JournalRecorder | None = None
         self.path = os.fspath(path)
         self._lock = threading.RLock()
-        self._warned_values: set[str] = set()
-        self._dirty = False
-        # Insertion-ordered: statement kinds run in the order they were first recorded.
-        self._pending: dict[str, list[tuple[Any, ...]]] = {}
         _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
@@ -414,13 +414,6 @@ class Journal:
             ).fetchall()
         return [JournalRun(*row) for row in rows]
 
-    def recorded(self, run_id: str) -> RecordedRun:
-        """Everything recorded about ``run_id``, values and errors unpickled (for resume).
-
-        Unpickling can run code: use it only on a journal you trust.
-        """
-        return self._recorded(run_id, unpickle=True)
-
     def _recorded(self, run_id: str, *, unpickle: bool) -> RecordedRun:
         # Without ``unpickle`` only the text forms are read: values are their repr (a
         # str), errors RemoteError stand-ins carrying the original type's name and message.
@@ -528,6 +521,62 @@ class Journal:
             ]
         layout = json.loads(layout_text)
         return build_result(recorded, layout, order, started_at, finished_at)
+
+    @property
+    def recorder(self) -> JournalRecorder:
+        """The writing side, for flowpool's runner (one per journal)."""
+        with self._lock:
+            if self._recorder is None:
+                self._recorder = JournalRecorder(self)
+            return self._recorder
+
+    def __getattr__(self, name: str) -> Any:
+        # The runner still calls the recorder's methods on the journal it was given;
+        # they stay reachable here until it asks for ``recorder`` itself.
+        if name in _RECORDER_METHODS:
+            return getattr(self.recorder, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def close(self) -> None:
+        """Commit what was recorded and close the file."""
+        with self._lock:
+            try:
+                if self._recorder is not None:
+                    self._recorder.flush()
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.path!r})"
+
+
+class JournalRecorder:
+    """The writing side of a ``Journal``: what the settle loop records (from its own
+    thread only), buffered and committed at ``flush``; and ``recorded``, what resume
+    reads back, unpickled."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.path = journal.path
+        self._lock = journal._lock
+        self._db = journal._db
+        self._warned_values: set[str] = set()
+        self._dirty = False
+        # Insertion-ordered: statement kinds run in the order they were first recorded.
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def recorded(self, run_id: str) -> RecordedRun:
+        """Everything recorded about ``run_id``, values and errors unpickled (for resume).
+
+        Unpickling can run code: use it only on a journal you trust.
+        """
+        return self._journal._recorded(run_id, unpickle=True)
 
     # ── writing (from the settle loop's thread) ─────────────────────────────────
 
@@ -699,22 +748,8 @@ class Journal:
         )
         self.flush()
 
-    def close(self) -> None:
-        """Commit and close the file."""
-        with self._lock:
-            try:
-                self.flush()
-            finally:
-                self._db.close()
 
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Journal({self.path!r})"
+_RECORDER_METHODS = frozenset(name for name in vars(JournalRecorder) if not name.startswith("_") and name != "path")
 
 
 def build_result(

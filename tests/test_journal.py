@@ -248,7 +248,7 @@ def test_an_unpicklable_value_completes_but_runs_again_on_resume(tmp_path: Path)
     assert result.ok
     assert [w for w in caught if "cannot be pickled" in str(w.message)]
     with Journal(path) as book:
-        recorded = book.recorded(result.run_id)
+        recorded = book.recorder.recorded(result.run_id)
         assert recorded.steps["lock"].status is StepStatus.COMPLETED
         assert not recorded.steps["lock"].value_kept
 
@@ -307,7 +307,7 @@ def check_one_crash(run_dir: Path, rng: random.Random, scenario: str) -> None:
     before = executions(log)
     with Journal(path) as book:
         [run] = book.runs()
-        recorded = book.recorded(run.run_id) if run.status == "running" else None
+        recorded = book.recorder.recorded(run.run_id) if run.status == "running" else None
     completed_before = (
         set()
         if recorded is None
@@ -496,3 +496,17 @@ def test_a_journal_from_a_newer_flowpool_is_refused_clearly(tmp_path: Path) -> N
         db.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
     with pytest.raises(JournalError, match=r"newer flowpool \(journal format v99"):
         Journal(path)
+
+
+def test_the_public_journal_only_reads_and_recording_goes_through_its_recorder(tmp_path: Path) -> None:
+    from flowpool._journal import JournalRecorder
+
+    public = {name for name in vars(Journal) if not name.startswith("_")}
+    assert public == {"runs", "summary", "result", "recorder", "close"}
+    with Journal(tmp_path / "runs.db") as book:
+        assert isinstance(book.recorder, JournalRecorder) and book.recorder is book.recorder
+        assert book.flush == book.recorder.flush  # the runner's old names still reach the recorder
+        with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+            book.nothing  # noqa: B018 - the attribute access is the test
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        assert book.recorder.recorded(result.run_id).steps["a"].value == 1
