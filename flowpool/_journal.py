@@ -352,7 +352,8 @@ class Journal:
         The switch needs the file to itself and SQLite does not wait for that: other
         processes that opened the new journal at the same moment hold it for a
         moment, so try again for a while. Connections opened meanwhile notice the
-        switch at their next transaction.
+        switch at their next transaction. A journal left in rollback mode (held for
+        longer than that) still works, with less concurrency.
         """
         deadline = SYSTEM_CLOCK.now() + 30.0
         while True:
@@ -360,8 +361,10 @@ class Journal:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or SYSTEM_CLOCK.now() > deadline:
+                if "locked" not in str(error):
                     raise
+            if SYSTEM_CLOCK.now() > deadline:
+                return
             SYSTEM_CLOCK.sleep(0.01)
 
     def _is_journal(self) -> bool:
