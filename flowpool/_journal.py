@@ -270,6 +270,8 @@ def _create_private(path: str) -> None:
     SQLite gives the ``-wal`` and ``-shm`` files it creates later the same mode.
     An existing file is left as it is (its mode is the user's choice).
     """
+    if path in ("", ":memory:"):
+        return  # SQLite's private in-memory or temporary databases: no file of ours
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

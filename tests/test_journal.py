@@ -510,3 +510,11 @@ def test_the_public_journal_only_reads_and_recording_goes_through_its_recorder(t
             book.nothing  # noqa: B018 - the attribute access is the test
         result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
         assert book.recorder.recorded(result.run_id).steps["a"].value == 1
+
+
+def test_an_in_memory_journal_creates_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Journal(":memory:") as book:
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        assert book.summary(result.run_id).steps["a"].value == "1"
+    assert list(tmp_path.iterdir()) == []
