@@ -34,6 +34,7 @@ from flowpool import (
     FlowResult,
     Journal,
     JournalError,
+    RemoteError,
     __version__,
 )
 
@@ -502,10 +503,29 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
     finally:
         journal.close()
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
+        click.echo(json.dumps(_recorded_dict(result), indent=2, default=repr))
         return
     click.echo(_printable(f"run {run_id}: flow {result.name!r} {result.status.value}"))
     click.echo(summary_table(result))
+
+
+def _recorded_dict(result: FlowResult) -> dict[str, Any]:
+    """``to_dict()`` of a journal summary, its errors described by their recorded type and
+    message rather than as the ``RemoteError`` stand-ins that carry them."""
+
+    def described(error: BaseException | None, default: Any) -> Any:
+        if isinstance(error, RemoteError):
+            return {"type": error.type_name, "message": error.message}
+        return default
+
+    data = result.to_dict()
+    data["error"] = described(result.error, data["error"])
+    for name, step in result.steps.items():
+        shown = data["steps"][name]
+        shown["error"] = described(step.error, shown["error"])
+        if step.compensation is not None:
+            shown["compensation"]["error"] = described(step.compensation.error, shown["compensation"]["error"])
+    return data
 
 
 # ── show, timeline, demo ─────────────────────────────────────────────────────────

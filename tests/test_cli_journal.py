@@ -132,7 +132,9 @@ def test_runs_and_runs_show_never_unpickle_what_a_journal_holds(tmp_path: Path) 
     as_json = invoke("runs", "show", run_id, "--journal", str(path), "--json")
     assert not marker.exists()
     assert listed.exit_code == shown.exit_code == as_json.exit_code == 0, (shown.stderr, as_json.stderr)
-    assert "Booby object" in json.loads(as_json.stdout)["steps"]["trap"]["value"]
+    recorded = json.loads(as_json.stdout)
+    assert "Booby object" in recorded["steps"]["trap"]["value"]
+    assert recorded["steps"]["fails"]["error"]["type"] == recorded["error"]["type"] == "ValueError"
     assert "ValueError: it fails" in shown.stdout and "here" in shown.stdout
     assert "\x1b" not in shown.stdout + listed.stdout  # the error's escape sequences are not replayed
     with Journal(path) as book:
