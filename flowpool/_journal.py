@@ -15,6 +15,13 @@ What a journal holds::
     attempts      each attempt's start and end
     groups        group verdicts
     compensations each compensation's start and end
+
+Trust: values and errors are pickled so that resume can restore them, so a
+journal is as trusted as the code that wrote it. Beside each pickle the journal
+keeps a short text form (the value's ``repr``, the error's type and message);
+listing and inspecting runs (``runs()``, ``summary()``, ``flowpool runs``) read
+only those and never unpickle. Only ``recorded()`` and ``result()`` (and so
+resume) load pickles. The file is created readable by its owner only.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import hashlib
 import json
 import os
 import pickle
+import reprlib
 import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._clock import SYSTEM_CLOCK
 from ._errors import FlowDefinitionError, JournalError, RemoteError, StepCancelledError
 from ._results import (
     CompensationResult,
@@ -49,37 +58,42 @@ if TYPE_CHECKING:
 __all__ = ["Journal", "JournalRun", "fingerprint"]
 
 _FORMAT = "flowpool-journal"
-_VERSION = 1
+# 2: text forms of values and errors beside their pickles.
+_VERSION = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
     run_id TEXT PRIMARY KEY,
     flow TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     input BLOB,
+    input_text TEXT,
     layout TEXT NOT NULL,
     status TEXT NOT NULL,
     phase TEXT NOT NULL,
     outcome TEXT,
     failed_stage TEXT,
     error BLOB,
+    error_text TEXT,
     started_at REAL NOT NULL,
     finished_at REAL
 );
-CREATE TABLE IF NOT EXISTS steps (
+CREATE TABLE steps (
     run_id TEXT NOT NULL,
     step TEXT NOT NULL,
     status TEXT NOT NULL,
     value BLOB,
+    value_text TEXT,
     value_kept INTEGER NOT NULL,
     error BLOB,
+    error_text TEXT,
     attempts INTEGER NOT NULL,
     started_at REAL,
     finished_at REAL,
     PRIMARY KEY (run_id, step)
 );
-CREATE TABLE IF NOT EXISTS attempts (
+CREATE TABLE attempts (
     run_id TEXT NOT NULL,
     step TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -88,17 +102,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     status TEXT,
     PRIMARY KEY (run_id, step, attempt)
 );
-CREATE TABLE IF NOT EXISTS groups (
+CREATE TABLE groups (
     run_id TEXT NOT NULL,
     grp TEXT NOT NULL,
     status TEXT NOT NULL,
     PRIMARY KEY (run_id, grp)
 );
-CREATE TABLE IF NOT EXISTS compensations (
+CREATE TABLE compensations (
     run_id TEXT NOT NULL,
     step TEXT NOT NULL,
     state TEXT NOT NULL,
     error BLOB,
+    error_text TEXT,
     attempts INTEGER NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -207,6 +222,65 @@ def portable_error(error: BaseException | None) -> bytes | None:
         return pickle.dumps(RemoteError(type(error).__qualname__, str(error), text))
 
 
+# Text forms stay short: enough to recognise a value or an error in a listing.
+_TEXT_LIMIT = 300
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 4
+_SHORT.maxstring = _SHORT.maxother = _TEXT_LIMIT
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 12
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 3] + "..."
+
+
+def value_text(value: Any) -> str:
+    """The short text form kept beside a pickled value: its ``repr``, truncated."""
+    try:
+        return _clip(_SHORT.repr(value))
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the record
+        return f"<{type(value).__qualname__} object (its repr failed)>"
+
+
+def error_text(error: BaseException | None) -> str | None:
+    """The short text form kept beside a pickled error: its type's name and message, as JSON."""
+    if error is None:
+        return None
+    try:
+        message = str(error)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the record
+        message = "(its message could not be read)"
+    return json.dumps({"type": type(error).__qualname__, "message": _clip(message)})
+
+
+def _error_from_text(text: str | None) -> BaseException | None:
+    """A stand-in for a recorded error, built from its text form only (never unpickled)."""
+    if text is None:
+        return None
+    try:
+        shown = json.loads(text)
+        return RemoteError(str(shown["type"]), str(shown["message"]), "")
+    except (ValueError, KeyError, TypeError):
+        return RemoteError("error", _clip(text), "")
+
+
+def _create_private(path: str) -> None:
+    """Create a missing journal file readable and writable by its owner only.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates later the same mode.
+    An existing file is left as it is (its mode is the user's choice).
+    """
+    if path in ("", ":memory:"):
+        return  # SQLite's private in-memory or temporary databases: no file of ours
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise JournalError(f"cannot create journal {path!r}: {error.strerror or error}") from None
+    os.close(fd)
+
+
 def _load_error(data: bytes | None) -> BaseException | None:
     if data is None:
         return None
@@ -218,7 +292,10 @@ def _load_error(data: bytes | None) -> BaseException | None:
 
 
 class Journal:
-    """An embedded SQLite journal of runs.
+    """An embedded SQLite journal of runs: list them, and read what they recorded.
+
+    Pass it (or a path) as ``Flow.run(journal=...)`` to record a run in it;
+    ``runs()`` and ``summary()`` are safe on any journal, ``result()`` unpickles.
 
     Args:
         path: the journal file; created if missing.
@@ -228,18 +305,19 @@ class Journal:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._recorder: JournalRecorder | None = None
         self.path = os.fspath(path)
         self._lock = threading.RLock()
-        self._warned_values: set[str] = set()
-        self._dirty = False
-        # Insertion-ordered: statement kinds run in the order they were first recorded.
-        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+        _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as error:
             raise JournalError(f"cannot open journal {self.path!r}: {error}") from None
         try:
             self._prepare()
+        except JournalError:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise JournalError(f"{self.path!r} is not a flowpool journal or is corrupt: {error}") from None
@@ -247,21 +325,81 @@ class Journal:
     def _prepare(self) -> None:
         db = self._db
         db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA synchronous = NORMAL")  # this connection only: writes nothing
+        if self._is_journal():
+            return  # an existing journal: opening it writes nothing
+        # A new, empty file. The schema and its marker are created in one transaction,
+        # so no other process ever sees tables without the marker; the check is made
+        # again under the write lock, since another process may have created the
+        # journal between our look and our lock.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            created = not self._is_journal()
+            if created:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (_FORMAT, str(_VERSION)))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if created:
+            self._use_wal()
+
+    def _use_wal(self) -> None:
+        """Switch a journal just created to WAL (persistent: done once, by its creator).
+
+        The switch needs the file to itself and SQLite does not wait for that: other
+        processes that opened the new journal at the same moment hold it for a
+        moment, so try again for a while. Connections opened meanwhile notice the
+        switch at their next transaction. A journal left in rollback mode (held for
+        longer than that) still works, with less concurrency.
+        """
+        deadline = SYSTEM_CLOCK.now() + 30.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error):
+                    raise
+            if SYSTEM_CLOCK.now() > deadline:
+                return
+            SYSTEM_CLOCK.sleep(0.01)
+
+    def _is_journal(self) -> bool:
+        """True for a complete journal of this format, False for an empty file (reads only).
+
+        Raises:
+            JournalError: another kind of SQLite file, or a journal format this flowpool
+                does not read.
+        """
+        db = self._db
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "meta" not in tables:
-            raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
-        if "meta" in tables:
-            marker = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if marker.get("format") != _FORMAT:
-                raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
-            if int(marker.get("version", "0")) > _VERSION:
-                raise JournalError(f"{self.path!r} was written by a newer flowpool (journal v{marker['version']})")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
+        if not tables:
+            return False
         if "meta" not in tables:
-            # Idempotent, so two processes creating the same journal at once do no harm.
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (_FORMAT, str(_VERSION)))
+            raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
+        marker = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if marker.get("format") != _FORMAT:
+            raise JournalError(f"{self.path!r} is an SQLite file but not a flowpool journal")
+        try:
+            version = int(marker.get("version", ""))
+        except ValueError:
+            raise JournalError(f"{self.path!r} has an unreadable journal version {marker.get('version')!r}") from None
+        if version > _VERSION:
+            raise JournalError(
+                f"{self.path!r} was written by a newer flowpool (journal format v{version}; this flowpool "
+                f"reads v{_VERSION}): upgrade flowpool to read it"
+            )
+        if version < _VERSION:
+            raise JournalError(
+                f"{self.path!r} was written by an earlier development version of flowpool (journal format "
+                f"v{version}; this flowpool reads v{_VERSION}): start a new journal file"
+            )
+        return True
 
     # ── reading ─────────────────────────────────────────────────────────────────
 
@@ -281,67 +419,96 @@ class Journal:
             ).fetchall()
         return [JournalRun(*row) for row in rows]
 
-    def recorded(self, run_id: str) -> RecordedRun:
-        """Everything recorded about ``run_id``."""
+    def _recorded(self, run_id: str, *, unpickle: bool) -> RecordedRun:
+        # Without ``unpickle`` only the text forms are read: values are their repr (a
+        # str), errors RemoteError stand-ins carrying the original type's name and message.
+        value, error = ("value", "error") if unpickle else ("value_text", "error_text")
+        run_input = "input" if unpickle else "input_text"
         with self._reading() as db:
             row = db.execute(
-                "SELECT flow, fingerprint, input, status, phase, outcome, failed_stage, error FROM runs "
+                f"SELECT flow, fingerprint, {run_input}, status, phase, outcome, failed_stage, {error} FROM runs "
                 "WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
             if row is None:
                 raise JournalError(f"journal {self.path!r} has no run {run_id!r}")
             steps = db.execute(
-                "SELECT step, status, value, value_kept, error, attempts, started_at, finished_at FROM steps "
+                f"SELECT step, status, {value}, value_kept, {error}, attempts, started_at, finished_at FROM steps "
                 "WHERE run_id = ?",
                 (run_id,),
             ).fetchall()
             groups = dict(db.execute("SELECT grp, status FROM groups WHERE run_id = ?", (run_id,)).fetchall())
             compensations = db.execute(
-                "SELECT step, state, error, attempts FROM compensations WHERE run_id = ? "
+                f"SELECT step, state, {error}, attempts FROM compensations WHERE run_id = ? "
                 "ORDER BY position IS NULL, position",
                 (run_id,),
             ).fetchall()
-        flow, fp, input_data, status, phase, outcome, failed_stage, error = row
+        load_error = _load_error if unpickle else _error_from_text
+        flow, fp, input_data, status, phase, outcome, failed_stage, run_error = row
         recorded_steps: dict[str, RecordedStep] = {}
-        for name, step_status, value, kept, step_error, attempts, started, finished in steps:
-            loaded = None
+        for name, step_status, stored, kept, step_error, attempts, started, finished in steps:
+            loaded = None if unpickle else stored
             usable = bool(kept)
-            if usable:
+            if usable and unpickle:
                 try:
-                    loaded = pickle.loads(value)
+                    loaded = pickle.loads(stored)
                 except Exception:  # noqa: BLE001 - a class that no longer imports: run the step again
                     usable = False
             recorded_steps[name] = RecordedStep(
-                name, StepStatus(step_status), loaded, usable, _load_error(step_error), attempts, started, finished
+                name, StepStatus(step_status), loaded, usable, load_error(step_error), attempts, started, finished
             )
-        try:
-            run_input = pickle.loads(input_data) if input_data is not None else None
-        except Exception as problem:  # noqa: BLE001 - any unpickling failure means the same
-            raise JournalError(f"the input of run {run_id!r} cannot be loaded: {problem}") from None
+        if unpickle:
+            try:
+                input_data = pickle.loads(input_data) if input_data is not None else None
+            except Exception as problem:  # noqa: BLE001 - any unpickling failure means the same
+                raise JournalError(f"the input of run {run_id!r} cannot be loaded: {problem}") from None
         return RecordedRun(
             run_id,
             flow,
             fp,
-            run_input,
+            input_data,
             status,
             phase,
             outcome,
             failed_stage,
-            _load_error(error),
+            load_error(run_error),
             recorded_steps,
             groups,
-            {name: (state, _load_error(err), attempts) for name, state, err, attempts in compensations},
+            {name: (state, load_error(err), attempts) for name, state, err, attempts in compensations},
             tuple(name for name, state, _, _ in compensations if state in ("compensated", "failed")),
         )
 
     def result(self, run_id: str) -> FlowResult:
-        """The recorded ``FlowResult`` of a finished run.
+        """The recorded ``FlowResult`` of a finished run, its values and errors unpickled.
+
+        Unpickling can run code: a journal is as trusted as the code that wrote it.
+        To look at a journal from elsewhere, use ``summary``.
 
         Raises:
             JournalError: unknown run id, or the run has not finished (resume it).
         """
-        recorded = self.recorded(run_id)
+        return self._checked(run_id, lambda: self._result(self.recorded(run_id)))
+
+    def summary(self, run_id: str) -> FlowResult:
+        """The recorded ``FlowResult`` of a finished run, built from text only.
+
+        Nothing is unpickled, so this is safe on any journal: each value is its stored
+        ``repr`` (a ``str``, truncated) and each error a ``RemoteError`` carrying the
+        original type's name and message.
+
+        Raises:
+            JournalError: unknown run id, or the run has not finished (resume it).
+        """
+        return self._checked(run_id, lambda: self._result(self._recorded(run_id, unpickle=False)))
+
+    def _checked(self, run_id: str, build: Callable[[], FlowResult]) -> FlowResult:
+        try:
+            return build()
+        except (ValueError, TypeError, KeyError) as error:  # e.g. a status no flowpool writes
+            raise JournalError(f"run {run_id!r} in journal {self.path!r} is corrupt: {error}") from None
+
+    def _result(self, recorded: RecordedRun) -> FlowResult:
+        run_id = recorded.run_id
         if recorded.status == "running":
             raise JournalError(
                 f"run {run_id!r} has not finished (its process may have died): resume it with Flow.resume"
@@ -359,6 +526,62 @@ class Journal:
             ]
         layout = json.loads(layout_text)
         return build_result(recorded, layout, order, started_at, finished_at)
+
+    @property
+    def recorder(self) -> JournalRecorder:
+        """The writing side, for flowpool's runner (one per journal)."""
+        with self._lock:
+            if self._recorder is None:
+                self._recorder = JournalRecorder(self)
+            return self._recorder
+
+    def __getattr__(self, name: str) -> Any:
+        # The runner still calls the recorder's methods on the journal it was given;
+        # they stay reachable here until it asks for ``recorder`` itself.
+        if name in _RECORDER_METHODS:
+            return getattr(self.recorder, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def close(self) -> None:
+        """Commit what was recorded and close the file."""
+        with self._lock:
+            try:
+                if self._recorder is not None:
+                    self._recorder.flush()
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.path!r})"
+
+
+class JournalRecorder:
+    """The writing side of a ``Journal``: what the settle loop records (from its own
+    thread only), buffered and committed at ``flush``; and ``recorded``, what resume
+    reads back, unpickled."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.path = journal.path
+        self._lock = journal._lock
+        self._db = journal._db
+        self._warned_values: set[str] = set()
+        self._dirty = False
+        # Insertion-ordered: statement kinds run in the order they were first recorded.
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def recorded(self, run_id: str) -> RecordedRun:
+        """Everything recorded about ``run_id``, values and errors unpickled (for resume).
+
+        Unpickling can run code: use it only on a journal you trust.
+        """
+        return self._journal._recorded(run_id, unpickle=True)
 
     # ── writing (from the settle loop's thread) ─────────────────────────────────
 
@@ -403,9 +626,17 @@ class Journal:
                 f"a journaled run needs an input that can be pickled: {error}", flow=flow.name, argument="input"
             ) from None
         self._write(
-            "INSERT INTO runs (run_id, flow, fingerprint, input, layout, status, phase, started_at) "
-            "VALUES (?, ?, ?, ?, ?, 'running', 'stages', ?)",
-            (run_id, flow.name, fingerprint(flow), input_data, json.dumps(layout), time.time()),
+            "INSERT INTO runs (run_id, flow, fingerprint, input, input_text, layout, status, phase, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running', 'stages', ?)",
+            (
+                run_id,
+                flow.name,
+                fingerprint(flow),
+                input_data,
+                value_text(run_input),
+                json.dumps(layout),
+                time.time(),
+            ),
         )
         self.flush()
 
@@ -432,8 +663,10 @@ class Journal:
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
         value: bytes | None = None
+        text: str | None = None
         kept = 0
         if record.status is StepStatus.COMPLETED:
+            text = value_text(record.value)
             try:
                 value = pickle.dumps(record.value)
                 kept = 1
@@ -447,14 +680,17 @@ class Journal:
                         stacklevel=2,
                     )
         self._write(
-            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+            "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 record.name,
                 record.status.value,
                 value,
+                text,
                 kept,
                 portable_error(record.error),
+                error_text(record.error),
                 record.attempts,
                 record.started_at,
                 record.finished_at,
@@ -467,8 +703,9 @@ class Journal:
     def compensating(self, run_id: str, outcome: str, failed_stage: str | None, error: BaseException | None) -> None:
         """The run failed (or was interrupted) and enters its compensation phase."""
         self._write(
-            "UPDATE runs SET phase = 'compensating', outcome = ?, failed_stage = ?, error = ? WHERE run_id = ?",
-            (outcome, failed_stage, portable_error(error), run_id),
+            "UPDATE runs SET phase = 'compensating', outcome = ?, failed_stage = ?, error = ?, error_text = ? "
+            "WHERE run_id = ?",
+            (outcome, failed_stage, portable_error(error), error_text(error), run_id),
         )
         self.flush()
 
@@ -485,11 +722,12 @@ class Journal:
     ) -> None:
         state = "abandoned" if result is None else result.status
         self._write(
-            "UPDATE compensations SET state = ?, error = ?, attempts = ?, finished_at = ?, position = ? "
-            "WHERE run_id = ? AND step = ?",
+            "UPDATE compensations SET state = ?, error = ?, error_text = ?, attempts = ?, finished_at = ?, "
+            "position = ? WHERE run_id = ? AND step = ?",
             (
                 state,
                 portable_error(result.error) if result is not None else None,
+                error_text(result.error) if result is not None else None,
                 result.attempts if result is not None else 0,
                 time.time(),
                 position,
@@ -501,34 +739,22 @@ class Journal:
 
     def end_run(self, result: FlowResult) -> None:
         """Record how the run ended (committed at once)."""
+        error = result.error if result.status is not FlowStatus.CANCELLED else None
         self._write(
-            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ? WHERE run_id = ?",
+            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ?, error_text = ? WHERE run_id = ?",
             (
                 result.status.value,
                 time.time(),
                 result.failed_stage,
-                portable_error(result.error) if result.status is not FlowStatus.CANCELLED else None,
+                portable_error(error),
+                error_text(error),
                 result.run_id,
             ),
         )
         self.flush()
 
-    def close(self) -> None:
-        """Commit and close the file."""
-        with self._lock:
-            try:
-                self.flush()
-            finally:
-                self._db.close()
 
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Journal({self.path!r})"
+_RECORDER_METHODS = frozenset(name for name in vars(JournalRecorder) if not name.startswith("_") and name != "path")
 
 
 def build_result(

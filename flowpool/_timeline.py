@@ -1,8 +1,11 @@
 """A self-contained HTML timeline drawn from a run's events.
 
 The page is one HTML file with inline SVG and inline CSS: no script, no
-network, no other file. It is built from event dictionaries (``Event.to_dict()``,
-one per line of ``--events``), so a live run and a saved log draw the same page::
+network, no other file. An events file is data from anywhere: every text from it
+is escaped, and the page's Content-Security-Policy forbids scripts and any
+loading, so even a hostile log cannot make the page run or fetch anything.
+It is built from event dictionaries (``Event.to_dict()``, one per line of
+``--events``), so a live run and a saved log draw the same page::
 
     events ──> runs by run_id ──> rows (groups, then their members) ──> SVG bars
 
@@ -50,6 +53,7 @@ _ROW = 26
 _BAR = 16
 _AXIS_TOP = 50
 _FIRST_ROW = 74
+_FARTHEST = 1e12  # seconds; monotonic and epoch times are far below
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
@@ -136,9 +140,14 @@ def _error_text(error: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    # Further than any clock reads: not a time to draw (and the axis would overflow).
+    return number if math.isfinite(number) and abs(number) <= _FARTHEST else None
 
 
 def _model(events: Iterable[Mapping[str, Any]]) -> list[_RunModel]:
@@ -369,6 +378,10 @@ svg rect.bar:hover { stroke: #000; stroke-width: 2; }
 """
 
 
+# Nothing but the inline stylesheet may load or run.
+_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
 def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = None) -> str:
     """Return one self-contained HTML page that draws every run found in ``events``.
 
@@ -396,6 +409,7 @@ def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = 
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">\n'
         f"<title>{_esc(page_title)}</title>\n"
         f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )

@@ -1,49 +1,47 @@
 """The ``flowpool`` command: ``run``, ``show``, ``demo`` and ``timeline``.
 
-It uses only flowpool's public API (plus its own rendering modules), so what
-the command can do, a user's script can do too. Exit statuses: 0 the flow
-completed, 1 it failed, 2 bad usage / unloadable target / bad definition,
-130 interrupted by Ctrl-C, 143 stopped by SIGTERM. Every user-facing error is
-one line on stderr, never a traceback.
+It uses only flowpool's public API (plus its own modules: ``_target`` loads a
+TARGET, ``_terminal`` draws progress and the summary, ``_plan`` and ``_timeline``
+render plans and timelines), so what the command can do, a user's script can do
+too. Exit statuses: 0 the flow completed, 1 it failed, 2 bad usage / unloadable
+target / bad definition, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
+Every user-facing error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
 import threading
-import time
-import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import IO, Any, NoReturn
 
 import click
 
 from flowpool import (
     Event,
-    Flow,
     FlowDefinitionError,
     FlowInterrupted,
     FlowpoolError,
     FlowResult,
-    Group,
     Journal,
     JournalError,
+    RemoteError,
     __version__,
 )
 
 from ._demo import run_demo
 from ._plan import PLAN_FORMATS, render_plan
+from ._target import _fail, load_target
+from ._terminal import Progress, _live_ok, _printable, _ProgressLogHandler, _seconds, summary_table
 from ._timeline import read_events, render_timeline
 
 __all__ = ["load_target", "main"]
@@ -53,24 +51,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
-class CliError(click.ClickException):
-    """A user-facing error: one line on stderr and exit status 2."""
-
-    exit_code = EXIT_USAGE
-
-    def __init__(self, message: str) -> None:
-        # One line, whatever the user's exception put in its message.
-        super().__init__(" ".join(message.split()))
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        """Print the one-line message on stderr."""
-        click.echo(f"flowpool: error: {self.format_message()}", err=True)
-
-
-def _fail(message: str) -> NoReturn:
-    raise CliError(message)
 
 
 class _Command(click.Group):
@@ -107,145 +87,6 @@ class _Command(click.Group):
 @click.version_option(__version__, prog_name="flowpool")
 def main() -> None:
     """Run flows of plain Python functions, show their plan, draw their timeline."""
-
-
-# ── loading a TARGET ─────────────────────────────────────────────────────────────
-
-
-def _where(error: BaseException, prefer: Path | None) -> str:
-    """``file:line`` where ``error`` was raised, preferring frames in ``prefer``."""
-    if isinstance(error, SyntaxError) and error.filename:
-        return f"{error.filename}:{error.lineno}"
-    frames = [
-        frame
-        for frame in traceback.extract_tb(error.__traceback__)
-        if not frame.filename.startswith("<frozen") and "importlib" not in Path(frame.filename).parts
-    ]
-    if prefer is not None:
-        own = [frame for frame in frames if Path(frame.filename).resolve() == prefer]
-        frames = own or frames
-    if not frames:
-        return "?"
-    return f"{frames[-1].filename}:{frames[-1].lineno}"
-
-
-def _summary(error: BaseException) -> str:
-    if isinstance(error, SyntaxError):
-        return f"SyntaxError: {error.msg}"
-    lines = traceback.format_exception_only(type(error), error)
-    text = lines[0].strip() if lines else type(error).__name__
-    return text or type(error).__name__
-
-
-def _import_file(text: str) -> tuple[ModuleType, Path]:
-    path = Path(text)
-    if not path.is_file():
-        _fail(f"no such file: {text}" if not path.exists() else f"not a file: {text}")
-    path = path.resolve()
-    # Like ``python file.py``: the file's directory comes first on sys.path, so its
-    # sibling imports work and worker processes can import the module by name.
-    directory = str(path.parent)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    name = path.stem
-    existing = sys.modules.get(name)
-    if existing is not None:
-        existing_file = getattr(existing, "__file__", None)
-        if existing_file and Path(existing_file).resolve() == path:
-            return existing, path
-    by_value = existing is not None or not name.isidentifier()
-    if by_value:
-        # The name is taken (or unusable): load under a private name, whose functions
-        # worker processes then receive by value instead of importing them.
-        safe = re.sub(r"\W", "_", path.stem)
-        name = f"_flowpool_target_{safe}_{abs(hash(str(path))):x}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        _fail(f"cannot import {text}: not a Python source file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        sys.modules.pop(name, None)
-        raise
-    except BaseException as error:  # noqa: BLE001 - the user's file may raise anything, SystemExit included
-        sys.modules.pop(name, None)
-        _fail(f"importing {text} failed: {_summary(error)} ({_where(error, path)})")
-    if by_value:
-        try:
-            import cloudpickle
-
-            cloudpickle.register_pickle_by_value(module)
-        except Exception:  # noqa: BLE001 - only process mode needs it; a run there will say what is wrong
-            logging.getLogger("flowpool").debug("could not register %s for pickling by value", text)
-    return module, path
-
-
-def _import_module(text: str) -> tuple[ModuleType, Path | None]:
-    # ``python -m`` puts the working directory first; ``flowpool`` as a script does not.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    if not all(part.isidentifier() for part in text.split(".")):
-        _fail(f"{text!r} is neither an existing file nor a module name (package.module)")
-    try:
-        spec = importlib.util.find_spec(text)
-    except ModuleNotFoundError:
-        spec = None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:  # noqa: BLE001 - a parent package's __init__ raised
-        _fail(f"importing {text} failed: {_summary(error)} ({_where(error, None)})")
-    if spec is None:
-        hint = " (a file path needs to end in .py)" if "." not in text else ""
-        _fail(f"no module named {text!r}{hint}")
-    origin = Path(spec.origin).resolve() if spec.origin and spec.has_location else None
-    try:
-        module = importlib.import_module(text)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:  # noqa: BLE001 - the user's module may raise anything, SystemExit included
-        _fail(f"importing {text} failed: {_summary(error)} ({_where(error, origin)})")
-    return module, origin
-
-
-def load_target(target: str) -> Flow:
-    """Load the flow named by ``TARGET`` (``path/to/file.py:NAME`` or ``package.module:NAME``).
-
-    ``NAME`` may be a ``Flow`` or a callable that returns one.
-
-    Raises:
-        CliError: the file or module is missing, importing it failed, the name is
-            missing, or it is not a flow; the message is one line.
-    """
-    source, colon, name = target.rpartition(":")
-    if not colon or not source or not name:
-        _fail(f"TARGET {target!r} must look like path/to/file.py:NAME or package.module:NAME")
-    is_file = source.endswith(".py") or "/" in source or os.sep in source or Path(source).is_file()
-    module, path = _import_file(source) if is_file else _import_module(source)
-    obj: Any = module
-    for part in name.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            flows = sorted(key for key, value in vars(module).items() if isinstance(value, Flow))
-            hint = f" (flows in it: {', '.join(flows)})" if flows else ""
-            _fail(f"{source} has no attribute {name!r}{hint}")
-    if isinstance(obj, Flow):
-        return obj
-    if not callable(obj) or isinstance(obj, type):
-        _fail(f"{name!r} in {source} is a {type(obj).__name__}, not a flowpool.Flow or a function returning one")
-    try:
-        made = obj()
-    except KeyboardInterrupt:
-        raise
-    except FlowDefinitionError as error:
-        _fail(f"{name}() built an invalid flow: {error}")
-    except BaseException as error:  # noqa: BLE001 - the user's factory may raise anything
-        _fail(f"calling {name}() from {source} failed: {_summary(error)} ({_where(error, path)})")
-    if not isinstance(made, Flow):
-        _fail(f"{name}() in {source} returned a {type(made).__name__}, not a flowpool.Flow")
-    return made
 
 
 # ── options ──────────────────────────────────────────────────────────────────────
@@ -290,286 +131,8 @@ def _check_writable(path: str, option: str) -> None:
         _fail(f"{option} {path}: the directory {parent} does not exist")
 
 
-# ── live progress ────────────────────────────────────────────────────────────────
-
-
-def _live_ok(stream: IO[str]) -> bool:
-    """Redraw with ANSI (and colour) only on a terminal, and never when NO_COLOR is set."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-_COLOURS = {
-    "completed": "32",
-    "compensated": "35",
-    "partial": "33",
-    "failed": "31",
-    "timed_out": "33",
-    "retrying": "33",
-    "cancelled": "2",
-    "skipped": "2",
-}
-
-
-def _error_line(error: Any, width: int = 80) -> str:
-    """One line for an error description (``describe_error``'s dict) or exception."""
-    if error is None:
-        return ""
-    if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}"
-    elif isinstance(error, dict):
-        text = f"{error.get('type')}: {error.get('message')}"
-    else:
-        text = str(error)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-class Progress:
-    """Shows a run's events on a stream: a live view on a terminal, plain lines otherwise.
-
-    The live view keeps, under the lines already printed, a block of the steps
-    running now (with elapsed time and attempt), the retries waiting, and a bar
-    for each large group; a daemon thread refreshes the elapsed times.
-    """
-
-    LARGE_GROUP = 8  # groups at least this big get a bar instead of a line per member
-    BLOCK_LINES = 12
-    REFRESH = 0.2
-
-    def __init__(self, stream: IO[str], flow: Flow, *, live: bool) -> None:
-        self.stream = stream
-        self.live = live
-        self.lock = threading.RLock()
-        self.start: float | None = None
-        self.running: dict[str, tuple[str | None, int, float]] = {}
-        self.waiting: dict[str, tuple[int, float]] = {}
-        self.sizes = {
-            stage.name: len(stage.members)
-            for stage in flow.stages
-            if isinstance(stage, Group) and len(stage.members) >= self.LARGE_GROUP
-        }
-        self.done: dict[str, dict[str, int]] = {name: {} for name in self.sizes}
-        self.drawn = 0
-        self.stopped = threading.Event()
-        self.ticker: threading.Thread | None = None
-        if live:
-            self.ticker = threading.Thread(target=self._tick, name="flowpool-progress", daemon=True)
-            self.ticker.start()
-
-    # Events carry monotonic seconds from the system clock; the live view compares
-    # against the same clock to show how long a step has been running.
-    _now = staticmethod(time.monotonic)
-
-    def _tick(self) -> None:
-        while not self.stopped.wait(self.REFRESH):
-            with self.lock:
-                if self.drawn or self.running or self.waiting:
-                    self._draw([])
-
-    def close(self) -> None:
-        """Stop refreshing and clear the live block."""
-        self.stopped.set()
-        if self.ticker is not None:
-            self.ticker.join(timeout=2)
-        with self.lock:
-            self.running.clear()
-            self.waiting.clear()
-            self.done = {}
-            self._draw([])
-
-    def print(self, line: str) -> None:
-        """Print a line above the live block (or just print it)."""
-        with self.lock:
-            self._draw([line])
-
-    def _paint(self, text: str, status: str) -> str:
-        code = _COLOURS.get(status)
-        return f"\x1b[{code}m{text}\x1b[0m" if self.live and code else text
-
-    def _width(self) -> int:
-        return max(40, shutil.get_terminal_size((100, 24)).columns - 1)
-
-    def _draw(self, lines: list[str]) -> None:
-        if not self.live:
-            for line in lines:
-                self.stream.write(line + "\n")
-            self.stream.flush()
-            return
-        out = []
-        if self.drawn:
-            # Back to the first line of the block, and clear it before writing anew.
-            out.append(f"\x1b[{self.drawn}F\x1b[J")
-        out.extend(line + "\n" for line in lines)
-        block = self._block()
-        out.extend(line + "\n" for line in block)
-        self.drawn = len(block)
-        self.stream.write("".join(out))
-        self.stream.flush()
-
-    def _block(self) -> list[str]:
-        now = self._now()
-        width = self._width()
-        lines: list[str] = []
-        for step, (group, attempt, started) in self.running.items():
-            if group in self.sizes:
-                continue  # shown by the group's bar
-            where = f" [{group}]" if group else ""
-            again = f" attempt {attempt}" if attempt > 1 else ""
-            lines.append(f"  running  {step}{where}{again}  {_seconds(now - started)}"[:width])
-        for step, (attempt, at) in self.waiting.items():
-            lines.append(f"  waiting  {step}: attempt {attempt} in {_seconds(max(0.0, at - now))}"[:width])
-        if len(lines) > self.BLOCK_LINES:
-            lines = [*lines[: self.BLOCK_LINES - 1], f"  ... and {len(lines) - self.BLOCK_LINES + 1} more"]
-        for group, counts in self.done.items():
-            total = self.sizes[group]
-            finished = sum(counts.values())
-            active = sum(1 for g, _, _ in self.running.values() if g == group)
-            if not finished and not active:
-                continue
-            cells = 24
-            filled = round(cells * finished / total)
-            bad = sum(n for status, n in counts.items() if status != "completed")
-            extra = f", {bad} not completed" if bad else ""
-            bar = "#" * filled + "-" * (cells - filled)
-            lines.append(f"  {group} [{bar}] {finished}/{total} done, {active} running{extra}"[:width])
-        return lines
-
-    def event(self, event: Event) -> None:
-        """Show one event."""
-        with self.lock:
-            lines = self._lines(event)
-            self._draw(lines)
-
-    def _lines(self, event: Event) -> list[str]:
-        if self.start is None:
-            self.start = event.time
-        stamp = f"[{event.time - self.start:8.3f}s] "
-        kind = event.kind
-        step = event.step or ""
-        status = str(event.status) if event.status is not None else ""
-        where = f" [{event.group}]" if event.group else ""
-        error = _error_line(event.error)
-        if kind == "flow_started":
-            return [f"{stamp}flow {event.flow!r} started (run {event.run_id})"]
-        if kind == "flow_finished":
-            return [f"{stamp}flow {event.flow!r} " + self._paint(status, status)]
-        if kind == "step_started":
-            self.waiting.pop(step, None)
-            self.running[step] = (event.group, event.attempt or 1, self._now())
-            if self.live:
-                return []  # the live block shows it
-            again = f" attempt {event.attempt}" if (event.attempt or 1) > 1 else ""
-            return [f"{stamp}started     {step}{where}{again}"]
-        if kind == "step_retrying":
-            self.running.pop(step, None)
-            delay = event.delay or 0.0
-            self.waiting[step] = ((event.attempt or 1) + 1, self._now() + delay)
-            text = f"attempt {event.attempt} {status.replace('_', ' ')}: {error}; next attempt in {_seconds(delay)}"
-            return [f"{stamp}{self._paint('retrying', 'retrying')}    {step}{where}: {text}"]
-        if kind == "step_finished":
-            self.running.pop(step, None)
-            self.waiting.pop(step, None)
-            if event.group in self.done:
-                counts = self.done[event.group or ""]
-                counts[status] = counts.get(status, 0) + 1
-                if self.live and status == "completed":
-                    return []  # the bar counts it
-            took = ""
-            if event.started_at is not None:
-                took = f" after {event.attempt or 1} attempt{'s' if (event.attempt or 1) > 1 else ''}"
-            reason = f": {error}" if error else ""
-            label = self._paint(f"{status:<11}", status)
-            return [f"{stamp}{label} {step}{where}{took}{reason}"]
-        if kind == "group_finished":
-            self.done.pop(event.group or "", None)  # its bar has served
-            return [f"{stamp}group       {event.group}: " + self._paint(status, status)]
-        if kind == "compensation_started":
-            return [] if self.live else [f"{stamp}undoing     {step}"]
-        if kind == "compensation_finished":
-            if status == "compensated":
-                return [f"{stamp}{self._paint('compensated', 'compensated')} {step}"]
-            reason = f": {error}" if error else ""
-            return [f"{stamp}{self._paint('undo failed', 'failed')} {step} ({status}){reason}"]
-        return [f"{stamp}{kind} {step}"]
-
-
 def _to_stderr(line: str) -> None:
     click.echo(line, err=True)
-
-
-class _ProgressLogHandler(logging.Handler):
-    """Sends log records through the progress view, so they do not tear the live block."""
-
-    def __init__(self, write: Callable[[str], None]) -> None:
-        super().__init__()
-        self.write = write
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Write one formatted record."""
-        try:
-            self.write(self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never break the run
-            self.handleError(record)
-
-
-# ── the summary ──────────────────────────────────────────────────────────────────
-
-
-def summary_table(result: FlowResult, *, colour: bool = False) -> str:
-    """The end-of-run table: one row per step, then the flow's outcome and compensations."""
-    header = ("step", "group", "status", "attempts", "duration", "error", "compensation")
-    rows: list[tuple[str, ...]] = []
-    not_compensated = set(result.not_compensated)
-    for step in result.steps.values():
-        if step.compensation is not None:
-            undo = step.compensation.status
-            if not step.compensation.ok:
-                undo += f": {_error_line(step.compensation.error, 40)}"
-        elif step.name in not_compensated:
-            undo = "not run"
-        else:
-            undo = "-"
-        rows.append(
-            (
-                step.name,
-                step.group or "-",
-                step.status.value,
-                str(step.attempts),
-                _seconds(step.duration),
-                _error_line(step.error, 60) or "-",
-                undo,
-            )
-        )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: tuple[str, ...], status: str | None = None) -> str:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        if colour and status in _COLOURS:
-            cells[2] = f"\x1b[{_COLOURS[status]}m{cells[2]}\x1b[0m"
-        return "  ".join(cells).rstrip()
-
-    out = [line(header), line(tuple("-" * w for w in widths))]
-    out.extend(line(row, row[2]) for row in rows)
-    where = f" at stage {result.failed_stage!r}" if result.failed_stage else ""
-    cause = f": {_error_line(result.error, 100)}" if result.error is not None and not result.ok else ""
-    out.append("")
-    out.append(f"flow {result.name!r} {result.status.value}{where} in {_seconds(result.duration)}{cause}")
-    if result.compensated:
-        out.append(f"compensated (in this order): {', '.join(result.compensated)}")
-    if result.not_compensated:
-        out.append(f"NOT compensated: {', '.join(result.not_compensated)}")
-    return "\n".join(out)
 
 
 # ── run ──────────────────────────────────────────────────────────────────────────
@@ -616,60 +179,57 @@ def run(
 ) -> None:
     """Run the flow TARGET (path/to/file.py:NAME or package.module:NAME).
 
+    Loading TARGET imports it and so executes its Python code, as
+    ``python file.py`` would: run only targets you trust.
+
     Exit status: 0 completed, 1 failed, 2 bad usage or target, 130 interrupted,
     143 terminated (SIGTERM). Completed steps are compensated before exiting.
     """
     _execute(
-        target,
-        lambda: _read_input(input_json, input_file),
-        executor,
-        workers,
-        timeout,
-        as_json,
-        events_path,
-        timeline_path,
-        quiet,
-        verbose,
-        journal_path,
-        None,
-        False,
+        _Request(
+            target,
+            lambda: _read_input(input_json, input_file),
+            executor=executor,
+            workers=workers,
+            timeout=timeout,
+            as_json=as_json,
+            events_path=events_path,
+            timeline_path=timeline_path,
+            quiet=quiet,
+            verbose=verbose,
+            journal_path=journal_path,
+        )
     )
 
 
-def _execute(
-    target: str,
-    read_input: Callable[[], Any],
-    executor: str,
-    workers: int | None,
-    timeout: float | None,
-    as_json: bool,
-    events_path: str | None,
-    timeline_path: str | None,
-    quiet: bool,
-    verbose: int,
-    journal_path: str | None,
-    resume_id: str | None,
-    force: bool,
-) -> NoReturn:
+def _no_input() -> Any:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What ``run`` or ``resume`` was asked to do (``resume_id`` set: resume that run)."""
+
+    target: str
+    read_input: Callable[[], Any] = _no_input  # called once signals are handled
+    executor: str = "thread"
+    workers: int | None = None
+    timeout: float | None = None
+    as_json: bool = False
+    events_path: str | None = None
+    timeline_path: str | None = None
+    quiet: bool = False
+    verbose: int = 0
+    journal_path: str | None = None
+    resume_id: str | None = None
+    force: bool = False
+
+
+def _execute(request: _Request) -> NoReturn:
     terminated = threading.Event()
     restore = _install_sigterm(terminated)
     try:
-        code = _run(
-            target,
-            read_input(),
-            executor,
-            workers,
-            timeout,
-            as_json,
-            events_path,
-            timeline_path,
-            quiet,
-            verbose,
-            terminated,
-            journal_path,
-            resume_id,
-            force,
-        )
+        code = _run(request, request.read_input(), terminated)
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM) before the run started, e.g. while importing the target.
         click.echo("flowpool: interrupted", err=True)
@@ -706,43 +266,30 @@ def _install_sigterm(terminated: threading.Event) -> Callable[[], None]:
     return restore
 
 
-def _run(
-    target: str,
-    value: Any,
-    executor: str,
-    workers: int | None,
-    timeout: float | None,
-    as_json: bool,
-    events_path: str | None,
-    timeline_path: str | None,
-    quiet: bool,
-    verbose: int,
-    terminated: threading.Event,
-    journal_path: str | None = None,
-    resume_id: str | None = None,
-    force: bool = False,
-) -> int:
-    flow = load_target(target)
-    journal = _open_journal(journal_path, must_exist=resume_id is not None) if journal_path else None
-    for path, option in ((events_path, "--events"), (timeline_path, "--timeline")):
+def _run(request: _Request, value: Any, terminated: threading.Event) -> int:
+    flow = load_target(request.target)
+    journal = (
+        _open_journal(request.journal_path, must_exist=request.resume_id is not None) if request.journal_path else None
+    )
+    for path, option in ((request.events_path, "--events"), (request.timeline_path, "--timeline")):
         if path is not None:
             _check_writable(path, option)
-    progress = None if quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
+    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
     logger = logging.getLogger("flowpool")
     handler: logging.Handler | None = None
     previous_level = logger.level
-    if verbose:
+    if request.verbose:
         handler = _ProgressLogHandler(progress.print if progress is not None else _to_stderr)
         handler.setFormatter(logging.Formatter("flowpool: %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        logger.setLevel(logging.DEBUG if request.verbose > 1 else logging.INFO)
     collected: list[dict[str, Any]] = []
     events_file: IO[str] | None = None
-    if events_path is not None:
+    if request.events_path is not None:
         try:
-            events_file = open(events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+            events_file = open(request.events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         except OSError as error:
-            _fail(f"cannot write --events {events_path}: {error.strerror or error}")
+            _fail(f"cannot write --events {request.events_path}: {error.strerror or error}")
 
     def on_event(event: Event) -> None:
         record = event.to_dict()
@@ -750,22 +297,22 @@ def _run(
             # Flushed per line, so the log is complete up to the moment of a crash.
             events_file.write(json.dumps(record, default=repr) + "\n")
             events_file.flush()
-        if timeline_path is not None:
+        if request.timeline_path is not None:
             collected.append(record)
         if progress is not None:
             progress.event(event)
 
     result: FlowResult | None = None
     try:
-        if resume_id is not None:
+        if request.resume_id is not None:
             assert journal is not None
             result = flow.resume(
-                resume_id,
+                request.resume_id,
                 journal=journal,
-                force=force,
-                executor=executor,
-                max_workers=workers,
-                timeout=timeout,
+                force=request.force,
+                executor=request.executor,
+                max_workers=request.workers,
+                timeout=request.timeout,
                 on_event=on_event,
             )
         else:
@@ -774,7 +321,12 @@ def _run(
                 # The run id is known only once the run starts: tell it from the first event.
                 listener = _announce_run_id(on_event, journal.path)
             result = flow.run(
-                value, executor=executor, max_workers=workers, timeout=timeout, on_event=listener, journal=journal
+                value,
+                executor=request.executor,
+                max_workers=request.workers,
+                timeout=request.timeout,
+                on_event=listener,
+                journal=journal,
             )
         code = EXIT_COMPLETED if result.ok else EXIT_FAILED
     except FlowInterrupted as interrupted:
@@ -796,19 +348,19 @@ def _run(
         if handler is not None:
             logger.removeHandler(handler)
             logger.setLevel(previous_level)
-    if timeline_path is not None:
-        Path(timeline_path).write_text(render_timeline(collected), encoding="utf-8")
+    if request.timeline_path is not None:
+        Path(request.timeline_path).write_text(render_timeline(collected), encoding="utf-8")
     if result is None:
         click.echo("flowpool: interrupted", err=True)
         return code
-    if not quiet:
+    if not request.quiet:
         click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
-    if timeline_path is not None and not quiet:
-        click.echo(f"timeline: {timeline_path}", err=True)
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and not quiet:
+    if request.timeline_path is not None and not request.quiet:
+        click.echo(f"timeline: {request.timeline_path}", err=True)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and not request.quiet:
         why = "SIGTERM" if code == EXIT_TERMINATED else "interrupt"
         click.echo(f"flowpool: stopped by {why}", err=True)
-    if as_json:
+    if request.as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
     else:
         click.echo(f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})")
@@ -873,21 +425,22 @@ def resume(
 
     Steps recorded as completed are not run again; a run that had failed finishes
     only its pending compensations; a finished run just shows its result.
+
+    Loading TARGET executes its Python code, and resuming unpickles the run's
+    values from the journal, which can execute code too: a journal is as trusted
+    as the code that wrote it.
     """
     _execute(
-        target,
-        lambda: None,
-        executor,
-        workers,
-        None,
-        as_json,
-        None,
-        None,
-        quiet,
-        0,
-        journal_path or _default_journal(),
-        run_id,
-        force,
+        _Request(
+            target,
+            executor=executor,
+            workers=workers,
+            as_json=as_json,
+            quiet=quiet,
+            journal_path=journal_path or _default_journal(),
+            resume_id=run_id,
+            force=force,
+        )
     )
 
 
@@ -910,7 +463,8 @@ def runs(ctx: click.Context, journal_path: str | None) -> None:
     for entry in recorded:
         started = _wall(entry.started_at)
         finished = _wall(entry.finished_at) if entry.finished_at is not None else "-"
-        click.echo(f"{entry.run_id}  {entry.status:<9}  {entry.flow}  started {started}  finished {finished}")
+        line = f"{entry.run_id}  {entry.status:<9}  {entry.flow}  started {started}  finished {finished}"
+        click.echo(_printable(line))
 
 
 def _wall(when: float) -> str:
@@ -925,7 +479,11 @@ def _wall(when: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded result as JSON.")
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json: bool) -> None:
-    """Show the recorded result of run RUN_ID."""
+    """Show the recorded result of run RUN_ID.
+
+    Values and errors are shown from the short text stored beside them: nothing in
+    the journal is unpickled, so this is safe on a journal written by anyone.
+    """
     path = journal_path or ctx.obj or _default_journal()
     journal = _open_journal(path, must_exist=True)
     try:
@@ -939,16 +497,35 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
                 f"continue it with: flowpool resume TARGET {run_id} --journal {path}"
             )
             return
-        result = journal.result(run_id)
+        result = journal.summary(run_id)  # text only: inspecting a journal never unpickles
     except JournalError as error:
         _fail(str(error))
     finally:
         journal.close()
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
+        click.echo(json.dumps(_recorded_dict(result), indent=2, default=repr))
         return
-    click.echo(f"run {run_id}: flow {result.name!r} {result.status.value}")
+    click.echo(_printable(f"run {run_id}: flow {result.name!r} {result.status.value}"))
     click.echo(summary_table(result))
+
+
+def _recorded_dict(result: FlowResult) -> dict[str, Any]:
+    """``to_dict()`` of a journal summary, its errors described by their recorded type and
+    message rather than as the ``RemoteError`` stand-ins that carry them."""
+
+    def described(error: BaseException | None, default: Any) -> Any:
+        if isinstance(error, RemoteError):
+            return {"type": error.type_name, "message": error.message}
+        return default
+
+    data = result.to_dict()
+    data["error"] = described(result.error, data["error"])
+    for name, step in result.steps.items():
+        shown = data["steps"][name]
+        shown["error"] = described(step.error, shown["error"])
+        if step.compensation is not None:
+            shown["compensation"]["error"] = described(step.compensation.error, shown["compensation"]["error"])
+    return data
 
 
 # ── show, timeline, demo ─────────────────────────────────────────────────────────
@@ -960,7 +537,10 @@ def runs_show(ctx: click.Context, run_id: str, journal_path: str | None, as_json
     "--format", "fmt", type=click.Choice(PLAN_FORMATS), default="text", show_default=True, help="How to draw it."
 )
 def show(target: str, fmt: str) -> None:
-    """Print the plan of the flow TARGET without running it."""
+    """Print the plan of the flow TARGET without running it.
+
+    Loading TARGET still imports it, which executes its module-level code.
+    """
     flow = load_target(target)
     if not flow.stages:
         _fail(f"flow {flow.name!r} has no stages; add one with .step() or .parallel()")

@@ -247,6 +247,26 @@ def test_live_view_shows_running_steps_and_retries() -> None:
     assert "\x1b[32m" in text  # completed, in green
 
 
+@pytest.mark.timeout(30)
+def test_control_characters_in_step_errors_never_reach_the_terminal() -> None:
+    hostile = "bad \x1b]0;pwned\x07title\x1b[2J\x1b[1;1Hclear \x07bell\x9b1m\u202eend"
+
+    def fails(ctx):  # type: ignore[no-untyped-def]
+        raise ValueError(hostile)
+
+    flow = Flow("one").step("fails", fails, retries=1)
+    stream = io.StringIO()
+    progress = Progress(stream, flow, live=True)
+    try:
+        result = flow.run(on_event=progress.event)
+    finally:
+        progress.close()
+    shown = stream.getvalue() + summary_table(result, colour=True)
+    assert "ValueError: bad title" in shown and "clear \\x07bell\\x9b1m\\u202eend" in shown
+    for injected in ("\x1b]", "\x1b[2J", "\x1b[1;1H", "\x07", "\x9b", "\u202e"):
+        assert injected not in shown, repr(injected)
+
+
 def test_no_colour_when_no_color_is_set_or_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     from flowpool.cli import _live_ok
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from faults import journal_flows
 
-from flowpool import Journal
+from flowpool import Flow, Journal
 from flowpool.cli import main
 
 pytestmark = pytest.mark.timeout(60)
@@ -104,3 +105,38 @@ def test_unknown_runs_and_bad_journals_exit_2_with_one_line(tmp_path: Path, comm
             result = invoke("resume", f"{SAMPLE}:ok_flow", run_id, "--journal", str(path))
         line = one_line_error(result)
         assert str(path) in line or run_id in line, line
+
+
+class Booby:
+    """A value whose unpickling runs a function: it creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.path,))
+
+
+def test_runs_and_runs_show_never_unpickle_what_a_journal_holds(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "runs.db"
+
+    def fails(ctx):  # type: ignore[no-untyped-def]
+        raise ValueError("it fails \x1b]0;pwned\x07\x1b[2J here")
+
+    flow = Flow("f").step("trap", lambda ctx: Booby(marker)).step("fails", fails)
+    run_id = flow.run(journal=path).run_id
+    marker.unlink(missing_ok=True)  # writing checks that the error loads back
+    listed = invoke("runs", "--journal", str(path))
+    shown = invoke("runs", "show", run_id, "--journal", str(path))
+    as_json = invoke("runs", "show", run_id, "--journal", str(path), "--json")
+    assert not marker.exists()
+    assert listed.exit_code == shown.exit_code == as_json.exit_code == 0, (shown.stderr, as_json.stderr)
+    recorded = json.loads(as_json.stdout)
+    assert "Booby object" in recorded["steps"]["trap"]["value"]
+    assert recorded["steps"]["fails"]["error"]["type"] == recorded["error"]["type"] == "ValueError"
+    assert "ValueError: it fails" in shown.stdout and "here" in shown.stdout
+    assert "\x1b" not in shown.stdout + listed.stdout  # the error's escape sequences are not replayed
+    with Journal(path) as book:
+        book.result(run_id)  # the test can fail: unpickling this journal does run the trap
+    assert marker.exists()

@@ -20,6 +20,7 @@ from flowpool import (
     FlowStatus,
     Journal,
     JournalError,
+    RemoteError,
     StepStatus,
 )
 
@@ -247,7 +248,7 @@ def test_an_unpicklable_value_completes_but_runs_again_on_resume(tmp_path: Path)
     assert result.ok
     assert [w for w in caught if "cannot be pickled" in str(w.message)]
     with Journal(path) as book:
-        recorded = book.recorded(result.run_id)
+        recorded = book.recorder.recorded(result.run_id)
         assert recorded.steps["lock"].status is StepStatus.COMPLETED
         assert not recorded.steps["lock"].value_kept
 
@@ -306,7 +307,7 @@ def check_one_crash(run_dir: Path, rng: random.Random, scenario: str) -> None:
     before = executions(log)
     with Journal(path) as book:
         [run] = book.runs()
-        recorded = book.recorded(run.run_id) if run.status == "running" else None
+        recorded = book.recorder.recorded(run.run_id) if run.status == "running" else None
     completed_before = (
         set()
         if recorded is None
@@ -337,3 +338,183 @@ def check_one_crash(run_dir: Path, rng: random.Random, scenario: str) -> None:
     # A step recorded completed before the kill never executes again.
     for name in completed_before:
         assert counts[f"start {name}"] == before[f"start {name}"], name
+
+
+# Started by the test below as ``python -c OPENER GATES ROUNDS INDEX``: for each round,
+# wait for the start file ``go<round>``, then open that round's new journal and record a
+# run in it; report failures in ``failed<round>.<index>`` and finish with ``done<round>.<index>``.
+OPENER = """
+import sys, time, traceback
+from pathlib import Path
+from flowpool import Flow
+gates, rounds, index = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+flow = Flow("f").step("a", lambda ctx: index)
+for round in range(rounds):
+    go = gates / f"go{round}"
+    deadline = time.monotonic() + 60
+    while not go.exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"no start file {go}")
+        time.sleep(0.0005)
+    try:
+        assert flow.run(journal=gates / f"r{round}.db").ok
+    except BaseException:
+        (gates / f"failed{round}.{index}").write_text(traceback.format_exc())
+    (gates / f"done{round}.{index}").write_text("done")
+"""
+
+
+@pytest.mark.timeout(180)
+def test_eight_processes_create_one_new_journal_at_the_same_instant(tmp_path: Path) -> None:
+    from processes import wait_for_file
+
+    opened, rounds = 8, 20
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(tmp_path), str(rounds), str(i)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(opened)
+    ]
+    try:
+        for round in range(rounds):
+            (tmp_path / f"go{round}").write_text("")  # every process starts on this file at once
+            for i in range(opened):
+                wait_for_file(tmp_path / f"done{round}.{i}", within=60)
+    finally:
+        for round in range(rounds):
+            (tmp_path / f"go{round}").write_text("")  # let any process still waiting finish
+        outs = [proc.communicate(timeout=60) for proc in procs]
+    failures = sorted(tmp_path.glob("failed*"))
+    assert not failures, "\n".join(f"{f.name}:\n{f.read_text()}" for f in failures)
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outs]
+    for round in range(rounds):
+        with Journal(tmp_path / f"r{round}.db") as book:
+            assert [run.status for run in book.runs()] == ["completed"] * opened
+
+
+class Booby:
+    """A value whose unpickling runs a function: it creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.path,))
+
+    def __repr__(self) -> str:
+        return "Booby(a value that must not be unpickled)"
+
+
+def booby_journal(tmp_path: Path) -> tuple[Path, str, Path]:
+    """A journal holding a value and an error whose unpickling creates a marker file."""
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "runs.db"
+
+    def trap(ctx):  # type: ignore[no-untyped-def]
+        return Booby(marker)
+
+    def fails(ctx):  # type: ignore[no-untyped-def]
+        raise ValueError("the \x1b[31mlast\x1b[0m step fails")
+
+    result = Flow("f").step("trap", trap).step("fails", fails).run(journal=path)
+    assert result.status is FlowStatus.FAILED
+    marker.unlink(missing_ok=True)
+    return path, result.run_id, marker
+
+
+def test_listing_and_summarising_runs_never_unpickle(tmp_path: Path) -> None:
+    path, run_id, marker = booby_journal(tmp_path)
+    with Journal(path) as book:
+        [run] = book.runs()
+        summary = book.summary(run_id)
+    assert not marker.exists()
+    assert run.status == "failed"
+    assert summary.steps["trap"].value == "Booby(a value that must not be unpickled)"
+    error = summary.steps["fails"].error
+    assert isinstance(error, RemoteError)
+    assert (error.type_name, error.message) == ("ValueError", "the \x1b[31mlast\x1b[0m step fails")
+    assert summary.failed_stage == "fails"
+    # Only result() (and resume) unpickle: the journal is as trusted as its writer.
+    with Journal(path) as book:
+        book.result(run_id)
+    assert marker.exists()
+
+
+def test_text_forms_are_short_and_survive_a_broken_repr(tmp_path: Path) -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    path = tmp_path / "runs.db"
+    flow = Flow("f").step("big", lambda ctx: "x" * 100_000).step("broken", lambda ctx: Broken())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Broken is a local class: it cannot be pickled
+        result = flow.run(journal=path)
+    with Journal(path) as book:
+        summary = book.summary(result.run_id)
+    assert 100 < len(summary.steps["big"].value) <= 300
+    assert "Broken" in summary.steps["broken"].value  # a stand-in, not an exception
+
+
+def test_a_new_journal_is_private_and_an_existing_ones_mode_is_kept(tmp_path: Path) -> None:
+    import stat
+
+    path = tmp_path / "runs.db"
+    with Journal(path) as book:
+        Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        companions = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+        assert all(p.exists() for p in companions)  # while the journal is open
+        for file in (path, *companions):
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    shared = tmp_path / "shared.db"
+    Journal(shared).close()
+    shared.chmod(0o640)
+    with Journal(shared) as book:
+        Flow("f").step("a", lambda ctx: 1).run(journal=book)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+
+
+def test_opening_an_existing_journal_writes_nothing(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "runs.db"
+    Flow("f").step("a", lambda ctx: 1).run(journal=path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with Journal(path) as book:
+        [run] = book.runs()
+        book.summary(run.run_id)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_a_journal_from_a_newer_flowpool_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
+    with pytest.raises(JournalError, match=r"newer flowpool \(journal format v99"):
+        Journal(path)
+
+
+def test_the_public_journal_only_reads_and_recording_goes_through_its_recorder(tmp_path: Path) -> None:
+    from flowpool._journal import JournalRecorder
+
+    public = {name for name in vars(Journal) if not name.startswith("_")}
+    assert public == {"runs", "summary", "result", "recorder", "close"}
+    with Journal(tmp_path / "runs.db") as book:
+        assert isinstance(book.recorder, JournalRecorder) and book.recorder is book.recorder
+        assert book.flush == book.recorder.flush  # the runner's old names still reach the recorder
+        with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+            book.nothing  # noqa: B018 - the attribute access is the test
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        assert book.recorder.recorded(result.run_id).steps["a"].value == 1
+
+
+def test_an_in_memory_journal_creates_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Journal(":memory:") as book:
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        assert book.summary(result.run_id).steps["a"].value == "1"
+    assert list(tmp_path.iterdir()) == []

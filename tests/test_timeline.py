@@ -216,3 +216,74 @@ def test_read_events_round_trips_and_names_bad_lines(tmp_path: Path, mixed_run: 
     path.write_text("{oops\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r":1: not valid JSON"):
         read_events(path)
+
+
+PAYLOADS = (
+    "<script>alert(1)</script>",
+    '"><script>alert(2)</script>',
+    "' onmouseover='alert(3)",
+    "</title><script>alert(4)</script>",
+    "</style><script>alert(5)</script>",
+    "]]><script>alert(6)</script>",
+    "<img src=x onerror=alert(7)>",
+    "javascript:alert(8)",
+    "<!--",
+)
+
+
+def test_a_hostile_events_file_is_drawn_as_data_and_the_page_stays_script_free(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from flowpool.cli import main
+
+    events: list[dict[str, Any]] = []
+    for n, bad in enumerate(PAYLOADS):
+        common = {"run_id": bad, "flow": bad, "time": float(n)}
+        error = {"type": bad, "message": bad, "exceptions": [{"type": bad, "message": bad}]}
+        events += [
+            {**common, "kind": "flow_started"},
+            {**common, "kind": "step_started", "step": bad, "group": bad, "attempt": 1},
+            {
+                **common,
+                "kind": "step_retrying",
+                "step": bad,
+                "group": bad,
+                "attempt": 1,
+                "status": bad,
+                "error": error,
+                "delay": 0.1,
+                "started_at": float(n),
+            },
+            {
+                **common,
+                "kind": "step_finished",
+                "step": bad,
+                "group": bad,
+                "attempt": 2,
+                "status": bad,
+                "error": error,
+                "started_at": float(n),
+            },
+            {**common, "kind": "group_finished", "group": bad, "status": bad},
+            {**common, "kind": "compensation_finished", "step": bad, "status": bad, "error": error},
+            {**common, "kind": bad, "step": bad},
+            {**common, "kind": "flow_finished", "status": bad, "error": error},
+        ]
+    events.append({"kind": "flow_started", "run_id": "huge", "time": 1e308})  # not drawable: no crash
+    events.append({"kind": "step_started", "run_id": "huge", "step": "s", "time": -(10**400)})
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in events) + "\n", encoding="utf-8")
+    drawn = CliRunner().invoke(main, ["timeline", str(log), "-o", str(tmp_path / "page.html")])
+    assert drawn.exit_code == 0, drawn.stderr
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "<img" not in page.lower() and "<!--" not in page
+    parsed = _Elements()
+    parsed.feed(page)
+    tags = {tag for tag, _ in parsed.elements}
+    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "svg", "rect", "text", "line"}
+    for tag, attrs in parsed.elements:
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+    assert [tag for tag, _ in parsed.elements].count("style") == 1
+    policy = [a for tag, a in parsed.elements if a.get("http-equiv") == "Content-Security-Policy"]
+    assert policy and "default-src 'none'" in (policy[0]["content"] or "")
+    assert any(PAYLOADS[0] in title for title in parsed.titles)  # shown as text, not run
