@@ -729,13 +729,7 @@ def lane_pids() -> set[int]:
     process = sys.modules.get("flowpool._executors._process")
     if process is None:
         return set()
-    pool = process._POOL
-    with pool._lock:
-        lanes = list(pool._all)
-    pids: set[int] = set()
-    for lane in lanes:
-        with contextlib.suppress(Exception):
-            pids.update(lane.pids())
+    pids: set[int] = process._POOL.pids()
     return pids
 
 
