@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
-from _behaviour_helpers import WAIT, Log, Record, until_cancelled, value, wait_for
+from _behaviour_helpers import WAIT, FileBarrier, Log, Record, until_cancelled, value, wait_for
 
 from flowpool import Context, Flow, FlowStatus, FlowTimeoutError, Step, StepStatus
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def _warm_up(run_kw: dict[str, Any], where: Path) -> None:
+    """Have two of the mode's workers ready before a run whose 0.3 s timeout must reach
+    running steps: cold process lanes take longer than that to start, so a test run on its
+    own (or first) saw its steps SKIPPED or CANCELLED before they started.
+
+    The two members meet at a barrier, so two workers really ran at the same time.
+    """
+    barrier = FileBarrier(where, 2, "warm-up")
+    flow = Flow("warm-up").parallel("g", [Step("a", lambda ctx: barrier.wait()), Step("b", lambda ctx: barrier.wait())])
+    result = flow.run(**run_kw)
+    assert result.ok, result.error
 
 
 @pytest.mark.timeout(30)
@@ -28,6 +43,7 @@ def test_run_timeout_fails_the_flow_and_compensates(run_kw, executor_mode, gates
         .step("slow", slow, compensate=lambda ctx, v: undone.add(("slow", v)))
         .step("never", value(1))
     )
+    _warm_up(run_kw, tmp_path)
     started = time.monotonic()
     result = flow.run(timeout=0.3, **run_kw)
     elapsed = time.monotonic() - started
@@ -68,6 +84,7 @@ def test_run_timeout_abandons_work_that_ignores_cancellation(run_kw, gates, tmp_
             ],
         )
     )
+    _warm_up(run_kw, tmp_path)
     started = time.monotonic()
     result = flow.run(timeout=0.3, **run_kw)
     elapsed = time.monotonic() - started
