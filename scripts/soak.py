@@ -60,6 +60,7 @@ from _randomflows import (
     ScriptedFailure,
     StageSpec,
     StepSpec,
+    assemble,
     check_result,
     random_flow_spec,
 )
@@ -345,43 +346,24 @@ def make_plan(seed: int) -> RunPlan:
 
 
 def build(plan: RunPlan, log: str) -> Flow:
-    flow = Flow(plan.spec.name)
-    for stage in plan.spec.stages:
-        made: list[tuple[str, Any, dict[str, Any]]] = []
-        for m in stage.members:
-            p = plan.steps[m.name]
-            step_cls = ProcessStepFn if p.where == "process" else ThreadStepFn
-            comp_cls = CompFn if p.where == "process" else ThreadCompFn
-            fn = step_cls(m.name, p.outcomes, log, p.hang, p.cancel_aware)
-            options: dict[str, Any] = {"retries": m.retries}
-            if p.timeout is not None:
-                options["timeout"] = p.timeout
-            if p.override is not None:
-                options["executor"] = p.override
-            if m.compensate is not None:
-                options["compensate"] = comp_cls(m.name, m.compensate.script, log, p.comp_slow)
-                options["compensate_retries"] = m.compensate.retries
-                if p.comp_timeout is not None:
-                    options["compensate_timeout"] = p.comp_timeout
-            if m.required:
-                options["required"] = True
-            made.append((m.name, fn, options))
-        if not stage.group:
-            name, fn, options = made[0]
-            flow.step(name, fn, **options)
-            continue
-        members: list[Any] = [
-            {"name": name, "fn": fn, **options} if i % 2 else Step(name, fn, **options)
-            for i, (name, fn, options) in enumerate(made)
-        ]
-        flow.parallel(
-            stage.name,
-            members,
-            fail_fast=stage.fail_fast,
-            min_successes=stage.min_successes,
-            max_concurrency=stage.max_concurrency,
-        )
-    return flow
+    def member(m: StepSpec) -> tuple[StepFn, dict[str, Any]]:
+        p = plan.steps[m.name]
+        step_cls = ProcessStepFn if p.where == "process" else ThreadStepFn
+        comp_cls = CompFn if p.where == "process" else ThreadCompFn
+        fn = step_cls(m.name, p.outcomes, log, p.hang, p.cancel_aware)
+        options: dict[str, Any] = {"retries": m.retries}
+        if p.timeout is not None:
+            options["timeout"] = p.timeout
+        if p.override is not None:
+            options["executor"] = p.override
+        if m.compensate is not None:
+            options["compensate"] = comp_cls(m.name, m.compensate.script, log, p.comp_slow)
+            options["compensate_retries"] = m.compensate.retries
+            if p.comp_timeout is not None:
+                options["compensate_timeout"] = p.comp_timeout
+        return fn, options
+
+    return assemble(plan.spec, member)
 
 
 def read_log(path: str) -> list[tuple[Any, ...]]:

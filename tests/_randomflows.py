@@ -55,6 +55,7 @@ __all__ = [
     "StageSpec",
     "StepSpec",
     "BuiltFlow",
+    "assemble",
     "build_flow",
     "check_result",
     "expected_outcome",
@@ -91,11 +92,7 @@ class CompensationSpec:
 
     def outcome(self) -> tuple[bool, int]:
         """(succeeded, attempts) of the compensation."""
-        tries = 1 + self.retries
-        for number in range(1, tries + 1):
-            if _scripted(self.script, number):
-                return True, number
-        return False, tries
+        return _first_success(self.script, self.retries)
 
 
 @dataclass(frozen=True)
@@ -111,11 +108,7 @@ class StepSpec:
 
     def natural(self) -> tuple[bool, int]:
         """(completed, attempts) when nothing cuts the step short."""
-        tries = 1 + self.retries
-        for number in range(1, tries + 1):
-            if _scripted(self.script, number):
-                return True, number
-        return False, tries
+        return _first_success(self.script, self.retries)
 
 
 @dataclass(frozen=True)
@@ -149,6 +142,15 @@ class FlowSpec:
 
 def _scripted(script: Sequence[bool], number: int) -> bool:
     return number <= len(script) and script[number - 1]
+
+
+def _first_success(script: Sequence[bool], retries: int) -> tuple[bool, int]:
+    """(succeeded, attempts): the first scripted success within ``1 + retries`` attempts."""
+    tries = 1 + retries
+    for number in range(1, tries + 1):
+        if _scripted(script, number):
+            return True, number
+    return False, tries
 
 
 def step_value(name: str, attempt: int) -> str:
@@ -323,21 +325,27 @@ def _options(spec: StepSpec, log: CallLog) -> dict[str, Any]:
 def build_flow(spec: FlowSpec) -> BuiltFlow:
     """The ``Flow`` described by ``spec``; its functions record into ``built.log``."""
     log = CallLog()
+    flow = assemble(spec, lambda step: (_step_fn(step, log), _options(step, log)))
+    return BuiltFlow(spec, flow, log)
+
+
+def assemble(spec: FlowSpec, member: Callable[[StepSpec], tuple[Callable[..., Any], dict[str, Any]]]) -> Flow:
+    """The ``Flow`` of ``spec``'s stages; ``member(step)`` gives a step's function and options
+    (``required`` is added here, for group members)."""
     flow = Flow(spec.name)
     for stage in spec.stages:
+        made = [(step, *member(step)) for step in stage.members]
         if not stage.group:
-            (member,) = stage.members
-            flow.step(member.name, _step_fn(member, log), **_options(member, log))
+            ((step, fn, options),) = made
+            flow.step(step.name, fn, **options)
             continue
         members: list[Any] = []
-        for i, member in enumerate(stage.members):
-            options = _options(member, log)
-            if member.required:
-                options["required"] = True
+        for i, (step, fn, own) in enumerate(made):
+            options = {**own, "required": True} if step.required else own
             if i % 2:  # both member forms of the SPEC: Step objects and mappings
-                members.append({"name": member.name, "fn": _step_fn(member, log), **options})
+                members.append({"name": step.name, "fn": fn, **options})
             else:
-                members.append(Step(member.name, _step_fn(member, log), **options))
+                members.append(Step(step.name, fn, **options))
         flow.parallel(
             stage.name,
             members,
@@ -345,7 +353,7 @@ def build_flow(spec: FlowSpec) -> BuiltFlow:
             min_successes=stage.min_successes,
             max_concurrency=stage.max_concurrency,
         )
-    return BuiltFlow(spec, flow, log)
+    return flow
 
 
 # ── the oracle ──────────────────────────────────────────────────────────────────
