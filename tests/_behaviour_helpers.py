@@ -13,6 +13,9 @@ loky and Dask's spawned workers get the parent's ``sys.path``).
 - ``FileBarrier``: ``threading.Barrier`` for parties in any process.
 - ``Gauge``: how many callers were inside a block at once, at most.
 
+The tests' own helpers (which never travel to a worker) are at the end: the reasons
+some tests skip a mode, ``same_error`` and ``statuses``.
+
 Waits poll with a short timed wait and always have a deadline; a step that hits
 one raises ``AssertionError`` so the test fails loudly instead of hanging.
 """
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from flowpool import Context
+from flowpool import Context, FlowResult, StepStatus
 
 WAIT = 10.0  # the longest anything may be waited on; a test that hits it has failed
 POLL = 0.005
@@ -217,3 +220,22 @@ def press_ctrl_c(main_pid: int) -> None:
         signal.pthread_kill(main, signal.SIGINT)
     else:
         os.kill(main_pid, signal.SIGINT)
+
+
+# ── for the tests themselves ────────────────────────────────────────────────────
+
+#: Why a test that needs an attempt to outlive its timeout does not run in process mode.
+KILLED = "in process mode a timed-out attempt's worker is killed, so it never runs on or returns late"
+#: Why a test that waits for ``ctx.cancelled`` does not run on Dask.
+BEST_EFFORT = "on Dask ctx.cancelled is best effort: it stays False"
+
+
+def same_error(got: BaseException | None, expected: BaseException, in_process: bool) -> bool:
+    """``got`` is ``expected``; from a worker process, a copy of it (same type and message)."""
+    if in_process:
+        return got is expected
+    return type(got) is type(expected) and str(got) == str(expected)
+
+
+def statuses(result: FlowResult) -> dict[str, StepStatus]:
+    return {name: step.status for name, step in result.steps.items()}

@@ -13,19 +13,33 @@ Every step function is scripted by ``ctx.attempt`` (``script[attempt - 1]``: Tru
 returns a value, False raises ``ScriptedFailure``), so a run is deterministic
 except where the SPEC itself leaves timing open (fail fast with more than one
 member running at a time). ``expected_outcome`` computes what is predictable;
-``check_result`` checks a ``FlowResult`` and the call log against it and against
-the SPEC's rules, returning a list of human-readable problems (empty when fine).
+``check_result`` checks a ``FlowResult``, the call log and, when given, the run's
+events against it and against the SPEC's rules, returning a list of human-readable
+problems (empty when fine). It is the one invariant checker of the property tests
+and of ``scripts/soak.py``: the soak injects faults on top of the scripts and says
+what they leave open with a ``Leeway``; the checks that timing could break then
+apply only where it cannot.
 """
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowpool import Flow, FlowResult, FlowStatus, GroupStatus, Step, StepStatus
+from flowpool import (
+    Flow,
+    FlowResult,
+    FlowStatus,
+    GroupStatus,
+    Step,
+    StepCancelledError,
+    StepStatus,
+    StepTimeoutError,
+)
 
 __all__ = [
     "CallLog",
@@ -35,10 +49,13 @@ __all__ = [
     "CompensationSpec",
     "Expectation",
     "FlowSpec",
+    "Leeway",
+    "NO_LEEWAY",
     "ScriptedFailure",
     "StageSpec",
     "StepSpec",
     "BuiltFlow",
+    "assemble",
     "build_flow",
     "check_result",
     "expected_outcome",
@@ -75,11 +92,7 @@ class CompensationSpec:
 
     def outcome(self) -> tuple[bool, int]:
         """(succeeded, attempts) of the compensation."""
-        tries = 1 + self.retries
-        for number in range(1, tries + 1):
-            if _scripted(self.script, number):
-                return True, number
-        return False, tries
+        return _first_success(self.script, self.retries)
 
 
 @dataclass(frozen=True)
@@ -95,11 +108,7 @@ class StepSpec:
 
     def natural(self) -> tuple[bool, int]:
         """(completed, attempts) when nothing cuts the step short."""
-        tries = 1 + self.retries
-        for number in range(1, tries + 1):
-            if _scripted(self.script, number):
-                return True, number
-        return False, tries
+        return _first_success(self.script, self.retries)
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,15 @@ class FlowSpec:
 
 def _scripted(script: Sequence[bool], number: int) -> bool:
     return number <= len(script) and script[number - 1]
+
+
+def _first_success(script: Sequence[bool], retries: int) -> tuple[bool, int]:
+    """(succeeded, attempts): the first scripted success within ``1 + retries`` attempts."""
+    tries = 1 + retries
+    for number in range(1, tries + 1):
+        if _scripted(script, number):
+            return True, number
+    return False, tries
 
 
 def step_value(name: str, attempt: int) -> str:
@@ -307,21 +325,27 @@ def _options(spec: StepSpec, log: CallLog) -> dict[str, Any]:
 def build_flow(spec: FlowSpec) -> BuiltFlow:
     """The ``Flow`` described by ``spec``; its functions record into ``built.log``."""
     log = CallLog()
+    flow = assemble(spec, lambda step: (_step_fn(step, log), _options(step, log)))
+    return BuiltFlow(spec, flow, log)
+
+
+def assemble(spec: FlowSpec, member: Callable[[StepSpec], tuple[Callable[..., Any], dict[str, Any]]]) -> Flow:
+    """The ``Flow`` of ``spec``'s stages; ``member(step)`` gives a step's function and options
+    (``required`` is added here, for group members)."""
     flow = Flow(spec.name)
     for stage in spec.stages:
+        made = [(step, *member(step)) for step in stage.members]
         if not stage.group:
-            (member,) = stage.members
-            flow.step(member.name, _step_fn(member, log), **_options(member, log))
+            ((step, fn, options),) = made
+            flow.step(step.name, fn, **options)
             continue
         members: list[Any] = []
-        for i, member in enumerate(stage.members):
-            options = _options(member, log)
-            if member.required:
-                options["required"] = True
+        for i, (step, fn, own) in enumerate(made):
+            options = {**own, "required": True} if step.required else own
             if i % 2:  # both member forms of the SPEC: Step objects and mappings
-                members.append({"name": member.name, "fn": _step_fn(member, log), **options})
+                members.append({"name": step.name, "fn": fn, **options})
             else:
-                members.append(Step(member.name, _step_fn(member, log), **options))
+                members.append(Step(step.name, fn, **options))
         flow.parallel(
             stage.name,
             members,
@@ -329,7 +353,7 @@ def build_flow(spec: FlowSpec) -> BuiltFlow:
             min_successes=stage.min_successes,
             max_concurrency=stage.max_concurrency,
         )
-    return BuiltFlow(spec, flow, log)
+    return flow
 
 
 # ── the oracle ──────────────────────────────────────────────────────────────────
@@ -412,139 +436,230 @@ def expected_outcome(spec: FlowSpec) -> Expectation:
 # ── checking a result ───────────────────────────────────────────────────────────
 
 
-def check_result(spec: FlowSpec, result: FlowResult, calls: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Every way ``result`` and the call log break the SPEC for ``spec``; empty when none."""
+def _is_scripted_failure(step: str, attempt: int, error: BaseException | None) -> bool:
+    return isinstance(error, ScriptedFailure)
+
+
+@dataclass(frozen=True)
+class Leeway:
+    """What a run may do that its scripts do not say: the faults a caller (the soak)
+    injected on top of them. The default, none, is a plain scripted run, checked exactly.
+
+    ``error_fits(step, attempt, error)`` says whether ``error`` is what that attempt of
+    that step may fail with.
+    """
+
+    timeouts: frozenset[str] = frozenset()  # steps whose attempts may hit a short timeout
+    compensation_timeouts: frozenset[str] = frozenset()  # steps whose compensation may time out
+    other_failures: bool = False  # some attempts fail by something other than ScriptedFailure
+    error_fits: Callable[[str, int, BaseException | None], bool] = _is_scripted_failure
+
+    @property
+    def exact(self) -> bool:
+        """No timing-dependent fault: statuses and attempts follow from the scripts alone."""
+        return not self.timeouts and not self.compensation_timeouts
+
+    @property
+    def scripted(self) -> bool:
+        """Only scripted outcomes: every check applies, down to each error's attempt."""
+        return self.exact and not self.other_failures
+
+
+NO_LEEWAY = Leeway()
+
+
+def check_result(
+    spec: FlowSpec,
+    result: FlowResult,
+    calls: Sequence[tuple[Any, ...]],
+    *,
+    events: Sequence[Any] | None = None,
+    leeway: Leeway = NO_LEEWAY,
+) -> list[str]:
+    """Every way ``result``, the call log (and ``events``, when given) break the SPEC for
+    ``spec``; empty when none. Exact against the oracle where ``leeway`` leaves no doubt."""
     problems: list[str] = []
 
     def expect(condition: bool, message: str) -> None:
         if not condition:
             problems.append(message)
 
-    exp = expected_outcome(spec)
     all_steps = spec.steps()
     names = [m.name for m in all_steps]
     stage_of = spec.stage_of()
+    stage_index = {m.name: i for i, stage in enumerate(spec.stages) for m in stage.members}
+
+    # 1. Nothing is lost: every step, in order, with a final status; every group.
+    expect(list(result.steps) == names, f"result.steps {list(result.steps)} != declared {names}")
+    if set(result.steps) != set(names):
+        return problems
+    groups = [s.name for s in spec.stages if s.group]
+    expect(sorted(result.groups) == sorted(groups), f"result.groups {list(result.groups)} != {groups}")
+    if sorted(result.groups) != sorted(groups):
+        return problems
+    for m in all_steps:
+        r = result.steps[m.name]
+        expect(r.name == m.name, f"{m.name}: StepResult.name is {r.name!r}")
+        expect(isinstance(r.status, StepStatus), f"{m.name}: status {r.status!r} is not a StepStatus")
+        expect(r.group == (stage_of[m.name].name if stage_of[m.name].group else None), f"{m.name}: group {r.group}")
+    for stage in spec.stages:
+        if stage.group:
+            g = result.groups[stage.name]
+            expect(g.members == tuple(m.name for m in stage.members), f"group {stage.name}: members {g.members}")
+
     step_calls: dict[str, list[tuple[Any, ...]]] = {n: [] for n in names}
     comp_calls: list[tuple[Any, ...]] = []
     for call in calls:
-        (step_calls[call[1]] if call[0] == "step" else comp_calls).append(call)
+        if call[0] == "step":
+            if call[1] in step_calls:
+                step_calls[call[1]].append(call)
+            else:
+                problems.append(f"call of unknown step {call[1]!r}")
+        else:
+            comp_calls.append(call)
 
-    # Every step, in declaration order, with a final status; every group.
-    expect(list(result.steps) == names, f"result.steps order {list(result.steps)} != declared {names}")
-    if set(result.steps) != set(names):
-        return problems
-    group_names = [s.name for s in spec.stages if s.group]
-    expect(set(result.groups) == set(group_names), f"result.groups {list(result.groups)} != {group_names}")
-    final = set(StepStatus)
-    for m in all_steps:
-        r = result.steps[m.name]
-        stage = stage_of[m.name]
-        expect(r.name == m.name, f"{m.name}: StepResult.name is {r.name!r}")
-        expect(r.status in final, f"{m.name}: status {r.status!r} is not a final StepStatus")
-        expect(r.group == (stage.name if stage.group else None), f"{m.name}: group is {r.group!r}")
-
-    # Flow status, ok, failed stage.
-    expect(result.status is exp.status, f"flow status {result.status} != expected {exp.status}")
-    expect(result.ok == (exp.status is FlowStatus.COMPLETED), f"result.ok is {result.ok} with status {result.status}")
-    expect(
-        result.failed_stage == exp.failed_stage,
-        f"failed_stage {result.failed_stage!r} != expected {exp.failed_stage!r}",
-    )
-    expect((result.error is None) == result.ok, f"error {result.error!r} with status {result.status}")
-
-    # Groups: verdict from the actual member statuses, and from the oracle.
-    for stage in spec.stages:
-        if not stage.group or stage.name not in result.groups:
-            continue
-        g = result.groups[stage.name]
-        members = tuple(m.name for m in stage.members)
-        expect(g.members == members, f"group {stage.name}: members {g.members} != {members}")
-        statuses = [result.steps[n].status for n in members]
-        if g.status is not GroupStatus.SKIPPED:
-            rule = spec_verdict(stage, statuses)
-            expect(
-                g.status is rule,
-                f"group {stage.name}: verdict {g.status} but the SPEC rule gives {rule} for member statuses "
-                f"{[str(s) for s in statuses]}",
-            )
-        expect(
-            g.status is exp.groups[stage.name],
-            f"group {stage.name}: verdict {g.status} != expected {exp.groups[stage.name]}",
-        )
-
-    # Steps: status and attempts against the oracle, the call log, and the retry bound.
-    completed_names = {n for n in names if result.steps[n].status is StepStatus.COMPLETED}
-    earlier_completed: dict[str, frozenset[str]] = {}
+    completed = {n for n in names if result.steps[n].status is StepStatus.COMPLETED}
+    earlier: dict[str, frozenset[str]] = {}
     done: set[str] = set()
     for stage in spec.stages:
         for m in stage.members:
-            earlier_completed[m.name] = frozenset(done)
-        done |= {m.name for m in stage.members if m.name in completed_names}
+            earlier[m.name] = frozenset(done)
+        done |= {m.name for m in stage.members if m.name in completed}
+
+    # 2. Stage by stage: verdicts follow the policy; after a failed stage everything is skipped.
+    failed_stage: str | None = None
+    for stage in spec.stages:
+        member_results = [result.steps[m.name] for m in stage.members]
+        statuses = [r.status for r in member_results]
+        if failed_stage is not None:
+            for m, r in zip(stage.members, member_results, strict=True):
+                expect(r.status is StepStatus.SKIPPED, f"{m.name}: {r.status} after stage {failed_stage} failed")
+                expect(not step_calls[m.name], f"{m.name}: called after stage {failed_stage} failed")
+            if stage.group:
+                g = result.groups[stage.name].status
+                expect(g is GroupStatus.SKIPPED, f"group {stage.name}: {g} after stage {failed_stage} failed")
+            continue
+        for m, r in zip(stage.members, member_results, strict=True):
+            expect(r.status is not StepStatus.SKIPPED, f"{m.name}: SKIPPED though no earlier stage failed")
+        if stage.group:
+            g = result.groups[stage.name]
+            rule = spec_verdict(stage, statuses)
+            expect(g.status is rule, f"group {stage.name}: {g.status}, the policy gives {rule} for {statuses}")
+            stage_failed = g.status is GroupStatus.FAILED
+            if not stage.fail_fast:
+                for m, r in zip(stage.members, member_results, strict=True):
+                    expect(r.status is not StepStatus.CANCELLED, f"{m.name}: CANCELLED without fail fast")
+                    expect(r.attempts >= 1, f"{m.name}: never ran though its group does not fail fast")
+            else:
+                cut = [
+                    m.name
+                    for m, r in zip(stage.members, member_results, strict=True)
+                    if r.status is StepStatus.CANCELLED
+                ]
+                triggers = [
+                    m.name
+                    for m, r in zip(stage.members, member_results, strict=True)
+                    if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+                ]
+                if cut:
+                    expect(bool(triggers), f"group {stage.name}: {cut} cancelled but no member failed on its own")
+                if leeway.scripted and not stage.deterministic and any(s is not StepStatus.COMPLETED for s in statuses):
+                    # Racing fail fast: some member failed on its own, after its script's last attempt.
+                    natural = [
+                        m.name
+                        for m, r in zip(stage.members, member_results, strict=True)
+                        if r.status is StepStatus.FAILED and r.attempts == m.natural()[1] and not m.natural()[0]
+                    ]
+                    expect(bool(natural), f"group {stage.name}: members were cut short but none failed on its own")
+        else:
+            expect(statuses[0] is not StepStatus.CANCELLED, f"{stage.name}: a single step CANCELLED")
+            stage_failed = statuses[0] is not StepStatus.COMPLETED
+        if stage_failed:
+            failed_stage = stage.name
+    expect(result.failed_stage == failed_stage, f"failed_stage {result.failed_stage!r}, stages say {failed_stage!r}")
+    want_status = FlowStatus.COMPLETED if failed_stage is None else FlowStatus.FAILED
+    expect(result.status is want_status, f"flow {result.status}, stages say {want_status}")
+    expect(result.ok == (result.status is FlowStatus.COMPLETED), f"ok {result.ok} with {result.status}")
+    expect((result.error is None) == result.ok, f"error {result.error!r} with status {result.status}")
+    if failed_stage is not None and failed_stage in result.groups:
+        expect(isinstance(result.error, ExceptionGroup), f"a failed group's error is {type(result.error).__name__}")
+
+    # 3. Each step: attempts, calls, what it saw, its value and error.
     for m in all_steps:
         r = result.steps[m.name]
         mine = step_calls[m.name]
-        expect(0 <= r.attempts <= 1 + m.retries, f"{m.name}: {r.attempts} attempts with retries={m.retries}")
-        expect(r.attempts == len(mine), f"{m.name}: attempts {r.attempts} but called {len(mine)} times")
         numbers = [c[2] for c in mine]
-        expect(numbers == list(range(1, len(mine) + 1)), f"{m.name}: ctx.attempt sequence {numbers}")
+        expect(0 <= r.attempts <= 1 + m.retries, f"{m.name}: {r.attempts} attempts with retries={m.retries}")
+        expect(numbers == sorted(set(numbers)), f"{m.name}: ctx.attempt sequence {numbers}")
+        expect(
+            all(1 <= n <= r.attempts for n in numbers), f"{m.name}: called as attempts {numbers}, counted {r.attempts}"
+        )
+        if leeway.exact:
+            expect(numbers == list(range(1, r.attempts + 1)), f"{m.name}: calls {numbers}, attempts {r.attempts}")
         for c in mine:
-            expect(
-                c[3] == earlier_completed[m.name],
-                f"{m.name}: ctx.results keys {sorted(c[3])} != completed earlier steps "
-                f"{sorted(earlier_completed[m.name])}",
-            )
-        predicted = exp.steps[m.name]
-        if predicted is not None:
-            status, attempts = predicted
-            expect(
-                (r.status, r.attempts) == (status, attempts),
-                f"{m.name}: {r.status} after {r.attempts} attempts, expected {status} after {attempts}",
-            )
-        else:
-            _check_racing_member(m, r, expect)
+            expect(c[3] == earlier[m.name], f"{m.name}: ctx.results {sorted(c[3])} != {sorted(earlier[m.name])}")
         if r.status is StepStatus.COMPLETED:
             expect(r.value == step_value(m.name, r.attempts), f"{m.name}: value {r.value!r}")
             expect(r.error is None, f"{m.name}: completed with error {r.error!r}")
+            expect(_scripted(m.script, r.attempts), f"{m.name}: completed on attempt {r.attempts}, scripted to fail")
         else:
             expect(r.value is None, f"{m.name}: value {r.value!r} though {r.status}")
+        if r.status is StepStatus.TIMED_OUT:
+            expect(m.timeout is not None, f"{m.name}: TIMED_OUT without a timeout")
+            expect(isinstance(r.error, StepTimeoutError), f"{m.name}: TIMED_OUT with {r.error!r}")
         if r.status is StepStatus.FAILED:
-            e = r.error
-            expect(
-                isinstance(e, ScriptedFailure) and e.attempt == r.attempts,
-                f"{m.name}: failed with error {e!r}, not the last attempt's ScriptedFailure",
-            )
-        if r.status is StepStatus.SKIPPED:
-            expect(r.attempts == 0 and not mine, f"{m.name}: skipped but ran {len(mine)} times")
-    expect(dict(result.values) == {n: result.steps[n].value for n in completed_names}, "result.values mismatch")
-
-    # Racing fail-fast groups: the group still fails exactly when some member did not complete.
-    for stage in spec.stages:
-        if stage.group and stage.fail_fast and not stage.deterministic and stage.name in result.groups:
-            rs = [result.steps[m.name] for m in stage.members]
-            if any(r.status is not StepStatus.COMPLETED for r in rs) and result.groups[stage.name].status is not (
-                GroupStatus.SKIPPED
-            ):
-                triggers = [
-                    m.name
-                    for m, r in zip(stage.members, rs, strict=True)
-                    if r.status is StepStatus.FAILED and r.attempts == m.natural()[1] and not m.natural()[0]
-                ]
-                expect(bool(triggers), f"group {stage.name}: members were cut short but none failed on its own")
-
-    # Later stages after a failure: skipped, never called.
-    if exp.failed_stage is not None:
-        index = [s.name for s in spec.stages].index(exp.failed_stage)
-        for stage in spec.stages[index + 1 :]:
-            for m in stage.members:
-                expect(result.steps[m.name].status is StepStatus.SKIPPED, f"{m.name}: {result.steps[m.name].status}")
-                expect(not step_calls[m.name], f"{m.name}: called after the flow failed")
-            if stage.group:
+            expect(r.attempts >= 1, f"{m.name}: FAILED without an attempt ({r.error!r})")
+            if r.attempts >= 1:
                 expect(
-                    result.groups[stage.name].status is GroupStatus.SKIPPED,
-                    f"group {stage.name}: {result.groups[stage.name].status} after the flow failed",
+                    leeway.error_fits(m.name, r.attempts, r.error),
+                    f"{m.name}: FAILED on attempt {r.attempts} with {r.error!r}",
                 )
+            if leeway.scripted:
+                e = r.error
+                expect(
+                    isinstance(e, ScriptedFailure) and e.attempt == r.attempts,
+                    f"{m.name}: failed with error {e!r}, not the last attempt's ScriptedFailure",
+                )
+        if r.status is StepStatus.CANCELLED:
+            expect(isinstance(r.error, StepCancelledError), f"{m.name}: CANCELLED with {r.error!r}")
+        if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and not stage_of[m.name].fail_fast:
+            expect(r.attempts == 1 + m.retries, f"{m.name}: {r.status} after {r.attempts} of {1 + m.retries} attempts")
+        if r.status is StepStatus.SKIPPED:
+            expect(r.attempts == 0 and not mine, f"{m.name}: SKIPPED but ran")
+    expect(dict(result.values) == {n: result.steps[n].value for n in completed}, "result.values mismatch")
 
-    _check_compensation(spec, result, comp_calls, completed_names, expect)
+    # 4. Exactly what the oracle says where timing cannot matter.
+    exp = expected_outcome(spec)
+    if leeway.exact:
+        expect(result.status is exp.status, f"flow {result.status}, oracle {exp.status}")
+        expect(
+            result.failed_stage == exp.failed_stage, f"failed_stage {result.failed_stage}, oracle {exp.failed_stage}"
+        )
+        for name, status in exp.groups.items():
+            expect(result.groups[name].status is status, f"group {name}: {result.groups[name].status}, oracle {status}")
+    for m in all_steps:
+        stage = stage_of[m.name]
+        predicted = exp.steps[m.name]
+        r = result.steps[m.name]
+        if predicted is None:
+            if leeway.scripted:
+                _check_racing_member(m, r, expect)
+            continue
+        if r.status is StepStatus.SKIPPED or predicted[0] is StepStatus.SKIPPED:
+            continue
+        racing = stage.fail_fast and any(o.name in leeway.timeouts for o in stage.members)
+        if leeway.exact or (m.name not in leeway.timeouts and stage.deterministic and not racing):
+            expect(
+                (r.status, r.attempts) == predicted,
+                f"{m.name}: {r.status} after {r.attempts} attempts, oracle {predicted[0]} after {predicted[1]}",
+            )
+
+    # 5. Compensation: the completed steps that have one, in reverse declaration order.
+    _check_compensation(spec, result, comp_calls, completed, leeway, expect)
+
+    # 6. Events agree with the result, stage by stage.
+    if events is not None:
+        _check_events(spec, result, events, stage_index, leeway.exact, expect)
     return problems
 
 
@@ -567,49 +682,151 @@ def _check_compensation(
     spec: FlowSpec,
     result: FlowResult,
     comp_calls: list[tuple[Any, ...]],
-    completed_names: set[str],
+    completed: set[str],
+    leeway: Leeway,
     expect: Callable[[bool, str], None],
 ) -> None:
     all_steps = spec.steps()
     if result.ok:
         expect(not comp_calls, f"compensations ran for a completed flow: {comp_calls}")
-        expect(result.compensated == () and result.not_compensated == (), "compensated/not_compensated not empty")
+        expect(result.compensated == () == result.not_compensated, "compensated/not_compensated not empty")
         for m in all_steps:
-            expect(result.steps[m.name].compensation is None, f"{m.name}: compensation set on a completed flow")
+            expect(result.steps[m.name].compensation is None, f"{m.name}: compensation on a completed flow")
         return
-    due = [m for m in reversed(all_steps) if m.compensate is not None and m.name in completed_names]
-    expected_calls: list[tuple[str, int]] = []
-    good: list[str] = []
-    bad: list[str] = []
-    for m in due:
-        assert m.compensate is not None
-        ok, attempts = m.compensate.outcome()
-        expected_calls += [(m.name, n) for n in range(1, attempts + 1)]
-        (good if ok else bad).append(m.name)
-        c = result.steps[m.name].compensation
-        if c is None:
-            expect(False, f"{m.name}: completed with compensate but compensation is None")
-            continue
-        want = "compensated" if ok else "failed"
-        expect(
-            (c.status, c.attempts) == (want, attempts),
-            f"{m.name}: compensation {c.status} after {c.attempts} attempts, expected {want} after {attempts}",
-        )
-        if ok:
-            expect(c.error is None, f"{m.name}: compensated with error {c.error!r}")
-        else:
-            expect(
-                isinstance(c.error, ScriptedFailure) and c.error.attempt == attempts,
-                f"{m.name}: compensation error {c.error!r}",
-            )
-    due_names = {m.name for m in due}
+    due = [m for m in reversed(all_steps) if m.compensate is not None and m.name in completed]
+    due_names = [m.name for m in due]
+    expect(
+        sorted(result.compensated + result.not_compensated) == sorted(due_names),
+        f"compensated {result.compensated} + not_compensated {result.not_compensated} != due {due_names}",
+    )
+    expect(list(result.compensated) == [n for n in due_names if n in result.compensated], "compensated out of order")
     for m in all_steps:
+        c = result.steps[m.name].compensation
         if m.name not in due_names:
-            expect(result.steps[m.name].compensation is None, f"{m.name}: compensation set though not due")
-    got_calls = [(c[1], c[2]) for c in comp_calls]
-    expect(got_calls == expected_calls, f"compensation calls {got_calls} != expected {expected_calls}")
-    expect(result.compensated == tuple(good), f"compensated {result.compensated} != expected {tuple(good)}")
-    expect(result.not_compensated == tuple(bad), f"not_compensated {result.not_compensated} != expected {tuple(bad)}")
-    for c in comp_calls:
-        expect(c[3] == frozenset(completed_names), f"{c[1]}: compensation ctx.results keys {sorted(c[3])}")
-        expect(c[4] == result.steps[c[1]].value, f"{c[1]}: compensation got value {c[4]!r}")
+            expect(c is None, f"{m.name}: compensation {c} though not due")
+            continue
+        assert m.compensate is not None
+        if c is None:
+            expect(False, f"{m.name}: due but no compensation record")
+            continue
+        tries = 1 + m.compensate.retries
+        expect(1 <= c.attempts <= tries, f"{m.name}: compensation attempts {c.attempts} of {tries}")
+        expect(
+            (c.status == "compensated") == (m.name in result.compensated),
+            f"{m.name}: compensation {c.status} vs compensated {result.compensated}",
+        )
+        if c.status == "compensated":
+            expect(m.compensate.script[c.attempts - 1], f"{m.name}: compensated on a failing attempt")
+            expect(c.error is None, f"{m.name}: compensated with {c.error!r}")
+        else:
+            expect(c.attempts == tries, f"{m.name}: compensation failed after {c.attempts} of {tries}")
+            expect(c.error is not None, f"{m.name}: failed compensation without an error")
+        if m.name not in leeway.compensation_timeouts:
+            ok, attempts = m.compensate.outcome()
+            want = ("compensated" if ok else "failed", attempts)
+            expect((c.status, c.attempts) == want, f"{m.name}: compensation {(c.status, c.attempts)}, script {want}")
+            if not ok:
+                expect(isinstance(c.error, ScriptedFailure), f"{m.name}: compensation error {c.error!r}")
+                if leeway.scripted:
+                    expect(
+                        isinstance(c.error, ScriptedFailure) and c.error.attempt == attempts,
+                        f"{m.name}: compensation error {c.error!r} is not its last attempt's",
+                    )
+    # Calls: one step at a time, in the due order; what each saw.
+    order: list[str] = []
+    for call in comp_calls:
+        if not order or order[-1] != call[1]:
+            order.append(call[1])
+        expect(call[3] == frozenset(completed), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
+        expect(call[4] == result.steps[call[1]].value, f"{call[1]}: compensation got {call[4]!r}")
+    expect(len(order) == len(set(order)), f"compensations interleaved: {order}")
+    positions = [due_names.index(n) if n in due_names else -1 for n in order]
+    expect(-1 not in positions and positions == sorted(positions), f"compensation calls {order}, due {due_names}")
+    if leeway.exact:
+        expect(order == due_names, f"compensation calls {order} != due {due_names}")
+        for m in due:
+            c = result.steps[m.name].compensation
+            numbers = [call[2] for call in comp_calls if call[1] == m.name]
+            if c is not None:
+                expect(numbers == list(range(1, c.attempts + 1)), f"{m.name}: compensation calls {numbers}")
+    if leeway.scripted:
+        good: list[str] = []
+        bad: list[str] = []
+        expected_calls: list[tuple[str, int]] = []
+        for m in due:
+            assert m.compensate is not None
+            ok, attempts = m.compensate.outcome()
+            expected_calls += [(m.name, n) for n in range(1, attempts + 1)]
+            (good if ok else bad).append(m.name)
+        got_calls = [(c[1], c[2]) for c in comp_calls]
+        expect(got_calls == expected_calls, f"compensation calls {got_calls} != expected {expected_calls}")
+        expect(result.compensated == tuple(good), f"compensated {result.compensated} != expected {tuple(good)}")
+        expect(result.not_compensated == tuple(bad), f"not_compensated {result.not_compensated} != {tuple(bad)}")
+
+
+def _check_events(
+    spec: FlowSpec,
+    result: FlowResult,
+    events: Sequence[Any],
+    stage_index: dict[str, int],
+    exact: bool,
+    expect: Callable[[bool, str], None],
+) -> None:
+    if not events:
+        expect(False, "no events")
+        return
+    kinds = [e.kind for e in events]
+    expect(kinds[0] == "flow_started" and kinds.count("flow_started") == 1, "flow_started not first/unique")
+    expect(kinds[-1] == "flow_finished" and kinds.count("flow_finished") == 1, "flow_finished not last/unique")
+    expect(all(e.run_id == result.run_id for e in events), "an event carries another run's id")
+    expect(events[-1].status == result.status, f"flow_finished {events[-1].status} != {result.status}")
+    finished = collections.Counter(e.step for e in events if e.kind == "step_finished")
+    started = collections.Counter(e.step for e in events if e.kind == "step_started")
+    comp_started = collections.Counter(e.step for e in events if e.kind == "compensation_started")
+    for name, r in result.steps.items():
+        expect(finished[name] == 1, f"{name}: {finished[name]} step_finished events")
+        expect(started[name] <= r.attempts, f"{name}: {started[name]} step_started for {r.attempts} attempts")
+        if exact:
+            expect(started[name] == r.attempts, f"{name}: {started[name]} step_started for {r.attempts} attempts")
+        c = r.compensation
+        expect(comp_started[name] == (c.attempts if c else 0), f"{name}: {comp_started[name]} compensation_started")
+    for e in events:
+        if e.kind == "step_finished":
+            expect(e.status == result.steps[e.step].status, f"{e.step}: step_finished {e.status}")
+        if e.kind == "group_finished":
+            expect(e.status == result.groups[e.group].status, f"{e.group}: group_finished {e.status}")
+    # Stages in order: no event of a stage after a later stage's.
+    group_stage = {s.name: i for i, s in enumerate(spec.stages) if s.group}
+    current = -1
+    compensating = False
+    for e in events:
+        if e.kind in ("step_started", "step_retrying", "step_finished"):
+            index = stage_index[e.step]
+        elif e.kind == "group_finished":
+            index = group_stage[e.group]
+        elif e.kind.startswith("compensation"):
+            compensating = True
+            continue
+        else:
+            continue
+        expect(not compensating, f"{e.kind} of {e.step or e.group} after compensations began")
+        expect(index >= current, f"{e.kind} of stage {index} after stage {current}")
+        current = max(current, index)
+    # Concurrency caps: members between their first start and their end.
+    for stage in spec.stages:
+        if not stage.group or stage.max_concurrency is None:
+            continue
+        members = {m.name for m in stage.members}
+        active: set[str] = set()
+        peak = 0
+        for e in events:
+            if e.step not in members:
+                continue
+            if e.kind == "step_started":
+                active.add(e.step)
+            elif e.kind == "step_finished":
+                active.discard(e.step)
+            peak = max(peak, len(active))
+        expect(
+            peak <= stage.max_concurrency, f"group {stage.name}: {peak} members at once, cap {stage.max_concurrency}"
+        )

@@ -16,7 +16,10 @@ the oracle and the checks; the properties checked are listed in ``check_result``
   ``not_compensated`` set accordingly; none when the flow completed;
 - attempts never exceed 1 + retries and equal the recorded calls;
 - flow status, ``ok`` and ``failed_stage`` follow the stages' verdicts;
-- fail fast one at a time: members after the first failing one are CANCELLED, unrun.
+- fail fast one at a time: members after the first failing one are CANCELLED, unrun;
+- and the checks the soak shares (``scripts/soak.py``): no member of a group without
+  fail fast is CANCELLED or unrun, a CANCELLED step carries ``StepCancelledError``, a
+  failed group's error is an ``ExceptionGroup``, a failed step used all its attempts.
 """
 
 from __future__ import annotations

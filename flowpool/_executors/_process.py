@@ -177,6 +177,12 @@ class LanePool:
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
 
+    def pids(self) -> set[int]:
+        """The pids of every live lane's worker (kept on purpose for reuse)."""
+        with self._lock:
+            lanes = list(self._all)
+        return {pid for lane in lanes for pid in lane.pids()}
+
     def acquire(self, backend: ProcessBackend) -> Lane | None:
         """An idle ready lane, or None: a new lane is then started for ``backend``, which
         is offered it first (``offer(lane, requested=True)``) or told it failed."""
