@@ -13,12 +13,7 @@ def lane_pids() -> set[int]:
     """Pids of flowpool's live lane workers (kept on purpose for reuse)."""
     from flowpool._executors import _process
 
-    pids: set[int] = set()
-    with _process._POOL._lock:
-        lanes = list(_process._POOL._all)
-    for lane in lanes:
-        pids.update(lane.pids())
-    return pids
+    return set(_process._POOL.pids())
 
 
 def stray_children(ignore_lanes: bool = True) -> list[psutil.Process]:

@@ -214,3 +214,177 @@ def test_a_users_process_pool_gets_attempts_only_when_a_worker_is_free() -> None
         starts = sorted(step.started_at for step in result.steps.values() if step.started_at is not None)
         # ...but the starts must be spread out, one after another, not all at submission.
         assert starts[-1] - starts[0] >= 0.4
+
+
+# ── values reach later stages; each is sent to each lane once per run ──────────────
+
+
+def _big(ctx):  # type: ignore[no-untyped-def]
+    return bytes([ctx.input["seed"] % 256]) * 1_000_000
+
+
+def _reads_big(ctx):  # type: ignore[no-untyped-def]
+    value = ctx.results["big"]
+    return (ctx.step, value[:1] * len(value) == value, len(value), value[0], sorted(ctx.results))
+
+
+def _flaky_reader(ctx):  # type: ignore[no-untyped-def]
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return _reads_big(ctx)
+
+
+def _crash_first_then_read(ctx):  # type: ignore[no-untyped-def]
+    marker = Path(ctx.input["marker"])
+    if not marker.exists():
+        marker.write_text("crashed")
+        os._exit(3)
+    return _reads_big(ctx)
+
+
+def _hang_first_then_read(ctx):  # type: ignore[no-untyped-def]
+    if ctx.attempt == 1:
+        steps.hang(ctx)
+    return _reads_big(ctx)
+
+
+def _sees_no_sibling(ctx):  # type: ignore[no-untyped-def]
+    return sorted(ctx.results)
+
+
+def _held_sessions(ctx):  # type: ignore[no-untyped-def]
+    from flowpool._executors import _worker
+
+    return len(_worker._sessions), os.getpid()
+
+
+def assert_read_big(result, name: str, seed: int, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert result.steps[name].ok, result.steps[name].error
+    step, uniform, size, first, seen = result.values[name]
+    assert (step, uniform, size, first) == (name, True, 1_000_000, seed % 256)
+    assert seen == names
+
+
+@pytest.fixture
+def payloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    from flowpool._executors import _process
+
+    sent: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(_process, "on_payload", lambda step, lane, size: sent.append((step, lane, size)))
+    return sent
+
+
+def test_an_earlier_value_travels_to_each_lane_once_per_run(payloads: list[tuple[str, int, int]]) -> None:
+    flow = Flow("once").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(12)])
+    for seed in (1, 2):  # a second run sends its own value again, once per lane
+        payloads.clear()
+        result = flow.run({"seed": seed}, executor="process", max_workers=2)
+        for i in range(12):
+            assert_read_big(result, f"r{i}", seed, ["big"])
+        readers = [(lane, size) for step, lane, size in payloads if step.startswith("r")]
+        assert len(readers) == 12
+        lanes = {lane for lane, _ in readers}
+        carrying = [lane for lane, size in readers if size > 1_000_000]
+        assert sorted(carrying) == sorted(lanes), "exactly the first payload on each lane carries the value"
+        assert all(size < 20_000 for _, size in readers if size <= 1_000_000)
+
+
+def test_values_reach_later_stages_through_retries_and_group_members_do_not_see_each_other() -> None:
+    flow = (
+        Flow("stages")
+        .step("big", _big)
+        .parallel("g", [Step("flaky", _flaky_reader, retries=1), Step("a", _sees_no_sibling)])
+        .step("last", _sees_no_sibling)
+    )
+    result = flow.run({"seed": 7}, executor="process", max_workers=2)
+    assert result.ok, result.error
+    assert result.steps["flaky"].attempts == 2
+    assert_read_big(result, "flaky", 7, ["big"])
+    assert result.values["a"] == ["big"]
+    assert result.values["last"] == ["a", "big", "flaky"]
+
+
+def test_a_compensation_reads_every_completed_value_in_a_worker(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def compensate(ctx, value):  # type: ignore[no-untyped-def]
+        Path(ctx.input["log"]).write_text(
+            repr((sorted(ctx.results), len(ctx.results["big"]), value == ctx.results["do"]))
+        )
+
+    flow = (
+        Flow("saga")
+        .step("big", _big)
+        .step("do", lambda ctx: len(ctx.results["big"]), compensate=compensate)
+        .step("fail", steps.fail)
+    )
+    result = flow.run({"seed": 3, "log": str(log)}, executor="process", max_workers=2)
+    assert result.compensated == ("do",)
+    assert log.read_text() == repr((["big", "do"], 1_000_000, True))
+
+
+def test_values_reach_a_lane_that_replaced_one_killed_at_a_timeout(payloads: list[tuple[str, int, int]]) -> None:
+    flow = (
+        Flow("killed")
+        .step("big", _big)
+        .step("hang", _hang_first_then_read, timeout=1.0, retries=1)
+        .parallel("after", [Step(f"r{i}", _reads_big) for i in range(4)])
+    )
+    result = flow.run({"seed": 5}, executor="process", max_workers=1)
+    assert result.steps["hang"].attempts == 2
+    assert_read_big(result, "hang", 5, ["big"])
+    for i in range(4):
+        assert_read_big(result, f"r{i}", 5, ["big", "hang"])
+    hang = [(lane, size) for step, lane, size in payloads if step == "hang"]
+    assert len(hang) == 2 and hang[0][0] != hang[1][0], "the retry ran on the lane that replaced the killed one"
+    assert hang[1][1] > 1_000_000, "the new lane's worker starts empty and is sent the value"
+
+
+def test_values_reach_a_lane_that_replaced_one_that_crashed(tmp_path: Path) -> None:
+    flow = Flow("crashed").step("big", _big).step("crash", _crash_first_then_read, retries=1)
+    result = flow.run({"seed": 9, "marker": str(tmp_path / "marker")}, executor="process", max_workers=1)
+    assert result.steps["crash"].attempts == 2
+    assert_read_big(result, "crash", 9, ["big"])
+
+
+def test_concurrent_runs_sharing_lanes_each_read_their_own_values() -> None:
+    flow = Flow("shared").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(6)])
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run(seed: int) -> None:
+        try:
+            start.wait(timeout=30)
+            results[seed] = flow.run({"seed": seed}, executor="process", max_workers=2)
+        except BaseException as error:
+            errors.append(error)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(10, 14)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=80)
+    assert not errors
+    assert sorted(results) == [10, 11, 12, 13]
+    for seed, result in results.items():
+        for i in range(6):
+            assert_read_big(result, f"r{i}", seed, ["big"])
+
+
+def test_a_worker_drops_the_values_of_runs_that_ended() -> None:
+    flow = Flow("many").step("big", _big).step("held", _held_sessions)
+    for seed in range(8):
+        result = flow.run({"seed": seed}, executor="process", max_workers=1)
+        assert result.ok, result.error
+        held, _pid = result.values["held"]
+        assert held == 1, "only the running run's values are kept"
+
+
+def test_lane_pool_pids_lists_the_live_workers() -> None:
+    from flowpool._executors import _process
+
+    pid = Flow("pid").step("pid", steps.quick).run(executor="process").values["pid"]
+    assert pid in _process._POOL.pids()
+    assert all(pid_alive(p) for p in _process._POOL.pids())

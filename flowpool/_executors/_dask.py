@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import pickle
 import threading
 import uuid
 from typing import Any
@@ -72,16 +73,25 @@ class DaskBackend:
         self._running: dict[Attempt, Any] = {}
         self._closed = False
         self._packer = _worker.CallPacker()
+        # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
+        # the workers that fetched it, so an attempt sends only references; released at close.
+        self._scattered: dict[int, Any] = {}
+        self._scatter_lock = threading.Lock()
 
     def submit(self, attempt: Attempt) -> None:
         from ._process import CallNotPicklableError
 
         try:
-            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
+            call = self._packer.prepare(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
-        attempt.handle = payload
+        try:
+            references = self._references(call)
+        except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
+            attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
+            return
+        attempt.handle = (call, *references)
         with self._lock:
             self._waiting.append(attempt)
         self._pump()
@@ -94,12 +104,20 @@ class DaskBackend:
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
                     continue
-                payload = attempt.handle
+                call, function, session, values = attempt.handle
                 # Unique across processes too: the same key from another client would be
                 # taken for the same task and get its result.
                 key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
                 try:
-                    future = self._client.submit(_worker.run_attempt, payload, "", 0, key=key, pure=False)
+                    future = self._client.submit(
+                        _worker.run_dask_attempt,
+                        pickle.dumps((call.step, call.attempt, call.args)),
+                        function,
+                        session,
+                        values,
+                        key=key,
+                        pure=False,
+                    )
                 except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
                     attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
                     continue
@@ -109,6 +127,22 @@ class DaskBackend:
             if attempt.notify_start:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
+
+    def _references(self, call: _worker.Call) -> tuple[Any, Any, list[Any]]:
+        """What ``run_dask_attempt`` reads, as references to data scattered once per run."""
+        with self._scatter_lock:  # not self._lock: a scatter waits for the cluster
+            snapshot = call.snapshot
+            values = [
+                (name, *self._scatter(key, data))
+                for name, key, data in zip(snapshot.names, snapshot.value_keys, snapshot.value_data, strict=True)
+            ]
+            return self._scatter(*call.function), self._scatter(*call.session), values
+
+    def _scatter(self, key: int, data: bytes) -> tuple[str, Any]:
+        future = self._scattered.get(key)
+        if future is None:
+            future = self._scattered[key] = self._client.scatter([data], hash=False)[0]
+        return future.key, future
 
     def _finished(self, attempt: Attempt, future: Any) -> None:
         with self._lock:
@@ -145,6 +179,7 @@ class DaskBackend:
             self._waiting.clear()
             running = list(self._running.values())
             self._running.clear()
+            self._scattered.clear()  # releases them on the cluster
         for future in running:
             with contextlib.suppress(Exception):
                 future.cancel()

@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
@@ -39,6 +40,9 @@ __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
 #: Seconds an idle lane is kept for later attempts and runs before it is closed.
 IDLE_TIMEOUT = 300.0
+
+#: Test hook: called with (step, lane number, payload bytes) for every payload sent to a lane.
+on_payload: Callable[[str, int, int], None] | None = None
 
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
@@ -83,6 +87,7 @@ class Lane:
         self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
+        self.store = _worker.LaneStore()  # what the worker holds: a new lane starts empty
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -97,6 +102,14 @@ class Lane:
 
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
+
+    def payload(self, call: _worker.Call) -> bytes:
+        """What to send this lane's worker for ``call``: only what it does not hold yet."""
+        payload = self.store.payload(call)
+        hook = on_payload
+        if hook is not None:
+            hook(call.step, self.number, len(payload))
+        return payload
 
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
@@ -289,6 +302,21 @@ class LanePool:
         with self._lock:
             return len(self._all)
 
+    def pids(self) -> list[int]:
+        """The pids of the live lanes' worker processes."""
+        with self._lock:
+            lanes = list(self._all)
+        return [pid for lane in lanes for pid in lane.pids()]
+
+    def forget(self, sessions: list[int]) -> None:
+        """These runs ended: every lane's worker drops their values with its next payload."""
+        if not sessions:
+            return
+        with self._lock:
+            lanes = list(self._all)
+        for lane in lanes:
+            lane.store.forget(sessions)
+
 
 def _now() -> float:
     from .._clock import SYSTEM_CLOCK
@@ -330,19 +358,19 @@ class ProcessBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._lanes: dict[Attempt, Lane] = {}  # every attempt handed to a lane
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
-        self._payloads: dict[Attempt, bytes] = {}
+        self._calls: dict[Attempt, _worker.Call] = {}
         self._starting = 0  # lanes being started on our behalf
         self._packer = _worker.CallPacker()
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
         try:
-            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
+            call = self._packer.prepare(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
         with self._lock:
-            self._payloads[attempt] = payload
+            self._calls[attempt] = call
             self._waiting.append(attempt)
         self._pump()
 
@@ -350,7 +378,7 @@ class ProcessBackend:
         with self._lock:
             while not self._closed and self._waiting:
                 if self._waiting[0].settled:  # given up on while it waited
-                    self._payloads.pop(self._waiting.popleft(), None)
+                    self._calls.pop(self._waiting.popleft(), None)
                     continue
                 if len(self._own) + self._starting < self._max_workers:
                     if self._starting >= len(self._waiting):
@@ -391,7 +419,7 @@ class ProcessBackend:
             self._starting -= 1
             attempt = self._waiting.popleft() if self._waiting else None
             if attempt is not None:
-                self._payloads.pop(attempt, None)
+                self._calls.pop(attempt, None)
         if attempt is not None:
             attempt.try_claim()
             attempt.fail_unstarted(
@@ -405,9 +433,8 @@ class ProcessBackend:
         token = lane.next_token()
         held = self._own.setdefault(lane, [])
         try:
-            future = lane.executor.submit(
-                _worker.run_attempt, self._payloads[attempt], lane.flag_path, token, bool(held)
-            )
+            payload = lane.payload(self._calls[attempt])
+            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token, bool(held))
         except Exception:  # noqa: BLE001 - the lane broke (its worker died): this attempt never started
             lane.broken = True
             if not held:
@@ -452,7 +479,7 @@ class ProcessBackend:
                         continue
                     del self._lanes[queued]
                     if queued.settled:
-                        self._payloads.pop(queued, None)
+                        self._calls.pop(queued, None)
                     else:
                         self._waiting.appendleft(queued)  # (at most one is queued per lane)
                 held[:] = kept
@@ -463,7 +490,7 @@ class ProcessBackend:
                 requeued = False
             if not requeued:
                 del self._lanes[attempt]
-                self._payloads.pop(attempt, None)
+                self._calls.pop(attempt, None)
                 if attempt in held:
                     held.remove(attempt)
                 if held and not lane.broken:
@@ -499,7 +526,7 @@ class ProcessBackend:
         if not take_back(self._lock, self._waiting, attempt):
             return False
         with self._lock:
-            self._payloads.pop(attempt, None)
+            self._calls.pop(attempt, None)
         return True
 
     def stop(self, attempt: Attempt) -> None:
@@ -522,6 +549,7 @@ class ProcessBackend:
             self._waiting.clear()
             lanes = [(lane, list(held)) for lane, held in self._own.items()]
         _POOL.waiting(self, False)
+        _POOL.forget(self._packer.sessions)
         for attempt in waiting:
             attempt.try_claim()
         for lane, held in lanes:

@@ -12,6 +12,8 @@ future). Anything that cannot make the trip is described in plain data instead.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import mmap
 import os
 import pickle
@@ -23,7 +25,17 @@ from typing import Any
 
 from .._errors import StepCancelledError
 
-__all__ = ["CallPacker", "CancelFlag", "decode", "init_worker", "ping", "run_attempt"]
+__all__ = [
+    "Call",
+    "CallPacker",
+    "CancelFlag",
+    "LaneStore",
+    "decode",
+    "init_worker",
+    "ping",
+    "run_attempt",
+    "run_dask_attempt",
+]
 
 #: Bytes of a lane's flag file: the highest cancelled token (8 bytes), the token of
 #: the attempt the worker last started (8 bytes), then the cancel reason's text.
@@ -40,6 +52,11 @@ _flags: dict[str, mmap.mmap] = {}
 def init_worker(parent_pid: int, poll: float = 0.25) -> None:
     """Loky initializer: ignore Ctrl-C (the parent decides) and die with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # loky quietly replaces a worker whose memory grew by 300 MB; this one holds the
+    # lane's values on purpose (``LaneStore``), and a replacement would not have them.
+    import loky.process_executor
+
+    loky.process_executor._MAX_MEMORY_LEAK_SIZE = 1 << 62
     stop = threading.Event()
 
     def watch_parent() -> None:
@@ -110,32 +127,198 @@ def started_token(flag: mmap.mmap) -> int:
     return int.from_bytes(flag[_STARTED], "little")
 
 
-class CallPacker:
-    """Parent side: turns attempts into small payloads, pickling what repeats only once.
+#: Parent side: process-wide keys for functions, values, snapshots, sessions and lane stores.
+_keys = itertools.count(1)
+_keys_lock = threading.Lock()
+#: Parent side: a pickled function's digest → its key, so a lane holds one function once across runs.
+_function_keys: dict[bytes, int] = {}
 
-    A step's function (pickled by value when it lives in ``__main__``) and the
-    run's input and results (the same for every member of a stage) are pickled
-    once and sent as bytes that the worker unpickles once and caches.
+
+def _new_key() -> int:
+    with _keys_lock:
+        return next(_keys)
+
+
+def _function_key(data: bytes) -> int:
+    import hashlib
+
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    with _keys_lock:
+        key = _function_keys.get(digest)
+        if key is None:
+            if len(_function_keys) >= 4096:  # closures over ever-new values: start again
+                _function_keys.clear()
+            key = _function_keys[digest] = next(_keys)
+        return key
+
+
+class Snapshot:
+    """Parent side: one ``ctx.results`` mapping, each of its values pickled once per run."""
+
+    __slots__ = ("key", "names", "value_keys", "value_data")
+
+    def __init__(self, names: tuple[str, ...], value_keys: tuple[int, ...], value_data: tuple[bytes, ...]) -> None:
+        self.key = _new_key()
+        self.names = names
+        self.value_keys = value_keys
+        self.value_data = value_data
+
+
+class Call:
+    """Parent side: one attempt, pickled once, ready to be sent to any lane (see ``LaneStore``)."""
+
+    __slots__ = ("function", "session", "snapshot", "step", "attempt", "args")
+
+    def __init__(
+        self,
+        function: tuple[int, bytes],
+        session: tuple[int, bytes],
+        snapshot: Snapshot,
+        step: str,
+        attempt: int,
+        args: bytes | None,
+    ) -> None:
+        self.function = function
+        self.session = session
+        self.snapshot = snapshot
+        self.step = step
+        self.attempt = attempt
+        self.args = args
+
+
+class CallPacker:
+    """Parent side: turns attempts into ``Call``\\ s, pickling what repeats only once.
+
+    A step's function (pickled by value when it lives in ``__main__``), the run's
+    input (with the flow's name and the run id: a *session*) and every completed
+    value are pickled once per run, each under a key; a worker keeps what it was
+    sent under those keys, so a lane is sent each of them at most once.
     """
 
     def __init__(self) -> None:
-        self._functions: dict[int, tuple[Any, bytes]] = {}
-        self._shared: tuple[Any, Any, bytes] | None = None
+        self._functions: dict[int, tuple[Any, tuple[int, bytes]]] = {}
+        self._session: tuple[Any, str, str, tuple[int, bytes]] | None = None
+        self._values: dict[str, tuple[Any, int, bytes]] = {}
+        self._snapshot: tuple[Any, Snapshot] | None = None
+        self.sessions: list[int] = []  # every session key this packer made
 
-    def pack(self, fn: Any, ctx: Any, args: tuple[Any, ...]) -> bytes:
-        """The payload for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
+    def prepare(self, fn: Any, ctx: Any, args: tuple[Any, ...]) -> Call:
+        """The ``Call`` for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
         import cloudpickle
 
         cached = self._functions.get(id(fn))
         if cached is None or cached[0] is not fn:
-            cached = (fn, cloudpickle.dumps(fn))
+            data = cloudpickle.dumps(fn)
+            cached = (fn, (_function_key(data), data))
             self._functions[id(fn)] = cached
-        shared = self._shared
-        if shared is None or shared[0] is not ctx.input or shared[1] is not ctx.results:
-            state = (ctx.input, dict(ctx.results), ctx.flow, ctx.run_id)
-            shared = (ctx.input, ctx.results, _dumps(state))
-            self._shared = shared
-        return pickle.dumps((cached[1], shared[2], ctx.step, ctx.attempt, _dumps(args) if args else None))
+        session = self._session
+        if session is None or session[0] is not ctx.input or session[1] != ctx.run_id or session[2] != ctx.flow:
+            key = _new_key()
+            session = (ctx.input, ctx.run_id, ctx.flow, (key, _dumps((ctx.input, ctx.flow, ctx.run_id))))
+            self._session = session
+            self.sessions.append(key)
+        snapshot = self._snapshot
+        if snapshot is None or snapshot[0] is not ctx.results:
+            snapshot = (ctx.results, self._snapshot_of(ctx.results))
+            self._snapshot = snapshot
+        return Call(cached[1], session[3], snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
+
+    def _snapshot_of(self, results: Any) -> Snapshot:
+        names: list[str] = []
+        keys: list[int] = []
+        data: list[bytes] = []
+        for name, value in results.items():
+            held = self._values.get(name)
+            if held is None or held[0] is not value:
+                held = (value, _new_key(), _dumps(value))
+                self._values[name] = held
+            names.append(name)
+            keys.append(held[1])
+            data.append(held[2])
+        return Snapshot(tuple(names), tuple(keys), tuple(data))
+
+
+class _Held:
+    """Parent side: what a lane's worker holds of one session."""
+
+    __slots__ = ("values", "snapshot")
+
+    def __init__(self) -> None:
+        self.values: set[int] = set()
+        self.snapshot = 0
+
+
+class LaneStore:
+    """Parent side: what one lane's worker holds, so that each payload carries only what
+    is new to it. The parent decides everything the worker keeps and drops, and a lane
+    runs its payloads in the order they were made, so the two never disagree; a worker
+    that is not the one this record was made for (a fresh process) refuses the payload.
+    """
+
+    MAX_SESSIONS = 4
+    MAX_FUNCTIONS = 256
+
+    def __init__(self) -> None:
+        self.key = _new_key()
+        self._lock = threading.Lock()
+        self._fresh = True
+        self._functions: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._sessions: collections.OrderedDict[int, _Held] = collections.OrderedDict()
+        self._forget: list[int] = []
+
+    def forget(self, sessions: list[int]) -> None:
+        """The runs of these sessions ended: the worker drops their values with its next payload."""
+        with self._lock:
+            for key in sessions:
+                if self._sessions.pop(key, None) is not None:
+                    self._forget.append(key)
+
+    def payload(self, call: Call) -> bytes:
+        """The bytes to send to this lane's worker for ``call``."""
+        with self._lock:
+            reset, self._fresh = self._fresh, False
+            drop_sessions, self._forget = self._forget, []
+            drop_functions: list[int] = []
+            function_key, function_data = call.function
+            new_function: bytes | None = None
+            if function_key in self._functions:
+                self._functions.move_to_end(function_key)
+            else:
+                self._functions[function_key] = None
+                new_function = function_data
+                if len(self._functions) > self.MAX_FUNCTIONS:
+                    drop_functions.append(self._functions.popitem(last=False)[0])
+            session_key, session_data = call.session
+            held = self._sessions.get(session_key)
+            new_session: bytes | None = None
+            if held is None:
+                held = self._sessions[session_key] = _Held()
+                new_session = session_data
+                if len(self._sessions) > self.MAX_SESSIONS:
+                    drop_sessions.append(self._sessions.popitem(last=False)[0])
+            else:
+                self._sessions.move_to_end(session_key)
+            snapshot = call.snapshot
+            new_snapshot: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+            new_values: list[tuple[int, bytes]] = []
+            if held.snapshot != snapshot.key:
+                values = held.values
+                new_values = [
+                    (key, data)
+                    for key, data in zip(snapshot.value_keys, snapshot.value_data, strict=True)
+                    if key not in values
+                ]
+                values.update(snapshot.value_keys)
+                held.snapshot = snapshot.key
+                new_snapshot = (snapshot.names, snapshot.value_keys)
+        update = (
+            (reset, drop_sessions, drop_functions, new_function, new_session, new_values, new_snapshot)
+            if reset or drop_sessions or drop_functions or new_function or new_session or new_snapshot
+            else None
+        )
+        return pickle.dumps(
+            (self.key, update, function_key, session_key, snapshot.key, call.step, call.attempt, call.args)
+        )
 
 
 def _dumps(value: Any) -> bytes:
@@ -148,49 +331,181 @@ def _dumps(value: Any) -> bytes:
         return data
 
 
-_unpacked: dict[bytes, Any] = {}
+# ── worker side: what this worker holds, as its lane's parent-side LaneStore says ──
 
 
-def _unpack_cached(data: bytes) -> Any:
-    value = _unpacked.get(data)
-    if value is None:
-        if len(_unpacked) > 64:  # many functions or stages: keep the cache small
-            _unpacked.clear()
-        value = _unpacked[data] = pickle.loads(data)
-    return value
+class _Unloadable:
+    """Something sent to this worker that could not be unpickled: raised when used."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Session:
+    __slots__ = ("state", "values", "snapshot", "results")
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.values: dict[int, Any] = {}
+        self.snapshot = 0
+        self.results: Any = None
+
+
+class StaleStoreError(RuntimeError):
+    """A payload assumed values this worker does not hold (it is not the lane's first worker)."""
+
+
+_store_key = 0
+_functions: dict[int, Any] = {}
+_sessions: dict[int, _Session] = {}
+
+
+def _load(data: bytes) -> Any:
+    try:
+        return pickle.loads(data)
+    except BaseException as error:  # noqa: BLE001 - raised by the attempt that uses it
+        return _Unloadable(error)
+
+
+def _check_store(store_key: int, update: Any) -> None:
+    if (update is None or not update[0]) and store_key != _store_key:
+        raise StaleStoreError("this worker does not hold what its lane was sent (it is not the lane's first worker)")
+
+
+def _apply(store_key: int, update: Any, function_key: int, session_key: int, snapshot_key: int) -> None:
+    """Apply a payload's update to this worker's store, in the order the parent made it."""
+    global _store_key
+    if update is None:
+        return
+    reset, drop_sessions, drop_functions, new_function, new_session, new_values, new_snapshot = update
+    if reset:
+        _store_key = store_key
+        _functions.clear()
+        _sessions.clear()
+    for key in drop_sessions:
+        _sessions.pop(key, None)
+    for key in drop_functions:
+        _functions.pop(key, None)
+    if new_function is not None:
+        _functions[function_key] = _load(new_function)
+    if new_session is not None:
+        _sessions[session_key] = _Session(_load(new_session))
+    session = _sessions[session_key]
+    values = session.values
+    for key, data in new_values:
+        values[key] = _load(data)
+    if new_snapshot is not None:
+        names, keys = new_snapshot
+        session.snapshot = snapshot_key
+        broken = next((values[key] for key in keys if isinstance(values[key], _Unloadable)), None)
+        session.results = (
+            broken
+            if broken is not None
+            else MappingProxyType({name: values[key] for name, key in zip(names, keys, strict=True)})
+        )
+
+
+def _usable(thing: Any) -> Any:
+    if isinstance(thing, _Unloadable):
+        raise thing.error
+    return thing
 
 
 def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False) -> bytes:
-    """Run one packed call (see ``CallPacker``) and return its envelope.
+    """Run one payload of a lane (see ``LaneStore``) and return its envelope.
 
     ``flag_path`` and ``token`` name the lane's flag, which backs ``ctx.cancelled``.
     An attempt that was ``queued`` behind another one is skipped if it was
-    cancelled before it could start.
+    cancelled before it could start; what it carried is kept all the same, since
+    the lane's next payloads count on it.
     """
+    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data = pickle.loads(payload)
+    _check_store(store_key, update)  # raised to loky: the lane is treated as crashed
+    flag = CancelFlag(flag_path, token)
+    if queued:
+        reason = flag.cancel_reason
+        if reason is not None:
+            _apply(store_key, update, function_key, session_key, snapshot_key)
+            return pickle.dumps((WITHDRAWN, reason))
+    flag.mark_started()
+    _apply(store_key, update, function_key, session_key, snapshot_key)
+    try:
+        fn = _usable(_functions[function_key])
+        session = _sessions[session_key]
+        if session.snapshot != snapshot_key:
+            raise StaleStoreError(f"this worker does not hold the results snapshot of step {step!r}")
+        run_input, flow, run_id = _usable(session.state)
+        results = _usable(session.results)
+    except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
+        return _envelope_error(error)
+    return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+
+
+#: Dask worker side: unpickled functions, sessions and values by their (unique) Dask keys.
+_dask_cache: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+_dask_cache_lock = threading.Lock()
+_dask_cache_bytes = 0
+DASK_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def _dask_load(key: str, data: bytes) -> Any:
+    """``data`` unpickled, once per Dask worker process while it is cached."""
+    global _dask_cache_bytes
+    with _dask_cache_lock:
+        hit = _dask_cache.get(key)
+        if hit is not None:
+            _dask_cache.move_to_end(key)
+            return hit[0]
+    value = pickle.loads(data)  # an error is the attempt's (not cached)
+    with _dask_cache_lock:
+        if key not in _dask_cache:
+            _dask_cache[key] = (value, len(data))
+            _dask_cache_bytes += len(data)
+            while _dask_cache_bytes > DASK_CACHE_BYTES and len(_dask_cache) > 1:
+                _dask_cache_bytes -= _dask_cache.popitem(last=False)[1][1]
+    return value
+
+
+def run_dask_attempt(
+    call: bytes, function: tuple[str, bytes], session: tuple[str, bytes], values: list[tuple[str, str, bytes]]
+) -> bytes:
+    """Run one attempt on a Dask worker and return its envelope.
+
+    The function, the session and each value arrive as data that Dask scattered once
+    per run (a worker fetches each at most once): ``(key, data)``, and for values
+    ``(name, key, data)``.
+    """
+    step, attempt, args_data = pickle.loads(call)
+    try:
+        fn = _dask_load(*function)
+        run_input, flow, run_id = _dask_load(*session)
+        results = MappingProxyType({name: _dask_load(key, data) for name, key, data in values})
+    except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
+        return _envelope_error(error)
+    return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, None)
+
+
+def _run(
+    fn: Any,
+    run_input: Any,
+    flow: str,
+    run_id: str,
+    step: str,
+    attempt: int,
+    results: Any,
+    args_data: bytes | None,
+    flag: CancelFlag | None,
+) -> bytes:
     import cloudpickle
 
     from .._context import Context
 
-    flag = CancelFlag(flag_path, token) if flag_path else None
-    if flag is not None:
-        if queued:
-            reason = flag.cancel_reason
-            if reason is not None:
-                return pickle.dumps((WITHDRAWN, reason))
-        flag.mark_started()
     try:
-        fn_data, shared_data, step, attempt, args_data = pickle.loads(payload)
-        fn = _unpack_cached(fn_data)
-        run_input, results, flow, run_id = _unpack_cached(shared_data)
         args = pickle.loads(args_data) if args_data is not None else ()
         ctx = Context(
-            input=run_input,
-            flow=flow,
-            run_id=run_id,
-            step=step,
-            attempt=attempt,
-            results=MappingProxyType(results),
-            scope=flag,
+            input=run_input, flow=flow, run_id=run_id, step=step, attempt=attempt, results=results, scope=flag
         )
         value = fn(ctx, *args)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
