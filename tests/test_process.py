@@ -6,8 +6,10 @@ left behind (lane workers kept for reuse excepted).
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,19 +276,45 @@ def payloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
     return sent
 
 
-def test_an_earlier_value_travels_to_each_lane_once_per_run(payloads: list[tuple[str, int, int]]) -> None:
-    flow = Flow("once").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(12)])
-    for seed in (1, 2):  # a second run sends its own value again, once per lane
+def our_spools() -> list[str]:
+    return glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"flowpool-{os.getpid()}-spool-*"))
+
+
+def test_a_large_earlier_value_is_never_in_a_payload_and_its_spool_goes_with_the_run(
+    payloads: list[tuple[str, int, int]],
+) -> None:
+    flow = Flow("spooled").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(12)])
+    for seed in (1, 2):
         payloads.clear()
         result = flow.run({"seed": seed}, executor="process", max_workers=2)
         for i in range(12):
             assert_read_big(result, f"r{i}", seed, ["big"])
+        readers = [size for step, _lane, size in payloads if step.startswith("r")]
+        assert len(readers) == 12
+        assert max(readers) < 20_000, "the 1 MB value is read from the run's spool, not sent"
+        assert our_spools() == []
+
+
+def _medium(ctx):  # type: ignore[no-untyped-def]
+    return "m" * 3000
+
+
+def _reads_medium(ctx):  # type: ignore[no-untyped-def]
+    return ctx.results["medium"] == "m" * 3000
+
+
+def test_a_small_earlier_value_travels_to_each_lane_once_per_run(payloads: list[tuple[str, int, int]]) -> None:
+    flow = Flow("once").step("medium", _medium).parallel("g", [Step(f"r{i}", _reads_medium) for i in range(12)])
+    for _ in range(2):  # a second run sends its own value again, once per lane
+        payloads.clear()
+        result = flow.run(executor="process", max_workers=2)
+        assert result.ok, result.error
+        assert all(result.values[f"r{i}"] is True for i in range(12))
         readers = [(lane, size) for step, lane, size in payloads if step.startswith("r")]
         assert len(readers) == 12
         lanes = {lane for lane, _ in readers}
-        carrying = [lane for lane, size in readers if size > 1_000_000]
+        carrying = [lane for lane, size in readers if size > 3000]
         assert sorted(carrying) == sorted(lanes), "exactly the first payload on each lane carries the value"
-        assert all(size < 20_000 for _, size in readers if size <= 1_000_000)
 
 
 def test_values_reach_later_stages_through_retries_and_group_members_do_not_see_each_other() -> None:
@@ -335,9 +363,8 @@ def test_values_reach_a_lane_that_replaced_one_killed_at_a_timeout(payloads: lis
     assert_read_big(result, "hang", 5, ["big"])
     for i in range(4):
         assert_read_big(result, f"r{i}", 5, ["big", "hang"])
-    hang = [(lane, size) for step, lane, size in payloads if step == "hang"]
-    assert len(hang) == 2 and hang[0][0] != hang[1][0], "the retry ran on the lane that replaced the killed one"
-    assert hang[1][1] > 1_000_000, "the new lane's worker starts empty and is sent the value"
+    hang = [lane for step, lane, _size in payloads if step == "hang"]
+    assert len(hang) == 2 and hang[0] != hang[1], "the retry ran on the lane that replaced the killed one"
 
 
 def test_values_reach_a_lane_that_replaced_one_that_crashed(tmp_path: Path) -> None:
@@ -380,6 +407,24 @@ def test_a_worker_drops_the_values_of_runs_that_ended() -> None:
         assert result.ok, result.error
         held, _pid = result.values["held"]
         assert held == 1, "only the running run's values are kept"
+
+
+def _loaded_then_read(ctx):  # type: ignore[no-untyped-def]
+    from flowpool._executors import _worker
+
+    session = next(session for session in _worker._sessions.values() if session.results is ctx.results)
+    before = len(session.loaded)
+    mapping = (len(ctx.results), "big" in ctx.results, "nope" in ctx.results, sorted(ctx.results))
+    unread = len(session.loaded)
+    copied = ctx.results.copy()
+    return before, mapping, unread, len(session.loaded), type(copied).__name__, len(copied["big"])
+
+
+def test_a_worker_loads_a_value_only_when_a_step_reads_it() -> None:
+    flow = Flow("lazy").step("big", _big).step("small", lambda ctx: 1).step("inspect", _loaded_then_read)
+    result = flow.run({"seed": 1}, executor="process", max_workers=1)
+    assert result.ok, result.error
+    assert result.values["inspect"] == (0, (2, True, False, ["big", "small"]), 0, 2, "dict", 1_000_000)
 
 
 def test_lane_pool_pids_lists_the_live_workers() -> None:

@@ -132,10 +132,10 @@ class DaskBackend:
         """What ``run_dask_attempt`` reads, as references to data scattered once per run."""
         with self._scatter_lock:  # not self._lock: a scatter waits for the cluster
             snapshot = call.snapshot
-            values = [
-                (name, *self._scatter(key, data))
-                for name, key, data in zip(snapshot.names, snapshot.value_keys, snapshot.value_data, strict=True)
-            ]
+            values = []
+            for name, key, data in zip(snapshot.names, snapshot.value_keys, snapshot.value_data, strict=True):
+                assert isinstance(data, bytes)  # this packer has no spool
+                values.append((name, *self._scatter(key, data)))
             return self._scatter(*call.function), self._scatter(*call.session), values
 
     def _scatter(self, key: int, data: bytes) -> tuple[str, Any]:

@@ -360,7 +360,7 @@ class ProcessBackend:
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
         self._calls: dict[Attempt, _worker.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _worker.CallPacker()
+        self._packer = _worker.CallPacker(spool_dir=tempfile.gettempdir())
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
@@ -502,8 +502,11 @@ class ProcessBackend:
             if crashed:
                 attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
             else:
-                attempt.ok, attempt.value, attempt.error = _worker.decode(future.result(), attempt.step)
+                envelope = future.result()
+                attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
                 attempt.never_started = isinstance(attempt.error, _worker.NotStartedError)
+                if attempt.ok:
+                    self._packer.remember(attempt.value, envelope)
             attempt.finished_at = attempt.clock.now()
             attempt.inbox.put((DONE, attempt))
         if lane.broken:
@@ -550,6 +553,7 @@ class ProcessBackend:
             lanes = [(lane, list(held)) for lane, held in self._own.items()]
         _POOL.waiting(self, False)
         _POOL.forget(self._packer.sessions)
+        self._packer.close()
         for attempt in waiting:
             attempt.try_claim()
         for lane, held in lanes:

@@ -13,6 +13,7 @@ future). Anything that cannot make the trip is described in plain data instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import mmap
 import os
@@ -20,6 +21,7 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -152,12 +154,85 @@ def _function_key(data: bytes) -> int:
         return key
 
 
+#: A pickled value at least this big is written to the run's spool file once and read
+#: from there by a worker only when a step reads it; smaller ones travel in payloads.
+SPOOL_MIN = 4096
+
+#: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
+#: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in).
+ValueData = bytes | tuple[int, int, bool]
+
+
+class Spool:
+    """Parent side: one run's file of pickled values (created at the first large value,
+    removed when the run ends). Written before any payload that names a part of it."""
+
+    def __init__(self, directory: str) -> None:
+        import uuid
+
+        self.path = os.path.join(directory, f"flowpool-{os.getpid()}-spool-{uuid.uuid4().hex}")
+        self._lock = threading.Lock()
+        self._file: Any = None
+        self._size = 0
+        self._failed = False
+
+    def append(self, data: bytes) -> tuple[int, int] | None:
+        """``(offset, length)`` of ``data`` in the file, or None if it cannot be written."""
+        with self._lock:
+            if self._failed:
+                return None
+            offset = self._size
+            try:
+                if self._file is None:
+                    _sweep_spools(os.path.dirname(self.path))
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+                view = memoryview(data)
+                while view:
+                    view = view[self._file.write(view) :]
+            except OSError:  # a full disk, …: later values travel in payloads instead
+                self._failed = True
+                return None
+            self._size += len(data)
+            return offset, len(data)
+
+    def close(self) -> None:
+        with self._lock:
+            self._failed = True
+            if self._file is not None:
+                self._file.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+
+
+_swept = False
+
+
+def _sweep_spools(directory: str) -> None:
+    """Remove, once per process, spool files left by processes that died mid-run."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    import glob
+
+    for path in glob.glob(os.path.join(glob.escape(directory), "flowpool-*-spool-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+            os.kill(pid, 0)
+        except (ValueError, PermissionError):  # not ours to judge, or alive under another user
+            continue
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 class Snapshot:
     """Parent side: one ``ctx.results`` mapping, each of its values pickled once per run."""
 
     __slots__ = ("key", "names", "value_keys", "value_data")
 
-    def __init__(self, names: tuple[str, ...], value_keys: tuple[int, ...], value_data: tuple[bytes, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], value_keys: tuple[int, ...], value_data: tuple[ValueData, ...]) -> None:
         self.key = _new_key()
         self.names = names
         self.value_keys = value_keys
@@ -167,18 +242,20 @@ class Snapshot:
 class Call:
     """Parent side: one attempt, pickled once, ready to be sent to any lane (see ``LaneStore``)."""
 
-    __slots__ = ("function", "session", "snapshot", "step", "attempt", "args")
+    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args")
 
     def __init__(
         self,
         function: tuple[int, bytes],
         session: tuple[int, bytes],
+        spool: str | None,
         snapshot: Snapshot,
         step: str,
         attempt: int,
         args: bytes | None,
     ) -> None:
         self.function = function
+        self.spool = spool
         self.session = session
         self.snapshot = snapshot
         self.step = step
@@ -193,14 +270,36 @@ class CallPacker:
     input (with the flow's name and the run id: a *session*) and every completed
     value are pickled once per run, each under a key; a worker keeps what it was
     sent under those keys, so a lane is sent each of them at most once.
+
+    With a ``spool_dir``, large values go to the run's ``Spool`` file instead (the
+    bytes of a worker's envelope when the value came from one: not pickled again),
+    and a worker reads each only when a step reads it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spool_dir: str | None = None) -> None:
         self._functions: dict[int, tuple[Any, tuple[int, bytes]]] = {}
         self._session: tuple[Any, str, str, tuple[int, bytes]] | None = None
-        self._values: dict[str, tuple[Any, int, bytes]] = {}
+        self._values: dict[str, tuple[Any, int, ValueData]] = {}
         self._snapshot: tuple[Any, Snapshot] | None = None
+        self._spool = Spool(spool_dir) if spool_dir is not None else None
+        self._remembered: dict[int, tuple[Any, ValueData]] = {}
         self.sessions: list[int] = []  # every session key this packer made
+
+    def remember(self, value: Any, envelope: bytes) -> None:
+        """``value`` came back from a worker in ``envelope``: spool those bytes now, so a later
+        stage that is handed it costs no pickling (called from a backend's callback thread)."""
+        spool = self._spool
+        if spool is None or len(envelope) < SPOOL_MIN:
+            return
+        span = spool.append(envelope)
+        if span is not None:
+            self._remembered[id(value)] = (value, (*span, True))
+
+    def close(self) -> None:
+        """The run ended: remove its spool file."""
+        if self._spool is not None:
+            self._spool.close()
+        self._remembered.clear()
 
     def prepare(self, fn: Any, ctx: Any, args: tuple[Any, ...]) -> Call:
         """The ``Call`` for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
@@ -221,21 +320,33 @@ class CallPacker:
         if snapshot is None or snapshot[0] is not ctx.results:
             snapshot = (ctx.results, self._snapshot_of(ctx.results))
             self._snapshot = snapshot
-        return Call(cached[1], session[3], snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
+        spool = self._spool.path if self._spool is not None else None
+        return Call(cached[1], session[3], spool, snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
 
     def _snapshot_of(self, results: Any) -> Snapshot:
         names: list[str] = []
         keys: list[int] = []
-        data: list[bytes] = []
+        data: list[ValueData] = []
         for name, value in results.items():
             held = self._values.get(name)
             if held is None or held[0] is not value:
-                held = (value, _new_key(), _dumps(value))
+                held = (value, _new_key(), self._data_of(value))
                 self._values[name] = held
             names.append(name)
             keys.append(held[1])
             data.append(held[2])
         return Snapshot(tuple(names), tuple(keys), tuple(data))
+
+    def _data_of(self, value: Any) -> ValueData:
+        remembered = self._remembered.get(id(value))
+        if remembered is not None and remembered[0] is value:
+            return remembered[1]
+        data = _dumps(value)
+        if self._spool is not None and len(data) >= SPOOL_MIN:
+            span = self._spool.append(data)
+            if span is not None:
+                return (*span, False)
+        return data
 
 
 class _Held:
@@ -290,17 +401,17 @@ class LaneStore:
                     drop_functions.append(self._functions.popitem(last=False)[0])
             session_key, session_data = call.session
             held = self._sessions.get(session_key)
-            new_session: bytes | None = None
+            new_session: tuple[bytes, str | None] | None = None
             if held is None:
                 held = self._sessions[session_key] = _Held()
-                new_session = session_data
+                new_session = (session_data, call.spool)
                 if len(self._sessions) > self.MAX_SESSIONS:
                     drop_sessions.append(self._sessions.popitem(last=False)[0])
             else:
                 self._sessions.move_to_end(session_key)
             snapshot = call.snapshot
             new_snapshot: tuple[tuple[str, ...], tuple[int, ...]] | None = None
-            new_values: list[tuple[int, bytes]] = []
+            new_values: list[tuple[int, ValueData]] = []
             if held.snapshot != snapshot.key:
                 values = held.values
                 new_values = [
@@ -344,13 +455,96 @@ class _Unloadable:
 
 
 class _Session:
-    __slots__ = ("state", "values", "snapshot", "results")
+    """Worker side: one run as this worker holds it. Values are unpickled (and read from
+    the spool) the first time a step reads them."""
 
-    def __init__(self, state: Any) -> None:
+    __slots__ = ("state", "spool", "pending", "loaded", "snapshot", "results")
+
+    def __init__(self, state: Any, spool: str | None) -> None:
         self.state = state
-        self.values: dict[int, Any] = {}
+        self.spool = spool
+        self.pending: dict[int, ValueData] = {}
+        self.loaded: dict[int, Any] = {}
         self.snapshot = 0
-        self.results: Any = None
+        self.results: Results | None = None
+
+    def value(self, key: int) -> Any:
+        try:
+            return self.loaded[key]
+        except KeyError:
+            pass
+        data = self.pending.get(key)
+        if data is None:  # another thread of the step loaded it meanwhile
+            return self.loaded[key]
+        if isinstance(data, bytes):
+            value = pickle.loads(data)
+        else:
+            offset, length, envelope = data
+            value = pickle.loads(_read_spool(self.spool, offset, length))
+            if envelope:
+                value = value[1]
+        self.loaded[key] = value  # before it leaves pending: another thread sees one or the other
+        self.pending.pop(key, None)
+        return value
+
+
+def _read_spool(path: str | None, offset: int, length: int) -> bytes:
+    if path is None:
+        raise StaleStoreError("a value was spooled but this worker was not told where")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while length:
+            part = os.pread(fd, length, offset)
+            if not part:
+                raise EOFError(f"the run's spool file {path} ends early")
+            parts.append(part)
+            offset += len(part)
+            length -= len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+class Results(Mapping[str, Any]):
+    """``ctx.results`` in a worker: read-only; each value is loaded when first read."""
+
+    __slots__ = ("_session", "_keys")
+
+    def __init__(self, session: _Session, keys: dict[str, int]) -> None:
+        self._session = session
+        self._keys = keys
+
+    def __getitem__(self, name: str) -> Any:
+        return self._session.value(self._keys[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._keys)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of every value (as ``MappingProxyType.copy``)."""
+        return dict(self.items())
+
+    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self, **other}
+
+    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return {**other, **self}
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle ctx.results (a read-only view); pickle dict(ctx.results) instead")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
 
 
 class StaleStoreError(RuntimeError):
@@ -391,20 +585,14 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
     if new_function is not None:
         _functions[function_key] = _load(new_function)
     if new_session is not None:
-        _sessions[session_key] = _Session(_load(new_session))
+        state, spool = new_session
+        _sessions[session_key] = _Session(_load(state), spool)
     session = _sessions[session_key]
-    values = session.values
-    for key, data in new_values:
-        values[key] = _load(data)
+    session.pending.update(new_values)
     if new_snapshot is not None:
         names, keys = new_snapshot
         session.snapshot = snapshot_key
-        broken = next((values[key] for key in keys if isinstance(values[key], _Unloadable)), None)
-        session.results = (
-            broken
-            if broken is not None
-            else MappingProxyType({name: values[key] for name, key in zip(names, keys, strict=True)})
-        )
+        session.results = Results(session, dict(zip(names, keys, strict=True)))
 
 
 def _usable(thing: Any) -> Any:
@@ -437,7 +625,7 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
         if session.snapshot != snapshot_key:
             raise StaleStoreError(f"this worker does not hold the results snapshot of step {step!r}")
         run_input, flow, run_id = _usable(session.state)
-        results = _usable(session.results)
+        results = session.results
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
     return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
