@@ -76,6 +76,7 @@ class DaskBackend:
         # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
         # the workers that fetched it, so an attempt sends only references; released at close.
         self._scattered: dict[int, Any] = {}
+        self._results: dict[int, Any] = {}  # the latest snapshot's task
         self._scatter_lock = threading.Lock()
 
     def submit(self, attempt: Attempt) -> None:
@@ -128,21 +129,30 @@ class DaskBackend:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
 
-    def _references(self, call: _worker.Call) -> tuple[Any, Any, list[Any]]:
-        """What ``run_dask_attempt`` reads, as references to data scattered once per run."""
+    def _references(self, call: _worker.Call) -> tuple[Any, Any, Any]:
+        """What ``run_dask_attempt`` reads, as references to data sent to the cluster once per
+        run: the function, the session, and one task per ``ctx.results`` snapshot that hands
+        on its values (so an attempt depends on three keys, not on one per value)."""
         with self._scatter_lock:  # not self._lock: a scatter waits for the cluster
             snapshot = call.snapshot
-            values = []
-            for name, key, data in zip(snapshot.names, snapshot.value_keys, snapshot.value_data, strict=True):
-                assert isinstance(data, bytes)  # this packer has no spool
-                values.append((name, *self._scatter(key, data)))
-            return self._scatter(*call.function), self._scatter(*call.session), values
-
-    def _scatter(self, key: int, data: bytes) -> tuple[str, Any]:
-        future = self._scattered.get(key)
-        if future is None:
-            future = self._scattered[key] = self._client.scatter([data], hash=False)[0]
-        return future.key, future
+            wanted = [call.function, call.session, *zip(snapshot.value_keys, snapshot.value_data, strict=True)]
+            missing = {key: data for key, data in wanted if key not in self._scattered}
+            if missing:
+                assert all(isinstance(data, bytes) for data in missing.values())  # this packer has no spool
+                futures = self._client.scatter(list(missing.values()), hash=False)  # one round trip
+                self._scattered.update(zip(missing, futures, strict=True))
+            results = self._results.get(snapshot.key)
+            if results is None:
+                values = [
+                    (name, self._scattered[key].key, self._scattered[key])
+                    for name, key in zip(snapshot.names, snapshot.value_keys, strict=True)
+                ]
+                results = values and self._client.submit(
+                    _worker.hand_on, values, key=f"flowpool-results-{uuid.uuid4().hex}", pure=False
+                )
+                self._results = {snapshot.key: results}
+            function, session = (self._scattered[key] for key, _ in (call.function, call.session))
+            return (function.key, function), (session.key, session), results
 
     def _finished(self, attempt: Attempt, future: Any) -> None:
         with self._lock:
@@ -180,6 +190,7 @@ class DaskBackend:
             running = list(self._running.values())
             self._running.clear()
             self._scattered.clear()  # releases them on the cluster
+            self._results.clear()
         for future in running:
             with contextlib.suppress(Exception):
                 future.cancel()

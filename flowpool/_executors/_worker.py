@@ -36,6 +36,7 @@ __all__ = [
     "init_worker",
     "ping",
     "run_attempt",
+    "hand_on",
     "run_dask_attempt",
 ]
 
@@ -673,6 +674,11 @@ def run_dask_attempt(
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
     return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, None)
+
+
+def hand_on(values: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
+    """Dask: one snapshot's values, gathered once, for every attempt that reads them."""
+    return values
 
 
 def _run(
