@@ -433,3 +433,93 @@ def test_lane_pool_pids_lists_the_live_workers() -> None:
     pid = Flow("pid").step("pid", steps.quick).run(executor="process").values["pid"]
     assert pid in _process._POOL.pids()
     assert all(pid_alive(p) for p in _process._POOL.pids())
+
+
+# ── the lane protocol, run in this process (the worker side is plain functions) ─────
+
+
+@pytest.fixture
+def worker_side(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh worker-side store in this process, and a lane flag file."""
+    import mmap
+
+    from flowpool._executors import _worker
+
+    monkeypatch.setattr(_worker, "_sessions", {})
+    monkeypatch.setattr(_worker, "_functions", {})
+    monkeypatch.setattr(_worker, "_store_key", 0)
+    flag_path = tmp_path / "flag"
+    flag_path.write_bytes(b"\0" * _worker.FLAG_SIZE)
+    with open(flag_path, "r+b") as file:
+        flag = mmap.mmap(file.fileno(), _worker.FLAG_SIZE)
+    yield _worker, str(flag_path), flag
+    flag.close()
+    _worker._flags.pop(str(flag_path), None)
+
+
+_INPUTS: dict[str, dict[str, str]] = {}
+
+
+def _context(run_id: str, step: str, results: object, attempt: int = 1) -> object:
+    from flowpool._context import Context
+
+    run_input = _INPUTS.setdefault(run_id, {"run": run_id})  # one input object per run, as in a run
+    return Context(input=run_input, flow="f", run_id=run_id, step=step, attempt=attempt, results=results)  # type: ignore[arg-type]
+
+
+def _envelope_value(worker, envelope: bytes) -> object:  # type: ignore[no-untyped-def]
+    ok, value, error = worker.decode(envelope, "step")
+    assert ok, error
+    return value
+
+
+def _read_all(ctx):  # type: ignore[no-untyped-def]
+    return ctx.input["run"], dict(ctx.results)
+
+
+def test_a_withdrawn_queued_attempt_still_leaves_what_it_carried_for_the_next(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, flag = worker_side
+    packer, lane = worker.CallPacker(), worker.LaneStore()
+    results = MappingProxyType({"a": "x" * 100})
+    first = lane.payload(packer.prepare(_read_all, _context("r1", "s1", results), ()))
+    second = lane.payload(packer.prepare(_read_all, _context("r1", "s2", results), ()))
+    assert len(second) < 200 < len(first)  # the value rides with the first payload only
+    worker.write_cancel(flag, 1, "group failed fast")
+    ok, _value, error = worker.decode(worker.run_attempt(first, flag_path, 1, queued=True), "s1")
+    assert not ok and isinstance(error, worker.NotStartedError)
+    assert _envelope_value(worker, worker.run_attempt(second, flag_path, 2)) == ("r1", {"a": "x" * 100})
+
+
+def test_a_worker_refuses_a_payload_made_for_another_worker(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, _flag = worker_side
+    packer, mine, other = worker.CallPacker(), worker.LaneStore(), worker.LaneStore()
+    results = MappingProxyType({"a": 1})
+    worker.run_attempt(mine.payload(packer.prepare(_read_all, _context("r", "s1", results), ())), flag_path, 1)
+    other.payload(packer.prepare(_read_all, _context("r", "s1", results), ()))  # its worker got this one
+    follow_up = other.payload(packer.prepare(_read_all, _context("r", "s2", results), ()))
+    with pytest.raises(worker.StaleStoreError):
+        worker.run_attempt(follow_up, flag_path, 2)
+
+
+def test_a_worker_keeps_a_bounded_number_of_runs_and_is_sent_an_evicted_one_again(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, _flag = worker_side
+    lane = worker.LaneStore()
+    packers = {f"r{i}": worker.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
+    token = 0
+    for run_id, packer in [*packers.items(), ("r0", packers["r0"])]:
+        results = MappingProxyType({"v": run_id})
+        token += 1
+        payload = lane.payload(packer.prepare(_read_all, _context(run_id, "s", results), ()))
+        assert _envelope_value(worker, worker.run_attempt(payload, flag_path, token)) == (run_id, {"v": run_id})
+        assert len(worker._sessions) <= lane.MAX_SESSIONS
+    lane.forget(packers["r0"].sessions)
+    token += 1
+    payload = lane.payload(packers["r1"].prepare(_read_all, _context("r1", "s", MappingProxyType({})), ()))
+    worker.run_attempt(payload, flag_path, token)
+    assert packers["r0"].sessions[0] not in worker._sessions
