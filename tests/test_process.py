@@ -222,7 +222,7 @@ def test_a_users_process_pool_gets_attempts_only_when_a_worker_is_free() -> None
 
 
 def _big(ctx):  # type: ignore[no-untyped-def]
-    return bytes([ctx.input["seed"] % 256]) * 1_000_000
+    return bytes([ctx.input["seed"] % 256]) * ctx.input.get("size", 1_000_000)
 
 
 def _reads_big(ctx):  # type: ignore[no-untyped-def]
@@ -260,10 +260,10 @@ def _held_sessions(ctx):  # type: ignore[no-untyped-def]
     return len(_worker._sessions), os.getpid()
 
 
-def assert_read_big(result, name: str, seed: int, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+def assert_read_big(result, name: str, seed: int, names: list[str], size: int = 1_000_000) -> None:  # type: ignore[no-untyped-def]
     assert result.steps[name].ok, result.steps[name].error
-    step, uniform, size, first, seen = result.values[name]
-    assert (step, uniform, size, first) == (name, True, 1_000_000, seed % 256)
+    step, uniform, read_size, first, seen = result.values[name]
+    assert (step, uniform, read_size, first) == (name, True, size, seed % 256)
     assert seen == names
 
 
@@ -280,15 +280,16 @@ def our_spools() -> list[str]:
     return glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"flowpool-{os.getpid()}-spool-*"))
 
 
+@pytest.mark.parametrize("size", [1_000_000, 3_000_000], ids=["spooled-as-it-came", "pickled-again-once"])
 def test_a_large_earlier_value_is_never_in_a_payload_and_its_spool_goes_with_the_run(
-    payloads: list[tuple[str, int, int]],
+    payloads: list[tuple[str, int, int]], size: int
 ) -> None:
     flow = Flow("spooled").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(12)])
     for seed in (1, 2):
         payloads.clear()
-        result = flow.run({"seed": seed}, executor="process", max_workers=2)
+        result = flow.run({"seed": seed, "size": size}, executor="process", max_workers=2)
         for i in range(12):
-            assert_read_big(result, f"r{i}", seed, ["big"])
+            assert_read_big(result, f"r{i}", seed, ["big"], size)
         readers = [size for step, _lane, size in payloads if step.startswith("r")]
         assert len(readers) == 12
         assert max(readers) < 20_000, "the 1 MB value is read from the run's spool, not sent"

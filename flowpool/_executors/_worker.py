@@ -159,6 +159,11 @@ def _function_key(data: bytes) -> int:
 #: from there by a worker only when a step reads it; smaller ones travel in payloads.
 SPOOL_MIN = 4096
 
+#: A worker's envelope up to this big is spooled as it arrives (a write is cheaper than
+#: pickling the value again); a bigger one is not, so that a large value that no later
+#: stage reads costs nothing more than before, and is pickled once if one does.
+REMEMBER_MAX = 1 << 20
+
 #: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
 #: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in).
 ValueData = bytes | tuple[int, int, bool]
@@ -290,7 +295,7 @@ class CallPacker:
         """``value`` came back from a worker in ``envelope``: spool those bytes now, so a later
         stage that is handed it costs no pickling (called from a backend's callback thread)."""
         spool = self._spool
-        if spool is None or len(envelope) < SPOOL_MIN:
+        if spool is None or not SPOOL_MIN <= len(envelope) <= REMEMBER_MAX:
             return
         span = spool.append(envelope)
         if span is not None:
