@@ -13,8 +13,11 @@ flowpool gives each concurrency slot its own single-worker loky executor, a
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
 
-A kill or a crash therefore only ever hits its own attempt. Lanes start once
-and are reused across stages and runs; idle lanes close after
+A kill or a crash therefore only ever hits its own attempt. Each lane records
+what its worker already holds (``_worker.LaneStore``: functions, run inputs,
+earlier values), so a payload carries only what is new to it; large values go
+once to the run's spool file and a worker reads one only when a step reads it.
+Lanes start once and are reused across stages and runs; idle lanes close after
 ``IDLE_TIMEOUT`` seconds, and ``shutdown_workers()`` (also run at interpreter
 exit) kills them all.
 """
