@@ -524,3 +524,24 @@ def test_a_worker_keeps_a_bounded_number_of_runs_and_is_sent_an_evicted_one_agai
     payload = lane.payload(packers["r1"].prepare(_read_all, _context("r1", "s", MappingProxyType({})), ()))
     worker.run_attempt(payload, flag_path, token)
     assert packers["r0"].sessions[0] not in worker._sessions
+
+
+def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from flowpool._executors import _worker
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead = int(done.stdout)
+    stale = tmp_path / f"flowpool-{dead}-spool-old"
+    live = tmp_path / f"flowpool-{os.getpid()}-spool-current"
+    other = tmp_path / "flowpool-notapid-spool-x"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    monkeypatch.setattr(_worker, "_swept", False)
+    _worker._sweep_spools(str(tmp_path))
+    assert not stale.exists()
+    assert live.exists() and other.exists()

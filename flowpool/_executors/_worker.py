@@ -21,6 +21,7 @@ import pickle
 import signal
 import threading
 import traceback
+import weakref
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -179,6 +180,7 @@ class Spool:
         self.path = os.path.join(directory, f"flowpool-{os.getpid()}-spool-{uuid.uuid4().hex}")
         self._lock = threading.Lock()
         self._file: Any = None
+        self._closer: Any = None
         self._size = 0
         self._failed = False
 
@@ -193,6 +195,8 @@ class Spool:
                     _sweep_spools(os.path.dirname(self.path))
                     fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+                    # Removed by close(), or else when the run is collected or at interpreter exit.
+                    self._closer = weakref.finalize(self, _remove_spool, self._file, self.path)
                 view = memoryview(data)
                 while view:
                     view = view[self._file.write(view) :]
@@ -205,10 +209,14 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._failed = True
-            if self._file is not None:
-                self._file.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
+            if self._closer is not None:
+                self._closer()
+
+
+def _remove_spool(file: Any, path: str) -> None:
+    file.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 _swept = False
