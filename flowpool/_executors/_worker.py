@@ -502,22 +502,20 @@ class _Session:
         return value
 
 
-def _read_spool(path: str | None, offset: int, length: int) -> bytes:
+def _read_spool(path: str | None, offset: int, length: int) -> bytearray:
     if path is None:
         raise StaleStoreError("a value was spooled but this worker was not told where")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parts = []
-        while length:
-            part = os.pread(fd, length, offset)
-            if not part:
+    data = bytearray(length)
+    view = memoryview(data)
+    with open(path, "rb", buffering=0) as file:
+        file.seek(offset)
+        filled = 0
+        while filled < length:  # a raw read may return less than asked
+            got = file.readinto(view[filled:])
+            if not got:
                 raise EOFError(f"the run's spool file {path} ends early")
-            parts.append(part)
-            offset += len(part)
-            length -= len(part)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
+            filled += got
+    return data
 
 
 class Results(Mapping[str, Any]):
