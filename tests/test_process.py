@@ -545,3 +545,21 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     _worker._sweep_spools(str(tmp_path))
     assert not stale.exists()
     assert live.exists() and other.exists()
+
+
+def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_and_a_retry_runs_elsewhere() -> None:
+    from flowpool._executors import _process, _worker
+
+    shutdown_workers()
+    flow = Flow("stale").step("pid", steps.quick, retries=1)
+    first = flow.run(executor="process", max_workers=1).values["pid"]
+    with _process._POOL._lock:
+        lanes = list(_process._POOL._all)
+    assert [pid for lane in lanes for pid in lane.pids()] == [first]
+    stale = _worker.LaneStore()
+    stale._fresh = False  # as if its worker had been replaced behind the lane's back
+    lanes[0].store = stale
+    result = flow.run(executor="process", max_workers=1)
+    assert result.ok, result.error
+    assert result.steps["pid"].attempts == 2
+    assert result.values["pid"] != first
