@@ -13,7 +13,7 @@ def lane_pids() -> set[int]:
     """Pids of flowpool's live lane workers (kept on purpose for reuse)."""
     from flowpool._executors import _process
 
-    return set(_process._POOL.pids())
+    return _process._POOL.pids()
 
 
 def stray_children(ignore_lanes: bool = True) -> list[psutil.Process]:

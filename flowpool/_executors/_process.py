@@ -193,6 +193,12 @@ class LanePool:
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
 
+    def pids(self) -> set[int]:
+        """The pids of every live lane's worker (kept on purpose for reuse)."""
+        with self._lock:
+            lanes = list(self._all)
+        return {pid for lane in lanes for pid in lane.pids()}
+
     def acquire(self, backend: ProcessBackend) -> Lane | None:
         """An idle ready lane, or None: a new lane is then started for ``backend``, which
         is offered it first (``offer(lane, requested=True)``) or told it failed."""
@@ -304,12 +310,6 @@ class LanePool:
         """How many lanes are alive."""
         with self._lock:
             return len(self._all)
-
-    def pids(self) -> list[int]:
-        """The pids of the live lanes' worker processes."""
-        with self._lock:
-            lanes = list(self._all)
-        return [pid for lane in lanes for pid in lane.pids()]
 
     def forget(self, sessions: list[int]) -> None:
         """These runs ended: every lane's worker drops their values with its next payload."""
