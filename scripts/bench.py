@@ -5,7 +5,7 @@ so that drift of the machine (frequency scaling, other load) hits all of them
 alike, then reports the median and the min..max of each, and checks flowpool
 against its targets.
 
-    python scripts/bench.py                 # W1-W3, W5-W7 and the installed peers
+    python scripts/bench.py                 # W1-W3, W5-W7, W11 and the installed peers
     python scripts/bench.py --quick         # few repetitions, small sizes (< 60 s)
     python scripts/bench.py --full          # also W4 (slow)
     python scripts/bench.py --only W1,W4    # a selection
@@ -13,7 +13,7 @@ against its targets.
 
 Workloads: W1 thread-mode overhead · W2 sleep fan-out · W3 CPU on 2 processes ·
 W4 scale to 100,000 steps · W5 timeout latency · W6 process-mode overhead ·
-W7 start-up. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
+W7 start-up · W11 process mode after large earlier values. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from _bench_peers import burn, burn_step, hang_on_event, noop, noop_step, sleep_
 import flowpool
 from flowpool import Flow, Step
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W11")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W5", "W6", "W7", "W11")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -153,7 +153,7 @@ def make_config(quick: bool, reps: int | None, peers: bool) -> Config:
     if quick:
         config = Config(
             quick=True,
-            reps={"W1": 5, "W2": 3, "W3": 3, "W4": 2, "W5": 3, "W6": 3, "W7": 3},
+            reps={"W1": 5, "W2": 3, "W3": 3, "W4": 2, "W5": 3, "W6": 3, "W7": 3, "W11": 3},
             w1_steps=2000,
             w2_steps=50,
             w2_sleep=0.1,
@@ -166,7 +166,7 @@ def make_config(quick: bool, reps: int | None, peers: bool) -> Config:
     else:
         config = Config(
             quick=False,
-            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 3, "W5": 9, "W6": 9, "W7": 9},
+            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 3, "W5": 9, "W6": 9, "W7": 9, "W11": 5},
             w1_steps=2000,
             w2_steps=50,
             w2_sleep=0.1,
@@ -651,6 +651,57 @@ def w7(report: Report, config: Config) -> None:
     )
 
 
+# ── W11: process mode after large earlier values ────────────────────────────────
+
+W11_EARLIER = 200
+W11_VALUE_BYTES = 100_000
+W11_GROUP = 100
+
+
+def big_value_step(ctx: Any) -> bytes:
+    return bytes(W11_VALUE_BYTES)
+
+
+def w11(report: Report, config: Config) -> None:
+    """100 tiny steps on 2 processes after 200 steps that returned 100 KB each, against
+    the same 100 tiny steps after no earlier values. Timed inside the run: from the end
+    of the earlier stage to the end of the group (the earlier stage's own cost is not billed)."""
+    group = [Step(f"t{i}", noop_step) for i in range(W11_GROUP)]
+    with_values = (
+        Flow("w11")
+        .parallel("earlier", [Step(f"b{i}", big_value_step) for i in range(W11_EARLIER)])
+        .parallel("g", group)
+    )
+    without = Flow("w11-base").step("earlier", noop_step).parallel("g", group)
+
+    def run(flow: Flow) -> dict[str, float]:
+        result = flow.run(executor="process", max_workers=2)
+        result.raise_for_status()
+        earlier = [r.finished_at for name, r in result.steps.items() if name[0] in "be"]
+        tiny = [r.finished_at for name, r in result.steps.items() if name.startswith("t")]
+        assert all(t is not None for t in (*earlier, *tiny))
+        return {"group": (max(tiny) - max(earlier)) * 1000}  # type: ignore[type-var, operator]
+
+    sides = [
+        Side(f"flowpool after {W11_EARLIER} x 100 KB", lambda: run(with_values)),
+        Side("flowpool after no values", lambda: run(without)),
+    ]
+    samples = alternate("W11", sides, config.reps["W11"])
+    rows_from(report, "W11", samples, "group", f"group of {W11_GROUP} tiny steps, 2 processes", "ms")
+    ratios = paired(samples[sides[0].runner].get("group", []), samples[sides[1].runner].get("group", []), ratio)
+    report.add(Row("W11", "with values / without", "group ratio (paired)", "x", ratios))
+    report.checks.append(
+        Check(
+            "W11",
+            "group after 200 x 100 KB ≤ 1.2x without",
+            statistics.median(ratios) if ratios else None,
+            1.2,
+            "<=",
+            "x",
+        )
+    )
+
+
 RUNNERS: dict[str, Callable[[Report, Config], None]] = {
     "W1": w1,
     "W2": w2,
@@ -659,6 +710,7 @@ RUNNERS: dict[str, Callable[[Report, Config], None]] = {
     "W5": w5,
     "W6": w6,
     "W7": w7,
+    "W11": w11,
 }
 
 

@@ -135,3 +135,36 @@ def test_compensations_run_on_dask(client: object, tmp_path: Path) -> None:
 def test_flowpool_does_not_close_a_users_client(client: object) -> None:
     Flow("keep").step("one", steps.quick).run(executor=client)
     assert client.status == "running"  # type: ignore[attr-defined]
+
+
+def _big(ctx):  # type: ignore[no-untyped-def]
+    return bytes([ctx.input % 256]) * 1_000_000
+
+
+def _reads_big(ctx):  # type: ignore[no-untyped-def]
+    value = ctx.results["big"]
+    if ctx.step == "flaky" and ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return (len(value), value[0], value[:1] * len(value) == value, sorted(ctx.results))
+
+
+def test_values_reach_later_stages_and_are_scattered_once_per_run(client: object, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    scattered: list[int] = []
+    scatter = client.scatter  # type: ignore[attr-defined]
+
+    def counting(data, **kwargs):  # type: ignore[no-untyped-def]
+        scattered.extend(len(item) for item in data)
+        return scatter(data, **kwargs)
+
+    monkeypatch.setattr(client, "scatter", counting)
+    members = [Step(f"r{i}", _reads_big) for i in range(6)] + [Step("flaky", _reads_big, retries=1)]
+    flow = Flow("values").step("big", _big).parallel("g", members).step("last", _reads_big)
+    for seed in (1, 2):
+        scattered.clear()
+        result = flow.run(seed, executor=client)
+        assert result.ok, result.error
+        assert result.steps["flaky"].attempts == 2
+        for name in [*(f"r{i}" for i in range(6)), "flaky"]:
+            assert result.values[name] == (1_000_000, seed, True, ["big"])
+        assert result.values["last"][3] == ["big", "flaky", *(f"r{i}" for i in range(6))]
+        assert sum(size >= 1_000_000 for size in scattered) == 1, "the value went to the cluster once"

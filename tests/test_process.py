@@ -6,8 +6,10 @@ left behind (lane workers kept for reuse excepted).
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +216,350 @@ def test_a_users_process_pool_gets_attempts_only_when_a_worker_is_free() -> None
         starts = sorted(step.started_at for step in result.steps.values() if step.started_at is not None)
         # ...but the starts must be spread out, one after another, not all at submission.
         assert starts[-1] - starts[0] >= 0.4
+
+
+# ── values reach later stages; each is sent to each lane once per run ──────────────
+
+
+def _big(ctx):  # type: ignore[no-untyped-def]
+    return bytes([ctx.input["seed"] % 256]) * ctx.input.get("size", 1_000_000)
+
+
+def _reads_big(ctx):  # type: ignore[no-untyped-def]
+    value = ctx.results["big"]
+    return (ctx.step, value[:1] * len(value) == value, len(value), value[0], sorted(ctx.results))
+
+
+def _flaky_reader(ctx):  # type: ignore[no-untyped-def]
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return _reads_big(ctx)
+
+
+def _crash_first_then_read(ctx):  # type: ignore[no-untyped-def]
+    marker = Path(ctx.input["marker"])
+    if not marker.exists():
+        marker.write_text("crashed")
+        os._exit(3)
+    return _reads_big(ctx)
+
+
+def _hang_first_then_read(ctx):  # type: ignore[no-untyped-def]
+    if ctx.attempt == 1:
+        steps.hang(ctx)
+    return _reads_big(ctx)
+
+
+def _sees_no_sibling(ctx):  # type: ignore[no-untyped-def]
+    return sorted(ctx.results)
+
+
+def _held_sessions(ctx):  # type: ignore[no-untyped-def]
+    from flowpool._executors import _worker
+
+    return len(_worker._sessions), os.getpid()
+
+
+def assert_read_big(result, name: str, seed: int, names: list[str], size: int = 1_000_000) -> None:  # type: ignore[no-untyped-def]
+    assert result.steps[name].ok, result.steps[name].error
+    step, uniform, read_size, first, seen = result.values[name]
+    assert (step, uniform, read_size, first) == (name, True, size, seed % 256)
+    assert seen == names
+
+
+@pytest.fixture
+def payloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    from flowpool._executors import _process
+
+    sent: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(_process, "on_payload", lambda step, lane, size: sent.append((step, lane, size)))
+    return sent
+
+
+def our_spools() -> list[str]:
+    return glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"flowpool-{os.getpid()}-spool-*"))
+
+
+@pytest.mark.parametrize("size", [1_000_000, 3_000_000], ids=["spooled-as-it-came", "pickled-again-once"])
+def test_a_large_earlier_value_is_never_in_a_payload_and_its_spool_goes_with_the_run(
+    payloads: list[tuple[str, int, int]], size: int
+) -> None:
+    flow = Flow("spooled").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(12)])
+    for seed in (1, 2):
+        payloads.clear()
+        result = flow.run({"seed": seed, "size": size}, executor="process", max_workers=2)
+        for i in range(12):
+            assert_read_big(result, f"r{i}", seed, ["big"], size)
+        readers = [size for step, _lane, size in payloads if step.startswith("r")]
+        assert len(readers) == 12
+        assert max(readers) < 20_000, "the 1 MB value is read from the run's spool, not sent"
+        assert our_spools() == []
+
+
+def _medium(ctx):  # type: ignore[no-untyped-def]
+    return "m" * 3000
+
+
+def _reads_medium(ctx):  # type: ignore[no-untyped-def]
+    return ctx.results["medium"] == "m" * 3000
+
+
+def test_a_small_earlier_value_travels_to_each_lane_once_per_run(payloads: list[tuple[str, int, int]]) -> None:
+    flow = Flow("once").step("medium", _medium).parallel("g", [Step(f"r{i}", _reads_medium) for i in range(12)])
+    for _ in range(2):  # a second run sends its own value again, once per lane
+        payloads.clear()
+        result = flow.run(executor="process", max_workers=2)
+        assert result.ok, result.error
+        assert all(result.values[f"r{i}"] is True for i in range(12))
+        readers = [(lane, size) for step, lane, size in payloads if step.startswith("r")]
+        assert len(readers) == 12
+        lanes = {lane for lane, _ in readers}
+        carrying = [lane for lane, size in readers if size > 3000]
+        assert sorted(carrying) == sorted(lanes), "exactly the first payload on each lane carries the value"
+
+
+def test_values_reach_later_stages_through_retries_and_group_members_do_not_see_each_other() -> None:
+    flow = (
+        Flow("stages")
+        .step("big", _big)
+        .parallel("g", [Step("flaky", _flaky_reader, retries=1), Step("a", _sees_no_sibling)])
+        .step("last", _sees_no_sibling)
+    )
+    result = flow.run({"seed": 7}, executor="process", max_workers=2)
+    assert result.ok, result.error
+    assert result.steps["flaky"].attempts == 2
+    assert_read_big(result, "flaky", 7, ["big"])
+    assert result.values["a"] == ["big"]
+    assert result.values["last"] == ["a", "big", "flaky"]
+
+
+def test_a_compensation_reads_every_completed_value_in_a_worker(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def compensate(ctx, value):  # type: ignore[no-untyped-def]
+        Path(ctx.input["log"]).write_text(
+            repr((sorted(ctx.results), len(ctx.results["big"]), value == ctx.results["do"]))
+        )
+
+    flow = (
+        Flow("saga")
+        .step("big", _big)
+        .step("do", lambda ctx: len(ctx.results["big"]), compensate=compensate)
+        .step("fail", steps.fail)
+    )
+    result = flow.run({"seed": 3, "log": str(log)}, executor="process", max_workers=2)
+    assert result.compensated == ("do",)
+    assert log.read_text() == repr((["big", "do"], 1_000_000, True))
+
+
+def test_values_reach_a_lane_that_replaced_one_killed_at_a_timeout(payloads: list[tuple[str, int, int]]) -> None:
+    flow = (
+        Flow("killed")
+        .step("big", _big)
+        .step("hang", _hang_first_then_read, timeout=1.0, retries=1)
+        .parallel("after", [Step(f"r{i}", _reads_big) for i in range(4)])
+    )
+    result = flow.run({"seed": 5}, executor="process", max_workers=1)
+    assert result.steps["hang"].attempts == 2
+    assert_read_big(result, "hang", 5, ["big"])
+    for i in range(4):
+        assert_read_big(result, f"r{i}", 5, ["big", "hang"])
+    hang = [lane for step, lane, _size in payloads if step == "hang"]
+    assert len(hang) == 2 and hang[0] != hang[1], "the retry ran on the lane that replaced the killed one"
+
+
+def test_values_reach_a_lane_that_replaced_one_that_crashed(tmp_path: Path) -> None:
+    flow = Flow("crashed").step("big", _big).step("crash", _crash_first_then_read, retries=1)
+    result = flow.run({"seed": 9, "marker": str(tmp_path / "marker")}, executor="process", max_workers=1)
+    assert result.steps["crash"].attempts == 2
+    assert_read_big(result, "crash", 9, ["big"])
+
+
+def test_concurrent_runs_sharing_lanes_each_read_their_own_values() -> None:
+    flow = Flow("shared").step("big", _big).parallel("g", [Step(f"r{i}", _reads_big) for i in range(6)])
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run(seed: int) -> None:
+        try:
+            start.wait(timeout=30)
+            results[seed] = flow.run({"seed": seed}, executor="process", max_workers=2)
+        except BaseException as error:
+            errors.append(error)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(10, 14)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=80)
+    assert not errors
+    assert sorted(results) == [10, 11, 12, 13]
+    for seed, result in results.items():
+        for i in range(6):
+            assert_read_big(result, f"r{i}", seed, ["big"])
+
+
+def test_a_worker_drops_the_values_of_runs_that_ended() -> None:
+    flow = Flow("many").step("big", _big).step("held", _held_sessions)
+    for seed in range(8):
+        result = flow.run({"seed": seed}, executor="process", max_workers=1)
+        assert result.ok, result.error
+        held, _pid = result.values["held"]
+        assert held == 1, "only the running run's values are kept"
+
+
+def _loaded_then_read(ctx):  # type: ignore[no-untyped-def]
+    from flowpool._executors import _worker
+
+    session = next(session for session in _worker._sessions.values() if session.results is ctx.results)
+    before = len(session.loaded)
+    mapping = (len(ctx.results), "big" in ctx.results, "nope" in ctx.results, sorted(ctx.results))
+    unread = len(session.loaded)
+    copied = ctx.results.copy()
+    return before, mapping, unread, len(session.loaded), type(copied).__name__, len(copied["big"])
+
+
+def test_a_worker_loads_a_value_only_when_a_step_reads_it() -> None:
+    flow = Flow("lazy").step("big", _big).step("small", lambda ctx: 1).step("inspect", _loaded_then_read)
+    result = flow.run({"seed": 1}, executor="process", max_workers=1)
+    assert result.ok, result.error
+    assert result.values["inspect"] == (0, (2, True, False, ["big", "small"]), 0, 2, "dict", 1_000_000)
+
+
+def test_lane_pool_pids_lists_the_live_workers() -> None:
+    from flowpool._executors import _process
+
+    pid = Flow("pid").step("pid", steps.quick).run(executor="process").values["pid"]
+    assert pid in _process._POOL.pids()
+    assert all(pid_alive(p) for p in _process._POOL.pids())
+
+
+# ── the lane protocol, run in this process (the worker side is plain functions) ─────
+
+
+@pytest.fixture
+def worker_side(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh worker-side store in this process, and a lane flag file."""
+    import mmap
+
+    from flowpool._executors import _worker
+
+    monkeypatch.setattr(_worker, "_sessions", {})
+    monkeypatch.setattr(_worker, "_functions", {})
+    monkeypatch.setattr(_worker, "_store_key", 0)
+    flag_path = tmp_path / "flag"
+    flag_path.write_bytes(b"\0" * _worker.FLAG_SIZE)
+    with open(flag_path, "r+b") as file:
+        flag = mmap.mmap(file.fileno(), _worker.FLAG_SIZE)
+    yield _worker, str(flag_path), flag
+    flag.close()
+    _worker._flags.pop(str(flag_path), None)
+
+
+_INPUTS: dict[str, dict[str, str]] = {}
+
+
+def _context(run_id: str, step: str, results: object, attempt: int = 1) -> object:
+    from flowpool._context import Context
+
+    run_input = _INPUTS.setdefault(run_id, {"run": run_id})  # one input object per run, as in a run
+    return Context(input=run_input, flow="f", run_id=run_id, step=step, attempt=attempt, results=results)  # type: ignore[arg-type]
+
+
+def _envelope_value(worker, envelope: bytes) -> object:  # type: ignore[no-untyped-def]
+    ok, value, error = worker.decode(envelope, "step")
+    assert ok, error
+    return value
+
+
+def _read_all(ctx):  # type: ignore[no-untyped-def]
+    return ctx.input["run"], dict(ctx.results)
+
+
+def test_a_withdrawn_queued_attempt_still_leaves_what_it_carried_for_the_next(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, flag = worker_side
+    packer, lane = worker.CallPacker(), worker.LaneStore()
+    results = MappingProxyType({"a": "x" * 100})
+    first = lane.payload(packer.prepare(_read_all, _context("r1", "s1", results), ()))
+    second = lane.payload(packer.prepare(_read_all, _context("r1", "s2", results), ()))
+    assert len(second) < 200 < len(first)  # the value rides with the first payload only
+    worker.write_cancel(flag, 1, "group failed fast")
+    ok, _value, error = worker.decode(worker.run_attempt(first, flag_path, 1, queued=True), "s1")
+    assert not ok and isinstance(error, worker.NotStartedError)
+    assert _envelope_value(worker, worker.run_attempt(second, flag_path, 2)) == ("r1", {"a": "x" * 100})
+
+
+def test_a_worker_refuses_a_payload_made_for_another_worker(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, _flag = worker_side
+    packer, mine, other = worker.CallPacker(), worker.LaneStore(), worker.LaneStore()
+    results = MappingProxyType({"a": 1})
+    worker.run_attempt(mine.payload(packer.prepare(_read_all, _context("r", "s1", results), ())), flag_path, 1)
+    other.payload(packer.prepare(_read_all, _context("r", "s1", results), ()))  # its worker got this one
+    follow_up = other.payload(packer.prepare(_read_all, _context("r", "s2", results), ()))
+    with pytest.raises(worker.StaleStoreError):
+        worker.run_attempt(follow_up, flag_path, 2)
+
+
+def test_a_worker_keeps_a_bounded_number_of_runs_and_is_sent_an_evicted_one_again(worker_side) -> None:  # type: ignore[no-untyped-def]
+    from types import MappingProxyType
+
+    worker, flag_path, _flag = worker_side
+    lane = worker.LaneStore()
+    packers = {f"r{i}": worker.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
+    token = 0
+    for run_id, packer in [*packers.items(), ("r0", packers["r0"])]:
+        results = MappingProxyType({"v": run_id})
+        token += 1
+        payload = lane.payload(packer.prepare(_read_all, _context(run_id, "s", results), ()))
+        assert _envelope_value(worker, worker.run_attempt(payload, flag_path, token)) == (run_id, {"v": run_id})
+        assert len(worker._sessions) <= lane.MAX_SESSIONS
+    lane.forget(packers["r0"].sessions)
+    token += 1
+    payload = lane.payload(packers["r1"].prepare(_read_all, _context("r1", "s", MappingProxyType({})), ()))
+    worker.run_attempt(payload, flag_path, token)
+    assert packers["r0"].sessions[0] not in worker._sessions
+
+
+def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from flowpool._executors import _worker
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead = int(done.stdout)
+    stale = tmp_path / f"flowpool-{dead}-spool-old"
+    live = tmp_path / f"flowpool-{os.getpid()}-spool-current"
+    other = tmp_path / "flowpool-notapid-spool-x"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    monkeypatch.setattr(_worker, "_swept", False)
+    _worker._sweep_spools(str(tmp_path))
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+
+
+def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_and_a_retry_runs_elsewhere() -> None:
+    from flowpool._executors import _process, _worker
+
+    shutdown_workers()
+    flow = Flow("stale").step("pid", steps.quick, retries=1)
+    first = flow.run(executor="process", max_workers=1).values["pid"]
+    with _process._POOL._lock:
+        lanes = list(_process._POOL._all)
+    assert [pid for lane in lanes for pid in lane.pids()] == [first]
+    stale = _worker.LaneStore()
+    stale._fresh = False  # as if its worker had been replaced behind the lane's back
+    lanes[0].store = stale
+    result = flow.run(executor="process", max_workers=1)
+    assert result.ok, result.error
+    assert result.steps["pid"].attempts == 2
+    assert result.values["pid"] != first

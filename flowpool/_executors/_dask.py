@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import pickle
 import threading
 import uuid
 from typing import Any
@@ -72,16 +73,26 @@ class DaskBackend:
         self._running: dict[Attempt, Any] = {}
         self._closed = False
         self._packer = _worker.CallPacker()
+        # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
+        # the workers that fetched it, so an attempt sends only references; released at close.
+        self._scattered: dict[int, Any] = {}
+        self._results: dict[int, Any] = {}  # the latest snapshot's task
+        self._scatter_lock = threading.Lock()
 
     def submit(self, attempt: Attempt) -> None:
         from ._process import CallNotPicklableError
 
         try:
-            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
+            call = self._packer.prepare(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
-        attempt.handle = payload
+        try:
+            references = self._references(call)
+        except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
+            attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
+            return
+        attempt.handle = (call, *references)
         with self._lock:
             self._waiting.append(attempt)
         self._pump()
@@ -94,12 +105,20 @@ class DaskBackend:
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
                     continue
-                payload = attempt.handle
+                call, function, session, values = attempt.handle
                 # Unique across processes too: the same key from another client would be
                 # taken for the same task and get its result.
                 key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
                 try:
-                    future = self._client.submit(_worker.run_attempt, payload, "", 0, key=key, pure=False)
+                    future = self._client.submit(
+                        _worker.run_dask_attempt,
+                        pickle.dumps((call.step, call.attempt, call.args)),
+                        function,
+                        session,
+                        values,
+                        key=key,
+                        pure=False,
+                    )
                 except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
                     attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
                     continue
@@ -109,6 +128,31 @@ class DaskBackend:
             if attempt.notify_start:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
+
+    def _references(self, call: _worker.Call) -> tuple[Any, Any, Any]:
+        """What ``run_dask_attempt`` reads, as references to data sent to the cluster once per
+        run: the function, the session, and one task per ``ctx.results`` snapshot that hands
+        on its values (so an attempt depends on three keys, not on one per value)."""
+        with self._scatter_lock:  # not self._lock: a scatter waits for the cluster
+            snapshot = call.snapshot
+            wanted = [call.function, call.session, *zip(snapshot.value_keys, snapshot.value_data, strict=True)]
+            missing = {key: data for key, data in wanted if key not in self._scattered}
+            if missing:
+                assert all(isinstance(data, bytes) for data in missing.values())  # this packer has no spool
+                futures = self._client.scatter(list(missing.values()), hash=False)  # one round trip
+                self._scattered.update(zip(missing, futures, strict=True))
+            results = self._results.get(snapshot.key)
+            if results is None:
+                values = [
+                    (name, self._scattered[key].key, self._scattered[key])
+                    for name, key in zip(snapshot.names, snapshot.value_keys, strict=True)
+                ]
+                results = values and self._client.submit(
+                    _worker.hand_on, values, key=f"flowpool-results-{uuid.uuid4().hex}", pure=False
+                )
+                self._results = {snapshot.key: results}
+            function, session = (self._scattered[key] for key, _ in (call.function, call.session))
+            return (function.key, function), (session.key, session), results
 
     def _finished(self, attempt: Attempt, future: Any) -> None:
         with self._lock:
@@ -145,6 +189,8 @@ class DaskBackend:
             self._waiting.clear()
             running = list(self._running.values())
             self._running.clear()
+            self._scattered.clear()  # releases them on the cluster
+            self._results.clear()
         for future in running:
             with contextlib.suppress(Exception):
                 future.cancel()

@@ -13,8 +13,11 @@ flowpool gives each concurrency slot its own single-worker loky executor, a
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
 
-A kill or a crash therefore only ever hits its own attempt. Lanes start once
-and are reused across stages and runs; idle lanes close after
+A kill or a crash therefore only ever hits its own attempt. Each lane records
+what its worker already holds (``_worker.LaneStore``: functions, run inputs,
+earlier values), so a payload carries only what is new to it; large values go
+once to the run's spool file and a worker reads one only when a step reads it.
+Lanes start once and are reused across stages and runs; idle lanes close after
 ``IDLE_TIMEOUT`` seconds, and ``shutdown_workers()`` (also run at interpreter
 exit) kills them all.
 """
@@ -29,6 +32,7 @@ import re
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
@@ -39,6 +43,9 @@ __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
 #: Seconds an idle lane is kept for later attempts and runs before it is closed.
 IDLE_TIMEOUT = 300.0
+
+#: Test hook: called with (step, lane number, payload bytes) for every payload sent to a lane.
+on_payload: Callable[[str, int, int], None] | None = None
 
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
@@ -83,6 +90,7 @@ class Lane:
         self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
+        self.store = _worker.LaneStore()  # what the worker holds: a new lane starts empty
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -97,6 +105,14 @@ class Lane:
 
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
+
+    def payload(self, call: _worker.Call) -> bytes:
+        """What to send this lane's worker for ``call``: only what it does not hold yet."""
+        payload = self.store.payload(call)
+        hook = on_payload
+        if hook is not None:
+            hook(call.step, self.number, len(payload))
+        return payload
 
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
@@ -295,6 +311,15 @@ class LanePool:
         with self._lock:
             return len(self._all)
 
+    def forget(self, sessions: list[int]) -> None:
+        """These runs ended: every lane's worker drops their values with its next payload."""
+        if not sessions:
+            return
+        with self._lock:
+            lanes = list(self._all)
+        for lane in lanes:
+            lane.store.forget(sessions)
+
 
 def _now() -> float:
     from .._clock import SYSTEM_CLOCK
@@ -336,19 +361,19 @@ class ProcessBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._lanes: dict[Attempt, Lane] = {}  # every attempt handed to a lane
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
-        self._payloads: dict[Attempt, bytes] = {}
+        self._calls: dict[Attempt, _worker.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _worker.CallPacker()
+        self._packer = _worker.CallPacker(spool_dir=tempfile.gettempdir())
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
         try:
-            payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
+            call = self._packer.prepare(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
         with self._lock:
-            self._payloads[attempt] = payload
+            self._calls[attempt] = call
             self._waiting.append(attempt)
         self._pump()
 
@@ -356,7 +381,7 @@ class ProcessBackend:
         with self._lock:
             while not self._closed and self._waiting:
                 if self._waiting[0].settled:  # given up on while it waited
-                    self._payloads.pop(self._waiting.popleft(), None)
+                    self._calls.pop(self._waiting.popleft(), None)
                     continue
                 if len(self._own) + self._starting < self._max_workers:
                     if self._starting >= len(self._waiting):
@@ -397,7 +422,7 @@ class ProcessBackend:
             self._starting -= 1
             attempt = self._waiting.popleft() if self._waiting else None
             if attempt is not None:
-                self._payloads.pop(attempt, None)
+                self._calls.pop(attempt, None)
         if attempt is not None:
             attempt.try_claim()
             attempt.fail_unstarted(
@@ -411,9 +436,8 @@ class ProcessBackend:
         token = lane.next_token()
         held = self._own.setdefault(lane, [])
         try:
-            future = lane.executor.submit(
-                _worker.run_attempt, self._payloads[attempt], lane.flag_path, token, bool(held)
-            )
+            payload = lane.payload(self._calls[attempt])
+            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token, bool(held))
         except Exception:  # noqa: BLE001 - the lane broke (its worker died): this attempt never started
             lane.broken = True
             if not held:
@@ -458,7 +482,7 @@ class ProcessBackend:
                         continue
                     del self._lanes[queued]
                     if queued.settled:
-                        self._payloads.pop(queued, None)
+                        self._calls.pop(queued, None)
                     else:
                         self._waiting.appendleft(queued)  # (at most one is queued per lane)
                 held[:] = kept
@@ -469,7 +493,7 @@ class ProcessBackend:
                 requeued = False
             if not requeued:
                 del self._lanes[attempt]
-                self._payloads.pop(attempt, None)
+                self._calls.pop(attempt, None)
                 if attempt in held:
                     held.remove(attempt)
                 if held and not lane.broken:
@@ -481,8 +505,11 @@ class ProcessBackend:
             if crashed:
                 attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
             else:
-                attempt.ok, attempt.value, attempt.error = _worker.decode(future.result(), attempt.step)
+                envelope = future.result()
+                attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
                 attempt.never_started = isinstance(attempt.error, _worker.NotStartedError)
+                if attempt.ok:
+                    self._packer.remember(attempt.value, envelope)
             attempt.finished_at = attempt.clock.now()
             attempt.inbox.put((DONE, attempt))
         if lane.broken:
@@ -505,7 +532,7 @@ class ProcessBackend:
         if not take_back(self._lock, self._waiting, attempt):
             return False
         with self._lock:
-            self._payloads.pop(attempt, None)
+            self._calls.pop(attempt, None)
         return True
 
     def stop(self, attempt: Attempt) -> None:
@@ -528,6 +555,8 @@ class ProcessBackend:
             self._waiting.clear()
             lanes = [(lane, list(held)) for lane, held in self._own.items()]
         _POOL.waiting(self, False)
+        _POOL.forget(self._packer.sessions)
+        self._packer.close()
         for attempt in waiting:
             attempt.try_claim()
         for lane, held in lanes:
