@@ -19,14 +19,10 @@ import uuid
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
-from .._errors import FlowDefinitionError, FlowpoolError
+from .._errors import CallNotPicklableError, DaskUnavailableError, FlowDefinitionError, FlowpoolError
 from . import _worker
 
 __all__ = ["DaskBackend"]
-
-
-class DaskUnavailableError(FlowpoolError):
-    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached."""
 
 
 def _connect(address: str) -> Any:
@@ -74,8 +70,6 @@ class DaskBackend:
         self._packer = _worker.CallPacker()
 
     def submit(self, attempt: Attempt) -> None:
-        from ._process import CallNotPicklableError
-
         try:
             payload = self._packer.pack(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
