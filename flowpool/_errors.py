@@ -221,6 +221,9 @@ class RetryRejectedError(FlowpoolError):
         self.attempts = attempts
         super().__init__(f"step {step!r}: the retry policy rejected the value of every attempt ({attempts} attempts)")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.attempts))
+
 
 class AbandonedThreadsError(FlowpoolError):
     """Too many timed-out thread-mode attempts are still running in this process."""
@@ -234,6 +237,9 @@ class AbandonedThreadsError(FlowpoolError):
             f"executor='process', where a timeout kills the worker."
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.count))
+
 
 class CallNotPicklableError(FlowpoolError):
     """A process-mode step (function, input or context) cannot be sent to a worker."""
@@ -246,6 +252,9 @@ class CallNotPicklableError(FlowpoolError):
             f"the results it can read cannot be pickled): {detail}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.detail))
+
 
 class ExecutorRefusedError(FlowpoolError):
     """The user's executor did not run an attempt (it was shut down or cancelled it)."""
@@ -255,9 +264,29 @@ class ExecutorRefusedError(FlowpoolError):
         self.detail = detail
         super().__init__(f"the executor did not run step {step!r}: {detail}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.detail))
+
 
 class DaskUnavailableError(FlowpoolError):
-    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached."""
+    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached.
+
+    Attributes:
+        address: the scheduler's ``HOST:PORT``, or None when ``distributed`` is missing.
+        detail: why the scheduler could not be reached.
+    """
+
+    def __init__(self, address: str | None = None, detail: str = "") -> None:
+        self.address = address
+        self.detail = detail
+        if address is None:
+            message = "executor 'dask://...' needs Dask: pip install 'flowpool[dask]'"
+        else:
+            message = f"cannot reach the Dask scheduler at {address}: {detail}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.address, self.detail))
 
 
 class NotStartedError(StepCancelledError):
@@ -273,3 +302,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.text}"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.text,))

@@ -29,7 +29,7 @@ def _connect(address: str) -> Any:
     try:
         import distributed
     except ImportError as error:
-        raise DaskUnavailableError("executor 'dask://...' needs Dask: pip install 'flowpool[dask]'") from error
+        raise DaskUnavailableError() from error
     target = address.removeprefix("dask://")
     if not target:
         raise FlowDefinitionError("give the scheduler as 'dask://HOST:PORT'", argument="executor")
@@ -37,7 +37,7 @@ def _connect(address: str) -> Any:
     try:
         return client_type(f"tcp://{target}", timeout=10, set_as_default=False)
     except OSError as error:
-        raise DaskUnavailableError(f"cannot reach the Dask scheduler at {target}: {error}") from error
+        raise DaskUnavailableError(target, str(error)) from error
 
 
 class DaskBackend:
