@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from typing import Any
 
 from flowpool import Flow, Group, Step
+from flowpool._definition import callable_name, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 
@@ -33,35 +33,9 @@ def render_plan(flow: Flow, fmt: str = "text") -> str:
     return renderer(flow)
 
 
-def _callable_name(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
-
-
 def step_options(step: Step) -> list[str]:
     """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
-    shown: list[str] = []
-    if step.retry is not None:
-        shown.append("custom tenacity retry policy")
-    elif step.retries:
-        shown.append(f"retries {step.retries}")
-    if step.timeout is not None:
-        shown.append(f"timeout {_seconds(step.timeout)}")
-    if step.compensate is not None:
-        undo = f"compensate {_callable_name(step.compensate)}"
-        if step.compensate_retries:
-            undo += f" (retries {step.compensate_retries})"
-        if step.compensate_timeout is not None:
-            undo += f" (timeout {_seconds(step.compensate_timeout)})"
-        shown.append(undo)
-    if step.required:
-        shown.append("required")
-    if step.executor is not None:
-        shown.append(f"on {step.executor}")
-    return shown
+    return plan_phrases(step)
 
 
 def group_policy(group: Group) -> str:
@@ -91,7 +65,7 @@ def compensation_order(flow: Flow) -> list[str]:
 def _step_line(step: Step) -> str:
     options = step_options(step)
     suffix = f"  [{', '.join(options)}]" if options else ""
-    return f"{step.name} ({_callable_name(step.fn)}){suffix}"
+    return f"{step.name} ({callable_name(step.fn)}){suffix}"
 
 
 def _text(flow: Flow) -> str:
