@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
 
 from ._errors import FlowDefinitionError
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Flow", "Group", "Step", "describe_structure", "plan_phrases"]
+__all__ = ["Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
 
 ExecutorName = Literal["thread", "process"]
 EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
@@ -113,7 +113,8 @@ _SHOW_UNLESS_DEFAULT: Any = object()
 
 
 class Option:
-    """One step option, declared once as a ``Step`` class attribute through ``option()``.
+    """One step or group option, declared once as a ``Step`` class attribute through
+    ``option()`` or a ``Group`` field through ``group_option()``.
 
     ``Step`` derives everything else from its options, in declaration order: the
     slots, the keywords that ``Step``, ``Flow.step`` and group mappings accept, the
@@ -135,20 +136,22 @@ class Option:
         show: the ``repr`` fragment for a value (``None``: never shown); by default
             ``name=value!r`` unless the value is the default.
         plan: ``plan(value, step)``: the phrase ``flowpool show`` prints, or None.
+        rule: for group options, see ``group_option``.
     """
 
-    __slots__ = ("check", "default", "excludes", "fingerprint", "fingerprint_default", "name", "plan", "show")
+    __slots__ = ("check", "default", "excludes", "fingerprint", "fingerprint_default", "name", "plan", "rule", "show")
 
     def __init__(
         self,
         default: Any,
-        check: Callable[[Any, str, str | None, str | None], Any],
+        check: Callable[..., Any],
         *,
         excludes: tuple[str, ...] = (),
         fingerprint: Callable[[Any], Any] | None = _same,
         fingerprint_default: bool = True,
         show: Callable[[Any], str | None] | None = _SHOW_UNLESS_DEFAULT,
         plan: Callable[[Any, Any], str | None] | None = None,
+        rule: Callable[[Any, Any], tuple[str, str] | None] | None = None,
     ) -> None:
         self.name = ""  # set by __set_name__
         self.default = default
@@ -158,6 +161,7 @@ class Option:
         self.fingerprint_default = fingerprint_default
         self.show = self._show_unless_default if show is _SHOW_UNLESS_DEFAULT else show
         self.plan = plan
+        self.rule = rule
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -334,13 +338,58 @@ def plan_phrases(step: Step) -> list[str]:
     return [phrase for phrase in phrases if phrase is not None]
 
 
-def _step_structure(step: Step) -> dict[str, Any]:
-    described: dict[str, Any] = {"name": step.name}
-    for spec in step.OPTIONS:
-        value = getattr(step, spec.name)
+def _option_structure(holder: Step | Group, options: tuple[Option, ...]) -> dict[str, Any]:
+    described: dict[str, Any] = {}
+    for spec in options:
+        value = getattr(holder, spec.name)
         if spec.fingerprint is not None and (spec.fingerprint_default or value != spec.default):
             described[spec.name] = spec.fingerprint(value)
     return described
+
+
+def _step_structure(step: Step) -> dict[str, Any]:
+    return {"name": step.name, **_option_structure(step, step.OPTIONS)}
+
+
+# ── group options: checks get the group's checked members and all its raw options ──
+
+
+def _check_fail_fast(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> bool:
+    return _check_bool(value, argument, flow, group)
+
+
+def _check_min_successes(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"must be an int or None, not {value!r}", flow, group, argument)
+    if not 1 <= value <= len(members):
+        raise _fail(f"must be between 1 and the number of members ({len(members)}), not {value}", flow, group, argument)
+    if options["fail_fast"]:
+        raise _fail(
+            "cannot be combined with fail_fast=True (fail fast already needs every member)", flow, group, argument
+        )
+    return value
+
+
+def _check_max_concurrency(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _fail(f"must be an int >= 1 or None, not {value!r}", flow, group, argument)
+    return value
+
+
+def group_option(default: Any, check: Callable[..., Any], **spec: Any) -> Any:
+    """A ``Group`` field declaring a group option (see ``Option``; its ``check`` is
+    ``check(value, argument, flow, group, members, options)``, and ``rule``, if given,
+    is ``rule(value, group)``: the failure rule the option sets, as ``(short, long)``
+    phrases, or None when it sets none)."""
+    return field(default=default, metadata={"option": Option(default, check, **spec)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,18 +398,67 @@ class Group:
 
     name: str
     members: tuple[Step, ...]
-    fail_fast: bool = False
-    min_successes: int | None = None
-    max_concurrency: int | None = None
+    # The group's options, in the order they are checked and planned. Each declaration
+    # is the option's only home besides its parameter of ``Flow.parallel``.
+    fail_fast: bool = group_option(
+        False,
+        _check_fail_fast,
+        rule=lambda value, group: (
+            ("fail fast", "fail fast: fails as soon as one member does not complete") if value else None
+        ),
+    )
+    min_successes: int | None = group_option(
+        None,
+        _check_min_successes,
+        rule=lambda value, group: (
+            None
+            if value is None
+            else (
+                f"at least {value} of {len(group.members)}",
+                f"quorum: fails when fewer than {value} of {len(group.members)} members complete",
+            )
+        ),
+    )
+    max_concurrency: int | None = group_option(
+        None, _check_max_concurrency, plan=lambda value, group: None if value is None else f"at most {value} at a time"
+    )
 
     @property
     def policy(self) -> str:
         """A short description of the failure policy, e.g. ``"fail fast"``."""
-        if self.fail_fast:
-            return "fail fast"
-        if self.min_successes is not None:
-            return f"at least {self.min_successes} of {len(self.members)}"
-        return "fails only if all fail"
+        return group_rule(self)[0]
+
+
+def _group_options() -> tuple[Option, ...]:
+    options = []
+    for declared in fields(Group):
+        if "option" in declared.metadata:
+            spec: Option = declared.metadata["option"]
+            spec.name = declared.name
+            options.append(spec)
+    return tuple(options)
+
+
+#: ``Group``'s options, in declaration order.
+GROUP_OPTIONS: tuple[Option, ...] = _group_options()
+
+_DEFAULT_RULE = ("fails only if all fail", "default: fails only when no member completes")
+
+
+def group_rule(group: Group) -> tuple[str, str]:
+    """The group's failure rule as ``(short, long)`` phrases, from the first option that sets one."""
+    for spec in GROUP_OPTIONS:
+        if spec.rule is not None:
+            rule = spec.rule(getattr(group, spec.name), group)
+            if rule is not None:
+                return rule
+    return _DEFAULT_RULE
+
+
+def group_plan_phrases(group: Group) -> list[str]:
+    """Short phrases for the group's options other than its failure rule, e.g. ``["at most 2 at a time"]``."""
+    phrases = (spec.plan(getattr(group, spec.name), group) for spec in GROUP_OPTIONS if spec.plan is not None)
+    return [phrase for phrase in phrases if phrase is not None]
 
 
 Stage = Step | Group
@@ -406,9 +504,7 @@ def describe_structure(flow: Flow) -> dict[str, Any]:
             stages.append(
                 {
                     "group": stage.name,
-                    "fail_fast": stage.fail_fast,
-                    "min_successes": stage.min_successes,
-                    "max_concurrency": stage.max_concurrency,
+                    **_option_structure(stage, GROUP_OPTIONS),
                     "members": [_step_structure(member) for member in stage.members],
                 }
             )
@@ -501,31 +597,12 @@ class Flow:
         checked = tuple(_member(flow, name, i, member) for i, member in enumerate(members))
         if not checked:
             raise _fail("a parallel group needs at least one member", flow, name, "members")
-        if not isinstance(fail_fast, bool):
-            raise _fail(f"must be True or False, not {fail_fast!r}", flow, name, "fail_fast")
-        if min_successes is not None:
-            if isinstance(min_successes, bool) or not isinstance(min_successes, int):
-                raise _fail(f"must be an int or None, not {min_successes!r}", flow, name, "min_successes")
-            if not 1 <= min_successes <= len(checked):
-                raise _fail(
-                    f"must be between 1 and the number of members ({len(checked)}), not {min_successes}",
-                    flow,
-                    name,
-                    "min_successes",
-                )
-            if fail_fast:
-                raise _fail(
-                    "cannot be combined with fail_fast=True (fail fast already needs every member)",
-                    flow,
-                    name,
-                    "min_successes",
-                )
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
-        ):
-            raise _fail(f"must be an int >= 1 or None, not {max_concurrency!r}", flow, name, "max_concurrency")
+        given = {"fail_fast": fail_fast, "min_successes": min_successes, "max_concurrency": max_concurrency}
+        options = {
+            spec.name: spec.check(given[spec.name], spec.name, flow, name, checked, given) for spec in GROUP_OPTIONS
+        }
         self._check_unique([name, *(m.name for m in checked)])
-        group = Group(name, checked, fail_fast, min_successes, max_concurrency)
+        group = Group(name, checked, **options)
         self._stages += (group,)
         self._names |= {name, *(m.name for m in checked)}
         return self

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 
 from flowpool import Flow, Group, Step
-from flowpool._definition import callable_name, plan_phrases
+from flowpool._definition import callable_name, group_plan_phrases, group_rule, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 
@@ -40,18 +40,12 @@ def step_options(step: Step) -> list[str]:
 
 def group_policy(group: Group) -> str:
     """The group's failure policy in words, with its concurrency cap."""
-    if group.fail_fast:
-        policy = "fail fast: fails as soon as one member does not complete"
-    elif group.min_successes is not None:
-        policy = f"quorum: fails when fewer than {group.min_successes} of {len(group.members)} members complete"
-    else:
-        policy = "default: fails only when no member completes"
+    phrases = [group_rule(group)[1]]
     required = [m.name for m in group.members if m.required]
     if required:
-        policy += f"; required: {', '.join(required)}"
-    if group.max_concurrency is not None:
-        policy += f"; at most {group.max_concurrency} at a time"
-    return policy
+        phrases.append(f"required: {', '.join(required)}")
+    phrases.extend(group_plan_phrases(group))
+    return "; ".join(phrases)
 
 
 def compensation_order(flow: Flow) -> list[str]:

@@ -650,3 +650,49 @@ def test_fingerprint_values_are_stable() -> None:
         .step("y", ok, retry=tenacity.Retrying())
     )
     assert fingerprint(flow) == "17284f078fa75a2d402fe808cd3813c4357d1d753a3b20afb755f0c1d338bc13"
+
+
+# ── one declaration per group option ────────────────────────────────────────────
+
+
+def test_group_options_are_declared_once_on_group() -> None:
+    from flowpool import Group
+    from flowpool._definition import GROUP_OPTIONS
+
+    assert [spec.name for spec in GROUP_OPTIONS] == ["fail_fast", "min_successes", "max_concurrency"]
+    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None]
+    # Still a plain record with the positional constructor it always had.
+    group = Group("g", (Step("a", ok),), True, None, 3)
+    assert (group.fail_fast, group.min_successes, group.max_concurrency) == (True, None, 3)
+    assert group == Group("g", group.members, fail_fast=True, max_concurrency=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "short", "text"),
+    [
+        ({}, "fails only if all fail", "default: fails only when no member completes"),
+        ({"fail_fast": True}, "fail fast", "fail fast: fails as soon as one member does not complete"),
+        ({"min_successes": 2}, "at least 2 of 3", "quorum: fails when fewer than 2 of 3 members complete"),
+        (
+            {"max_concurrency": 2},
+            "fails only if all fail",
+            "default: fails only when no member completes; required: b; at most 2 at a time",
+        ),
+    ],
+)
+def test_group_policy_phrases_follow_the_declared_options(options: dict[str, Any], short: str, text: str) -> None:
+    from flowpool._plan import group_policy
+
+    required = {"max_concurrency"} & set(options)
+    members = [Step("a", ok), Step("b", ok, required=bool(required)), Step("c", ok)]
+    group = Flow("f").parallel("g", members, **options).stages[0]
+    assert group.policy == short  # type: ignore[union-attr]
+    assert group_policy(group) == text  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{"fail_fast": True}, {"min_successes": 1}, {"max_concurrency": 1}])
+def test_each_group_option_is_fingerprinted(options: dict[str, Any]) -> None:
+    from flowpool._definition import describe_structure
+
+    plain = describe_structure(Flow("f").parallel("g", [Step("a", ok)]))
+    assert describe_structure(Flow("f").parallel("g", [Step("a", ok)], **options)) != plain
