@@ -125,9 +125,10 @@ class Option:
         default: the value when the option is not given (not checked).
         check: ``check(value, argument, flow, step)``: the value to keep, or raise
             through ``_fail`` naming ``argument``.
-        excludes: options that may not be given together with this one; both count
-            as given unless passed as ``None`` or ``False``. ``options()`` gives back
-            this option when it is set, the excluded ones when it is not.
+        excludes: options that may not be passed at all (even as their default)
+            while this one is given, that is passed as neither ``None`` nor ``False``.
+            ``options()`` gives back this option when it is given, the excluded ones
+            when it is not.
         fingerprint: the option's part of the definition's fingerprint, from its
             value; ``None`` leaves it out.
         fingerprint_default: ``False`` leaves the option out of the fingerprint while
@@ -316,9 +317,9 @@ class Step:
                 continue
             if _given(options, spec.name):
                 for other in spec.excludes:
-                    del options[other]
+                    options.pop(other, None)
             else:
-                del options[spec.name]
+                options.pop(spec.name, None)
         return options
 
     def __repr__(self) -> str:
