@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ._context import Context
 from ._definition import Flow, Group, Step
 from ._errors import (
+    AbandonedThreadsError,
+    CallNotPicklableError,
+    DaskUnavailableError,
+    ExecutorRefusedError,
     FlowDefinitionError,
     FlowFailedError,
     FlowInterrupted,
@@ -18,6 +22,7 @@ from ._errors import (
     FlowTimeoutError,
     JournalError,
     RemoteError,
+    RetryRejectedError,
     StepCancelledError,
     StepTimeoutError,
     UnpicklableResultError,
@@ -52,9 +57,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EVENT_KINDS",
+    "AbandonedThreadsError",
+    "CallNotPicklableError",
     "CompensationResult",
     "Context",
+    "DaskUnavailableError",
     "Event",
+    "ExecutorRefusedError",
     "Flow",
     "FlowDefinitionError",
     "FlowFailedError",
@@ -70,6 +79,7 @@ __all__ = [
     "JournalError",
     "JournalRun",
     "RemoteError",
+    "RetryRejectedError",
     "Step",
     "StepCancelledError",
     "StepResult",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
 
 from ._errors import FlowDefinitionError
 
@@ -23,23 +23,12 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Flow", "Group", "Step"]
+__all__ = ["Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
 
 ExecutorName = Literal["thread", "process"]
 EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
 
-STEP_OPTIONS: tuple[str, ...] = (
-    "retries",
-    "retry",
-    "timeout",
-    "compensate",
-    "compensate_retries",
-    "compensate_timeout",
-    "required",
-    "executor",
-)
-
-_UNSET: Any = object()
+_MISSING: Any = object()
 
 
 def _fail(problem: str, flow: str | None, step: str | None, argument: str | None) -> FlowDefinitionError:
@@ -53,6 +42,14 @@ def check_name(name: object, *, flow: str | None, what: str) -> str:
     if not name.strip():
         raise _fail(f"a {what} name must be a non-empty string", flow, None, "name")
     return name
+
+
+def callable_name(fn: Any) -> str:
+    """How a function is named in plans and reprs: its qualified name when it has one."""
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+# ── checks: check(value, argument, flow, step) returns the value to keep or raises ──
 
 
 def _check_count(value: object, argument: str, flow: str | None, step: str | None) -> int:
@@ -77,16 +74,153 @@ def _check_seconds(value: object, argument: str, flow: str | None, step: str | N
     return seconds
 
 
-def _check_retrying(value: object, flow: str | None, step: str | None) -> Any:
+def _check_retrying(value: object, argument: str, flow: str | None, step: str | None) -> Any:
     if value is None:
         return None
     import tenacity  # only paid for by flows that use it
 
     if not isinstance(value, tenacity.BaseRetrying) or isinstance(value, tenacity.AsyncRetrying):
-        raise _fail(f"must be a tenacity.Retrying (or None), not {type(value).__name__}", flow, step, "retry")
+        raise _fail(f"must be a tenacity.Retrying (or None), not {type(value).__name__}", flow, step, argument)
     return value
 
 
+def _check_callable_or_none(value: object, argument: str, flow: str | None, step: str | None) -> Any:
+    if value is not None and not callable(value):
+        raise _fail(f"must be callable or None, not {type(value).__name__}", flow, step, argument)
+    return value
+
+
+def _check_bool(value: object, argument: str, flow: str | None, step: str | None) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(f"must be True or False, not {value!r}", flow, step, argument)
+    return value
+
+
+def _check_executor(value: object, argument: str, flow: str | None, step: str | None) -> ExecutorName | None:
+    if value is not None and (not isinstance(value, str) or value not in EXECUTOR_NAMES):
+        raise _fail(f"unknown executor {value!r}; use 'thread', 'process' or None", flow, step, argument)
+    return cast("ExecutorName | None", value)
+
+
+# ── the option declaration ──────────────────────────────────────────────────────
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_SHOW_UNLESS_DEFAULT: Any = object()
+
+
+class Option:
+    """One step or group option, declared once as a ``Step`` class attribute through
+    ``option()`` or a ``Group`` field through ``group_option()``.
+
+    ``Step`` derives everything else from its options, in declaration order: the
+    slots, the keywords that ``Step``, ``Flow.step`` and group mappings accept, the
+    checks, ``options()``, ``repr``, the structure the journal fingerprints and the
+    phrases ``flowpool show`` prints.
+
+    Args:
+        default: the value when the option is not given (not checked).
+        check: ``check(value, argument, flow, step)``: the value to keep, or raise
+            through ``_fail`` naming ``argument``.
+        excludes: options that may not be passed at all (even as their default)
+            while this one is given, that is passed as neither ``None`` nor ``False``.
+            ``options()`` gives back this option when it is given, the excluded ones
+            when it is not.
+        fingerprint: the option's part of the definition's fingerprint, from its
+            value; ``None`` leaves it out.
+        fingerprint_default: ``False`` leaves the option out of the fingerprint while
+            it holds its default. Use it for every option added from now on, so that
+            runs journaled before the option existed still resume unforced.
+        show: the ``repr`` fragment for a value (``None``: never shown); by default
+            ``name=value!r`` unless the value is the default.
+        plan: ``plan(value, step)``: the phrase ``flowpool show`` prints, or None.
+        rule: for group options, see ``group_option``.
+    """
+
+    __slots__ = ("check", "default", "excludes", "fingerprint", "fingerprint_default", "name", "plan", "rule", "show")
+
+    def __init__(
+        self,
+        default: Any,
+        check: Callable[..., Any],
+        *,
+        excludes: tuple[str, ...] = (),
+        fingerprint: Callable[[Any], Any] | None = _same,
+        fingerprint_default: bool = True,
+        show: Callable[[Any], str | None] | None = _SHOW_UNLESS_DEFAULT,
+        plan: Callable[[Any, Any], str | None] | None = None,
+        rule: Callable[[Any, Any], tuple[str, str] | None] | None = None,
+    ) -> None:
+        self.name = ""  # set by __set_name__
+        self.default = default
+        self.check = check
+        self.excludes = excludes
+        self.fingerprint = fingerprint
+        self.fingerprint_default = fingerprint_default
+        self.show = self._show_unless_default if show is _SHOW_UNLESS_DEFAULT else show
+        self.plan = plan
+        self.rule = rule
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def _show_unless_default(self, value: Any) -> str | None:
+        return None if value is self.default or value == self.default else f"{self.name}={value!r}"
+
+    def __repr__(self) -> str:
+        return f"<step option {self.name!r}>"
+
+
+def option(default: Any, check: Callable[[Any, str, str | None, str | None], Any], **spec: Any) -> Any:
+    """``Option(default, check, **spec)``, typed ``Any`` so that ``retries: int = option(...)`` type-checks."""
+    return Option(default, check, **spec)
+
+
+_T = TypeVar("_T")
+
+
+def _slotted_by_options(cls: type[_T]) -> type[_T]:
+    """Rebuild ``cls`` with a slot per ``name``/``fn`` and per ``Option`` (as attrs and
+    ``dataclass(slots=True)`` do): the options move to the ``OPTIONS`` tuple."""
+    options = tuple(value for value in vars(cls).values() if isinstance(value, Option))
+    namespace = {
+        key: value
+        for key, value in vars(cls).items()
+        if not isinstance(value, Option) and key not in ("__dict__", "__weakref__")
+    }
+    namespace["__slots__"] = ("name", "fn", *(o.name for o in options))
+    namespace["OPTIONS"] = options
+    return cast("type[_T]", type(cls.__name__, cls.__bases__, namespace))
+
+
+def _given(options: Mapping[str, Any], name: str) -> bool:
+    return name in options and options[name] is not None and options[name] is not False
+
+
+def _plan_retries(value: int, step: Any) -> str | None:
+    return f"retries {value}" if value else None
+
+
+def _plan_compensate(value: Any, step: Any) -> str | None:
+    if value is None:
+        return None
+    undo = f"compensate {callable_name(value)}"
+    if step.compensate_retries:
+        undo += f" (retries {step.compensate_retries})"
+    if step.compensate_timeout is not None:
+        undo += f" (timeout {step.compensate_timeout:g} s)"
+    return undo
+
+
+def _describe_retrying(value: Any) -> Any:
+    # Its strategies' kinds, not their parameters: a longer wait is the same definition.
+    return None if value is None else [type(getattr(value, part, None)).__name__ for part in ("stop", "wait", "retry")]
+
+
+@_slotted_by_options
 class Step:
     """One step: a name, a function ``fn(ctx) -> value`` and its options.
 
@@ -104,70 +238,52 @@ class Step:
             pool than the run's; ``None`` uses the run's.
     """
 
-    __slots__ = (
-        "name",
-        "fn",
-        "retries",
-        "retry",
-        "timeout",
-        "compensate",
-        "compensate_retries",
-        "compensate_timeout",
-        "required",
-        "executor",
+    # The step's options, in the order options are checked, shown and planned. Each
+    # declaration is the option's only home: see ``option()``.
+    retries: int = option(0, _check_count, plan=_plan_retries)
+    retry: Any = option(
+        None,
+        _check_retrying,
+        excludes=("retries",),
+        fingerprint=_describe_retrying,
+        show=lambda value: None if value is None else "retry=<tenacity>",
+        plan=lambda value, step: None if value is None else "custom tenacity retry policy",
+    )
+    timeout: float | None = option(
+        None,
+        _check_seconds,
+        show=lambda value: None if value is None else f"timeout={value:g}",
+        plan=lambda value, step: None if value is None else f"timeout {value:g} s",
+    )
+    compensate: Callable[[Context, Any], Any] | None = option(
+        None,
+        _check_callable_or_none,
+        fingerprint=lambda value: value is not None,
+        show=lambda value: None if value is None else "compensate=...",
+        plan=_plan_compensate,
+    )
+    compensate_retries: int = option(0, _check_count, show=None)  # planned with compensate
+    compensate_timeout: float | None = option(None, _check_seconds, show=None)  # planned with compensate
+    required: bool = option(False, _check_bool, plan=lambda value, step: "required" if value else None)
+    executor: ExecutorName | None = option(
+        None, _check_executor, plan=lambda value, step: None if value is None else f"on {value}"
     )
 
+    OPTIONS: ClassVar[tuple[Option, ...]]
     name: str
     fn: Callable[[Context], Any]
-    retries: int
-    retry: Any
-    timeout: float | None
-    compensate: Callable[[Context, Any], Any] | None
-    compensate_retries: int
-    compensate_timeout: float | None
-    required: bool
-    executor: ExecutorName | None
 
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[[Context], Any],
-        *,
-        retries: int = _UNSET,
-        retry: Any = None,
-        timeout: float | None = None,
-        compensate: Callable[[Context, Any], Any] | None = None,
-        compensate_retries: int = 0,
-        compensate_timeout: float | None = None,
-        required: bool = False,
-        executor: ExecutorName | None = None,
-        **unknown: Any,
-    ) -> None:
-        self._build(
-            None,
-            name,
-            fn,
-            {
-                **unknown,
-                "retries": retries,
-                "retry": retry,
-                "timeout": timeout,
-                "compensate": compensate,
-                "compensate_retries": compensate_retries,
-                "compensate_timeout": compensate_timeout,
-                "required": required,
-                "executor": executor,
-            },
-        )
+    def __init__(self, name: str, fn: Callable[[Context], Any], **options: Any) -> None:
+        self._build(None, name, fn, options)
 
     @classmethod
     def checked(cls, flow: str | None, name: object, fn: object, options: Mapping[str, Any]) -> Step:
         """Build a step whose errors name ``flow``; ``options`` may hold only step options."""
         step = cls.__new__(cls)
-        step._build(flow, name, fn, dict(options))
+        step._build(flow, name, fn, options)
         return step
 
-    def _build(self, flow: str | None, name: object, fn: object, options: dict[str, Any]) -> None:
+    def _build(self, flow: str | None, name: object, fn: object, options: Mapping[str, Any]) -> None:
         name = check_name(name, flow=flow, what="step")
         unknown = sorted((key for key in options if key not in STEP_OPTIONS), key=repr)
         if unknown:
@@ -179,71 +295,102 @@ class Step:
             )
         if not callable(fn):
             raise _fail(f"must be callable, not {type(fn).__name__}", flow, name, "fn")
-        retries = options.get("retries", _UNSET)
-        retry = _check_retrying(options.get("retry"), flow, name)
-        if retries is not _UNSET and retry is not None:
-            raise _fail("give either 'retries' or 'retry', not both", flow, name, "retry")
-        retries = 0 if retries is _UNSET else _check_count(retries, "retries", flow, name)
-        timeout = _check_seconds(options.get("timeout"), "timeout", flow, name)
-        compensate = options.get("compensate")
-        if compensate is not None and not callable(compensate):
-            raise _fail(f"must be callable or None, not {type(compensate).__name__}", flow, name, "compensate")
-        compensate_retries = _check_count(options.get("compensate_retries", 0), "compensate_retries", flow, name)
-        compensate_timeout = _check_seconds(options.get("compensate_timeout"), "compensate_timeout", flow, name)
-        required = options.get("required", False)
-        if not isinstance(required, bool):
-            raise _fail(f"must be True or False, not {required!r}", flow, name, "required")
-        executor = options.get("executor")
-        if executor is not None and (not isinstance(executor, str) or executor not in EXECUTOR_NAMES):
-            raise _fail(f"unknown executor {executor!r}; use 'thread', 'process' or None", flow, name, "executor")
-        for attribute, value in (
-            ("name", name),
-            ("fn", fn),
-            ("retries", retries),
-            ("retry", retry),
-            ("timeout", timeout),
-            ("compensate", compensate),
-            ("compensate_retries", compensate_retries),
-            ("compensate_timeout", compensate_timeout),
-            ("required", required),
-            ("executor", executor),
-        ):
-            object.__setattr__(self, attribute, value)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "fn", fn)
+        for spec in self.OPTIONS:
+            value = options.get(spec.name, _MISSING)
+            value = spec.default if value is _MISSING else spec.check(value, spec.name, flow, name)
+            if spec.excludes and _given(options, spec.name):
+                for other in spec.excludes:
+                    if other in options:
+                        raise _fail(f"give either {other!r} or {spec.name!r}, not both", flow, name, spec.name)
+            object.__setattr__(self, spec.name, value)
 
     def __setattr__(self, attribute: str, value: object) -> None:
         raise AttributeError(f"Step is immutable; cannot set {attribute!r}")
 
     def options(self) -> dict[str, Any]:
         """The step's options, as keyword arguments that rebuild it."""
-        options: dict[str, Any] = {
-            "timeout": self.timeout,
-            "compensate": self.compensate,
-            "compensate_retries": self.compensate_retries,
-            "compensate_timeout": self.compensate_timeout,
-            "required": self.required,
-            "executor": self.executor,
-        }
-        if self.retry is not None:
-            options["retry"] = self.retry
-        else:
-            options["retries"] = self.retries
+        options = {spec.name: getattr(self, spec.name) for spec in self.OPTIONS}
+        for spec in self.OPTIONS:
+            if not spec.excludes:
+                continue
+            if _given(options, spec.name):
+                for other in spec.excludes:
+                    options.pop(other, None)
+            else:
+                options.pop(spec.name, None)
         return options
 
     def __repr__(self) -> str:
         shown = [f"{self.name!r}", getattr(self.fn, "__qualname__", repr(self.fn))]
-        if self.retries:
-            shown.append(f"retries={self.retries}")
-        if self.retry is not None:
-            shown.append("retry=<tenacity>")
-        if self.timeout is not None:
-            shown.append(f"timeout={self.timeout:g}")
-        if self.compensate is not None:
-            shown.append("compensate=...")
-        if self.required:
-            shown.append("required=True")
-        if self.executor is not None:
-            shown.append(f"executor={self.executor!r}")
+        fragments = (spec.show(getattr(self, spec.name)) for spec in self.OPTIONS if spec.show is not None)
+        shown.extend(fragment for fragment in fragments if fragment is not None)
         return f"Step({', '.join(shown)})"
+
+
+#: The names of ``Step``'s options, in declaration order.
+STEP_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in Step.OPTIONS)
+
+
+def plan_phrases(step: Step) -> list[str]:
+    """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
+    phrases = (spec.plan(getattr(step, spec.name), step) for spec in step.OPTIONS if spec.plan is not None)
+    return [phrase for phrase in phrases if phrase is not None]
+
+
+def _option_structure(holder: Step | Group, options: tuple[Option, ...]) -> dict[str, Any]:
+    described: dict[str, Any] = {}
+    for spec in options:
+        value = getattr(holder, spec.name)
+        if spec.fingerprint is not None and (spec.fingerprint_default or value != spec.default):
+            described[spec.name] = spec.fingerprint(value)
+    return described
+
+
+def _step_structure(step: Step) -> dict[str, Any]:
+    return {"name": step.name, **_option_structure(step, step.OPTIONS)}
+
+
+# ── group options: checks get the group's checked members and all its raw options ──
+
+
+def _check_fail_fast(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> bool:
+    return _check_bool(value, argument, flow, group)
+
+
+def _check_min_successes(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"must be an int or None, not {value!r}", flow, group, argument)
+    if not 1 <= value <= len(members):
+        raise _fail(f"must be between 1 and the number of members ({len(members)}), not {value}", flow, group, argument)
+    if options["fail_fast"]:
+        raise _fail(
+            "cannot be combined with fail_fast=True (fail fast already needs every member)", flow, group, argument
+        )
+    return value
+
+
+def _check_max_concurrency(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _fail(f"must be an int >= 1 or None, not {value!r}", flow, group, argument)
+    return value
+
+
+def group_option(default: Any, check: Callable[..., Any], **spec: Any) -> Any:
+    """A ``Group`` field declaring a group option (see ``Option``; its ``check`` is
+    ``check(value, argument, flow, group, members, options)``, and ``rule``, if given,
+    is ``rule(value, group)``: the failure rule the option sets, as ``(short, long)``
+    phrases, or None when it sets none)."""
+    return field(default=default, metadata={"option": Option(default, check, **spec)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,18 +399,67 @@ class Group:
 
     name: str
     members: tuple[Step, ...]
-    fail_fast: bool = False
-    min_successes: int | None = None
-    max_concurrency: int | None = None
+    # The group's options, in the order they are checked and planned. Each declaration
+    # is the option's only home besides its parameter of ``Flow.parallel``.
+    fail_fast: bool = group_option(
+        False,
+        _check_fail_fast,
+        rule=lambda value, group: (
+            ("fail fast", "fail fast: fails as soon as one member does not complete") if value else None
+        ),
+    )
+    min_successes: int | None = group_option(
+        None,
+        _check_min_successes,
+        rule=lambda value, group: (
+            None
+            if value is None
+            else (
+                f"at least {value} of {len(group.members)}",
+                f"quorum: fails when fewer than {value} of {len(group.members)} members complete",
+            )
+        ),
+    )
+    max_concurrency: int | None = group_option(
+        None, _check_max_concurrency, plan=lambda value, group: None if value is None else f"at most {value} at a time"
+    )
 
     @property
     def policy(self) -> str:
         """A short description of the failure policy, e.g. ``"fail fast"``."""
-        if self.fail_fast:
-            return "fail fast"
-        if self.min_successes is not None:
-            return f"at least {self.min_successes} of {len(self.members)}"
-        return "fails only if all fail"
+        return group_rule(self)[0]
+
+
+def _group_options() -> tuple[Option, ...]:
+    options = []
+    for declared in fields(Group):
+        if "option" in declared.metadata:
+            spec: Option = declared.metadata["option"]
+            spec.name = declared.name
+            options.append(spec)
+    return tuple(options)
+
+
+#: ``Group``'s options, in declaration order.
+GROUP_OPTIONS: tuple[Option, ...] = _group_options()
+
+_DEFAULT_RULE = ("fails only if all fail", "default: fails only when no member completes")
+
+
+def group_rule(group: Group) -> tuple[str, str]:
+    """The group's failure rule as ``(short, long)`` phrases, from the first option that sets one."""
+    for spec in GROUP_OPTIONS:
+        if spec.rule is not None:
+            rule = spec.rule(getattr(group, spec.name), group)
+            if rule is not None:
+                return rule
+    return _DEFAULT_RULE
+
+
+def group_plan_phrases(group: Group) -> list[str]:
+    """Short phrases for the group's options other than its failure rule, e.g. ``["at most 2 at a time"]``."""
+    phrases = (spec.plan(getattr(group, spec.name), group) for spec in GROUP_OPTIONS if spec.plan is not None)
+    return [phrase for phrase in phrases if phrase is not None]
 
 
 Stage = Step | Group
@@ -294,6 +490,28 @@ def _member(flow: str, group: str, position: int, member: object) -> Step:
         group,
         "members",
     )
+
+
+def describe_structure(flow: Flow) -> dict[str, Any]:
+    """The definition's structure as JSON-ready data: names, stage kinds and order,
+    options and policies, not the functions (nor the module they come from).
+
+    The journal fingerprints it, to tell whether a run can be resumed with this
+    definition.
+    """
+    stages: list[dict[str, Any]] = []
+    for stage in flow.stages:
+        if isinstance(stage, Group):
+            stages.append(
+                {
+                    "group": stage.name,
+                    **_option_structure(stage, GROUP_OPTIONS),
+                    "members": [_step_structure(member) for member in stage.members],
+                }
+            )
+        else:
+            stages.append({"step": _step_structure(stage)})
+    return {"flow": flow.name, "stages": stages}
 
 
 class Flow:
@@ -380,31 +598,12 @@ class Flow:
         checked = tuple(_member(flow, name, i, member) for i, member in enumerate(members))
         if not checked:
             raise _fail("a parallel group needs at least one member", flow, name, "members")
-        if not isinstance(fail_fast, bool):
-            raise _fail(f"must be True or False, not {fail_fast!r}", flow, name, "fail_fast")
-        if min_successes is not None:
-            if isinstance(min_successes, bool) or not isinstance(min_successes, int):
-                raise _fail(f"must be an int or None, not {min_successes!r}", flow, name, "min_successes")
-            if not 1 <= min_successes <= len(checked):
-                raise _fail(
-                    f"must be between 1 and the number of members ({len(checked)}), not {min_successes}",
-                    flow,
-                    name,
-                    "min_successes",
-                )
-            if fail_fast:
-                raise _fail(
-                    "cannot be combined with fail_fast=True (fail fast already needs every member)",
-                    flow,
-                    name,
-                    "min_successes",
-                )
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
-        ):
-            raise _fail(f"must be an int >= 1 or None, not {max_concurrency!r}", flow, name, "max_concurrency")
+        given = {"fail_fast": fail_fast, "min_successes": min_successes, "max_concurrency": max_concurrency}
+        options = {
+            spec.name: spec.check(given[spec.name], spec.name, flow, name, checked, given) for spec in GROUP_OPTIONS
+        }
         self._check_unique([name, *(m.name for m in checked)])
-        group = Group(name, checked, fail_fast, min_successes, max_concurrency)
+        group = Group(name, checked, **options)
         self._stages += (group,)
         self._names |= {name, *(m.name for m in checked)}
         return self

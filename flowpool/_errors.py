@@ -13,13 +13,20 @@ if TYPE_CHECKING:
     from ._results import FlowResult
 
 __all__ = [
+    "AbandonedThreadsError",
+    "CallNotPicklableError",
+    "DaskUnavailableError",
+    "ExecutorRefusedError",
     "FlowDefinitionError",
     "FlowFailedError",
     "FlowInterrupted",
     "FlowTimeoutError",
     "FlowpoolError",
     "JournalError",
+    "NotStartedError",
     "RemoteError",
+    "RemoteTraceback",
+    "RetryRejectedError",
     "StepCancelledError",
     "StepTimeoutError",
     "UnpicklableResultError",
@@ -204,3 +211,97 @@ class FlowInterrupted(KeyboardInterrupt):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.flow, self.result))
+
+
+class RetryRejectedError(FlowpoolError):
+    """A custom retry policy kept rejecting the step's value until it stopped."""
+
+    def __init__(self, step: str, attempts: int) -> None:
+        self.step = step
+        self.attempts = attempts
+        super().__init__(f"step {step!r}: the retry policy rejected the value of every attempt ({attempts} attempts)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.attempts))
+
+
+class AbandonedThreadsError(FlowpoolError):
+    """Too many timed-out thread-mode attempts are still running in this process."""
+
+    def __init__(self, step: str, count: int) -> None:
+        self.step = step
+        self.count = count
+        super().__init__(
+            f"step {step!r} was not started: {count} timed-out thread-mode attempts are still "
+            f"running in this process (Python cannot stop a thread). Run steps that hang with "
+            f"executor='process', where a timeout kills the worker."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.count))
+
+
+class CallNotPicklableError(FlowpoolError):
+    """A process-mode step (function, input or context) cannot be sent to a worker."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(
+            f"step {step!r} cannot be sent to a worker process (its function, the run's input or "
+            f"the results it can read cannot be pickled): {detail}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.detail))
+
+
+class ExecutorRefusedError(FlowpoolError):
+    """The user's executor did not run an attempt (it was shut down or cancelled it)."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(f"the executor did not run step {step!r}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.detail))
+
+
+class DaskUnavailableError(FlowpoolError):
+    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached.
+
+    Attributes:
+        address: the scheduler's ``HOST:PORT``, or None when ``distributed`` is missing.
+        detail: why the scheduler could not be reached.
+    """
+
+    def __init__(self, address: str | None = None, detail: str = "") -> None:
+        self.address = address
+        self.detail = detail
+        if address is None:
+            message = "executor 'dask://...' needs Dask: pip install 'flowpool[dask]'"
+        else:
+            message = f"cannot reach the Dask scheduler at {address}: {detail}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.address, self.detail))
+
+
+class NotStartedError(StepCancelledError):
+    """An attempt cancelled while it was queued on a worker: it never ran."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text as ``__cause__``, as ``concurrent.futures`` does."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.text,))

@@ -169,41 +169,11 @@ class RecordedRun:
 
 
 def fingerprint(flow: Flow) -> str:
-    """A hash of the definition's structure: names, stage kinds and order, options and
-    policies — not the module its functions come from."""
-    from ._definition import Group
+    """A hash of the definition's structure (``describe_structure``): names, stage kinds
+    and order, options and policies — not the module its functions come from."""
+    from ._definition import describe_structure
 
-    def describe_step(step: Any) -> dict[str, Any]:
-        retry = step.retry
-        return {
-            "name": step.name,
-            "retries": step.retries,
-            "retry": None
-            if retry is None
-            else [type(getattr(retry, part, None)).__name__ for part in ("stop", "wait", "retry")],
-            "timeout": step.timeout,
-            "compensate": step.compensate is not None,
-            "compensate_retries": step.compensate_retries,
-            "compensate_timeout": step.compensate_timeout,
-            "required": step.required,
-            "executor": step.executor,
-        }
-
-    stages = []
-    for stage in flow.stages:
-        if isinstance(stage, Group):
-            stages.append(
-                {
-                    "group": stage.name,
-                    "fail_fast": stage.fail_fast,
-                    "min_successes": stage.min_successes,
-                    "max_concurrency": stage.max_concurrency,
-                    "members": [describe_step(m) for m in stage.members],
-                }
-            )
-        else:
-            stages.append({"step": describe_step(stage)})
-    text = json.dumps({"flow": flow.name, "stages": stages}, sort_keys=True)
+    text = json.dumps(describe_structure(flow), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from typing import Any
 
 from flowpool import Flow, Group, Step
+from flowpool._definition import callable_name, group_plan_phrases, group_rule, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 
@@ -33,51 +33,19 @@ def render_plan(flow: Flow, fmt: str = "text") -> str:
     return renderer(flow)
 
 
-def _callable_name(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s"
-
-
 def step_options(step: Step) -> list[str]:
     """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
-    shown: list[str] = []
-    if step.retry is not None:
-        shown.append("custom tenacity retry policy")
-    elif step.retries:
-        shown.append(f"retries {step.retries}")
-    if step.timeout is not None:
-        shown.append(f"timeout {_seconds(step.timeout)}")
-    if step.compensate is not None:
-        undo = f"compensate {_callable_name(step.compensate)}"
-        if step.compensate_retries:
-            undo += f" (retries {step.compensate_retries})"
-        if step.compensate_timeout is not None:
-            undo += f" (timeout {_seconds(step.compensate_timeout)})"
-        shown.append(undo)
-    if step.required:
-        shown.append("required")
-    if step.executor is not None:
-        shown.append(f"on {step.executor}")
-    return shown
+    return plan_phrases(step)
 
 
 def group_policy(group: Group) -> str:
     """The group's failure policy in words, with its concurrency cap."""
-    if group.fail_fast:
-        policy = "fail fast: fails as soon as one member does not complete"
-    elif group.min_successes is not None:
-        policy = f"quorum: fails when fewer than {group.min_successes} of {len(group.members)} members complete"
-    else:
-        policy = "default: fails only when no member completes"
+    phrases = [group_rule(group)[1]]
     required = [m.name for m in group.members if m.required]
     if required:
-        policy += f"; required: {', '.join(required)}"
-    if group.max_concurrency is not None:
-        policy += f"; at most {group.max_concurrency} at a time"
-    return policy
+        phrases.append(f"required: {', '.join(required)}")
+    phrases.extend(group_plan_phrases(group))
+    return "; ".join(phrases)
 
 
 def compensation_order(flow: Flow) -> list[str]:
@@ -91,7 +59,7 @@ def compensation_order(flow: Flow) -> list[str]:
 def _step_line(step: Step) -> str:
     options = step_options(step)
     suffix = f"  [{', '.join(options)}]" if options else ""
-    return f"{step.name} ({_callable_name(step.fn)}){suffix}"
+    return f"{step.name} ({callable_name(step.fn)}){suffix}"
 
 
 def _text(flow: Flow) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import FlowpoolError, StepCancelledError
+from ._errors import FlowpoolError, RetryRejectedError, StepCancelledError
 
 __all__ = ["Decision", "RetryDriver", "default_retrying"]
 
@@ -51,15 +51,6 @@ class Decision:
     ok: bool = False
     value: Any = None
     error: BaseException | None = None
-
-
-class RetryRejectedError(FlowpoolError):
-    """A custom retry policy kept rejecting the step's value until it stopped."""
-
-    def __init__(self, step: str, attempts: int) -> None:
-        self.step = step
-        self.attempts = attempts
-        super().__init__(f"step {step!r}: the retry policy rejected the value of every attempt ({attempts} attempts)")
 
 
 class RetryDriver:

@@ -515,3 +515,184 @@ def test_bad_run_arguments_do_not_call_any_step() -> None:
         with pytest.raises(FlowDefinitionError):
             flow.run(**kwargs)
     assert calls == []
+
+
+# ── one declaration per step option ─────────────────────────────────────────────
+
+#: A valid value other than the default for every step option. A new option needs a line here.
+SAMPLE_OPTION_VALUES: dict[str, Any] = {
+    "retries": 2,
+    "retry": tenacity.Retrying(stop=tenacity.stop_after_attempt(3)),
+    "timeout": 1.5,
+    "compensate": undo,
+    "compensate_retries": 1,
+    "compensate_timeout": 2.0,
+    "required": True,
+    "executor": "process",
+}
+
+
+def test_step_options_are_the_spec_list_in_order() -> None:
+    from flowpool._definition import STEP_OPTIONS
+
+    assert tuple(SAMPLE_OPTION_VALUES) == STEP_OPTIONS
+    assert Step.__slots__ == ("name", "fn", *STEP_OPTIONS)
+    assert not hasattr(Step("a", ok), "__dict__")
+
+
+def test_a_step_without_options_holds_every_default() -> None:
+    step = Step("a", ok)
+    assert (step.retries, step.retry, step.timeout, step.compensate) == (0, None, None, None)
+    assert (step.compensate_retries, step.compensate_timeout, step.required, step.executor) == (0, None, False, None)
+    assert step.options() == {
+        "retries": 0,
+        "timeout": None,
+        "compensate": None,
+        "compensate_retries": 0,
+        "compensate_timeout": None,
+        "required": False,
+        "executor": None,
+    }
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_OPTION_VALUES))
+def test_each_option_is_kept_given_back_and_described(name: str) -> None:
+    from flowpool._definition import describe_structure, plan_phrases
+
+    value = SAMPLE_OPTION_VALUES[name]
+    extra = {"compensate": undo} if name.startswith("compensate_") else {}
+    step = Step("a", ok, **{name: value}, **extra)
+    assert getattr(step, name) == value
+    assert step.options()[name] == value
+    rebuilt = Step("a", ok, **step.options())
+    assert [getattr(rebuilt, n) for n in SAMPLE_OPTION_VALUES] == [getattr(step, n) for n in SAMPLE_OPTION_VALUES]
+    # The fingerprint and the plan see the option.
+    plain = Step("a", ok, **extra)
+    structure = describe_structure(Flow("f").parallel("g", [step]))
+    assert structure != describe_structure(Flow("f").parallel("g", [plain]))
+    assert plan_phrases(step) != plan_phrases(plain)
+
+
+def test_retry_and_retries_exclude_each_other_in_options() -> None:
+    custom = Step("a", ok, retry=tenacity.Retrying())
+    assert "retries" not in custom.options() and custom.options()["retry"] is custom.retry
+    with pytest.raises(FlowDefinitionError, match="give either 'retries' or 'retry', not both"):
+        Step("a", ok, retries=0, retry=tenacity.Retrying())
+    assert Step("a", ok, retries=1, retry=None).retries == 1
+
+
+def test_repr_shows_the_options_that_are_set() -> None:
+    step = Step("a", ok, retries=2, timeout=1.5, compensate=undo, compensate_retries=3, executor="process")
+    assert repr(step) == "Step('a', ok, retries=2, timeout=1.5, compensate=..., executor='process')"
+    assert repr(Step("b", ok, retry=tenacity.Retrying(), required=True)) == (
+        "Step('b', ok, retry=<tenacity>, required=True)"
+    )
+
+
+def test_fingerprint_structure_of_a_step() -> None:
+    from flowpool._definition import describe_structure
+
+    step = Step("a", ok, retry=tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), compensate=undo)
+    assert describe_structure(Flow("f").parallel("g", [step], fail_fast=True)) == {
+        "flow": "f",
+        "stages": [
+            {
+                "group": "g",
+                "fail_fast": True,
+                "min_successes": None,
+                "max_concurrency": None,
+                "members": [
+                    {
+                        "name": "a",
+                        "retries": 0,
+                        "retry": ["stop_after_attempt", "wait_none", "retry_if_exception_type"],
+                        "timeout": None,
+                        "compensate": True,
+                        "compensate_retries": 0,
+                        "compensate_timeout": None,
+                        "required": False,
+                        "executor": None,
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_fingerprint_values_are_stable() -> None:
+    # Journals compare these hashes to decide whether a run can resume: they may not
+    # change when the definition code is reorganised (values recorded before the option table).
+    from flowpool._journal import fingerprint
+
+    assert fingerprint(Flow("a").step("x", ok)) == "67ed3524ddbbe5bac6e67d0e546a3176b05b390ec1100ffff21154fb549f4841"
+    flow = (
+        Flow("b")
+        .step(
+            "x",
+            ok,
+            retries=2,
+            timeout=1.5,
+            compensate=undo,
+            compensate_retries=1,
+            compensate_timeout=3,
+            executor="process",
+        )
+        .parallel(
+            "g",
+            [
+                Step("m1", ok, required=True, retry=tenacity.Retrying(stop=tenacity.stop_after_attempt(3))),
+                {"name": "m2", "fn": ok, "retries": 0, "executor": "thread"},
+            ],
+            min_successes=1,
+            max_concurrency=2,
+        )
+        .parallel("h", [Step("m3", ok)], fail_fast=True)
+        .step("y", ok, retry=tenacity.Retrying())
+    )
+    assert fingerprint(flow) == "17284f078fa75a2d402fe808cd3813c4357d1d753a3b20afb755f0c1d338bc13"
+
+
+# ── one declaration per group option ────────────────────────────────────────────
+
+
+def test_group_options_are_declared_once_on_group() -> None:
+    from flowpool import Group
+    from flowpool._definition import GROUP_OPTIONS
+
+    assert [spec.name for spec in GROUP_OPTIONS] == ["fail_fast", "min_successes", "max_concurrency"]
+    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None]
+    # Still a plain record with the positional constructor it always had.
+    group = Group("g", (Step("a", ok),), True, None, 3)
+    assert (group.fail_fast, group.min_successes, group.max_concurrency) == (True, None, 3)
+    assert group == Group("g", group.members, fail_fast=True, max_concurrency=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "short", "text"),
+    [
+        ({}, "fails only if all fail", "default: fails only when no member completes"),
+        ({"fail_fast": True}, "fail fast", "fail fast: fails as soon as one member does not complete"),
+        ({"min_successes": 2}, "at least 2 of 3", "quorum: fails when fewer than 2 of 3 members complete"),
+        (
+            {"max_concurrency": 2},
+            "fails only if all fail",
+            "default: fails only when no member completes; required: b; at most 2 at a time",
+        ),
+    ],
+)
+def test_group_policy_phrases_follow_the_declared_options(options: dict[str, Any], short: str, text: str) -> None:
+    from flowpool._plan import group_policy
+
+    required = {"max_concurrency"} & set(options)
+    members = [Step("a", ok), Step("b", ok, required=bool(required)), Step("c", ok)]
+    group = Flow("f").parallel("g", members, **options).stages[0]
+    assert group.policy == short  # type: ignore[union-attr]
+    assert group_policy(group) == text  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{"fail_fast": True}, {"min_successes": 1}, {"max_concurrency": 1}])
+def test_each_group_option_is_fingerprinted(options: dict[str, Any]) -> None:
+    from flowpool._definition import describe_structure
+
+    plain = describe_structure(Flow("f").parallel("g", [Step("a", ok)]))
+    assert describe_structure(Flow("f").parallel("g", [Step("a", ok)], **options)) != plain

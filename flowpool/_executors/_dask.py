@@ -20,21 +20,17 @@ import uuid
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
-from .._errors import FlowDefinitionError, FlowpoolError
+from .._errors import CallNotPicklableError, DaskUnavailableError, FlowDefinitionError, FlowpoolError
 from . import _worker
 
 __all__ = ["DaskBackend"]
-
-
-class DaskUnavailableError(FlowpoolError):
-    """Dask's ``distributed`` package is not installed, or the scheduler cannot be reached."""
 
 
 def _connect(address: str) -> Any:
     try:
         import distributed
     except ImportError as error:
-        raise DaskUnavailableError("executor 'dask://...' needs Dask: pip install 'flowpool[dask]'") from error
+        raise DaskUnavailableError() from error
     target = address.removeprefix("dask://")
     if not target:
         raise FlowDefinitionError("give the scheduler as 'dask://HOST:PORT'", argument="executor")
@@ -42,7 +38,7 @@ def _connect(address: str) -> Any:
     try:
         return client_type(f"tcp://{target}", timeout=10, set_as_default=False)
     except OSError as error:
-        raise DaskUnavailableError(f"cannot reach the Dask scheduler at {target}: {error}") from error
+        raise DaskUnavailableError(target, str(error)) from error
 
 
 class DaskBackend:
@@ -80,8 +76,6 @@ class DaskBackend:
         self._scatter_lock = threading.Lock()
 
     def submit(self, attempt: Attempt) -> None:
-        from ._process import CallNotPicklableError
-
         try:
             call = self._packer.prepare(attempt.fn, attempt.ctx, attempt.args)
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure

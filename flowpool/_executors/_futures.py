@@ -19,18 +19,9 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
 from .._context import Context
-from .._errors import FlowpoolError
+from .._errors import ExecutorRefusedError
 
 __all__ = ["ExecutorBackend", "call_detached"]
-
-
-class ExecutorRefusedError(FlowpoolError):
-    """The user's executor did not run an attempt (it was shut down or cancelled it)."""
-
-    def __init__(self, step: str, detail: str) -> None:
-        self.step = step
-        self.detail = detail
-        super().__init__(f"the executor did not run step {step!r}: {detail}")
 
 
 def call_detached(fn: Any, ctx: Context, args: tuple[Any, ...]) -> Any:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
-from .._errors import FlowpoolError, WorkerCrashedError
+from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
 from . import _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
@@ -49,18 +49,6 @@ on_payload: Callable[[str, int, int], None] | None = None
 
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
-
-
-class CallNotPicklableError(FlowpoolError):
-    """A process-mode step (function, input or context) cannot be sent to a worker."""
-
-    def __init__(self, step: str, detail: str) -> None:
-        self.step = step
-        self.detail = detail
-        super().__init__(
-            f"step {step!r} cannot be sent to a worker process (its function, the run's input or "
-            f"the results it can read cannot be pickled): {detail}"
-        )
 
 
 def _flag_dir() -> str | None:
@@ -507,7 +495,7 @@ class ProcessBackend:
             else:
                 envelope = future.result()
                 attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
-                attempt.never_started = isinstance(attempt.error, _worker.NotStartedError)
+                attempt.never_started = isinstance(attempt.error, NotStartedError)
                 if attempt.ok:
                     self._packer.remember(attempt.value, envelope)
             attempt.finished_at = attempt.clock.now()

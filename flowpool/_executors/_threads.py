@@ -26,7 +26,7 @@ import queue
 import threading
 
 from .._attempt import Attempt
-from .._errors import FlowpoolError
+from .._errors import AbandonedThreadsError
 
 __all__ = ["IDLE_TIMEOUT", "MAX_ABANDONED_THREADS", "AbandonedThreadsError", "SharedThreads", "ThreadBackend"]
 
@@ -36,19 +36,6 @@ MAX_ABANDONED_THREADS = 256
 
 #: Seconds an idle shared thread waits for work before it exits.
 IDLE_TIMEOUT = 60.0
-
-
-class AbandonedThreadsError(FlowpoolError):
-    """Too many timed-out thread-mode attempts are still running in this process."""
-
-    def __init__(self, step: str, count: int) -> None:
-        self.step = step
-        self.count = count
-        super().__init__(
-            f"step {step!r} was not started: {count} timed-out thread-mode attempts are still "
-            f"running in this process (Python cannot stop a thread). Run steps that hang with "
-            f"executor='process', where a timeout kills the worker."
-        )
 
 
 class SharedThreads:

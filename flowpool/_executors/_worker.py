@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .._errors import StepCancelledError
+from .._errors import NotStartedError, RemoteTraceback
 
 __all__ = [
     "Call",
@@ -737,21 +737,6 @@ def _envelope_error(error: BaseException) -> bytes:
 def _qualified_name(kind: type) -> str:
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
-
-
-class NotStartedError(StepCancelledError):
-    """An attempt cancelled while it was queued on a worker: it never ran."""
-
-
-class RemoteTraceback(Exception):
-    """Carries a worker's traceback text as ``__cause__``, as ``concurrent.futures`` does."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
 
 
 def decode(envelope: bytes, step: str) -> tuple[bool, Any, BaseException | None]:
