@@ -24,6 +24,7 @@ __all__ = [
     "FlowpoolError",
     "JournalError",
     "NotStartedError",
+    "StaleStoreError",
     "RemoteError",
     "RemoteTraceback",
     "RetryRejectedError",
@@ -291,6 +292,11 @@ class DaskUnavailableError(FlowpoolError):
 
 class NotStartedError(StepCancelledError):
     """An attempt cancelled while it was queued on a worker: it never ran."""
+
+
+class StaleStoreError(RuntimeError):
+    """A process-mode payload assumed values its worker does not hold (it is not the
+    lane's first worker); the parent handles it as a crash and retries on a new lane."""
 
 
 class RemoteTraceback(Exception):

@@ -45,6 +45,7 @@ SAMPLES: dict[str, Any] = {
     "ExecutorRefusedError": lambda: _errors.ExecutorRefusedError("s", "the executor cancelled it"),
     "DaskUnavailableError": lambda: _errors.DaskUnavailableError("host:8786", "connection refused"),
     "NotStartedError": lambda: _errors.NotStartedError("s", "cancelled (it never started)"),
+    "StaleStoreError": lambda: _errors.StaleStoreError("this worker does not hold what its lane was sent"),
     "RemoteTraceback": lambda: _errors.RemoteTraceback("Traceback (most recent call last):\n  ...\n"),
 }
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .._errors import NotStartedError, RemoteTraceback
+from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
 
 __all__ = [
     "Call",
@@ -557,10 +557,6 @@ class Results(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.items())!r})"
-
-
-class StaleStoreError(RuntimeError):
-    """A payload assumed values this worker does not hold (it is not the lane's first worker)."""
 
 
 _store_key = 0
