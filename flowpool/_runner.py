@@ -33,10 +33,11 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from enum import IntEnum
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._attempt import DONE, STARTED, Attempt, Message
+from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context
 from ._definition import Flow, Group, Step, _check_seconds
@@ -75,12 +76,28 @@ STOP_GRACE = 0.5
 #: Longest single wait of the loop while it owns Ctrl-C (see install_interrupt_handler).
 SIGNAL_POLL = 0.1
 
-_INTERRUPT = 3  # inbox message: Ctrl-C arrived
 
-# Step-run states.
-_PENDING, _RUNNING, _BACKOFF, _FINAL = range(4)
-# Timer kinds.
-_TIMEOUT, _WAKE, _DEADLINE, _GRACE = range(4)
+class StepState(IntEnum):
+    """Where a step is in its run."""
+
+    PENDING = 0  # not dispatched yet
+    RUNNING = 1  # an attempt is with a backend
+    BACKOFF = 2  # waiting for its retry's wake-up timer
+    FINAL = 3  # its record is written
+
+
+class TimerKind(IntEnum):
+    """What a timer of the loop is for."""
+
+    TIMEOUT = 0  # an attempt's timeout (target: the attempt)
+    WAKE = 1  # a retry's backoff ended (target: the step run)
+    DEADLINE = 2  # the run's own timeout (target: None)
+    GRACE = 3  # the stop grace ended (target: None)
+
+
+# Module-level names, compared on every attempt.
+_PENDING, _RUNNING, _BACKOFF, _FINAL = StepState
+_TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
 
 
 def status_of(error: BaseException | None) -> StepStatus:
@@ -238,7 +255,7 @@ class _Run:
         self.run_id = uuid.uuid4().hex
         self.events = EventSink(on_event, self.name, self.run_id)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.timers: list[tuple[float, int, int, Any]] = []
+        self.timers: list[tuple[float, int, TimerKind, Any]] = []
         self.sequence = itertools.count()
         self.backends: dict[str, Backend] = {}
         self.values: dict[str, Any] = {}
@@ -635,7 +652,7 @@ class _Run:
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
-    def push_timer(self, when: float, kind: int, target: Any) -> None:
+    def push_timer(self, when: float, kind: TimerKind, target: Any) -> None:
         heapq.heappush(self.timers, (when, next(self.sequence), kind, target))
 
     def wait_once(self) -> None:
@@ -654,15 +671,15 @@ class _Run:
         if journal is not None and journal.dirty and self.inbox.empty():
             journal.flush()  # what arrived together is committed together, before we wait
         try:
-            kind, item = self.clock.get(self.inbox, wait)
+            message, item = self.clock.get(self.inbox, wait)
         except queue.Empty:
             return
-        if kind == DONE:
+        if message == DONE:
             self.on_done(item)
-        elif kind == STARTED:
+        elif message == STARTED:
             if not item.settled:
                 self.on_started(item)
-        elif kind == _INTERRUPT:
+        elif message == INTERRUPT:
             self.on_interrupt()
 
     def on_started(self, attempt: Attempt) -> None:
@@ -703,7 +720,7 @@ class _Run:
         else:
             self.on_outcome(sr, attempt, status_of(attempt.error), None, attempt.error)
 
-    def on_timer(self, kind: int, target: Any) -> None:
+    def on_timer(self, kind: TimerKind, target: Any) -> None:
         if kind == _TIMEOUT:
             attempt: Attempt = target
             if attempt.settled or attempt.finished_at is not None:
@@ -924,7 +941,7 @@ class _Run:
                 if self.interrupts >= 2 and self.interruptible:
                     raise KeyboardInterrupt
                 return
-            self.inbox.put((_INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
+            self.inbox.put((INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
 
         signal.signal(signal.SIGINT, on_sigint)
         # A signal delivered to another thread (loky's, ours) does not interrupt the main
