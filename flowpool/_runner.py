@@ -23,8 +23,6 @@ given up on (``attempt.settled``) is dropped.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import queue
@@ -62,6 +60,7 @@ from ._results import (
     StepStatus,
 )
 from ._retry import RetryDriver, backoff_delay, default_retrying
+from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -84,15 +83,6 @@ class StepState(IntEnum):
     RUNNING = 1  # an attempt is with a backend
     BACKOFF = 2  # waiting for its retry's wake-up timer
     FINAL = 3  # its record is written
-
-
-class TimerKind(IntEnum):
-    """What a timer of the loop is for."""
-
-    TIMEOUT = 0  # an attempt's timeout (target: the attempt)
-    WAKE = 1  # a retry's backoff ended (target: the step run)
-    DEADLINE = 2  # the run's own timeout (target: None)
-    GRACE = 3  # the stop grace ended (target: None)
 
 
 # Module-level names, compared on every attempt.
@@ -255,8 +245,7 @@ class _Run:
         self.run_id = uuid.uuid4().hex
         self.events = EventSink(on_event, self.name, self.run_id)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.timers: list[tuple[float, int, TimerKind, Any]] = []
-        self.sequence = itertools.count()
+        self.timers = Timers(self.clock)
         self.backends: dict[str, Backend] = {}
         self.values: dict[str, Any] = {}
         self.values_view: Mapping[str, Any] = MappingProxyType({})
@@ -273,7 +262,6 @@ class _Run:
         self.grace_armed = False
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
-        self.signal_poll: float | None = None
         self.journal: Journal | None = None
         self.resumed: RecordedRun | None = None
         self.compensation_done: set[str] = set()
@@ -317,7 +305,7 @@ class _Run:
                     self.journal.reopen_run(self.run_id)
             self.events.emit("flow_started", self.started_at)
             if self.timeout is not None:
-                self.push_timer(self.started_at + self.timeout, _DEADLINE, None)
+                self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
             if self.resumed is not None and self.resumed.phase == "compensating":
                 self.restore_compensation_phase(self.resumed)
             index = 0
@@ -652,28 +640,22 @@ class _Run:
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
-    def push_timer(self, when: float, kind: TimerKind, target: Any) -> None:
-        heapq.heappush(self.timers, (when, next(self.sequence), kind, target))
-
     def wait_once(self) -> None:
         """Handle due timers, or else the next message (waiting until the next timer)."""
         timers = self.timers
         now = self.clock.now()
-        if timers and timers[0][0] <= now:
-            while timers and timers[0][0] <= now:
-                _, _, kind, target = heapq.heappop(timers)
+        next_at = timers.next_at()
+        if next_at is not None and next_at <= now:
+            for kind, target in timers.due(now):
                 self.on_timer(kind, target)
             return
-        wait = timers[0][0] - now if timers else None
-        if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
-            wait = self.signal_poll
         journal = self.journal
         if journal is not None and journal.dirty and self.inbox.empty():
             journal.flush()  # what arrived together is committed together, before we wait
-        try:
-            message, item = self.clock.get(self.inbox, wait)
-        except queue.Empty:
+        received = timers.wait(self.inbox, next_at, now)
+        if received is None:
             return
+        message, item = received
         if message == DONE:
             self.on_done(item)
         elif message == STARTED:
@@ -690,7 +672,7 @@ class _Run:
             self.announce_start(sr, attempt)
         timeout = sr.step.timeout
         if timeout is not None:
-            self.push_timer(started + timeout, _TIMEOUT, attempt)
+            self.timers.push(started + timeout, _TIMEOUT, attempt)
 
     def announce_start(self, sr: _StepRun, attempt: Attempt) -> None:
         started = attempt.started_at
@@ -791,7 +773,7 @@ class _Run:
             # From the attempt's end, so time spent deciding (tenacity's first import) is
             # not added to the backoff.
             finished = attempt.finished_at if attempt.finished_at is not None else now
-            self.push_timer(finished + decision.delay, _WAKE, sr)
+            self.timers.push(finished + decision.delay, _WAKE, sr)
         elif decision.ok:
             self.finalize(st, sr, StepStatus.COMPLETED, decision.value, None)
         else:
@@ -893,7 +875,7 @@ class _Run:
                 soft = True
         if soft and not self.grace_armed:
             self.grace_armed = True
-            self.push_timer(self.clock.now() + STOP_GRACE, _GRACE, None)
+            self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
 
     def abandon(self, st: _StageRun, sr: _StepRun, reason: str) -> None:
         attempt = sr.attempt
@@ -949,7 +931,7 @@ class _Run:
         # never block longer than this. (A virtual test clock would count these wake-ups
         # as time passing, so it is left alone.)
         if type(self.clock) is Clock:
-            self.signal_poll = SIGNAL_POLL
+            self.timers.signal_poll = SIGNAL_POLL
 
         def restore() -> None:
             signal.signal(signal.SIGINT, previous)
@@ -1069,8 +1051,8 @@ class _Run:
                 backend.stop(attempt)
                 raise KeyboardInterrupt
             wait = None if deadline is None else deadline - self.clock.now()
-            if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
-                wait = self.signal_poll
+            if self.timers.signal_poll is not None and (wait is None or wait > self.timers.signal_poll):
+                wait = self.timers.signal_poll
             if wait is not None and wait <= 0:
                 attempt.settled = True
                 tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")
