@@ -1050,19 +1050,17 @@ class _Run:
                 tell_cancel(backend, attempt, "the compensations were abandoned (second Ctrl-C)")
                 backend.stop(attempt)
                 raise KeyboardInterrupt
-            wait = None if deadline is None else deadline - self.clock.now()
-            if self.timers.signal_poll is not None and (wait is None or wait > self.timers.signal_poll):
-                wait = self.timers.signal_poll
-            if wait is not None and wait <= 0:
+            now = self.clock.now()
+            if deadline is not None and deadline <= now:
                 attempt.settled = True
                 tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")
                 backend.stop(attempt)
                 assert timeout is not None
                 return False, StepTimeoutError(step.name, timeout, number)
-            try:
-                kind, item = self.clock.get(self.inbox, wait)
-            except queue.Empty:
+            received = self.timers.wait(self.inbox, deadline, now)
+            if received is None:
                 continue
+            kind, item = received
             if item is not attempt:
                 continue  # a late outcome from the stages, or an interrupt (handled by the handler)
             if kind == STARTED and timeout is not None and attempt.started_at is not None:
