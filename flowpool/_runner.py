@@ -635,8 +635,6 @@ class _Run:
         sr.attempt = attempt
         sr.state = _RUNNING
         backend.submit(attempt)
-        if backend.start_is_submission and attempt.started_at is not None and attempt.finished_at is None:
-            self.on_started(attempt)
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
@@ -1041,9 +1039,7 @@ class _Run:
         ctx._scope = attempt
         backend.submit(attempt)
         timeout = step.compensate_timeout
-        deadline: float | None = None
-        if timeout is not None and backend.start_is_submission:
-            deadline = self.clock.now() + timeout
+        deadline: float | None = None  # armed when the attempt starts
         while True:
             if self.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
                 attempt.settled = True

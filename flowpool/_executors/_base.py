@@ -24,8 +24,6 @@ class Backend(Protocol):
     kills: bool
     #: True when attempts run in this process (so compensations may run in the caller's thread).
     in_process: bool
-    #: True when the start of an attempt is only known as its submission time.
-    start_is_submission: bool
 
     def submit(self, attempt: Attempt) -> None:
         """Start ``attempt`` as soon as there is room; never blocks."""

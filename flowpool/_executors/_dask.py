@@ -52,7 +52,6 @@ class DaskBackend:
     in_process = False
     # Attempts wait here until the cluster has room; each is announced (STARTED) when
     # it is handed to Dask, which is the moment its timeout counts from.
-    start_is_submission = False
 
     def __init__(self, executor: Any, max_workers: int | None) -> None:
         if isinstance(executor, str):

@@ -61,7 +61,6 @@ class ExecutorBackend:
 
     kind = "executor"
     kills = False
-    start_is_submission = False
 
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self._executor = executor

@@ -322,7 +322,6 @@ class ProcessBackend:
     kind = "process"
     kills = True
     in_process = False
-    start_is_submission = False
 
     def __init__(self, max_workers: int) -> None:
         self._max_workers = max_workers
