@@ -603,12 +603,10 @@ class _Run:
         sr.attempts = number
         sr.state = _RUNNING
         backend = sr.backend
-        check_capacity = getattr(backend, "check_capacity", None)
         try:
             if sr.driver is not None:
                 sr.driver.next_attempt()  # runs the user's tenacity ``before`` hook
-            if check_capacity is not None:
-                check_capacity(step.name)
+            backend.check_capacity(step.name)
         except Exception as error:  # noqa: BLE001 - reported as this step's failure
             sr.attempts -= 1
             st = self.stage

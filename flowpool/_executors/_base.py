@@ -40,5 +40,9 @@ class Backend(Protocol):
         Its outcome, if one still arrives, is ignored.
         """
 
+    def check_capacity(self, step: str) -> None:
+        """Raise if the backend cannot take another attempt of ``step`` now (the step
+        then fails with that error); called before every attempt is submitted."""
+
     def close(self) -> None:
         """Release what the backend holds for this run; never waits for abandoned work."""

@@ -138,6 +138,9 @@ class DaskBackend:
                 future.cancel()  # best effort: a running task keeps running on its worker
         self._pump()
 
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the cluster bounds its own work."""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

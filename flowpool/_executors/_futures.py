@@ -161,6 +161,9 @@ class ExecutorBackend:
         self._release(attempt)  # the loop gave up on it: let the next attempt go
         self._pump()
 
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the user's executor bounds its own work."""
+
     def close(self) -> None:
         """The executor is the user's to manage; attempts still waiting here never start."""
         with self._lock:

@@ -514,6 +514,9 @@ class ProcessBackend:
         else:
             self.cancel(attempt)  # queued behind another: the worker will skip it
 
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the lane pool bounds its own work."""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
