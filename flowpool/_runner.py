@@ -23,7 +23,6 @@ given up on (``attempt.settled``) is dropped.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
@@ -47,7 +46,7 @@ from ._errors import (
     StepTimeoutError,
 )
 from ._events import EventSink
-from ._executors import Backend, describe_executor, open_backend
+from ._executors import Backend, Backends, describe_executor
 from ._journal import Journal, RecordedRun
 from ._policy import group_verdict, stops_group_early
 from ._results import (
@@ -66,8 +65,6 @@ if TYPE_CHECKING:
     from ._events import Event
 
 __all__ = ["STOP_GRACE", "run_flow"]
-
-log = logging.getLogger("flowpool")
 
 #: How long thread-mode work may take to notice ``ctx.cancelled`` when a run stops.
 STOP_GRACE = 0.5
@@ -238,15 +235,13 @@ class _Run:
         self.name = flow.name
         self.stages = stages
         self.input = input
-        self.executor = executor
-        self.max_workers = max_workers
         self.timeout = timeout
         self.clock = clock
         self.run_id = uuid.uuid4().hex
         self.events = EventSink(on_event, self.name, self.run_id)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.timers = Timers(self.clock)
-        self.backends: dict[str, Backend] = {}
+        self.backends = Backends(executor, max_workers)
         self.values: dict[str, Any] = {}
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
@@ -268,34 +263,12 @@ class _Run:
         self.failure_recorded = False
         self.interruptible = False  # True while a compensation runs in this thread
 
-    # ── backends ────────────────────────────────────────────────────────────────
-
-    def backend_for(self, step: Step) -> Backend:
-        key = step.executor or "run"
-        if key != "run" and isinstance(self.executor, str) and self.executor == key:
-            key = "run"
-        backend = self.backends.get(key)
-        if backend is None:
-            spec = self.executor if key == "run" else key
-            backend = open_backend(spec, self.max_workers)
-            self.backends[key] = backend
-        return backend
-
-    def close_backends(self) -> None:
-        for backend in self.backends.values():
-            try:
-                backend.close()
-            except Exception:
-                log.exception("flowpool: closing the %s backend failed", backend.kind)
-
     # ── the run ─────────────────────────────────────────────────────────────────
 
     def execute(self) -> FlowResult:
         clock = self.clock
         self.started_at = clock.now()
-        # Open the run's own backend first: a cluster that cannot be reached fails the
-        # call before any event is sent.
-        self.backends["run"] = open_backend(self.executor, self.max_workers)
+        self.backends.open_run_backend()
         restore = self.install_interrupt_handler()
         try:
             if self.journal is not None:
@@ -323,7 +296,7 @@ class _Run:
             self.compensate_all()
         finally:
             restore()
-            self.close_backends()
+            self.backends.close()
         return self.finish()
 
     def finish(self) -> FlowResult:
@@ -453,7 +426,7 @@ class _Run:
                     self.compensation_done.add(step.name)
                 self.records[step.name] = record
                 if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
-                    sr = _StepRun(step, index, group, self.backend_for(step))
+                    sr = _StepRun(step, index, group, self.backends.for_step(step.executor))
                     sr.record = record
                     self.completed_with_compensation.append(sr)
                 if rec is not None and rec.status is StepStatus.COMPLETED:
@@ -500,7 +473,8 @@ class _Run:
         group = stage if isinstance(stage, Group) else None
         group_name = group.name if group is not None else None
         runs = [
-            _StepRun(step, index + offset, group_name, self.backend_for(step)) for offset, step in enumerate(members)
+            _StepRun(step, index + offset, group_name, self.backends.for_step(step.executor))
+            for offset, step in enumerate(members)
         ]
         st = _StageRun(stage.name, group, runs)
         self.stage = st
