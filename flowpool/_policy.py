@@ -1,12 +1,22 @@
-"""Group verdicts: pure functions of the members' final statuses."""
+"""Verdicts: pure functions of outcomes (an attempt's error, a group's members)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._results import GroupStatus, StepStatus
+from ._errors import StepCancelledError, StepTimeoutError
+from ._results import GroupStatus, StepResult, StepStatus
 
-__all__ = ["group_verdict", "stops_group_early"]
+__all__ = ["group_error", "group_verdict", "status_of", "stops_group_early"]
+
+
+def status_of(error: BaseException | None) -> StepStatus:
+    """The status an attempt that raised ``error`` ends with."""
+    if isinstance(error, StepCancelledError):
+        return StepStatus.CANCELLED
+    if isinstance(error, StepTimeoutError):
+        return StepStatus.TIMED_OUT
+    return StepStatus.FAILED
 
 
 def group_verdict(
@@ -43,3 +53,25 @@ def group_verdict(
 def stops_group_early(status: StepStatus, *, fail_fast: bool) -> bool:
     """Whether a member that ended with ``status`` cancels the rest of its group."""
     return fail_fast and status is not StepStatus.COMPLETED
+
+
+def group_error(group: str, policy: str, records: Sequence[StepResult], required: Sequence[bool]) -> BaseException:
+    """The error of a failed group: its members' errors, and why the policy failed it.
+
+    ``records`` are the members' records and ``required`` their ``required`` options,
+    in declaration order.
+    """
+    errors: list[Exception] = []
+    for record in records:
+        if record.status is StepStatus.COMPLETED:
+            continue
+        error = record.error or StepCancelledError(record.name, "not completed")
+        errors.append(error if isinstance(error, Exception) else StepCancelledError(record.name, repr(error)))
+    completed = sum(1 for record in records if record.ok)
+    why = f"{completed} of {len(records)} members completed; policy: {policy}"
+    missing = [
+        record.name for record, is_required in zip(records, required, strict=True) if is_required and not record.ok
+    ]
+    if missing:
+        why += f"; required member(s) did not complete: {', '.join(missing)}"
+    return ExceptionGroup(f"group {group!r} failed ({why})", errors)

@@ -48,7 +48,7 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backend, Backends, describe_executor
 from ._journal import Journal, RecordedRun
-from ._policy import group_verdict, stops_group_early
+from ._policy import group_error, group_verdict, status_of, stops_group_early
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -85,15 +85,6 @@ class StepState(IntEnum):
 # Module-level names, compared on every attempt.
 _PENDING, _RUNNING, _BACKOFF, _FINAL = StepState
 _TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
-
-
-def status_of(error: BaseException | None) -> StepStatus:
-    """The status an attempt that raised ``error`` ends with."""
-    if isinstance(error, StepCancelledError):
-        return StepStatus.CANCELLED
-    if isinstance(error, StepTimeoutError):
-        return StepStatus.TIMED_OUT
-    return StepStatus.FAILED
 
 
 def tell_cancel(backend: Backend, attempt: Attempt, reason: str) -> None:
@@ -525,7 +516,9 @@ class _Run:
         if self.journal is not None:
             self.journal.group_finished(self.run_id, group.name, verdict.value)
         if verdict is GroupStatus.FAILED:
-            self.fail(group.name, self.stop_error() or self.group_error(group, st))
+            records = [sr.record for sr in st.members if sr.record is not None]
+            required = [sr.step.required for sr in st.members]
+            self.fail(group.name, self.stop_error() or group_error(group.name, group.policy, records, required))
         self.fail_if_stopping(st)
 
     def fail_if_stopping(self, st: _StageRun) -> None:
@@ -534,21 +527,6 @@ class _Run:
         error = self.stop_error()
         if error is not None:
             self.fail(st.name, error)
-
-    def group_error(self, group: Group, st: _StageRun) -> BaseException:
-        errors: list[Exception] = []
-        for sr in st.members:
-            record = sr.record
-            if record is None or record.status is StepStatus.COMPLETED:
-                continue
-            error = record.error or StepCancelledError(sr.step.name, "not completed")
-            errors.append(error if isinstance(error, Exception) else StepCancelledError(sr.step.name, repr(error)))
-        completed = sum(1 for sr in st.members if sr.record is not None and sr.record.ok)
-        why = f"{completed} of {len(st.members)} members completed; policy: {group.policy}"
-        required = [sr.step.name for sr in st.members if sr.step.required and not (sr.record and sr.record.ok)]
-        if required:
-            why += f"; required member(s) did not complete: {', '.join(required)}"
-        return ExceptionGroup(f"group {group.name!r} failed ({why})", errors)
 
     def stop_error(self) -> BaseException | None:
         if self.stopping is None:
