@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowpool import GroupStatus, StepStatus
-from flowpool._policy import group_verdict, stops_group_early
+from flowpool import GroupStatus, StepCancelledError, StepResult, StepStatus, StepTimeoutError
+from flowpool._policy import group_error, group_verdict, status_of, stops_group_early
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,3 +205,35 @@ def test_a_group_stopped_early_by_a_member_fails(group):
 def test_min_successes_one_is_the_default_policy(group):
     statuses, required, _ = group
     assert group_verdict(statuses, required, min_successes=1) is group_verdict(statuses, required)
+
+
+# ── errors ──────────────────────────────────────────────────────────────────────
+
+
+def test_an_attempts_status_follows_its_error():
+    assert status_of(StepCancelledError("a", "stop")) is X
+    assert status_of(StepTimeoutError("a", 1.0, 1)) is T
+    assert status_of(ValueError("boom")) is F
+    assert status_of(KeyboardInterrupt()) is F
+
+
+def test_a_group_error_holds_each_unfinished_members_error_and_says_why():
+    boom = ValueError("boom")
+    records = [
+        StepResult("a", C, 1),
+        StepResult("b", F, error=boom),
+        StepResult("c", X),  # cancelled without an error of its own
+        StepResult("d", F, error=KeyboardInterrupt()),  # not an Exception: wrapped
+    ]
+    error = group_error("g", "fail fast", records, [False, True, False, False])
+    assert isinstance(error, ExceptionGroup)
+    assert error.exceptions[0] is boom
+    assert [type(e) for e in error.exceptions[1:]] == [StepCancelledError, StepCancelledError]
+    assert [e.step for e in error.exceptions[1:]] == ["c", "d"]
+    assert "group 'g' failed (1 of 4 members completed; policy: fail fast" in str(error)
+    assert "required member(s) did not complete: b" in str(error)
+
+
+def test_a_group_error_names_no_required_member_when_all_required_completed():
+    error = group_error("g", "default", [StepResult("a", C, 1), StepResult("b", F, error=ValueError())], [True, False])
+    assert "required" not in str(error)
