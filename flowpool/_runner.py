@@ -28,9 +28,7 @@ import queue
 import signal
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
-from enum import IntEnum
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +44,7 @@ from ._errors import (
     StepTimeoutError,
 )
 from ._events import EventSink
-from ._executors import Backend, Backends, describe_executor
+from ._executors import Backends, describe_executor
 from ._journal import Journal, RecordedRun
 from ._policy import group_error, group_verdict, status_of, stops_group_early
 from ._results import (
@@ -59,6 +57,7 @@ from ._results import (
     StepStatus,
 )
 from ._retry import RetryDriver, backoff_delay, default_retrying
+from ._state import StageRun, StepRun, StepState, tell_cancel, with_compensation
 from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
@@ -73,87 +72,12 @@ STOP_GRACE = 0.5
 SIGNAL_POLL = 0.1
 
 
-class StepState(IntEnum):
-    """Where a step is in its run."""
-
-    PENDING = 0  # not dispatched yet
-    RUNNING = 1  # an attempt is with a backend
-    BACKOFF = 2  # waiting for its retry's wake-up timer
-    FINAL = 3  # its record is written
-
+#: The name scripts/soak.py counts live step records by.
+_StepRun = StepRun
 
 # Module-level names, compared on every attempt.
 _PENDING, _RUNNING, _BACKOFF, _FINAL = StepState
 _TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
-
-
-def tell_cancel(backend: Backend, attempt: Attempt, reason: str) -> None:
-    """Make ``ctx.cancelled`` true for a running attempt, wherever it runs."""
-    if attempt.cancel_reason is None:
-        attempt.cancel_reason = reason
-        backend.cancel(attempt)
-
-
-class _StepRun:
-    """The loop's mutable record of one step during a run."""
-
-    __slots__ = (
-        "step",
-        "index",
-        "group",
-        "backend",
-        "state",
-        "attempts",
-        "attempt",
-        "driver",
-        "first_started",
-        "last_status",
-        "last_error",
-        "record",
-    )
-
-    def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
-        self.step = step
-        self.index = index
-        self.group = group
-        self.backend = backend
-        self.state = _PENDING
-        self.attempts = 0
-        self.attempt: Attempt | None = None
-        self.driver: RetryDriver | None = None
-        self.first_started: float | None = None
-        self.last_status = StepStatus.CANCELLED
-        self.last_error: BaseException | None = None
-        self.record: StepResult | None = None
-
-
-class _StageRun:
-    """One stage being settled: a group, or a single step as a group of one."""
-
-    __slots__ = (
-        "name",
-        "group",
-        "members",
-        "waiting",
-        "active",
-        "unsettled",
-        "cap",
-        "fail_fast",
-        "cancel_reason",
-        "may_queue",
-    )
-
-    def __init__(self, name: str, group: Group | None, members: list[_StepRun]) -> None:
-        self.name = name
-        self.group = group
-        self.members = members
-        self.waiting = deque(members)
-        self.active = 0
-        self.unsettled = len(members)
-        self.cap = group.max_concurrency if group is not None else None
-        self.fail_fast = group.fail_fast if group is not None else False
-        self.cancel_reason: str | None = None
-        self.may_queue = not self.fail_fast and all(sr.step.timeout is None for sr in members)
 
 
 def run_flow(
@@ -237,8 +161,8 @@ class _Run:
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
-        self.completed_with_compensation: list[_StepRun] = []
-        self.stage: _StageRun | None = None
+        self.completed_with_compensation: list[StepRun] = []
+        self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
         self.stopping: str | None = None  # why the run is stopping (timeout, interrupt)
@@ -356,7 +280,7 @@ class _Run:
         self.input = recorded.input
         self.events = EventSink(self.events._listener, self.name, self.run_id)
 
-    def preload_completed(self, st: _StageRun) -> None:
+    def preload_completed(self, st: StageRun) -> None:
         """Restore what the journal says about this stage's steps: completed steps (and,
         in a group whose verdict was recorded, every member) are not run again."""
         assert self.resumed is not None
@@ -413,11 +337,11 @@ class _Run:
                     )
                 comp = recorded.compensations.get(step.name)
                 if comp is not None and comp[0] in ("compensated", "failed"):
-                    record = _with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
+                    record = with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
                     self.compensation_done.add(step.name)
                 self.records[step.name] = record
                 if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
-                    sr = _StepRun(step, index, group, self.backends.for_step(step.executor))
+                    sr = StepRun(step, index, group, self.backends.for_step(step.executor))
                     sr.record = record
                     self.completed_with_compensation.append(sr)
                 if rec is not None and rec.status is StepStatus.COMPLETED:
@@ -464,10 +388,10 @@ class _Run:
         group = stage if isinstance(stage, Group) else None
         group_name = group.name if group is not None else None
         runs = [
-            _StepRun(step, index + offset, group_name, self.backends.for_step(step.executor))
+            StepRun(step, index + offset, group_name, self.backends.for_step(step.executor))
             for offset, step in enumerate(members)
         ]
-        st = _StageRun(stage.name, group, runs)
+        st = StageRun(stage.name, group, runs)
         self.stage = st
         if self.resumed is not None:
             self.preload_completed(st)
@@ -484,7 +408,7 @@ class _Run:
                 self.record_failure()  # in the same transaction as the stage's verdict
             self.journal.flush()  # before any later stage starts
 
-    def settle_verdict(self, st: _StageRun) -> None:
+    def settle_verdict(self, st: StageRun) -> None:
         added = False
         for sr in st.members:
             record = sr.record
@@ -521,7 +445,7 @@ class _Run:
             self.fail(group.name, self.stop_error() or group_error(group.name, group.policy, records, required))
         self.fail_if_stopping(st)
 
-    def fail_if_stopping(self, st: _StageRun) -> None:
+    def fail_if_stopping(self, st: StageRun) -> None:
         # A run that was stopped (timeout, Ctrl-C) fails at the stage it was in, whatever
         # that stage's own verdict.
         error = self.stop_error()
@@ -536,7 +460,7 @@ class _Run:
             return FlowTimeoutError(self.name, self.timeout)
         return FlowInterrupted(self.name)
 
-    def start_waiting(self, st: _StageRun) -> None:
+    def start_waiting(self, st: StageRun) -> None:
         cap = st.cap
         waiting = st.waiting
         while waiting and (cap is None or st.active < cap):
@@ -549,7 +473,7 @@ class _Run:
             st.active += 1
             self.dispatch(sr)
 
-    def dispatch(self, sr: _StepRun) -> None:
+    def dispatch(self, sr: StepRun) -> None:
         step = sr.step
         number = sr.attempts + 1
         sr.attempts = number
@@ -613,7 +537,7 @@ class _Run:
             self.on_interrupt()
 
     def on_started(self, attempt: Attempt) -> None:
-        sr: _StepRun = attempt.owner
+        sr: StepRun = attempt.owner
         started = attempt.started_at
         assert started is not None
         if not attempt.quiet_start:
@@ -622,7 +546,7 @@ class _Run:
         if timeout is not None:
             self.timers.push(started + timeout, _TIMEOUT, attempt)
 
-    def announce_start(self, sr: _StepRun, attempt: Attempt) -> None:
+    def announce_start(self, sr: StepRun, attempt: Attempt) -> None:
         started = attempt.started_at
         assert started is not None
         if sr.first_started is None:
@@ -634,7 +558,7 @@ class _Run:
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
             return  # a late outcome of an attempt the loop gave up on
-        sr: _StepRun = attempt.owner
+        sr: StepRun = attempt.owner
         if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
             st = self.stage
             assert st is not None
@@ -655,7 +579,7 @@ class _Run:
             attempt: Attempt = target
             if attempt.settled or attempt.finished_at is not None:
                 return  # settled, or its outcome is already waiting in the inbox
-            sr: _StepRun = attempt.owner
+            sr: StepRun = attempt.owner
             timeout = sr.step.timeout
             assert timeout is not None
             attempt.settled = True
@@ -676,7 +600,7 @@ class _Run:
             self.abandon_running()
 
     def on_outcome(
-        self, sr: _StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
+        self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
     ) -> None:
         st = self.stage
         assert st is not None
@@ -733,9 +657,7 @@ class _Run:
         # tenacity measures delays with time.monotonic; only the system clock shares it.
         return when if self.clock is SYSTEM_CLOCK else None
 
-    def finalize(
-        self, st: _StageRun, sr: _StepRun, status: StepStatus, value: Any, error: BaseException | None
-    ) -> None:
+    def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
         if sr.state in (_RUNNING, _BACKOFF):
             st.active -= 1
         sr.state = _FINAL
@@ -777,7 +699,7 @@ class _Run:
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
 
-    def cancel_stage(self, st: _StageRun, reason: str) -> None:
+    def cancel_stage(self, st: StageRun, reason: str) -> None:
         """No new work in this stage; running attempts see ``ctx.cancelled``."""
         st.cancel_reason = reason
         for sr in st.members:
@@ -792,7 +714,7 @@ class _Run:
                 if sr.backend.withdraw(attempt):
                     self.withdrawn(st, sr, attempt, reason)
 
-    def withdrawn(self, st: _StageRun, sr: _StepRun, attempt: Attempt, reason: str) -> None:
+    def withdrawn(self, st: StageRun, sr: StepRun, attempt: Attempt, reason: str) -> None:
         """``attempt`` never started and never will: it does not count as an attempt."""
         attempt.settled = True
         sr.attempts -= 1
@@ -825,7 +747,7 @@ class _Run:
             self.grace_armed = True
             self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
 
-    def abandon(self, st: _StageRun, sr: _StepRun, reason: str) -> None:
+    def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
         attempt = sr.attempt
         assert attempt is not None
         tell_cancel(sr.backend, attempt, reason)
@@ -932,7 +854,7 @@ class _Run:
                 return
             record = sr.record
             assert record is not None
-            self.records[sr.step.name] = _with_compensation(record, outcome)
+            self.records[sr.step.name] = with_compensation(record, outcome)
             if journal is not None:
                 journal.compensation_finished(
                     self.run_id, sr.step.name, outcome, len(self.compensated) + len(self.not_compensated)
@@ -942,7 +864,7 @@ class _Run:
             else:
                 self.not_compensated.append(sr.step.name)
 
-    def compensate(self, sr: _StepRun) -> CompensationResult:
+    def compensate(self, sr: StepRun) -> CompensationResult:
         step = sr.step
         compensate = step.compensate
         assert compensate is not None and sr.record is not None
@@ -971,7 +893,7 @@ class _Run:
         return CompensationResult("failed", error, tries)
 
     def call_compensation(
-        self, sr: _StepRun, compensate: Callable[..., Any], value: Any, number: int
+        self, sr: StepRun, compensate: Callable[..., Any], value: Any, number: int
     ) -> tuple[bool, BaseException | None]:
         step = sr.step
         ctx = self.context(step.name, number)
@@ -1014,17 +936,3 @@ class _Run:
             elif kind == DONE:
                 attempt.settled = True
                 return attempt.ok, attempt.error
-
-
-def _with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
-    return StepResult(
-        record.name,
-        record.status,
-        record.value,
-        record.error,
-        record.attempts,
-        record.started_at,
-        record.finished_at,
-        record.group,
-        compensation,
-    )
