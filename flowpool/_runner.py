@@ -39,7 +39,6 @@ from ._definition import Flow, Group, Step, _check_seconds
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
-    FlowTimeoutError,
     StepCancelledError,
     StepTimeoutError,
 )
@@ -58,15 +57,13 @@ from ._results import (
 )
 from ._retry import RetryDriver, backoff_delay, default_retrying
 from ._state import StageRun, StepRun, StepState, tell_cancel, with_compensation
+from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
     from ._events import Event
 
 __all__ = ["STOP_GRACE", "run_flow"]
-
-#: How long thread-mode work may take to notice ``ctx.cancelled`` when a run stops.
-STOP_GRACE = 0.5
 
 #: Longest single wait of the loop while it owns Ctrl-C (see install_interrupt_handler).
 SIGNAL_POLL = 0.1
@@ -165,18 +162,12 @@ class _Run:
         self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
-        self.stopping: str | None = None  # why the run is stopping (timeout, interrupt)
-        self.timed_out = False
-        self.interrupts = 0
-        self.compensating = False
-        self.grace_armed = False
+        self.scope = StopScope(self.name, timeout)
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
         self.journal: Journal | None = None
         self.resumed: RecordedRun | None = None
         self.compensation_done: set[str] = set()
-        self.failure_recorded = False
-        self.interruptible = False  # True while a compensation runs in this thread
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -201,9 +192,9 @@ class _Run:
                 if self.resumed is not None and self.resumed.phase == "compensating":
                     break
                 members = stage.members if isinstance(stage, Group) else (stage,)
-                if self.interrupts and self.stopping is None:
+                if self.scope.interrupts and self.scope.reason is None:
                     self.stop("the run was interrupted")  # Ctrl-C arrived between stages
-                if self.error is not None or self.stopping is not None:
+                if self.error is not None or self.scope.reason is not None:
                     self.skip_stage(stage, members, index)
                 else:
                     self.run_stage(stage, members, index)
@@ -217,12 +208,7 @@ class _Run:
     def finish(self) -> FlowResult:
         finished_at = self.clock.now()
         resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        if (self.interrupts and not self.timed_out) or (resumed_outcome == "cancelled" and not self.interrupts):
-            status = FlowStatus.CANCELLED
-        elif self.error is not None:
-            status = FlowStatus.FAILED
-        else:
-            status = FlowStatus.COMPLETED
+        status = self.scope.final_status(self.error, resumed_outcome)
         steps = {step.name: self.records[step.name] for step in self.flow_steps()}
         interrupted: FlowInterrupted | None = None
         error = self.error
@@ -247,7 +233,7 @@ class _Run:
         if self.journal is not None:
             self.journal.end_run(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if interrupted is not None and self.interrupts:
+        if interrupted is not None and self.scope.interrupts:
             interrupted.result = result
             raise interrupted
         return result
@@ -424,7 +410,9 @@ class _Run:
             record = st.members[0].record
             assert record is not None
             if record.status is not StepStatus.COMPLETED:
-                self.fail(st.name, self.stop_error() or record.error or StepCancelledError(st.name, "not completed"))
+                self.fail(
+                    st.name, self.scope.stop_error() or record.error or StepCancelledError(st.name, "not completed")
+                )
             self.fail_if_stopping(st)
             return
         group = st.group
@@ -442,23 +430,15 @@ class _Run:
         if verdict is GroupStatus.FAILED:
             records = [sr.record for sr in st.members if sr.record is not None]
             required = [sr.step.required for sr in st.members]
-            self.fail(group.name, self.stop_error() or group_error(group.name, group.policy, records, required))
+            self.fail(group.name, self.scope.stop_error() or group_error(group.name, group.policy, records, required))
         self.fail_if_stopping(st)
 
     def fail_if_stopping(self, st: StageRun) -> None:
         # A run that was stopped (timeout, Ctrl-C) fails at the stage it was in, whatever
         # that stage's own verdict.
-        error = self.stop_error()
+        error = self.scope.stop_error()
         if error is not None:
             self.fail(st.name, error)
-
-    def stop_error(self) -> BaseException | None:
-        if self.stopping is None:
-            return None
-        if self.timed_out:
-            assert self.timeout is not None
-            return FlowTimeoutError(self.name, self.timeout)
-        return FlowInterrupted(self.name)
 
     def start_waiting(self, st: StageRun) -> None:
         cap = st.cap
@@ -593,8 +573,8 @@ class _Run:
             if sr.state == _BACKOFF:
                 self.dispatch(sr)
         elif kind == _DEADLINE:
-            if self.stopping is None and not self.compensating:
-                self.timed_out = True
+            if self.scope.reason is None and not self.scope.compensating:
+                self.scope.timed_out = True
                 self.stop(f"the run's timeout of {self.timeout:g} s passed")
         elif kind == _GRACE:
             self.abandon_running()
@@ -618,7 +598,7 @@ class _Run:
         may_retry = (custom or step.retries > 0) and status is not StepStatus.CANCELLED
         if may_retry and (attempt.cancel_reason is not None and status is not StepStatus.TIMED_OUT):
             may_retry = False  # the attempt was told to stop
-        if may_retry and (st.cancel_reason is not None or self.stopping is not None):
+        if may_retry and (st.cancel_reason is not None or self.scope.reason is not None):
             may_retry = False  # its group failed fast, or the run is stopping: no more retries
         if not may_retry:
             self.finalize(st, sr, status, value, error)
@@ -725,7 +705,7 @@ class _Run:
 
     def stop(self, reason: str) -> None:
         """Stop the run: nothing new starts, running work is killed or told to stop."""
-        self.stopping = reason
+        self.scope.reason = reason
         st = self.stage
         if st is None:
             return
@@ -743,8 +723,8 @@ class _Run:
                 self.abandon(st, sr, reason)
             else:
                 soft = True
-        if soft and not self.grace_armed:
-            self.grace_armed = True
+        if soft and not self.scope.grace_armed:
+            self.scope.grace_armed = True
             self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
 
     def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
@@ -762,14 +742,14 @@ class _Run:
 
     def abandon_running(self) -> None:
         st = self.stage
-        if st is None or self.stopping is None:
+        if st is None or self.scope.reason is None:
             return
         for sr in st.members:
             if sr.state == _RUNNING:
-                self.abandon(st, sr, self.stopping)
+                self.abandon(st, sr, self.scope.reason)
 
     def on_interrupt(self) -> None:
-        if self.stopping is None:
+        if self.scope.reason is None:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
@@ -786,11 +766,11 @@ class _Run:
             return lambda: None  # someone else owns Ctrl-C (or it is ignored): leave it
 
         def on_sigint(signum: int, frame: FrameType | None) -> None:
-            self.interrupts += 1
-            if self.compensating:
+            self.scope.interrupts += 1
+            if self.scope.compensating:
                 # A second Ctrl-C abandons the compensations: it interrupts a compensation
                 # running in this thread; anywhere else the loop notices it at once.
-                if self.interrupts >= 2 and self.interruptible:
+                if self.scope.interrupts >= 2 and self.scope.interruptible:
                     raise KeyboardInterrupt
                 return
             self.inbox.put((INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
@@ -813,27 +793,26 @@ class _Run:
     def record_failure(self) -> None:
         """Journal that the run failed (once): a resume then only compensates."""
         journal = self.journal
-        if journal is None or self.failure_recorded:
+        if journal is None or self.scope.failure_recorded:
             return
-        self.failure_recorded = True
+        self.scope.failure_recorded = True
         if self.resumed is not None and self.resumed.phase == "compensating":
             return
-        outcome = "failed" if self.timed_out or not self.interrupts else "cancelled"
-        journal.compensating(self.run_id, outcome, self.failed_stage, self.error)
+        journal.compensating(self.run_id, self.scope.failure_outcome(), self.failed_stage, self.error)
 
     def compensate_all(self) -> None:
-        if self.error is None and not self.interrupts:
+        if self.error is None and not self.scope.interrupts:
             return
-        if self.interrupts and self.error is None:
+        if self.scope.interrupts and self.error is None:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
         pending = sorted(self.completed_with_compensation, key=lambda sr: sr.index, reverse=True)
-        self.compensating = True
+        self.scope.compensating = True
         journal = self.journal
         if journal is not None:
             self.record_failure()
             pending = [sr for sr in pending if sr.step.name not in self.compensation_done]
         for position, sr in enumerate(pending):
-            if self.interrupts >= 2:
+            if self.scope.interrupts >= 2:
                 self.not_compensated.extend(p.step.name for p in pending[position:])
                 return
             if journal is not None:
@@ -899,13 +878,13 @@ class _Run:
         ctx = self.context(step.name, number)
         backend = sr.backend
         if backend.in_process and step.compensate_timeout is None:
-            self.interruptible = True
+            self.scope.interruptible = True
             try:  # in the caller's thread, one at a time
                 compensate(ctx, value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
                 return False, error
             finally:
-                self.interruptible = False
+                self.scope.interruptible = False
             return True, None
         attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
         ctx._scope = attempt
@@ -913,7 +892,7 @@ class _Run:
         timeout = step.compensate_timeout
         deadline: float | None = None  # armed when the attempt starts
         while True:
-            if self.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
+            if self.scope.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
                 attempt.settled = True
                 tell_cancel(backend, attempt, "the compensations were abandoned (second Ctrl-C)")
                 backend.stop(attempt)
