@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
-import threading
 import uuid
 from collections.abc import Callable, Mapping
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
@@ -44,6 +42,7 @@ from ._errors import (
 )
 from ._events import EventSink
 from ._executors import Backends, describe_executor
+from ._interrupts import route_interrupts
 from ._journal import Journal, RecordedRun
 from ._policy import group_error, group_verdict, status_of, stops_group_early
 from ._results import (
@@ -64,9 +63,6 @@ if TYPE_CHECKING:
     from ._events import Event
 
 __all__ = ["STOP_GRACE", "run_flow"]
-
-#: Longest single wait of the loop while it owns Ctrl-C (see install_interrupt_handler).
-SIGNAL_POLL = 0.1
 
 
 #: The name scripts/soak.py counts live step records by.
@@ -175,7 +171,7 @@ class _Run:
         clock = self.clock
         self.started_at = clock.now()
         self.backends.open_run_backend()
-        restore = self.install_interrupt_handler()
+        restore = route_interrupts(self.scope, self.inbox, self.timers, self.clock)
         try:
             if self.journal is not None:
                 if self.resumed is None:
@@ -753,40 +749,6 @@ class _Run:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
-
-    def install_interrupt_handler(self) -> Callable[[], None]:
-        """Route Ctrl-C into the loop while the run is in the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        try:
-            previous = signal.getsignal(signal.SIGINT)
-        except ValueError:  # pragma: no cover - not the main interpreter
-            return lambda: None
-        if previous is not signal.default_int_handler:
-            return lambda: None  # someone else owns Ctrl-C (or it is ignored): leave it
-
-        def on_sigint(signum: int, frame: FrameType | None) -> None:
-            self.scope.interrupts += 1
-            if self.scope.compensating:
-                # A second Ctrl-C abandons the compensations: it interrupts a compensation
-                # running in this thread; anywhere else the loop notices it at once.
-                if self.scope.interrupts >= 2 and self.scope.interruptible:
-                    raise KeyboardInterrupt
-                return
-            self.inbox.put((INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
-
-        signal.signal(signal.SIGINT, on_sigint)
-        # A signal delivered to another thread (loky's, ours) does not interrupt the main
-        # thread's blocking wait, so Python would run the handler only when the wait ends:
-        # never block longer than this. (A virtual test clock would count these wake-ups
-        # as time passing, so it is left alone.)
-        if type(self.clock) is Clock:
-            self.timers.signal_poll = SIGNAL_POLL
-
-        def restore() -> None:
-            signal.signal(signal.SIGINT, previous)
-
-        return restore
 
     # ── compensation ────────────────────────────────────────────────────────────
 
