@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock
+from ._compensator import Compensator
 from ._context import Context
 from ._definition import Flow, Group, Step, _check_seconds
 from ._errors import (
@@ -54,7 +55,7 @@ from ._results import (
     StepResult,
     StepStatus,
 )
-from ._retry import RetryDriver, backoff_delay, default_retrying
+from ._retry import RetryDriver, default_retrying
 from ._state import StageRun, StepRun, StepState, tell_cancel, with_compensation
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
@@ -149,21 +150,18 @@ class _Run:
         self.events = EventSink(on_event, self.name, self.run_id)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.timers = Timers(self.clock)
+        self.scope = StopScope(self.name, timeout)
         self.backends = Backends(executor, max_workers)
         self.values: dict[str, Any] = {}
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
-        self.completed_with_compensation: list[StepRun] = []
+        self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope)
         self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
-        self.scope = StopScope(self.name, timeout)
-        self.compensated: list[str] = []
-        self.not_compensated: list[str] = []
         self.journal: Journal | None = None
         self.resumed: RecordedRun | None = None
-        self.compensation_done: set[str] = set()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -221,8 +219,8 @@ class _Run:
             groups=self.groups,
             error=error,
             failed_stage=self.failed_stage,
-            compensated=tuple(self.compensated),
-            not_compensated=tuple(self.not_compensated),
+            compensated=tuple(self.compensator.compensated),
+            not_compensated=tuple(self.compensator.not_compensated),
             started_at=self.started_at,
             finished_at=finished_at,
         )
@@ -320,12 +318,12 @@ class _Run:
                 comp = recorded.compensations.get(step.name)
                 if comp is not None and comp[0] in ("compensated", "failed"):
                     record = with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
-                    self.compensation_done.add(step.name)
+                    self.compensator.done.add(step.name)
                 self.records[step.name] = record
                 if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
                     sr = StepRun(step, index, group, self.backends.for_step(step.executor))
                     sr.record = record
-                    self.completed_with_compensation.append(sr)
+                    self.compensator.pending.append(sr)
                 if rec is not None and rec.status is StepStatus.COMPLETED:
                     self.values[step.name] = rec.value
                 index += 1
@@ -338,7 +336,7 @@ class _Run:
                 )
         for name in recorded.compensation_order:  # in the order they ran before the death
             state = recorded.compensations[name][0]
-            (self.compensated if state == "compensated" else self.not_compensated).append(name)
+            (self.compensator.compensated if state == "compensated" else self.compensator.not_compensated).append(name)
         self.values_view = MappingProxyType(dict(self.values))
         self.error = recorded.error or StepCancelledError("", "the run failed before its process died")
         self.failed_stage = recorded.failed_stage
@@ -658,7 +656,7 @@ class _Run:
         if self.journal is not None:
             self.journal.step_finished(self.run_id, record)
         if status is StepStatus.COMPLETED and step.compensate is not None:
-            self.completed_with_compensation.append(sr)
+            self.compensator.pending.append(sr)
         if self.events.enabled:
             self.events.emit(
                 "step_finished",
@@ -767,113 +765,7 @@ class _Run:
             return
         if self.scope.interrupts and self.error is None:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
-        pending = sorted(self.completed_with_compensation, key=lambda sr: sr.index, reverse=True)
         self.scope.compensating = True
-        journal = self.journal
-        if journal is not None:
+        if self.journal is not None:
             self.record_failure()
-            pending = [sr for sr in pending if sr.step.name not in self.compensation_done]
-        for position, sr in enumerate(pending):
-            if self.scope.interrupts >= 2:
-                self.not_compensated.extend(p.step.name for p in pending[position:])
-                return
-            if journal is not None:
-                journal.compensation_started(self.run_id, sr.step.name)
-            try:
-                outcome = self.compensate(sr)
-            except KeyboardInterrupt:
-                if journal is not None:
-                    journal.compensation_finished(self.run_id, sr.step.name, None, None)
-                self.not_compensated.extend(p.step.name for p in pending[position:])
-                self.events.emit(
-                    "compensation_finished",
-                    self.clock.now(),
-                    step=sr.step.name,
-                    group=sr.group,
-                    status="abandoned",
-                )
-                return
-            record = sr.record
-            assert record is not None
-            self.records[sr.step.name] = with_compensation(record, outcome)
-            if journal is not None:
-                journal.compensation_finished(
-                    self.run_id, sr.step.name, outcome, len(self.compensated) + len(self.not_compensated)
-                )
-            if outcome.ok:
-                self.compensated.append(sr.step.name)
-            else:
-                self.not_compensated.append(sr.step.name)
-
-    def compensate(self, sr: StepRun) -> CompensationResult:
-        step = sr.step
-        compensate = step.compensate
-        assert compensate is not None and sr.record is not None
-        value = sr.record.value
-        error: BaseException | None = None
-        tries = step.compensate_retries + 1
-        for number in range(1, tries + 1):
-            started = self.clock.now()
-            self.events.emit("compensation_started", started, step=step.name, group=sr.group, attempt=number)
-            ok, error = self.call_compensation(sr, compensate, value, number)
-            finished = self.clock.now()
-            self.events.emit(
-                "compensation_finished",
-                finished,
-                step=step.name,
-                group=sr.group,
-                attempt=number,
-                status="compensated" if ok else "failed",
-                error=error,
-                started_at=started,
-            )
-            if ok:
-                return CompensationResult("compensated", None, number)
-            if number < tries:
-                self.clock.sleep(backoff_delay(number))
-        return CompensationResult("failed", error, tries)
-
-    def call_compensation(
-        self, sr: StepRun, compensate: Callable[..., Any], value: Any, number: int
-    ) -> tuple[bool, BaseException | None]:
-        step = sr.step
-        ctx = self.context(step.name, number)
-        backend = sr.backend
-        if backend.in_process and step.compensate_timeout is None:
-            self.scope.interruptible = True
-            try:  # in the caller's thread, one at a time
-                compensate(ctx, value)
-            except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
-                return False, error
-            finally:
-                self.scope.interruptible = False
-            return True, None
-        attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
-        ctx._scope = attempt
-        backend.submit(attempt)
-        timeout = step.compensate_timeout
-        deadline: float | None = None  # armed when the attempt starts
-        while True:
-            if self.scope.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
-                attempt.settled = True
-                tell_cancel(backend, attempt, "the compensations were abandoned (second Ctrl-C)")
-                backend.stop(attempt)
-                raise KeyboardInterrupt
-            now = self.clock.now()
-            if deadline is not None and deadline <= now:
-                attempt.settled = True
-                tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")
-                backend.stop(attempt)
-                assert timeout is not None
-                return False, StepTimeoutError(step.name, timeout, number)
-            received = self.timers.wait(self.inbox, deadline, now)
-            if received is None:
-                continue
-            kind, item = received
-            if item is not attempt:
-                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
-            if kind == STARTED and timeout is not None and attempt.started_at is not None:
-                deadline = attempt.started_at + timeout
-            elif kind == DONE:
-                attempt.settled = True
-                return attempt.ok, attempt.error
+        self.compensator.run_all(self.records, self.journal, self.run_id, self.events, self.context)
