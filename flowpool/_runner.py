@@ -23,7 +23,6 @@ given up on (``attempt.settled``) is dropped.
 
 from __future__ import annotations
 
-import os
 import queue
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,10 +43,8 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._journal import Journal, RecordedRun
 from ._policy import group_error, group_verdict, status_of, stops_group_early
 from ._results import (
-    CompensationResult,
     FlowResult,
     FlowStatus,
     GroupResult,
@@ -55,13 +52,15 @@ from ._results import (
     StepResult,
     StepStatus,
 )
+from ._resume import open_journal, preload_completed, restore_compensation_phase
 from ._retry import RetryDriver, default_retrying
-from ._state import StageRun, StepRun, StepState, tell_cancel, with_compensation
+from ._state import StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
     from ._events import Event
+    from ._journal import Journal, RecordedRun
 
 __all__ = ["STOP_GRACE", "run_flow"]
 
@@ -111,19 +110,6 @@ def run_flow(
     finally:
         if owned and book is not None:
             book.close()
-
-
-def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
-    """``(owned, journal)`` for a ``journal=`` argument: a path is opened (and owned)."""
-    if journal is None:
-        return False, None
-    if isinstance(journal, Journal):
-        return False, journal
-    if isinstance(journal, str | os.PathLike):
-        return True, Journal(journal)
-    raise FlowDefinitionError(
-        f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
-    )
 
 
 class _Run:
@@ -180,7 +166,7 @@ class _Run:
             if self.timeout is not None:
                 self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
             if self.resumed is not None and self.resumed.phase == "compensating":
-                self.restore_compensation_phase(self.resumed)
+                restore_compensation_phase(self, self.resumed)
             index = 0
             for stage in self.stages:
                 if self.resumed is not None and self.resumed.phase == "compensating":
@@ -260,87 +246,6 @@ class _Run:
         self.input = recorded.input
         self.events = EventSink(self.events._listener, self.name, self.run_id)
 
-    def preload_completed(self, st: StageRun) -> None:
-        """Restore what the journal says about this stage's steps: completed steps (and,
-        in a group whose verdict was recorded, every member) are not run again."""
-        assert self.resumed is not None
-        settled = st.group is not None and st.group.name in self.resumed.groups
-        if settled:
-            st.cancel_reason = "restored from the journal"  # restoring must not trigger fail fast
-        for sr in st.members:
-            recorded = self.resumed.steps.get(sr.step.name)
-            if recorded is None:
-                continue
-            completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
-            if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
-                continue  # it runs (again): at least once
-            sr.attempts = recorded.attempts
-            sr.first_started = recorded.started_at
-            value = recorded.value if completed else None
-            self.finalize(st, sr, recorded.status, value, recorded.error)
-            record = sr.record
-            assert record is not None
-            sr.record = self.records[sr.step.name] = StepResult(
-                record.name,
-                record.status,
-                value,
-                recorded.error,
-                recorded.attempts,
-                recorded.started_at,
-                recorded.finished_at,
-                record.group,
-            )
-            if self.journal is not None:
-                self.journal.step_finished(self.run_id, sr.record)  # keep the recorded times
-
-    def restore_compensation_phase(self, recorded: RecordedRun) -> None:
-        """The run had failed and was compensating when its process died: rebuild its
-        records and run only the compensations that had not finished."""
-        index = 0
-        for stage in self.stages:
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            group = stage.name if isinstance(stage, Group) else None
-            for step in members:
-                rec = recorded.steps.get(step.name)
-                if rec is None:
-                    record = StepResult(step.name, StepStatus.SKIPPED, group=group)
-                else:
-                    record = StepResult(
-                        step.name,
-                        rec.status,
-                        rec.value if rec.status is StepStatus.COMPLETED else None,
-                        rec.error,
-                        rec.attempts,
-                        rec.started_at,
-                        rec.finished_at,
-                        group,
-                    )
-                comp = recorded.compensations.get(step.name)
-                if comp is not None and comp[0] in ("compensated", "failed"):
-                    record = with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
-                    self.compensator.done.add(step.name)
-                self.records[step.name] = record
-                if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
-                    sr = StepRun(step, index, group, self.backends.for_step(step.executor))
-                    sr.record = record
-                    self.compensator.pending.append(sr)
-                if rec is not None and rec.status is StepStatus.COMPLETED:
-                    self.values[step.name] = rec.value
-                index += 1
-            if isinstance(stage, Group):
-                status = recorded.groups.get(stage.name)
-                self.groups[stage.name] = GroupResult(
-                    stage.name,
-                    GroupStatus(status) if status else GroupStatus.SKIPPED,
-                    tuple(m.name for m in members),
-                )
-        for name in recorded.compensation_order:  # in the order they ran before the death
-            state = recorded.compensations[name][0]
-            (self.compensator.compensated if state == "compensated" else self.compensator.not_compensated).append(name)
-        self.values_view = MappingProxyType(dict(self.values))
-        self.error = recorded.error or StepCancelledError("", "the run failed before its process died")
-        self.failed_stage = recorded.failed_stage
-
     def flow_steps(self) -> list[Step]:
         out: list[Step] = []
         for stage in self.stages:
@@ -374,7 +279,7 @@ class _Run:
         st = StageRun(stage.name, group, runs)
         self.stage = st
         if self.resumed is not None:
-            self.preload_completed(st)
+            preload_completed(self, st)
         while st.unsettled:
             if st.waiting:
                 self.start_waiting(st)

@@ -1,0 +1,166 @@
+"""Resuming a journaled run whose process died.
+
+``Flow.resume`` lands here: the recorded run is read back, checked against the
+definition, and run on by the settle loop from where it was. Completed steps
+are restored, not run again (``preload_completed``, stage by stage); a run that
+had failed and was compensating only runs its pending compensations
+(``restore_compensation_phase``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ._definition import Flow, Group
+from ._errors import FlowDefinitionError, StepCancelledError
+from ._journal import Journal, RecordedRun, fingerprint
+from ._results import CompensationResult, FlowResult, GroupResult, GroupStatus, StepResult, StepStatus
+from ._state import StageRun, StepRun, with_compensation
+
+if TYPE_CHECKING:
+    from ._events import Event
+    from ._runner import _Run
+
+__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow"]
+
+
+def resume_flow(
+    flow: Flow,
+    run_id: str,
+    *,
+    journal: Any,
+    force: bool,
+    executor: Any,
+    max_workers: int | None,
+    timeout: float | None,
+    on_event: Callable[[Event], Any] | None,
+) -> FlowResult:
+    """``Flow.resume``: continue run ``run_id`` of ``flow`` from ``journal``."""
+    from ._runner import run_flow  # not at import time: _runner imports this module
+
+    owned, book = open_journal(journal, flow.name)
+    assert book is not None
+    try:
+        recorded = book.recorded(run_id)
+        if recorded.fingerprint != fingerprint(flow) and not force:
+            raise FlowDefinitionError(
+                f"the definition changed since run {run_id!r} was recorded (its fingerprint differs); "
+                f"pass force=True to resume it anyway",
+                flow=flow.name,
+                argument="run_id",
+            )
+        if recorded.status != "running":
+            return book.result(run_id)
+        return run_flow(
+            flow,
+            recorded.input,
+            executor=executor,
+            max_workers=max_workers,
+            timeout=timeout,
+            on_event=on_event,
+            clock=None,
+            journal=book,
+            resume=recorded,
+        )
+    finally:
+        if owned and isinstance(book, Journal):
+            book.close()
+
+
+def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
+    """``(owned, journal)`` for a ``journal=`` argument: a path is opened (and owned)."""
+    if journal is None:
+        return False, None
+    if isinstance(journal, Journal):
+        return False, journal
+    if isinstance(journal, str | os.PathLike):
+        return True, Journal(journal)
+    raise FlowDefinitionError(
+        f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
+    )
+
+
+def preload_completed(run: _Run, st: StageRun) -> None:
+    """Restore what the journal says about this stage's steps: completed steps (and,
+    in a group whose verdict was recorded, every member) are not run again."""
+    assert run.resumed is not None
+    settled = st.group is not None and st.group.name in run.resumed.groups
+    if settled:
+        st.cancel_reason = "restored from the journal"  # restoring must not trigger fail fast
+    for sr in st.members:
+        recorded = run.resumed.steps.get(sr.step.name)
+        if recorded is None:
+            continue
+        completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
+        if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
+            continue  # it runs (again): at least once
+        sr.attempts = recorded.attempts
+        sr.first_started = recorded.started_at
+        value = recorded.value if completed else None
+        run.finalize(st, sr, recorded.status, value, recorded.error)
+        record = sr.record
+        assert record is not None
+        sr.record = run.records[sr.step.name] = StepResult(
+            record.name,
+            record.status,
+            value,
+            recorded.error,
+            recorded.attempts,
+            recorded.started_at,
+            recorded.finished_at,
+            record.group,
+        )
+        if run.journal is not None:
+            run.journal.step_finished(run.run_id, sr.record)  # keep the recorded times
+
+
+def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
+    """The run had failed and was compensating when its process died: rebuild its
+    records and run only the compensations that had not finished."""
+    index = 0
+    for stage in run.stages:
+        members = stage.members if isinstance(stage, Group) else (stage,)
+        group = stage.name if isinstance(stage, Group) else None
+        for step in members:
+            rec = recorded.steps.get(step.name)
+            if rec is None:
+                record = StepResult(step.name, StepStatus.SKIPPED, group=group)
+            else:
+                record = StepResult(
+                    step.name,
+                    rec.status,
+                    rec.value if rec.status is StepStatus.COMPLETED else None,
+                    rec.error,
+                    rec.attempts,
+                    rec.started_at,
+                    rec.finished_at,
+                    group,
+                )
+            comp = recorded.compensations.get(step.name)
+            if comp is not None and comp[0] in ("compensated", "failed"):
+                record = with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
+                run.compensator.done.add(step.name)
+            run.records[step.name] = record
+            if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
+                sr = StepRun(step, index, group, run.backends.for_step(step.executor))
+                sr.record = record
+                run.compensator.pending.append(sr)
+            if rec is not None and rec.status is StepStatus.COMPLETED:
+                run.values[step.name] = rec.value
+            index += 1
+        if isinstance(stage, Group):
+            status = recorded.groups.get(stage.name)
+            run.groups[stage.name] = GroupResult(
+                stage.name,
+                GroupStatus(status) if status else GroupStatus.SKIPPED,
+                tuple(m.name for m in members),
+            )
+    for name in recorded.compensation_order:  # in the order they ran before the death
+        state = recorded.compensations[name][0]
+        (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
+    run.values_view = MappingProxyType(dict(run.values))
+    run.error = recorded.error or StepCancelledError("", "the run failed before its process died")
+    run.failed_stage = recorded.failed_stage
