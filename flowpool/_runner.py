@@ -52,7 +52,6 @@ from ._results import (
     StepResult,
     StepStatus,
 )
-from ._resume import open_journal, preload_completed, restore_compensation_phase
 from ._retry import RetryDriver, default_retrying
 from ._state import StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
@@ -100,7 +99,11 @@ def run_flow(
             raise FlowDefinitionError(f"must be callable or None, not {type(on_event).__name__}", argument="on_event")
     except FlowDefinitionError as error:
         raise error.with_flow(flow.name) from None
-    owned, book = open_journal(journal, flow.name)
+    owned, book = False, None
+    if journal is not None:
+        from ._resume import open_journal  # the journal (sqlite3, pickle) only when asked for
+
+        owned, book = open_journal(journal, flow.name)
     try:
         run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
         run.journal = book
@@ -166,6 +169,8 @@ class _Run:
             if self.timeout is not None:
                 self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
             if self.resumed is not None and self.resumed.phase == "compensating":
+                from ._resume import restore_compensation_phase
+
                 restore_compensation_phase(self, self.resumed)
             index = 0
             for stage in self.stages:
@@ -279,6 +284,8 @@ class _Run:
         st = StageRun(stage.name, group, runs)
         self.stage = st
         if self.resumed is not None:
+            from ._resume import preload_completed
+
             preload_completed(self, st)
         while st.unsettled:
             if st.waiting:
