@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
 from ._context import Context
 from ._errors import StepTimeoutError
 from ._events import EventSink
+from ._recorder import RunRecorder
 from ._results import CompensationResult, StepResult
 from ._retry import backoff_delay
 from ._state import StepRun, tell_cancel, with_compensation
 from ._stop import StopScope
 from ._timers import Timers
-
-if TYPE_CHECKING:
-    from ._journal import Journal
 
 __all__ = ["Compensator"]
 
@@ -50,8 +48,7 @@ class Compensator:
     def run_all(
         self,
         records: dict[str, StepResult],
-        journal: Journal | None,
-        run_id: str,
+        recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
     ) -> None:
@@ -60,19 +57,17 @@ class Compensator:
         Each outcome is written into ``records`` (and the journal) as it comes.
         """
         pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
-        if journal is not None:
+        if recorder.enabled:
             pending = [sr for sr in pending if sr.step.name not in self.done]
         for position, sr in enumerate(pending):
             if self.scope.interrupts >= 2:
                 self.not_compensated.extend(p.step.name for p in pending[position:])
                 return
-            if journal is not None:
-                journal.compensation_started(run_id, sr.step.name)
+            recorder.compensation_started(sr.step.name)
             try:
                 outcome = self.compensate(sr, events, context)
             except KeyboardInterrupt:
-                if journal is not None:
-                    journal.compensation_finished(run_id, sr.step.name, None, None)
+                recorder.compensation_finished(sr.step.name, None, None)
                 self.not_compensated.extend(p.step.name for p in pending[position:])
                 events.emit(
                     "compensation_finished",
@@ -85,10 +80,7 @@ class Compensator:
             record = sr.record
             assert record is not None
             records[sr.step.name] = with_compensation(record, outcome)
-            if journal is not None:
-                journal.compensation_finished(
-                    run_id, sr.step.name, outcome, len(self.compensated) + len(self.not_compensated)
-                )
+            recorder.compensation_finished(sr.step.name, outcome, len(self.compensated) + len(self.not_compensated))
             if outcome.ok:
                 self.compensated.append(sr.step.name)
             else:

@@ -113,8 +113,7 @@ def preload_completed(run: _Run, st: StageRun) -> None:
             recorded.finished_at,
             record.group,
         )
-        if run.journal is not None:
-            run.journal.step_finished(run.run_id, sr.record)  # keep the recorded times
+        run.recorder.step_finished(sr.record)  # keep the recorded times
 
 
 def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:

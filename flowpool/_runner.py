@@ -44,6 +44,7 @@ from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
 from ._policy import group_error, group_verdict, status_of, stops_group_early
+from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
     FlowStatus,
@@ -59,7 +60,7 @@ from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
     from ._events import Event
-    from ._journal import Journal, RecordedRun
+    from ._journal import RecordedRun
 
 __all__ = ["STOP_GRACE", "run_flow"]
 
@@ -106,7 +107,7 @@ def run_flow(
         owned, book = open_journal(journal, flow.name)
     try:
         run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
-        run.journal = book
+        run.recorder.journal = book
         if resume is not None:
             run.resume_from(resume)
         return run.execute()
@@ -149,7 +150,7 @@ class _Run:
         self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
-        self.journal: Journal | None = None
+        self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
 
     # ── the run ─────────────────────────────────────────────────────────────────
@@ -160,11 +161,7 @@ class _Run:
         self.backends.open_run_backend()
         restore = route_interrupts(self.scope, self.inbox, self.timers, self.clock)
         try:
-            if self.journal is not None:
-                if self.resumed is None:
-                    self.journal.begin_run(self.run_id, self.flow, self.input, self.layout())
-                else:
-                    self.journal.reopen_run(self.run_id)
+            self.recorder.begin(self.flow, self.input, resumed=self.resumed is not None)
             self.events.emit("flow_started", self.started_at)
             if self.timeout is not None:
                 self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
@@ -215,8 +212,7 @@ class _Run:
             started_at=self.started_at,
             finished_at=finished_at,
         )
-        if self.journal is not None:
-            self.journal.end_run(result)
+        self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
         if interrupted is not None and self.scope.interrupts:
             interrupted.result = result
@@ -234,22 +230,13 @@ class _Run:
             results=self.values_view,
         )
 
-    def layout(self) -> list[list[Any]]:
-        """``[step, group]`` pairs in declaration order, as the journal keeps them."""
-        out: list[list[Any]] = []
-        for stage in self.stages:
-            if isinstance(stage, Group):
-                out.extend([member.name, stage.name] for member in stage.members)
-            else:
-                out.append([stage.name, None])
-        return out
-
     def resume_from(self, recorded: RecordedRun) -> None:
         """Continue ``recorded``: same run id and input; completed steps are not run again."""
         self.resumed = recorded
         self.run_id = recorded.run_id
         self.input = recorded.input
         self.events = EventSink(self.events._listener, self.name, self.run_id)
+        self.recorder.run_id = self.run_id
 
     def flow_steps(self) -> list[Step]:
         out: list[Step] = []
@@ -295,10 +282,10 @@ class _Run:
             self.wait_once()
         self.stage = None
         self.settle_verdict(st)
-        if self.journal is not None:
+        if self.recorder.enabled:
             if self.error is not None:
                 self.record_failure()  # in the same transaction as the stage's verdict
-            self.journal.flush()  # before any later stage starts
+            self.recorder.flush()  # before any later stage starts
 
     def settle_verdict(self, st: StageRun) -> None:
         added = False
@@ -331,8 +318,7 @@ class _Run:
         )
         self.groups[group.name] = GroupResult(group.name, verdict, tuple(m.name for m in group.members))
         self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
-        if self.journal is not None:
-            self.journal.group_finished(self.run_id, group.name, verdict.value)
+        self.recorder.group_finished(group.name, verdict.value)
         if verdict is GroupStatus.FAILED:
             records = [sr.record for sr in st.members if sr.record is not None]
             required = [sr.step.required for sr in st.members]
@@ -407,9 +393,8 @@ class _Run:
             for kind, target in timers.due(now):
                 self.on_timer(kind, target)
             return
-        journal = self.journal
-        if journal is not None and journal.dirty and self.inbox.empty():
-            journal.flush()  # what arrived together is committed together, before we wait
+        if self.recorder.dirty and self.inbox.empty():
+            self.recorder.flush()  # what arrived together is committed together, before we wait
         received = timers.wait(self.inbox, next_at, now)
         if received is None:
             return
@@ -438,8 +423,7 @@ class _Run:
         if sr.first_started is None:
             sr.first_started = started
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
-        if self.journal is not None:
-            self.journal.attempt_started(self.run_id, sr.step.name, attempt.number)
+        self.recorder.attempt_started(sr.step.name, attempt.number)
 
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
@@ -493,10 +477,7 @@ class _Run:
         step = sr.step
         sr.last_status = status
         sr.last_error = error
-        if self.journal is not None:
-            started, finished = attempt.started_at, attempt.finished_at
-            seconds = finished - started if started is not None and finished is not None else None
-            self.journal.attempt_finished(self.run_id, step.name, attempt.number, status.value, seconds)
+        self.recorder.attempt_finished(attempt, status)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
@@ -565,8 +546,7 @@ class _Run:
         )
         sr.record = record
         self.records[step.name] = record
-        if self.journal is not None:
-            self.journal.step_finished(self.run_id, record)
+        self.recorder.step_finished(record)
         if status is StepStatus.COMPLETED and step.compensate is not None:
             self.compensator.pending.append(sr)
         if self.events.enabled:
@@ -664,13 +644,9 @@ class _Run:
 
     def record_failure(self) -> None:
         """Journal that the run failed (once): a resume then only compensates."""
-        journal = self.journal
-        if journal is None or self.scope.failure_recorded:
-            return
-        self.scope.failure_recorded = True
         if self.resumed is not None and self.resumed.phase == "compensating":
-            return
-        journal.compensating(self.run_id, self.scope.failure_outcome(), self.failed_stage, self.error)
+            return  # the journal says so already
+        self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
 
     def compensate_all(self) -> None:
         if self.error is None and not self.scope.interrupts:
@@ -678,6 +654,5 @@ class _Run:
         if self.scope.interrupts and self.error is None:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
         self.scope.compensating = True
-        if self.journal is not None:
-            self.record_failure()
-        self.compensator.run_all(self.records, self.journal, self.run_id, self.events, self.context)
+        self.record_failure()
+        self.compensator.run_all(self.records, self.recorder, self.events, self.context)

@@ -30,7 +30,6 @@ class StopScope:
         "grace_armed",
         "compensating",
         "interruptible",
-        "failure_recorded",
     )
 
     def __init__(self, flow: str, timeout: float | None) -> None:
@@ -48,8 +47,6 @@ class StopScope:
         self.compensating = False
         #: A compensation runs in the caller's thread, where a second Ctrl-C may interrupt it.
         self.interruptible = False
-        #: The journal knows the run failed (it is written once).
-        self.failure_recorded = False
 
     def stop_error(self) -> BaseException | None:
         """The error a stopped run fails with at the stage it was in; None if not stopping."""
