@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ._errors import StepCancelledError, StepTimeoutError
 from ._results import GroupStatus, StepResult, StepStatus
 
-__all__ = ["group_error", "group_verdict", "status_of", "stops_group_early"]
+if TYPE_CHECKING:
+    from ._definition import Group
+
+__all__ = ["group_error", "group_verdict", "may_retry", "stage_verdict", "status_of", "stops_group_early"]
 
 
 def status_of(error: BaseException | None) -> StepStatus:
@@ -75,3 +79,44 @@ def group_error(group: str, policy: str, records: Sequence[StepResult], required
     if missing:
         why += f"; required member(s) did not complete: {', '.join(missing)}"
     return ExceptionGroup(f"group {group!r} failed ({why})", errors)
+
+
+def stage_verdict(
+    name: str, group: Group | None, records: Sequence[StepResult], stop_error: BaseException | None
+) -> tuple[GroupStatus | None, BaseException | None]:
+    """``(group verdict, error)`` of a stage whose members all settled.
+
+    The verdict is None for a single step. The error is what the stage fails the
+    run with, or None: a run that was stopped (``stop_error``: its timeout, Ctrl-C)
+    fails at the stage it was in, whatever that stage's own verdict.
+    """
+    if group is None:
+        record = records[0]
+        if record.status is not StepStatus.COMPLETED:
+            return None, stop_error or record.error or StepCancelledError(name, "not completed")
+        return None, stop_error
+    required = [member.required for member in group.members]
+    verdict = group_verdict(
+        [record.status for record in records],
+        required,
+        fail_fast=group.fail_fast,
+        min_successes=group.min_successes,
+    )
+    if verdict is GroupStatus.FAILED:
+        return verdict, stop_error or group_error(group.name, group.policy, records, required)
+    return verdict, stop_error
+
+
+def may_retry(
+    status: StepStatus, *, retries: int, custom: bool, attempt_told_to_stop: bool, stage_stopping: bool
+) -> bool:
+    """Whether an attempt that ended with ``status`` (not a plain success) may be retried.
+
+    Never a cancelled attempt, nor one that was told to stop (a timed-out one still
+    may), nor once its group failed fast or the run is stopping (``stage_stopping``).
+    """
+    if not (custom or retries > 0) or status is StepStatus.CANCELLED:
+        return False
+    if attempt_told_to_stop and status is not StepStatus.TIMED_OUT:
+        return False
+    return not stage_stopping

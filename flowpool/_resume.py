@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._definition import Flow, Group
 from ._errors import FlowDefinitionError, StepCancelledError
+from ._events import EventSink
 from ._journal import Journal, RecordedRun, fingerprint
 from ._results import CompensationResult, FlowResult, GroupResult, GroupStatus, StepResult, StepStatus
 from ._state import StageRun, StepRun, with_compensation
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._runner import _Run
 
-__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow"]
+__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow", "resume_from"]
 
 
 def resume_flow(
@@ -81,6 +82,15 @@ def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
     raise FlowDefinitionError(
         f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
     )
+
+
+def resume_from(run: _Run, recorded: RecordedRun) -> None:
+    """Make ``run`` continue ``recorded``: same run id and input; completed steps are not run again."""
+    run.resumed = recorded
+    run.run_id = recorded.run_id
+    run.input = recorded.input
+    run.events = EventSink(run.events._listener, run.name, run.run_id)
+    run.recorder.run_id = run.run_id
 
 
 def preload_completed(run: _Run, st: StageRun) -> None:

@@ -43,7 +43,7 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._policy import group_error, group_verdict, status_of, stops_group_early
+from ._policy import may_retry, stage_verdict, status_of, stops_group_early
 from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
@@ -109,7 +109,9 @@ def run_flow(
         run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
         run.recorder.journal = book
         if resume is not None:
-            run.resume_from(resume)
+            from ._resume import resume_from
+
+            resume_from(run, resume)
         return run.execute()
     finally:
         if owned and book is not None:
@@ -191,14 +193,8 @@ class _Run:
         finished_at = self.clock.now()
         resumed_outcome = self.resumed.outcome if self.resumed is not None else None
         status = self.scope.final_status(self.error, resumed_outcome)
-        steps = {step.name: self.records[step.name] for step in self.flow_steps()}
-        interrupted: FlowInterrupted | None = None
-        error = self.error
-        if status is FlowStatus.CANCELLED:
-            interrupted = FlowInterrupted(self.name)
-            if error is not None and not isinstance(error, FlowInterrupted):
-                interrupted.__context__ = error
-            error = interrupted
+        steps = {step.name: self.records[step.name] for step in self.flow.steps()}
+        error = self.scope.final_error(status, self.error)
         result = FlowResult(
             name=self.name,
             run_id=self.run_id,
@@ -214,9 +210,10 @@ class _Run:
         )
         self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if interrupted is not None and self.scope.interrupts:
-            interrupted.result = result
-            raise interrupted
+        if status is FlowStatus.CANCELLED and self.scope.interrupts:
+            assert isinstance(error, FlowInterrupted)
+            error.result = result
+            raise error
         return result
 
     def context(self, step: str, attempt: int) -> Context:
@@ -229,20 +226,6 @@ class _Run:
             attempt=attempt,
             results=self.values_view,
         )
-
-    def resume_from(self, recorded: RecordedRun) -> None:
-        """Continue ``recorded``: same run id and input; completed steps are not run again."""
-        self.resumed = recorded
-        self.run_id = recorded.run_id
-        self.input = recorded.input
-        self.events = EventSink(self.events._listener, self.name, self.run_id)
-        self.recorder.run_id = self.run_id
-
-    def flow_steps(self) -> list[Step]:
-        out: list[Step] = []
-        for stage in self.stages:
-            out.extend(stage.members if isinstance(stage, Group) else (stage,))
-        return out
 
     def fail(self, stage: str | None, error: BaseException) -> None:
         if self.error is None:
@@ -288,47 +271,20 @@ class _Run:
             self.recorder.flush()  # before any later stage starts
 
     def settle_verdict(self, st: StageRun) -> None:
-        added = False
-        for sr in st.members:
-            record = sr.record
-            assert record is not None
-            if record.status is StepStatus.COMPLETED:
-                self.values[sr.step.name] = record.value
-                added = True
-        if added:
+        records = [sr.record for sr in st.members if sr.record is not None]
+        if any(record.status is StepStatus.COMPLETED for record in records):
+            for record in records:
+                if record.status is StepStatus.COMPLETED:
+                    self.values[record.name] = record.value
             # A fresh snapshot per stage: an abandoned attempt that still holds an older
             # view never sees the values of its siblings or of later stages.
             self.values_view = MappingProxyType(dict(self.values))
-        if st.group is None:
-            record = st.members[0].record
-            assert record is not None
-            if record.status is not StepStatus.COMPLETED:
-                self.fail(
-                    st.name, self.scope.stop_error() or record.error or StepCancelledError(st.name, "not completed")
-                )
-            self.fail_if_stopping(st)
-            return
-        group = st.group
-        statuses = [sr.record.status for sr in st.members if sr.record is not None]
-        verdict = group_verdict(
-            statuses,
-            [sr.step.required for sr in st.members],
-            fail_fast=group.fail_fast,
-            min_successes=group.min_successes,
-        )
-        self.groups[group.name] = GroupResult(group.name, verdict, tuple(m.name for m in group.members))
-        self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
-        self.recorder.group_finished(group.name, verdict.value)
-        if verdict is GroupStatus.FAILED:
-            records = [sr.record for sr in st.members if sr.record is not None]
-            required = [sr.step.required for sr in st.members]
-            self.fail(group.name, self.scope.stop_error() or group_error(group.name, group.policy, records, required))
-        self.fail_if_stopping(st)
-
-    def fail_if_stopping(self, st: StageRun) -> None:
-        # A run that was stopped (timeout, Ctrl-C) fails at the stage it was in, whatever
-        # that stage's own verdict.
-        error = self.scope.stop_error()
+        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error())
+        if st.group is not None and verdict is not None:
+            name = st.group.name
+            self.groups[name] = GroupResult(name, verdict, tuple(m.name for m in st.group.members))
+            self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
+            self.recorder.group_finished(name, verdict.value)
         if error is not None:
             self.fail(st.name, error)
 
@@ -482,12 +438,13 @@ class _Run:
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
             return
-        may_retry = (custom or step.retries > 0) and status is not StepStatus.CANCELLED
-        if may_retry and (attempt.cancel_reason is not None and status is not StepStatus.TIMED_OUT):
-            may_retry = False  # the attempt was told to stop
-        if may_retry and (st.cancel_reason is not None or self.scope.reason is not None):
-            may_retry = False  # its group failed fast, or the run is stopping: no more retries
-        if not may_retry:
+        if not may_retry(
+            status,
+            retries=step.retries,
+            custom=custom,
+            attempt_told_to_stop=attempt.cancel_reason is not None,
+            stage_stopping=st.cancel_reason is not None or self.scope.reason is not None,
+        ):
             self.finalize(st, sr, status, value, error)
             return
         driver = sr.driver

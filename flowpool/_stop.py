@@ -66,6 +66,16 @@ class StopScope:
             return FlowStatus.FAILED
         return FlowStatus.COMPLETED
 
+    def final_error(self, status: FlowStatus, error: BaseException | None) -> BaseException | None:
+        """The error the run ends with: a cancelled run ends with a ``FlowInterrupted``
+        (the error that failed it first, if another, is kept as its context)."""
+        if status is not FlowStatus.CANCELLED:
+            return error
+        interrupted = FlowInterrupted(self.flow)
+        if error is not None and not isinstance(error, FlowInterrupted):
+            interrupted.__context__ = error
+        return interrupted
+
     def failure_outcome(self) -> str:
         """How the journal records a run that failed: ``"failed"`` or ``"cancelled"``."""
         return "failed" if self.timed_out or not self.interrupts else "cancelled"
