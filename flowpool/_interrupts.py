@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from ._attempt import INTERRUPT, Message
-from ._clock import Clock
+from ._clock import Clock, is_real_time
 from ._stop import StopScope
 from ._timers import Timers
 
@@ -56,7 +56,7 @@ def route_interrupts(
     # thread's blocking wait, so Python would run the handler only when the wait ends:
     # never block longer than this. (A virtual test clock would count these wake-ups
     # as time passing, so it is left alone.)
-    if type(clock) is Clock:
+    if is_real_time(clock):
         timers.signal_poll = SIGNAL_POLL
 
     def restore() -> None:

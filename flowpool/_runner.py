@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
 from ._definition import Flow, Group, Step, _check_seconds
@@ -450,7 +450,9 @@ class _Run:
         driver = sr.driver
         if driver is None:
             retrying = step.retry if custom else default_retrying(step.retries)
-            driver = sr.driver = RetryDriver(step.name, retrying, self.real_time(sr.first_started))
+            # tenacity measures delays with time.monotonic: tell it the start only in real time.
+            first_started = sr.first_started if is_real_time(self.clock) else None
+            driver = sr.driver = RetryDriver(step.name, retrying, first_started)
         decision = driver.decide(status is StepStatus.COMPLETED, value, error)
         if decision.retry:
             now = self.clock.now()
@@ -476,10 +478,6 @@ class _Run:
             final_error = decision.error
             final_status = status if final_error is error else status_of(final_error)
             self.finalize(st, sr, final_status, None, final_error)
-
-    def real_time(self, when: float | None) -> float | None:
-        # tenacity measures delays with time.monotonic; only the system clock shares it.
-        return when if self.clock is SYSTEM_CLOCK else None
 
     def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
         if sr.state in (_RUNNING, _BACKOFF):
