@@ -53,7 +53,6 @@ from ._results import (
     StepResult,
     StepStatus,
 )
-from ._retry import RetryDriver, default_retrying
 from ._state import StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
@@ -317,26 +316,12 @@ class _Run:
             assert st is not None
             self.finalize(st, sr, StepStatus.FAILED, None, error)
             return
-        ctx = self.context(step.name, number)
-        attempt = Attempt(
-            step.name,
-            number,
-            step.fn,
-            (),
-            ctx,
-            self.inbox,
-            self.clock,
-            self.events.enabled or step.timeout is not None,
-            owner=sr,
-        )
-        ctx._scope = attempt
         st = self.stage
         # Queued behind another attempt on a worker, an attempt's start is known only
         # late; keep that to stages where nothing cancels or kills attempts early.
-        attempt.may_queue = st is None or st.may_queue
-        sr.attempt = attempt
-        sr.state = _RUNNING
-        backend.submit(attempt)
+        may_queue = st is None or st.may_queue
+        notify_start = self.events.enabled or step.timeout is not None
+        backend.submit(sr.new_attempt(self.context(step.name, number), self.inbox, self.clock, notify_start, may_queue))
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
@@ -447,13 +432,7 @@ class _Run:
         ):
             self.finalize(st, sr, status, value, error)
             return
-        driver = sr.driver
-        if driver is None:
-            retrying = step.retry if custom else default_retrying(step.retries)
-            # tenacity measures delays with time.monotonic: tell it the start only in real time.
-            first_started = sr.first_started if is_real_time(self.clock) else None
-            driver = sr.driver = RetryDriver(step.name, retrying, first_started)
-        decision = driver.decide(status is StepStatus.COMPLETED, value, error)
+        decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
             self.events.emit(
@@ -480,26 +459,13 @@ class _Run:
             self.finalize(st, sr, final_status, None, final_error)
 
     def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
-        if sr.state in (_RUNNING, _BACKOFF):
-            st.active -= 1
-        sr.state = _FINAL
-        st.unsettled -= 1
+        st.settle(sr)
         attempt = sr.attempt
         finished = attempt.finished_at if attempt is not None else None
         if finished is None and sr.attempts:
             finished = self.clock.now()
         step = sr.step
-        record = StepResult(
-            step.name,
-            status,
-            value if status is StepStatus.COMPLETED else None,
-            error,
-            sr.attempts,
-            sr.first_started if sr.attempts else None,
-            finished if sr.attempts else None,
-            sr.group,
-        )
-        sr.record = record
+        sr.record = record = sr.result(status, value, error, finished)
         self.records[step.name] = record
         self.recorder.step_finished(record)
         if status is StepStatus.COMPLETED and step.compensate is not None:

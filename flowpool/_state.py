@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import queue
 from collections import deque
 from enum import IntEnum
+from typing import Any
 
-from ._attempt import Attempt
+from ._attempt import Attempt, Message
+from ._clock import Clock
+from ._context import Context
 from ._definition import Group, Step
 from ._executors import Backend
 from ._results import CompensationResult, StepResult, StepStatus
-from ._retry import RetryDriver
+from ._retry import Decision, RetryDriver, default_retrying
 
 __all__ = ["StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation"]
 
@@ -62,6 +66,41 @@ class StepRun:
         self.last_error: BaseException | None = None
         self.record: StepResult | None = None
 
+    def new_attempt(
+        self, ctx: Context, inbox: queue.SimpleQueue[Message], clock: Clock, notify_start: bool, may_queue: bool
+    ) -> Attempt:
+        """The attempt numbered ``ctx.attempt``, now this step's current one."""
+        step = self.step
+        attempt = Attempt(step.name, ctx.attempt, step.fn, (), ctx, inbox, clock, notify_start, owner=self)
+        ctx._scope = attempt
+        attempt.may_queue = may_queue
+        self.attempt = attempt
+        return attempt
+
+    def decide(self, status: StepStatus, value: Any, error: BaseException | None, real_time: bool) -> Decision:
+        """What the step's retry policy says after an attempt ended with ``status``."""
+        driver = self.driver
+        if driver is None:
+            step = self.step
+            retrying = step.retry if step.retry is not None else default_retrying(step.retries)
+            # tenacity measures delays with time.monotonic: tell it the start only in real time.
+            driver = self.driver = RetryDriver(step.name, retrying, self.first_started if real_time else None)
+        return driver.decide(status is StepStatus.COMPLETED, value, error)
+
+    def result(self, status: StepStatus, value: Any, error: BaseException | None, finished: float | None) -> StepResult:
+        """The step's final record (``value`` is kept only for a completed step)."""
+        ran = bool(self.attempts)
+        return StepResult(
+            self.step.name,
+            status,
+            value if status is StepStatus.COMPLETED else None,
+            error,
+            self.attempts,
+            self.first_started if ran else None,
+            finished if ran else None,
+            self.group,
+        )
+
 
 class StageRun:
     """One stage being settled: a group, or a single step as a group of one."""
@@ -90,6 +129,13 @@ class StageRun:
         self.fail_fast = group.fail_fast if group is not None else False
         self.cancel_reason: str | None = None
         self.may_queue = not self.fail_fast and all(sr.step.timeout is None for sr in members)
+
+    def settle(self, sr: StepRun) -> None:
+        """``sr`` is final: it no longer holds a slot, and one fewer member is unsettled."""
+        if sr.state in (StepState.RUNNING, StepState.BACKOFF):
+            self.active -= 1
+        sr.state = StepState.FINAL
+        self.unsettled -= 1
 
 
 def with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
