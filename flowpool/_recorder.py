@@ -71,7 +71,7 @@ class RunRecorder:
             self.journal.group_finished(self.run_id, group, status)
 
     def run_failed(self, outcome: str, failed_stage: str | None, error: BaseException | None) -> None:
-        """The run failed (recorded once): a resume then only compensates."""
+        """Journal that the run failed (once): a resume then only compensates."""
         if self.journal is None or self.failure_recorded:
             return
         self.failure_recorded = True

@@ -129,8 +129,9 @@ def preload_completed(run: _Run, st: StageRun) -> None:
 def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
     """The run had failed and was compensating when its process died: rebuild its
     records and run only the compensations that had not finished."""
+    run.recorder.failure_recorded = True  # the journal says so already
     index = 0
-    for stage in run.stages:
+    for stage in run.flow.stages:
         members = stage.members if isinstance(stage, Group) else (stage,)
         group = stage.name if isinstance(stage, Group) else None
         for step in members:

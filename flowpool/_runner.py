@@ -105,7 +105,7 @@ def run_flow(
 
         owned, book = open_journal(journal, flow.name)
     try:
-        run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
+        run = _Run(flow, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
         run.recorder.journal = book
         if resume is not None:
             from ._resume import resume_from
@@ -123,7 +123,6 @@ class _Run:
     def __init__(
         self,
         flow: Flow,
-        stages: tuple[Step | Group, ...],
         input: Any,
         executor: Any,
         max_workers: int | None,
@@ -133,7 +132,6 @@ class _Run:
     ) -> None:
         self.flow = flow
         self.name = flow.name
-        self.stages = stages
         self.input = input
         self.timeout = timeout
         self.clock = clock
@@ -157,8 +155,7 @@ class _Run:
     # ── the run ─────────────────────────────────────────────────────────────────
 
     def execute(self) -> FlowResult:
-        clock = self.clock
-        self.started_at = clock.now()
+        self.started_at = self.clock.now()
         self.backends.open_run_backend()
         restore = route_interrupts(self.scope, self.inbox, self.timers, self.clock)
         try:
@@ -170,18 +167,17 @@ class _Run:
                 from ._resume import restore_compensation_phase
 
                 restore_compensation_phase(self, self.resumed)
-            index = 0
-            for stage in self.stages:
-                if self.resumed is not None and self.resumed.phase == "compensating":
-                    break
-                members = stage.members if isinstance(stage, Group) else (stage,)
-                if self.scope.interrupts and self.scope.reason is None:
-                    self.stop("the run was interrupted")  # Ctrl-C arrived between stages
-                if self.error is not None or self.scope.reason is not None:
-                    self.skip_stage(stage, members, index)
-                else:
-                    self.run_stage(stage, members, index)
-                index += len(members)
+            else:
+                index = 0
+                for stage in self.flow.stages:
+                    members = stage.members if isinstance(stage, Group) else (stage,)
+                    if self.scope.interrupts and self.scope.reason is None:
+                        self.stop("the run was interrupted")  # Ctrl-C arrived between stages
+                    if self.error is not None or self.scope.reason is not None:
+                        self.skip_stage(stage, members)
+                    else:
+                        self.run_stage(stage, members, index)  # the one place a stage runs
+                    index += len(members)
             self.compensate_all()
         finally:
             restore()
@@ -233,7 +229,7 @@ class _Run:
 
     # ── stages ──────────────────────────────────────────────────────────────────
 
-    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...]) -> None:
         group = stage.name if isinstance(stage, Group) else None
         now = self.clock.now()
         for step in members:
@@ -264,10 +260,9 @@ class _Run:
             self.wait_once()
         self.stage = None
         self.settle_verdict(st)
-        if self.recorder.enabled:
-            if self.error is not None:
-                self.record_failure()  # in the same transaction as the stage's verdict
-            self.recorder.flush()  # before any later stage starts
+        if self.error is not None:  # journaled in the same transaction as the stage's verdict
+            self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
+        self.recorder.flush()  # before any later stage starts
 
     def settle_verdict(self, st: StageRun) -> None:
         records = [sr.record for sr in st.members if sr.record is not None]
@@ -563,17 +558,11 @@ class _Run:
 
     # ── compensation ────────────────────────────────────────────────────────────
 
-    def record_failure(self) -> None:
-        """Journal that the run failed (once): a resume then only compensates."""
-        if self.resumed is not None and self.resumed.phase == "compensating":
-            return  # the journal says so already
-        self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
-
     def compensate_all(self) -> None:
-        if self.error is None and not self.scope.interrupts:
-            return
         if self.scope.interrupts and self.error is None:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
+        if self.error is None:
+            return
         self.scope.compensating = True
-        self.record_failure()
+        self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
         self.compensator.run_all(self.records, self.recorder, self.events, self.context)
