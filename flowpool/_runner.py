@@ -2,23 +2,33 @@
 
 How an attempt flows::
 
-    settle loop (caller's thread)                       backend (threads, lanes, Dask)
-    ───────────────────────────────                     ──────────────────────────────
-    _dispatch: Attempt(step, n, ctx) ── submit ───────▶ worker runs fn(ctx)
+    _Run (caller's thread)                              backend (threads, lanes, Dask)
+    ──────────────────────                              ──────────────────────────────
+    execute ─▶ run_stage ─▶ start_waiting ─▶ dispatch:
+        StepRun.new_attempt(ctx) ───────── submit ────▶ worker runs fn(ctx)
          ▲                                                  │ (STARTED, attempt)  only if a
          │                                                  │                     timeout or a
-    inbox (SimpleQueue) ◀──────────────────────────────────┘ (DONE, attempt)     listener needs it
+    inbox ◀─────────────────────────────────────────────────┘ (DONE, attempt)     listener needs it
          │
-    _on_done ─▶ completed?  ─▶ _finalize ─▶ step_finished, fail fast?
-              └▶ failed ─▶ RetryDriver.decide (tenacity) ─▶ DoSleep(s): a wake-up timer
-                                                        └▶ stop: _finalize
-    timers (heap): attempt timeouts, backoff wake-ups, the run's deadline, the stop grace
+    wait_once (Timers.wait) ─▶ on_started: arm the attempt's timeout
+                            └▶ on_done ─▶ on_outcome ─▶ completed ─▶ finalize ─▶ step_finished, fail fast?
+                                                     └▶ failed ─▶ StepRun.decide (tenacity)
+                                                           ├▶ retry: a WAKE timer ─▶ on_timer ─▶ dispatch
+                                                           └▶ stop: finalize
+    on_timer: TIMEOUT (an attempt), WAKE (a backoff), DEADLINE (the run's timeout), GRACE (the stop grace)
+    run_stage ends ─▶ settle_verdict (_policy.stage_verdict) ─▶ next stage, or compensate_all ─▶ finish
 
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
 alone decides what an outcome means; a late outcome of an attempt the loop has
 given up on (``attempt.settled``) is dropped.
+
+The concerns around the loop live in their own modules: ``_timers`` (the heap
+and the one wait), ``_stop`` (why the run stops, the status it ends with),
+``_interrupts`` (Ctrl-C), ``_compensator``, ``_recorder`` (journal writes),
+``_resume`` (imported only for journaled runs), ``_policy`` (pure verdicts),
+``_state`` (the step and stage records) and ``_executors`` (the backends).
 """
 
 from __future__ import annotations
