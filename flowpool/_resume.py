@@ -14,12 +14,13 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._definition import Flow, Group
+from ._definition import Flow
 from ._errors import FlowDefinitionError, StepCancelledError
 from ._events import EventSink
-from ._journal import Journal, RecordedRun, fingerprint
-from ._results import CompensationResult, FlowResult, GroupResult, GroupStatus, StepResult, StepStatus
-from ._state import StageRun, StepRun, with_compensation
+from ._journal import Journal, RecordedRun, build_result, fingerprint
+from ._recorder import layout
+from ._results import FlowResult, StepResult, StepStatus
+from ._state import StageRun, StepRun
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -128,46 +129,24 @@ def preload_completed(run: _Run, st: StageRun) -> None:
 
 def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
     """The run had failed and was compensating when its process died: rebuild its
-    records and run only the compensations that had not finished."""
+    records (as ``Journal.result`` does) and run only the compensations that had not finished."""
     run.recorder.failure_recorded = True  # the journal says so already
-    index = 0
-    for stage in run.flow.stages:
-        members = stage.members if isinstance(stage, Group) else (stage,)
-        group = stage.name if isinstance(stage, Group) else None
-        for step in members:
-            rec = recorded.steps.get(step.name)
-            if rec is None:
-                record = StepResult(step.name, StepStatus.SKIPPED, group=group)
-            else:
-                record = StepResult(
-                    step.name,
-                    rec.status,
-                    rec.value if rec.status is StepStatus.COMPLETED else None,
-                    rec.error,
-                    rec.attempts,
-                    rec.started_at,
-                    rec.finished_at,
-                    group,
-                )
-            comp = recorded.compensations.get(step.name)
-            if comp is not None and comp[0] in ("compensated", "failed"):
-                record = with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
-                run.compensator.done.add(step.name)
-            run.records[step.name] = record
-            if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
-                sr = StepRun(step, index, group, run.backends.for_step(step.executor))
-                sr.record = record
-                run.compensator.pending.append(sr)
-            if rec is not None and rec.status is StepStatus.COMPLETED:
-                run.values[step.name] = rec.value
-            index += 1
-        if isinstance(stage, Group):
-            status = recorded.groups.get(stage.name)
-            run.groups[stage.name] = GroupResult(
-                stage.name,
-                GroupStatus(status) if status else GroupStatus.SKIPPED,
-                tuple(m.name for m in members),
-            )
+    rebuilt = build_result(recorded, layout(run.flow), [], None, None)
+    run.records.update(rebuilt.steps)
+    run.groups.update(rebuilt.groups)
+    for index, step in enumerate(run.flow.steps()):
+        comp = recorded.compensations.get(step.name)
+        if comp is not None and comp[0] in ("compensated", "failed"):
+            run.compensator.done.add(step.name)
+        rec = recorded.steps.get(step.name)
+        if rec is None or rec.status is not StepStatus.COMPLETED:
+            continue
+        run.values[step.name] = rec.value
+        if step.compensate is not None:
+            record = rebuilt.steps[step.name]
+            sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
+            sr.record = record
+            run.compensator.pending.append(sr)
     for name in recorded.compensation_order:  # in the order they ran before the death
         state = recorded.compensations[name][0]
         (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
