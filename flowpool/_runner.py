@@ -78,7 +78,7 @@ __all__ = ["STOP_GRACE", "run_flow"]
 _StepRun = StepRun
 
 # Module-level names, compared on every attempt.
-_PENDING, _RUNNING, _BACKOFF, _FINAL = StepState
+_PENDING, _RUNNING, _BACKOFF = StepState.PENDING, StepState.RUNNING, StepState.BACKOFF
 _TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
 
 
