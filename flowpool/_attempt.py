@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 from ._clock import Clock
 from ._context import Context
 
-__all__ = ["DONE", "STARTED", "Attempt"]
+__all__ = ["DONE", "INTERRUPT", "STARTED", "Attempt", "Message", "MessageKind"]
 
-STARTED = 1
-DONE = 2
 
-Message = tuple[int, Any]
+class MessageKind(IntEnum):
+    """What a message in a run's inbox says."""
+
+    STARTED = 1  # (STARTED, attempt): the attempt started on its worker
+    DONE = 2  # (DONE, attempt): the attempt's outcome is in its fields
+    INTERRUPT = 3  # (INTERRUPT, None): Ctrl-C arrived
+
+
+# Module-level names: the loop and the workers compare against these on every attempt.
+STARTED, DONE, INTERRUPT = MessageKind
+
+Message = tuple[MessageKind, Any]
 
 
 class Attempt:

@@ -10,7 +10,7 @@ import queue
 import time
 from typing import TypeVar
 
-__all__ = ["SYSTEM_CLOCK", "Clock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "is_real_time"]
 
 T = TypeVar("T")
 
@@ -39,3 +39,8 @@ class Clock:
 
 
 SYSTEM_CLOCK = Clock()
+
+
+def is_real_time(clock: Clock) -> bool:
+    """Whether ``clock`` reads ``time.monotonic`` (a test clock's time is its own)."""
+    return type(clock) is Clock

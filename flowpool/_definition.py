@@ -678,36 +678,18 @@ class Flow:
             JournalError: unknown run id, or a file that is not a journal or is corrupt.
             FlowDefinitionError: the definition changed since the run (unless ``force``).
         """
-        from ._journal import Journal, fingerprint
-        from ._runner import open_journal, run_flow
+        from ._resume import resume_flow
 
-        owned, book = open_journal(journal, self._name)
-        assert book is not None
-        try:
-            recorded = book.recorded(run_id)
-            if recorded.fingerprint != fingerprint(self) and not force:
-                raise FlowDefinitionError(
-                    f"the definition changed since run {run_id!r} was recorded (its fingerprint differs); "
-                    f"pass force=True to resume it anyway",
-                    flow=self._name,
-                    argument="run_id",
-                )
-            if recorded.status != "running":
-                return book.result(run_id)
-            return run_flow(
-                self,
-                recorded.input,
-                executor=executor,
-                max_workers=max_workers,
-                timeout=timeout,
-                on_event=on_event,
-                clock=None,
-                journal=book,
-                resume=recorded,
-            )
-        finally:
-            if owned and isinstance(book, Journal):
-                book.close()
+        return resume_flow(
+            self,
+            run_id,
+            journal=journal,
+            force=force,
+            executor=executor,
+            max_workers=max_workers,
+            timeout=timeout,
+            on_event=on_event,
+        )
 
     def __repr__(self) -> str:
         return f"Flow({self._name!r}, stages={len(self._stages)})"

@@ -1,12 +1,26 @@
-"""Group verdicts: pure functions of the members' final statuses."""
+"""Verdicts: pure functions of outcomes (an attempt's error, a group's members)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ._results import GroupStatus, StepStatus
+from ._errors import StepCancelledError, StepTimeoutError
+from ._results import GroupStatus, StepResult, StepStatus
 
-__all__ = ["group_verdict", "stops_group_early"]
+if TYPE_CHECKING:
+    from ._definition import Group
+
+__all__ = ["group_error", "group_verdict", "may_retry", "stage_verdict", "status_of", "stops_group_early"]
+
+
+def status_of(error: BaseException | None) -> StepStatus:
+    """The status an attempt that raised ``error`` ends with."""
+    if isinstance(error, StepCancelledError):
+        return StepStatus.CANCELLED
+    if isinstance(error, StepTimeoutError):
+        return StepStatus.TIMED_OUT
+    return StepStatus.FAILED
 
 
 def group_verdict(
@@ -43,3 +57,66 @@ def group_verdict(
 def stops_group_early(status: StepStatus, *, fail_fast: bool) -> bool:
     """Whether a member that ended with ``status`` cancels the rest of its group."""
     return fail_fast and status is not StepStatus.COMPLETED
+
+
+def group_error(group: str, policy: str, records: Sequence[StepResult], required: Sequence[bool]) -> BaseException:
+    """The error of a failed group: its members' errors, and why the policy failed it.
+
+    ``records`` are the members' records and ``required`` their ``required`` options,
+    in declaration order.
+    """
+    errors: list[Exception] = []
+    for record in records:
+        if record.status is StepStatus.COMPLETED:
+            continue
+        error = record.error or StepCancelledError(record.name, "not completed")
+        errors.append(error if isinstance(error, Exception) else StepCancelledError(record.name, repr(error)))
+    completed = sum(1 for record in records if record.ok)
+    why = f"{completed} of {len(records)} members completed; policy: {policy}"
+    missing = [
+        record.name for record, is_required in zip(records, required, strict=True) if is_required and not record.ok
+    ]
+    if missing:
+        why += f"; required member(s) did not complete: {', '.join(missing)}"
+    return ExceptionGroup(f"group {group!r} failed ({why})", errors)
+
+
+def stage_verdict(
+    name: str, group: Group | None, records: Sequence[StepResult], stop_error: BaseException | None
+) -> tuple[GroupStatus | None, BaseException | None]:
+    """``(group verdict, error)`` of a stage whose members all settled.
+
+    The verdict is None for a single step. The error is what the stage fails the
+    run with, or None: a run that was stopped (``stop_error``: its timeout, Ctrl-C)
+    fails at the stage it was in, whatever that stage's own verdict.
+    """
+    if group is None:
+        record = records[0]
+        if record.status is not StepStatus.COMPLETED:
+            return None, stop_error or record.error or StepCancelledError(name, "not completed")
+        return None, stop_error
+    required = [member.required for member in group.members]
+    verdict = group_verdict(
+        [record.status for record in records],
+        required,
+        fail_fast=group.fail_fast,
+        min_successes=group.min_successes,
+    )
+    if verdict is GroupStatus.FAILED:
+        return verdict, stop_error or group_error(group.name, group.policy, records, required)
+    return verdict, stop_error
+
+
+def may_retry(
+    status: StepStatus, *, retries: int, custom: bool, attempt_told_to_stop: bool, stage_stopping: bool
+) -> bool:
+    """Whether an attempt that ended with ``status`` (not a plain success) may be retried.
+
+    Never a cancelled attempt, nor one that was told to stop (a timed-out one still
+    may), nor once its group failed fast or the run is stopping (``stage_stopping``).
+    """
+    if not (custom or retries > 0) or status is StepStatus.CANCELLED:
+        return False
+    if attempt_told_to_stop and status is not StepStatus.TIMED_OUT:
+        return False
+    return not stage_stopping

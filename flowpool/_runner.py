@@ -2,57 +2,60 @@
 
 How an attempt flows::
 
-    settle loop (caller's thread)                       backend (threads, lanes, Dask)
-    ───────────────────────────────                     ──────────────────────────────
-    _dispatch: Attempt(step, n, ctx) ── submit ───────▶ worker runs fn(ctx)
+    _Run (caller's thread)                              backend (threads, lanes, Dask)
+    ──────────────────────                              ──────────────────────────────
+    execute ─▶ run_stage ─▶ start_waiting ─▶ dispatch:
+        StepRun.new_attempt(ctx) ───────── submit ────▶ worker runs fn(ctx)
          ▲                                                  │ (STARTED, attempt)  only if a
          │                                                  │                     timeout or a
-    inbox (SimpleQueue) ◀──────────────────────────────────┘ (DONE, attempt)     listener needs it
+    inbox ◀─────────────────────────────────────────────────┘ (DONE, attempt)     listener needs it
          │
-    _on_done ─▶ completed?  ─▶ _finalize ─▶ step_finished, fail fast?
-              └▶ failed ─▶ RetryDriver.decide (tenacity) ─▶ DoSleep(s): a wake-up timer
-                                                        └▶ stop: _finalize
-    timers (heap): attempt timeouts, backoff wake-ups, the run's deadline, the stop grace
+    wait_once (Timers.wait) ─▶ on_started: arm the attempt's timeout
+                            └▶ on_done ─▶ on_outcome ─▶ completed ─▶ finalize ─▶ step_finished, fail fast?
+                                                     └▶ failed ─▶ StepRun.decide (tenacity)
+                                                           ├▶ retry: a WAKE timer ─▶ on_timer ─▶ dispatch
+                                                           └▶ stop: finalize
+    on_timer: TIMEOUT (an attempt), WAKE (a backoff), DEADLINE (the run's timeout), GRACE (the stop grace)
+    run_stage ends ─▶ settle_verdict (_policy.stage_verdict) ─▶ next stage, or compensate_all ─▶ finish
 
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
 alone decides what an outcome means; a late outcome of an attempt the loop has
 given up on (``attempt.settled``) is dropped.
+
+The concerns around the loop live in their own modules: ``_timers`` (the heap
+and the one wait), ``_stop`` (why the run stops, the status it ends with),
+``_interrupts`` (Ctrl-C), ``_compensator``, ``_recorder`` (journal writes),
+``_resume`` (imported only for journaled runs), ``_policy`` (pure verdicts),
+``_state`` (the step and stage records) and ``_executors`` (the backends).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import logging
-import os
 import queue
-import signal
-import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._attempt import DONE, STARTED, Attempt, Message
-from ._clock import SYSTEM_CLOCK, Clock
+from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
+from ._clock import SYSTEM_CLOCK, Clock, is_real_time
+from ._compensator import Compensator
 from ._context import Context
 from ._definition import Flow, Group, Step, _check_seconds
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
-    FlowTimeoutError,
     StepCancelledError,
     StepTimeoutError,
 )
 from ._events import EventSink
-from ._executors import Backend, describe_executor, open_backend
-from ._journal import Journal, RecordedRun
-from ._policy import group_verdict, stops_group_early
+from ._executors import Backends, describe_executor
+from ._interrupts import route_interrupts
+from ._policy import may_retry, stage_verdict, status_of, stops_group_early
+from ._recorder import RunRecorder
 from ._results import (
-    CompensationResult,
     FlowResult,
     FlowStatus,
     GroupResult,
@@ -60,105 +63,23 @@ from ._results import (
     StepResult,
     StepStatus,
 )
-from ._retry import RetryDriver, backoff_delay, default_retrying
+from ._state import StageRun, StepRun, StepState, tell_cancel
+from ._stop import STOP_GRACE, StopScope
+from ._timers import TimerKind, Timers
 
 if TYPE_CHECKING:
     from ._events import Event
+    from ._journal import RecordedRun
 
 __all__ = ["STOP_GRACE", "run_flow"]
 
-log = logging.getLogger("flowpool")
 
-#: How long thread-mode work may take to notice ``ctx.cancelled`` when a run stops.
-STOP_GRACE = 0.5
+#: The name scripts/soak.py counts live step records by.
+_StepRun = StepRun
 
-#: Longest single wait of the loop while it owns Ctrl-C (see install_interrupt_handler).
-SIGNAL_POLL = 0.1
-
-_INTERRUPT = 3  # inbox message: Ctrl-C arrived
-
-# Step-run states.
-_PENDING, _RUNNING, _BACKOFF, _FINAL = range(4)
-# Timer kinds.
-_TIMEOUT, _WAKE, _DEADLINE, _GRACE = range(4)
-
-
-def status_of(error: BaseException | None) -> StepStatus:
-    """The status an attempt that raised ``error`` ends with."""
-    if isinstance(error, StepCancelledError):
-        return StepStatus.CANCELLED
-    if isinstance(error, StepTimeoutError):
-        return StepStatus.TIMED_OUT
-    return StepStatus.FAILED
-
-
-def tell_cancel(backend: Backend, attempt: Attempt, reason: str) -> None:
-    """Make ``ctx.cancelled`` true for a running attempt, wherever it runs."""
-    if attempt.cancel_reason is None:
-        attempt.cancel_reason = reason
-        backend.cancel(attempt)
-
-
-class _StepRun:
-    """The loop's mutable record of one step during a run."""
-
-    __slots__ = (
-        "step",
-        "index",
-        "group",
-        "backend",
-        "state",
-        "attempts",
-        "attempt",
-        "driver",
-        "first_started",
-        "last_status",
-        "last_error",
-        "record",
-    )
-
-    def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
-        self.step = step
-        self.index = index
-        self.group = group
-        self.backend = backend
-        self.state = _PENDING
-        self.attempts = 0
-        self.attempt: Attempt | None = None
-        self.driver: RetryDriver | None = None
-        self.first_started: float | None = None
-        self.last_status = StepStatus.CANCELLED
-        self.last_error: BaseException | None = None
-        self.record: StepResult | None = None
-
-
-class _StageRun:
-    """One stage being settled: a group, or a single step as a group of one."""
-
-    __slots__ = (
-        "name",
-        "group",
-        "members",
-        "waiting",
-        "active",
-        "unsettled",
-        "cap",
-        "fail_fast",
-        "cancel_reason",
-        "may_queue",
-    )
-
-    def __init__(self, name: str, group: Group | None, members: list[_StepRun]) -> None:
-        self.name = name
-        self.group = group
-        self.members = members
-        self.waiting = deque(members)
-        self.active = 0
-        self.unsettled = len(members)
-        self.cap = group.max_concurrency if group is not None else None
-        self.fail_fast = group.fail_fast if group is not None else False
-        self.cancel_reason: str | None = None
-        self.may_queue = not self.fail_fast and all(sr.step.timeout is None for sr in members)
+# Module-level names, compared on every attempt.
+_PENDING, _RUNNING, _BACKOFF = StepState.PENDING, StepState.RUNNING, StepState.BACKOFF
+_TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
 
 
 def run_flow(
@@ -188,29 +109,22 @@ def run_flow(
             raise FlowDefinitionError(f"must be callable or None, not {type(on_event).__name__}", argument="on_event")
     except FlowDefinitionError as error:
         raise error.with_flow(flow.name) from None
-    owned, book = open_journal(journal, flow.name)
+    owned, book = False, None
+    if journal is not None:
+        from ._resume import open_journal  # the journal (sqlite3, pickle) only when asked for
+
+        owned, book = open_journal(journal, flow.name)
     try:
-        run = _Run(flow, stages, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
-        run.journal = book
+        run = _Run(flow, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
+        run.recorder.journal = book
         if resume is not None:
-            run.resume_from(resume)
+            from ._resume import resume_from
+
+            resume_from(run, resume)
         return run.execute()
     finally:
         if owned and book is not None:
             book.close()
-
-
-def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
-    """``(owned, journal)`` for a ``journal=`` argument: a path is opened (and owned)."""
-    if journal is None:
-        return False, None
-    if isinstance(journal, Journal):
-        return False, journal
-    if isinstance(journal, str | os.PathLike):
-        return True, Journal(journal)
-    raise FlowDefinitionError(
-        f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
-    )
 
 
 class _Run:
@@ -219,7 +133,6 @@ class _Run:
     def __init__(
         self,
         flow: Flow,
-        stages: tuple[Step | Group, ...],
         input: Any,
         executor: Any,
         max_workers: int | None,
@@ -229,115 +142,64 @@ class _Run:
     ) -> None:
         self.flow = flow
         self.name = flow.name
-        self.stages = stages
         self.input = input
-        self.executor = executor
-        self.max_workers = max_workers
         self.timeout = timeout
         self.clock = clock
         self.run_id = uuid.uuid4().hex
         self.events = EventSink(on_event, self.name, self.run_id)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.timers: list[tuple[float, int, int, Any]] = []
-        self.sequence = itertools.count()
-        self.backends: dict[str, Backend] = {}
+        self.timers = Timers(self.clock)
+        self.scope = StopScope(self.name, timeout)
+        self.backends = Backends(executor, max_workers)
         self.values: dict[str, Any] = {}
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
-        self.completed_with_compensation: list[_StepRun] = []
-        self.stage: _StageRun | None = None
+        self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope)
+        self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
-        self.stopping: str | None = None  # why the run is stopping (timeout, interrupt)
-        self.timed_out = False
-        self.interrupts = 0
-        self.compensating = False
-        self.grace_armed = False
-        self.compensated: list[str] = []
-        self.not_compensated: list[str] = []
-        self.signal_poll: float | None = None
-        self.journal: Journal | None = None
+        self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
-        self.compensation_done: set[str] = set()
-        self.failure_recorded = False
-        self.interruptible = False  # True while a compensation runs in this thread
-
-    # ── backends ────────────────────────────────────────────────────────────────
-
-    def backend_for(self, step: Step) -> Backend:
-        key = step.executor or "run"
-        if key != "run" and isinstance(self.executor, str) and self.executor == key:
-            key = "run"
-        backend = self.backends.get(key)
-        if backend is None:
-            spec = self.executor if key == "run" else key
-            backend = open_backend(spec, self.max_workers)
-            self.backends[key] = backend
-        return backend
-
-    def close_backends(self) -> None:
-        for backend in self.backends.values():
-            try:
-                backend.close()
-            except Exception:
-                log.exception("flowpool: closing the %s backend failed", backend.kind)
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
     def execute(self) -> FlowResult:
-        clock = self.clock
-        self.started_at = clock.now()
-        # Open the run's own backend first: a cluster that cannot be reached fails the
-        # call before any event is sent.
-        self.backends["run"] = open_backend(self.executor, self.max_workers)
-        restore = self.install_interrupt_handler()
+        self.started_at = self.clock.now()
+        self.backends.open_run_backend()
+        restore = route_interrupts(self.scope, self.inbox, self.timers, self.clock)
         try:
-            if self.journal is not None:
-                if self.resumed is None:
-                    self.journal.begin_run(self.run_id, self.flow, self.input, self.layout())
-                else:
-                    self.journal.reopen_run(self.run_id)
+            self.recorder.begin(self.flow, self.input, resumed=self.resumed is not None)
             self.events.emit("flow_started", self.started_at)
             if self.timeout is not None:
-                self.push_timer(self.started_at + self.timeout, _DEADLINE, None)
+                self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
             if self.resumed is not None and self.resumed.phase == "compensating":
-                self.restore_compensation_phase(self.resumed)
-            index = 0
-            for stage in self.stages:
-                if self.resumed is not None and self.resumed.phase == "compensating":
-                    break
-                members = stage.members if isinstance(stage, Group) else (stage,)
-                if self.interrupts and self.stopping is None:
-                    self.stop("the run was interrupted")  # Ctrl-C arrived between stages
-                if self.error is not None or self.stopping is not None:
-                    self.skip_stage(stage, members, index)
-                else:
-                    self.run_stage(stage, members, index)
-                index += len(members)
+                from ._resume import restore_compensation_phase
+
+                restore_compensation_phase(self, self.resumed)
+            else:
+                index = 0
+                for stage in self.flow.stages:
+                    members = stage.members if isinstance(stage, Group) else (stage,)
+                    if self.scope.interrupts and self.scope.reason is None:
+                        self.stop("the run was interrupted")  # Ctrl-C arrived between stages
+                    if self.error is not None or self.scope.reason is not None:
+                        self.skip_stage(stage, members)
+                    else:
+                        self.run_stage(stage, members, index)  # the one place a stage runs
+                    index += len(members)
             self.compensate_all()
         finally:
             restore()
-            self.close_backends()
+            self.backends.close()
         return self.finish()
 
     def finish(self) -> FlowResult:
         finished_at = self.clock.now()
         resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        if (self.interrupts and not self.timed_out) or (resumed_outcome == "cancelled" and not self.interrupts):
-            status = FlowStatus.CANCELLED
-        elif self.error is not None:
-            status = FlowStatus.FAILED
-        else:
-            status = FlowStatus.COMPLETED
-        steps = {step.name: self.records[step.name] for step in self.flow_steps()}
-        interrupted: FlowInterrupted | None = None
-        error = self.error
-        if status is FlowStatus.CANCELLED:
-            interrupted = FlowInterrupted(self.name)
-            if error is not None and not isinstance(error, FlowInterrupted):
-                interrupted.__context__ = error
-            error = interrupted
+        status = self.scope.final_status(self.error, resumed_outcome)
+        steps = {step.name: self.records[step.name] for step in self.flow.steps()}
+        error = self.scope.final_error(status, self.error)
         result = FlowResult(
             name=self.name,
             run_id=self.run_id,
@@ -346,17 +208,17 @@ class _Run:
             groups=self.groups,
             error=error,
             failed_stage=self.failed_stage,
-            compensated=tuple(self.compensated),
-            not_compensated=tuple(self.not_compensated),
+            compensated=tuple(self.compensator.compensated),
+            not_compensated=tuple(self.compensator.not_compensated),
             started_at=self.started_at,
             finished_at=finished_at,
         )
-        if self.journal is not None:
-            self.journal.end_run(result)
+        self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if interrupted is not None and self.interrupts:
-            interrupted.result = result
-            raise interrupted
+        if status is FlowStatus.CANCELLED and self.scope.interrupts:
+            assert isinstance(error, FlowInterrupted)
+            error.result = result
+            raise error
         return result
 
     def context(self, step: str, attempt: int) -> Context:
@@ -370,110 +232,6 @@ class _Run:
             results=self.values_view,
         )
 
-    def layout(self) -> list[list[Any]]:
-        """``[step, group]`` pairs in declaration order, as the journal keeps them."""
-        out: list[list[Any]] = []
-        for stage in self.stages:
-            if isinstance(stage, Group):
-                out.extend([member.name, stage.name] for member in stage.members)
-            else:
-                out.append([stage.name, None])
-        return out
-
-    def resume_from(self, recorded: RecordedRun) -> None:
-        """Continue ``recorded``: same run id and input; completed steps are not run again."""
-        self.resumed = recorded
-        self.run_id = recorded.run_id
-        self.input = recorded.input
-        self.events = EventSink(self.events._listener, self.name, self.run_id)
-
-    def preload_completed(self, st: _StageRun) -> None:
-        """Restore what the journal says about this stage's steps: completed steps (and,
-        in a group whose verdict was recorded, every member) are not run again."""
-        assert self.resumed is not None
-        settled = st.group is not None and st.group.name in self.resumed.groups
-        if settled:
-            st.cancel_reason = "restored from the journal"  # restoring must not trigger fail fast
-        for sr in st.members:
-            recorded = self.resumed.steps.get(sr.step.name)
-            if recorded is None:
-                continue
-            completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
-            if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
-                continue  # it runs (again): at least once
-            sr.attempts = recorded.attempts
-            sr.first_started = recorded.started_at
-            value = recorded.value if completed else None
-            self.finalize(st, sr, recorded.status, value, recorded.error)
-            record = sr.record
-            assert record is not None
-            sr.record = self.records[sr.step.name] = StepResult(
-                record.name,
-                record.status,
-                value,
-                recorded.error,
-                recorded.attempts,
-                recorded.started_at,
-                recorded.finished_at,
-                record.group,
-            )
-            if self.journal is not None:
-                self.journal.step_finished(self.run_id, sr.record)  # keep the recorded times
-
-    def restore_compensation_phase(self, recorded: RecordedRun) -> None:
-        """The run had failed and was compensating when its process died: rebuild its
-        records and run only the compensations that had not finished."""
-        index = 0
-        for stage in self.stages:
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            group = stage.name if isinstance(stage, Group) else None
-            for step in members:
-                rec = recorded.steps.get(step.name)
-                if rec is None:
-                    record = StepResult(step.name, StepStatus.SKIPPED, group=group)
-                else:
-                    record = StepResult(
-                        step.name,
-                        rec.status,
-                        rec.value if rec.status is StepStatus.COMPLETED else None,
-                        rec.error,
-                        rec.attempts,
-                        rec.started_at,
-                        rec.finished_at,
-                        group,
-                    )
-                comp = recorded.compensations.get(step.name)
-                if comp is not None and comp[0] in ("compensated", "failed"):
-                    record = _with_compensation(record, CompensationResult(comp[0], comp[1], comp[2]))
-                    self.compensation_done.add(step.name)
-                self.records[step.name] = record
-                if rec is not None and rec.status is StepStatus.COMPLETED and step.compensate is not None:
-                    sr = _StepRun(step, index, group, self.backend_for(step))
-                    sr.record = record
-                    self.completed_with_compensation.append(sr)
-                if rec is not None and rec.status is StepStatus.COMPLETED:
-                    self.values[step.name] = rec.value
-                index += 1
-            if isinstance(stage, Group):
-                status = recorded.groups.get(stage.name)
-                self.groups[stage.name] = GroupResult(
-                    stage.name,
-                    GroupStatus(status) if status else GroupStatus.SKIPPED,
-                    tuple(m.name for m in members),
-                )
-        for name in recorded.compensation_order:  # in the order they ran before the death
-            state = recorded.compensations[name][0]
-            (self.compensated if state == "compensated" else self.not_compensated).append(name)
-        self.values_view = MappingProxyType(dict(self.values))
-        self.error = recorded.error or StepCancelledError("", "the run failed before its process died")
-        self.failed_stage = recorded.failed_stage
-
-    def flow_steps(self) -> list[Step]:
-        out: list[Step] = []
-        for stage in self.stages:
-            out.extend(stage.members if isinstance(stage, Group) else (stage,))
-        return out
-
     def fail(self, stage: str | None, error: BaseException) -> None:
         if self.error is None:
             self.error = error
@@ -481,7 +239,7 @@ class _Run:
 
     # ── stages ──────────────────────────────────────────────────────────────────
 
-    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...]) -> None:
         group = stage.name if isinstance(stage, Group) else None
         now = self.clock.now()
         for step in members:
@@ -495,12 +253,15 @@ class _Run:
         group = stage if isinstance(stage, Group) else None
         group_name = group.name if group is not None else None
         runs = [
-            _StepRun(step, index + offset, group_name, self.backend_for(step)) for offset, step in enumerate(members)
+            StepRun(step, index + offset, group_name, self.backends.for_step(step.executor))
+            for offset, step in enumerate(members)
         ]
-        st = _StageRun(stage.name, group, runs)
+        st = StageRun(stage.name, group, runs)
         self.stage = st
         if self.resumed is not None:
-            self.preload_completed(st)
+            from ._resume import preload_completed
+
+            preload_completed(self, st)
         while st.unsettled:
             if st.waiting:
                 self.start_waiting(st)
@@ -509,77 +270,29 @@ class _Run:
             self.wait_once()
         self.stage = None
         self.settle_verdict(st)
-        if self.journal is not None:
-            if self.error is not None:
-                self.record_failure()  # in the same transaction as the stage's verdict
-            self.journal.flush()  # before any later stage starts
+        if self.error is not None:  # journaled in the same transaction as the stage's verdict
+            self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
+        self.recorder.flush()  # before any later stage starts
 
-    def settle_verdict(self, st: _StageRun) -> None:
-        added = False
-        for sr in st.members:
-            record = sr.record
-            assert record is not None
-            if record.status is StepStatus.COMPLETED:
-                self.values[sr.step.name] = record.value
-                added = True
-        if added:
+    def settle_verdict(self, st: StageRun) -> None:
+        records = [sr.record for sr in st.members if sr.record is not None]
+        if any(record.status is StepStatus.COMPLETED for record in records):
+            for record in records:
+                if record.status is StepStatus.COMPLETED:
+                    self.values[record.name] = record.value
             # A fresh snapshot per stage: an abandoned attempt that still holds an older
             # view never sees the values of its siblings or of later stages.
             self.values_view = MappingProxyType(dict(self.values))
-        if st.group is None:
-            record = st.members[0].record
-            assert record is not None
-            if record.status is not StepStatus.COMPLETED:
-                self.fail(st.name, self.stop_error() or record.error or StepCancelledError(st.name, "not completed"))
-            self.fail_if_stopping(st)
-            return
-        group = st.group
-        statuses = [sr.record.status for sr in st.members if sr.record is not None]
-        verdict = group_verdict(
-            statuses,
-            [sr.step.required for sr in st.members],
-            fail_fast=group.fail_fast,
-            min_successes=group.min_successes,
-        )
-        self.groups[group.name] = GroupResult(group.name, verdict, tuple(m.name for m in group.members))
-        self.events.emit("group_finished", self.clock.now(), group=group.name, status=verdict)
-        if self.journal is not None:
-            self.journal.group_finished(self.run_id, group.name, verdict.value)
-        if verdict is GroupStatus.FAILED:
-            self.fail(group.name, self.stop_error() or self.group_error(group, st))
-        self.fail_if_stopping(st)
-
-    def fail_if_stopping(self, st: _StageRun) -> None:
-        # A run that was stopped (timeout, Ctrl-C) fails at the stage it was in, whatever
-        # that stage's own verdict.
-        error = self.stop_error()
+        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error())
+        if st.group is not None and verdict is not None:
+            name = st.group.name
+            self.groups[name] = GroupResult(name, verdict, tuple(m.name for m in st.group.members))
+            self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
+            self.recorder.group_finished(name, verdict.value)
         if error is not None:
             self.fail(st.name, error)
 
-    def group_error(self, group: Group, st: _StageRun) -> BaseException:
-        errors: list[Exception] = []
-        for sr in st.members:
-            record = sr.record
-            if record is None or record.status is StepStatus.COMPLETED:
-                continue
-            error = record.error or StepCancelledError(sr.step.name, "not completed")
-            errors.append(error if isinstance(error, Exception) else StepCancelledError(sr.step.name, repr(error)))
-        completed = sum(1 for sr in st.members if sr.record is not None and sr.record.ok)
-        why = f"{completed} of {len(st.members)} members completed; policy: {group.policy}"
-        required = [sr.step.name for sr in st.members if sr.step.required and not (sr.record and sr.record.ok)]
-        if required:
-            why += f"; required member(s) did not complete: {', '.join(required)}"
-        return ExceptionGroup(f"group {group.name!r} failed ({why})", errors)
-
-    def stop_error(self) -> BaseException | None:
-        if self.stopping is None:
-            return None
-        if self.timed_out:
-            assert self.timeout is not None
-            return FlowTimeoutError(self.name, self.timeout)
-        return FlowInterrupted(self.name)
-
-    def start_waiting(self, st: _StageRun) -> None:
+    def start_waiting(self, st: StageRun) -> None:
         cap = st.cap
         waiting = st.waiting
         while waiting and (cap is None or st.active < cap):
@@ -592,102 +305,76 @@ class _Run:
             st.active += 1
             self.dispatch(sr)
 
-    def dispatch(self, sr: _StepRun) -> None:
+    def dispatch(self, sr: StepRun) -> None:
         step = sr.step
         number = sr.attempts + 1
         sr.attempts = number
         sr.state = _RUNNING
         backend = sr.backend
-        check_capacity = getattr(backend, "check_capacity", None)
         try:
             if sr.driver is not None:
                 sr.driver.next_attempt()  # runs the user's tenacity ``before`` hook
-            if check_capacity is not None:
-                check_capacity(step.name)
+            backend.check_capacity(step.name)
         except Exception as error:  # noqa: BLE001 - reported as this step's failure
             sr.attempts -= 1
             st = self.stage
             assert st is not None
             self.finalize(st, sr, StepStatus.FAILED, None, error)
             return
-        ctx = self.context(step.name, number)
-        attempt = Attempt(
-            step.name,
-            number,
-            step.fn,
-            (),
-            ctx,
-            self.inbox,
-            self.clock,
-            self.events.enabled or step.timeout is not None,
-            owner=sr,
-        )
-        ctx._scope = attempt
         st = self.stage
         # Queued behind another attempt on a worker, an attempt's start is known only
         # late; keep that to stages where nothing cancels or kills attempts early.
-        attempt.may_queue = st is None or st.may_queue
-        sr.attempt = attempt
-        sr.state = _RUNNING
-        backend.submit(attempt)
-        if backend.start_is_submission and attempt.started_at is not None and attempt.finished_at is None:
-            self.on_started(attempt)
+        may_queue = st is None or st.may_queue
+        notify_start = self.events.enabled or step.timeout is not None
+        backend.submit(sr.new_attempt(self.context(step.name, number), self.inbox, self.clock, notify_start, may_queue))
 
     # ── the loop ────────────────────────────────────────────────────────────────
-
-    def push_timer(self, when: float, kind: int, target: Any) -> None:
-        heapq.heappush(self.timers, (when, next(self.sequence), kind, target))
 
     def wait_once(self) -> None:
         """Handle due timers, or else the next message (waiting until the next timer)."""
         timers = self.timers
         now = self.clock.now()
-        if timers and timers[0][0] <= now:
-            while timers and timers[0][0] <= now:
-                _, _, kind, target = heapq.heappop(timers)
+        next_at = timers.next_at()
+        if next_at is not None and next_at <= now:
+            for kind, target in timers.due(now):
                 self.on_timer(kind, target)
             return
-        wait = timers[0][0] - now if timers else None
-        if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
-            wait = self.signal_poll
-        journal = self.journal
-        if journal is not None and journal.dirty and self.inbox.empty():
-            journal.flush()  # what arrived together is committed together, before we wait
-        try:
-            kind, item = self.clock.get(self.inbox, wait)
-        except queue.Empty:
+        if self.recorder.dirty and self.inbox.empty():
+            self.recorder.flush()  # what arrived together is committed together, before we wait
+        received = timers.wait(self.inbox, next_at, now)
+        if received is None:
             return
-        if kind == DONE:
+        message, item = received
+        if message == DONE:
             self.on_done(item)
-        elif kind == STARTED:
+        elif message == STARTED:
             if not item.settled:
                 self.on_started(item)
-        elif kind == _INTERRUPT:
+        elif message == INTERRUPT:
             self.on_interrupt()
 
     def on_started(self, attempt: Attempt) -> None:
-        sr: _StepRun = attempt.owner
+        sr: StepRun = attempt.owner
         started = attempt.started_at
         assert started is not None
         if not attempt.quiet_start:
             self.announce_start(sr, attempt)
         timeout = sr.step.timeout
         if timeout is not None:
-            self.push_timer(started + timeout, _TIMEOUT, attempt)
+            self.timers.push(started + timeout, _TIMEOUT, attempt)
 
-    def announce_start(self, sr: _StepRun, attempt: Attempt) -> None:
+    def announce_start(self, sr: StepRun, attempt: Attempt) -> None:
         started = attempt.started_at
         assert started is not None
         if sr.first_started is None:
             sr.first_started = started
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
-        if self.journal is not None:
-            self.journal.attempt_started(self.run_id, sr.step.name, attempt.number)
+        self.recorder.attempt_started(sr.step.name, attempt.number)
 
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
             return  # a late outcome of an attempt the loop gave up on
-        sr: _StepRun = attempt.owner
+        sr: StepRun = attempt.owner
         if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
             st = self.stage
             assert st is not None
@@ -703,12 +390,12 @@ class _Run:
         else:
             self.on_outcome(sr, attempt, status_of(attempt.error), None, attempt.error)
 
-    def on_timer(self, kind: int, target: Any) -> None:
+    def on_timer(self, kind: TimerKind, target: Any) -> None:
         if kind == _TIMEOUT:
             attempt: Attempt = target
             if attempt.settled or attempt.finished_at is not None:
                 return  # settled, or its outcome is already waiting in the inbox
-            sr: _StepRun = attempt.owner
+            sr: StepRun = attempt.owner
             timeout = sr.step.timeout
             assert timeout is not None
             attempt.settled = True
@@ -722,41 +409,35 @@ class _Run:
             if sr.state == _BACKOFF:
                 self.dispatch(sr)
         elif kind == _DEADLINE:
-            if self.stopping is None and not self.compensating:
-                self.timed_out = True
+            if self.scope.reason is None and not self.scope.compensating:
+                self.scope.timed_out = True
                 self.stop(f"the run's timeout of {self.timeout:g} s passed")
         elif kind == _GRACE:
             self.abandon_running()
 
     def on_outcome(
-        self, sr: _StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
+        self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
     ) -> None:
         st = self.stage
         assert st is not None
         step = sr.step
         sr.last_status = status
         sr.last_error = error
-        if self.journal is not None:
-            started, finished = attempt.started_at, attempt.finished_at
-            seconds = finished - started if started is not None and finished is not None else None
-            self.journal.attempt_finished(self.run_id, step.name, attempt.number, status.value, seconds)
+        self.recorder.attempt_finished(attempt, status)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
             return
-        may_retry = (custom or step.retries > 0) and status is not StepStatus.CANCELLED
-        if may_retry and (attempt.cancel_reason is not None and status is not StepStatus.TIMED_OUT):
-            may_retry = False  # the attempt was told to stop
-        if may_retry and (st.cancel_reason is not None or self.stopping is not None):
-            may_retry = False  # its group failed fast, or the run is stopping: no more retries
-        if not may_retry:
+        if not may_retry(
+            status,
+            retries=step.retries,
+            custom=custom,
+            attempt_told_to_stop=attempt.cancel_reason is not None,
+            stage_stopping=st.cancel_reason is not None or self.scope.reason is not None,
+        ):
             self.finalize(st, sr, status, value, error)
             return
-        driver = sr.driver
-        if driver is None:
-            retrying = step.retry if custom else default_retrying(step.retries)
-            driver = sr.driver = RetryDriver(step.name, retrying, self.real_time(sr.first_started))
-        decision = driver.decide(status is StepStatus.COMPLETED, value, error)
+        decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
             self.events.emit(
@@ -774,7 +455,7 @@ class _Run:
             # From the attempt's end, so time spent deciding (tenacity's first import) is
             # not added to the backoff.
             finished = attempt.finished_at if attempt.finished_at is not None else now
-            self.push_timer(finished + decision.delay, _WAKE, sr)
+            self.timers.push(finished + decision.delay, _WAKE, sr)
         elif decision.ok:
             self.finalize(st, sr, StepStatus.COMPLETED, decision.value, None)
         else:
@@ -782,38 +463,18 @@ class _Run:
             final_status = status if final_error is error else status_of(final_error)
             self.finalize(st, sr, final_status, None, final_error)
 
-    def real_time(self, when: float | None) -> float | None:
-        # tenacity measures delays with time.monotonic; only the system clock shares it.
-        return when if self.clock is SYSTEM_CLOCK else None
-
-    def finalize(
-        self, st: _StageRun, sr: _StepRun, status: StepStatus, value: Any, error: BaseException | None
-    ) -> None:
-        if sr.state in (_RUNNING, _BACKOFF):
-            st.active -= 1
-        sr.state = _FINAL
-        st.unsettled -= 1
+    def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
+        st.settle(sr)
         attempt = sr.attempt
         finished = attempt.finished_at if attempt is not None else None
         if finished is None and sr.attempts:
             finished = self.clock.now()
         step = sr.step
-        record = StepResult(
-            step.name,
-            status,
-            value if status is StepStatus.COMPLETED else None,
-            error,
-            sr.attempts,
-            sr.first_started if sr.attempts else None,
-            finished if sr.attempts else None,
-            sr.group,
-        )
-        sr.record = record
+        sr.record = record = sr.result(status, value, error, finished)
         self.records[step.name] = record
-        if self.journal is not None:
-            self.journal.step_finished(self.run_id, record)
+        self.recorder.step_finished(record)
         if status is StepStatus.COMPLETED and step.compensate is not None:
-            self.completed_with_compensation.append(sr)
+            self.compensator.pending.append(sr)
         if self.events.enabled:
             self.events.emit(
                 "step_finished",
@@ -830,7 +491,7 @@ class _Run:
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
 
-    def cancel_stage(self, st: _StageRun, reason: str) -> None:
+    def cancel_stage(self, st: StageRun, reason: str) -> None:
         """No new work in this stage; running attempts see ``ctx.cancelled``."""
         st.cancel_reason = reason
         for sr in st.members:
@@ -845,7 +506,7 @@ class _Run:
                 if sr.backend.withdraw(attempt):
                     self.withdrawn(st, sr, attempt, reason)
 
-    def withdrawn(self, st: _StageRun, sr: _StepRun, attempt: Attempt, reason: str) -> None:
+    def withdrawn(self, st: StageRun, sr: StepRun, attempt: Attempt, reason: str) -> None:
         """``attempt`` never started and never will: it does not count as an attempt."""
         attempt.settled = True
         sr.attempts -= 1
@@ -856,7 +517,7 @@ class _Run:
 
     def stop(self, reason: str) -> None:
         """Stop the run: nothing new starts, running work is killed or told to stop."""
-        self.stopping = reason
+        self.scope.reason = reason
         st = self.stage
         if st is None:
             return
@@ -874,11 +535,11 @@ class _Run:
                 self.abandon(st, sr, reason)
             else:
                 soft = True
-        if soft and not self.grace_armed:
-            self.grace_armed = True
-            self.push_timer(self.clock.now() + STOP_GRACE, _GRACE, None)
+        if soft and not self.scope.grace_armed:
+            self.scope.grace_armed = True
+            self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
 
-    def abandon(self, st: _StageRun, sr: _StepRun, reason: str) -> None:
+    def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
         attempt = sr.attempt
         assert attempt is not None
         tell_cancel(sr.backend, attempt, reason)
@@ -893,195 +554,25 @@ class _Run:
 
     def abandon_running(self) -> None:
         st = self.stage
-        if st is None or self.stopping is None:
+        if st is None or self.scope.reason is None:
             return
         for sr in st.members:
             if sr.state == _RUNNING:
-                self.abandon(st, sr, self.stopping)
+                self.abandon(st, sr, self.scope.reason)
 
     def on_interrupt(self) -> None:
-        if self.stopping is None:
+        if self.scope.reason is None:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
 
-    def install_interrupt_handler(self) -> Callable[[], None]:
-        """Route Ctrl-C into the loop while the run is in the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        try:
-            previous = signal.getsignal(signal.SIGINT)
-        except ValueError:  # pragma: no cover - not the main interpreter
-            return lambda: None
-        if previous is not signal.default_int_handler:
-            return lambda: None  # someone else owns Ctrl-C (or it is ignored): leave it
-
-        def on_sigint(signum: int, frame: FrameType | None) -> None:
-            self.interrupts += 1
-            if self.compensating:
-                # A second Ctrl-C abandons the compensations: it interrupts a compensation
-                # running in this thread; anywhere else the loop notices it at once.
-                if self.interrupts >= 2 and self.interruptible:
-                    raise KeyboardInterrupt
-                return
-            self.inbox.put((_INTERRUPT, None))  # SimpleQueue.put is safe in a signal handler
-
-        signal.signal(signal.SIGINT, on_sigint)
-        # A signal delivered to another thread (loky's, ours) does not interrupt the main
-        # thread's blocking wait, so Python would run the handler only when the wait ends:
-        # never block longer than this. (A virtual test clock would count these wake-ups
-        # as time passing, so it is left alone.)
-        if type(self.clock) is Clock:
-            self.signal_poll = SIGNAL_POLL
-
-        def restore() -> None:
-            signal.signal(signal.SIGINT, previous)
-
-        return restore
-
     # ── compensation ────────────────────────────────────────────────────────────
 
-    def record_failure(self) -> None:
-        """Journal that the run failed (once): a resume then only compensates."""
-        journal = self.journal
-        if journal is None or self.failure_recorded:
-            return
-        self.failure_recorded = True
-        if self.resumed is not None and self.resumed.phase == "compensating":
-            return
-        outcome = "failed" if self.timed_out or not self.interrupts else "cancelled"
-        journal.compensating(self.run_id, outcome, self.failed_stage, self.error)
-
     def compensate_all(self) -> None:
-        if self.error is None and not self.interrupts:
-            return
-        if self.interrupts and self.error is None:
+        if self.scope.interrupts and self.error is None:
             self.fail(None, FlowInterrupted(self.name))  # Ctrl-C between stages
-        pending = sorted(self.completed_with_compensation, key=lambda sr: sr.index, reverse=True)
-        self.compensating = True
-        journal = self.journal
-        if journal is not None:
-            self.record_failure()
-            pending = [sr for sr in pending if sr.step.name not in self.compensation_done]
-        for position, sr in enumerate(pending):
-            if self.interrupts >= 2:
-                self.not_compensated.extend(p.step.name for p in pending[position:])
-                return
-            if journal is not None:
-                journal.compensation_started(self.run_id, sr.step.name)
-            try:
-                outcome = self.compensate(sr)
-            except KeyboardInterrupt:
-                if journal is not None:
-                    journal.compensation_finished(self.run_id, sr.step.name, None, None)
-                self.not_compensated.extend(p.step.name for p in pending[position:])
-                self.events.emit(
-                    "compensation_finished",
-                    self.clock.now(),
-                    step=sr.step.name,
-                    group=sr.group,
-                    status="abandoned",
-                )
-                return
-            record = sr.record
-            assert record is not None
-            self.records[sr.step.name] = _with_compensation(record, outcome)
-            if journal is not None:
-                journal.compensation_finished(
-                    self.run_id, sr.step.name, outcome, len(self.compensated) + len(self.not_compensated)
-                )
-            if outcome.ok:
-                self.compensated.append(sr.step.name)
-            else:
-                self.not_compensated.append(sr.step.name)
-
-    def compensate(self, sr: _StepRun) -> CompensationResult:
-        step = sr.step
-        compensate = step.compensate
-        assert compensate is not None and sr.record is not None
-        value = sr.record.value
-        error: BaseException | None = None
-        tries = step.compensate_retries + 1
-        for number in range(1, tries + 1):
-            started = self.clock.now()
-            self.events.emit("compensation_started", started, step=step.name, group=sr.group, attempt=number)
-            ok, error = self.call_compensation(sr, compensate, value, number)
-            finished = self.clock.now()
-            self.events.emit(
-                "compensation_finished",
-                finished,
-                step=step.name,
-                group=sr.group,
-                attempt=number,
-                status="compensated" if ok else "failed",
-                error=error,
-                started_at=started,
-            )
-            if ok:
-                return CompensationResult("compensated", None, number)
-            if number < tries:
-                self.clock.sleep(backoff_delay(number))
-        return CompensationResult("failed", error, tries)
-
-    def call_compensation(
-        self, sr: _StepRun, compensate: Callable[..., Any], value: Any, number: int
-    ) -> tuple[bool, BaseException | None]:
-        step = sr.step
-        ctx = self.context(step.name, number)
-        backend = sr.backend
-        if backend.in_process and step.compensate_timeout is None:
-            self.interruptible = True
-            try:  # in the caller's thread, one at a time
-                compensate(ctx, value)
-            except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
-                return False, error
-            finally:
-                self.interruptible = False
-            return True, None
-        attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
-        ctx._scope = attempt
-        backend.submit(attempt)
-        timeout = step.compensate_timeout
-        deadline: float | None = None
-        if timeout is not None and backend.start_is_submission:
-            deadline = self.clock.now() + timeout
-        while True:
-            if self.interrupts >= 2:  # a second Ctrl-C: stop this compensation, abandon the rest
-                attempt.settled = True
-                tell_cancel(backend, attempt, "the compensations were abandoned (second Ctrl-C)")
-                backend.stop(attempt)
-                raise KeyboardInterrupt
-            wait = None if deadline is None else deadline - self.clock.now()
-            if self.signal_poll is not None and (wait is None or wait > self.signal_poll):
-                wait = self.signal_poll
-            if wait is not None and wait <= 0:
-                attempt.settled = True
-                tell_cancel(backend, attempt, f"its timeout of {timeout:g} s passed")
-                backend.stop(attempt)
-                assert timeout is not None
-                return False, StepTimeoutError(step.name, timeout, number)
-            try:
-                kind, item = self.clock.get(self.inbox, wait)
-            except queue.Empty:
-                continue
-            if item is not attempt:
-                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
-            if kind == STARTED and timeout is not None and attempt.started_at is not None:
-                deadline = attempt.started_at + timeout
-            elif kind == DONE:
-                attempt.settled = True
-                return attempt.ok, attempt.error
-
-
-def _with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
-    return StepResult(
-        record.name,
-        record.status,
-        record.value,
-        record.error,
-        record.attempts,
-        record.started_at,
-        record.finished_at,
-        record.group,
-        compensation,
-    )
+        if self.error is None:
+            return
+        self.scope.compensating = True
+        self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
+        self.compensator.run_all(self.records, self.recorder, self.events, self.context)

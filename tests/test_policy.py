@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowpool import GroupStatus, StepStatus
-from flowpool._policy import group_verdict, stops_group_early
+from flowpool import Group, GroupStatus, Step, StepCancelledError, StepResult, StepStatus, StepTimeoutError
+from flowpool._policy import group_error, group_verdict, may_retry, stage_verdict, status_of, stops_group_early
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,3 +205,77 @@ def test_a_group_stopped_early_by_a_member_fails(group):
 def test_min_successes_one_is_the_default_policy(group):
     statuses, required, _ = group
     assert group_verdict(statuses, required, min_successes=1) is group_verdict(statuses, required)
+
+
+# ── errors ──────────────────────────────────────────────────────────────────────
+
+
+def test_an_attempts_status_follows_its_error():
+    assert status_of(StepCancelledError("a", "stop")) is X
+    assert status_of(StepTimeoutError("a", 1.0, 1)) is T
+    assert status_of(ValueError("boom")) is F
+    assert status_of(KeyboardInterrupt()) is F
+
+
+def test_a_group_error_holds_each_unfinished_members_error_and_says_why():
+    boom = ValueError("boom")
+    records = [
+        StepResult("a", C, 1),
+        StepResult("b", F, error=boom),
+        StepResult("c", X),  # cancelled without an error of its own
+        StepResult("d", F, error=KeyboardInterrupt()),  # not an Exception: wrapped
+    ]
+    error = group_error("g", "fail fast", records, [False, True, False, False])
+    assert isinstance(error, ExceptionGroup)
+    assert error.exceptions[0] is boom
+    assert [type(e) for e in error.exceptions[1:]] == [StepCancelledError, StepCancelledError]
+    assert [e.step for e in error.exceptions[1:]] == ["c", "d"]
+    assert "group 'g' failed (1 of 4 members completed; policy: fail fast" in str(error)
+    assert "required member(s) did not complete: b" in str(error)
+
+
+def test_a_group_error_names_no_required_member_when_all_required_completed():
+    error = group_error("g", "default", [StepResult("a", C, 1), StepResult("b", F, error=ValueError())], [True, False])
+    assert "required" not in str(error)
+
+
+# ── stage verdicts and retries ──────────────────────────────────────────────────
+
+
+def test_a_single_step_stage_fails_the_run_with_its_error_unless_the_run_was_stopped():
+    boom = ValueError("boom")
+    stopped = StepCancelledError("", "stopped")
+    assert stage_verdict("a", None, [StepResult("a", C, 1)], None) == (None, None)
+    assert stage_verdict("a", None, [StepResult("a", F, error=boom)], None) == (None, boom)
+    assert stage_verdict("a", None, [StepResult("a", F, error=boom)], stopped) == (None, stopped)
+    assert stage_verdict("a", None, [StepResult("a", C, 1)], stopped) == (None, stopped)
+    _, error = stage_verdict("a", None, [StepResult("a", X)], None)
+    assert isinstance(error, StepCancelledError) and error.step == "a"
+
+
+def test_a_group_stage_gets_its_verdict_and_fails_the_run_only_when_failed_or_stopped():
+    g = Group("g", (Step("a", lambda ctx: 1), Step("b", lambda ctx: 1, required=True)))
+    partial = [StepResult("a", F, error=ValueError()), StepResult("b", C, 1)]
+    assert stage_verdict("g", g, partial, None) == (GroupStatus.PARTIAL, None)
+    stopped = StepCancelledError("", "stopped")
+    assert stage_verdict("g", g, partial, stopped) == (GroupStatus.PARTIAL, stopped)
+    verdict, error = stage_verdict("g", g, [StepResult("a", C, 1), StepResult("b", F, error=ValueError())], None)
+    assert verdict is GroupStatus.FAILED
+    assert isinstance(error, ExceptionGroup) and "required member(s) did not complete: b" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "retries", "custom", "told", "stopping", "expected"),
+    [
+        (F, 0, False, False, False, False),  # no retries configured
+        (F, 1, False, False, False, True),
+        (T, 0, True, False, False, True),  # a custom tenacity policy decides
+        (X, 3, False, False, False, False),  # a cancelled attempt is never retried
+        (F, 3, False, True, False, False),  # told to stop (group failed fast)
+        (T, 3, False, True, False, True),  # ... but its own timeout tells it too
+        (F, 3, False, False, True, False),  # the stage or run is stopping
+    ],
+)
+def test_which_attempts_may_be_retried(status, retries, custom, told, stopping, expected):
+    allowed = may_retry(status, retries=retries, custom=custom, attempt_told_to_stop=told, stage_stopping=stopping)
+    assert allowed is expected

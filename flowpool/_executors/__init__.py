@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from .._errors import FlowDefinitionError
 from ._base import Backend
 
-__all__ = ["Backend", "default_workers", "describe_executor", "open_backend", "shutdown_workers"]
+__all__ = ["Backend", "Backends", "default_workers", "describe_executor", "open_backend", "shutdown_workers"]
+
+log = logging.getLogger("flowpool")
 
 
 def default_workers(kind: str) -> int:
@@ -63,6 +66,42 @@ def open_backend(executor: Any, max_workers: int | None) -> Backend:
     from ._futures import ExecutorBackend
 
     return ExecutorBackend(executor)
+
+
+class Backends:
+    """The backends one run opened: ``"run"`` for the run's executor, and one per other
+    executor that a step names."""
+
+    __slots__ = ("_executor", "_max_workers", "_open")
+
+    def __init__(self, executor: Any, max_workers: int | None) -> None:
+        self._executor = executor
+        self._max_workers = max_workers
+        self._open: dict[str, Backend] = {}
+
+    def open_run_backend(self) -> None:
+        """Open the run's own backend now: a cluster that cannot be reached fails the
+        call before any event is sent."""
+        self._open["run"] = open_backend(self._executor, self._max_workers)
+
+    def for_step(self, step_executor: str | None) -> Backend:
+        """The backend for a step whose ``executor`` option is ``step_executor``."""
+        key = step_executor or "run"
+        if key != "run" and isinstance(self._executor, str) and self._executor == key:
+            key = "run"
+        backend = self._open.get(key)
+        if backend is None:
+            spec = self._executor if key == "run" else key
+            backend = open_backend(spec, self._max_workers)
+            self._open[key] = backend
+        return backend
+
+    def close(self) -> None:
+        for backend in self._open.values():
+            try:
+                backend.close()
+            except Exception:
+                log.exception("flowpool: closing the %s backend failed", backend.kind)
 
 
 def shutdown_workers() -> None:

@@ -24,8 +24,6 @@ class Backend(Protocol):
     kills: bool
     #: True when attempts run in this process (so compensations may run in the caller's thread).
     in_process: bool
-    #: True when the start of an attempt is only known as its submission time.
-    start_is_submission: bool
 
     def submit(self, attempt: Attempt) -> None:
         """Start ``attempt`` as soon as there is room; never blocks."""
@@ -41,6 +39,10 @@ class Backend(Protocol):
 
         Its outcome, if one still arrives, is ignored.
         """
+
+    def check_capacity(self, step: str) -> None:
+        """Raise if the backend cannot take another attempt of ``step`` now (the step
+        then fails with that error); called before every attempt is submitted."""
 
     def close(self) -> None:
         """Release what the backend holds for this run; never waits for abandoned work."""

@@ -49,7 +49,6 @@ class DaskBackend:
     in_process = False
     # Attempts wait here until the cluster has room; each is announced (STARTED) when
     # it is handed to Dask, which is the moment its timeout counts from.
-    start_is_submission = False
 
     def __init__(self, executor: Any, max_workers: int | None) -> None:
         if isinstance(executor, str):
@@ -176,6 +175,9 @@ class DaskBackend:
             with contextlib.suppress(Exception):
                 future.cancel()  # best effort: a running task keeps running on its worker
         self._pump()
+
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the cluster bounds its own work."""
 
     def close(self) -> None:
         with self._lock:

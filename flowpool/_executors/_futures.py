@@ -52,7 +52,6 @@ class ExecutorBackend:
 
     kind = "executor"
     kills = False
-    start_is_submission = False
 
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self._executor = executor
@@ -152,6 +151,9 @@ class ExecutorBackend:
             future.cancel()
         self._release(attempt)  # the loop gave up on it: let the next attempt go
         self._pump()
+
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the user's executor bounds its own work."""
 
     def close(self) -> None:
         """The executor is the user's to manage; attempts still waiting here never start."""

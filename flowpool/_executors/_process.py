@@ -341,7 +341,6 @@ class ProcessBackend:
     kind = "process"
     kills = True
     in_process = False
-    start_is_submission = False
 
     def __init__(self, max_workers: int) -> None:
         self._max_workers = max_workers
@@ -535,6 +534,9 @@ class ProcessBackend:
             lane.kill()  # the callbacks send what was queued behind it elsewhere
         else:
             self.cancel(attempt)  # queued behind another: the worker will skip it
+
+    def check_capacity(self, step: str) -> None:
+        """Nothing to check: the lane pool bounds its own work."""
 
     def close(self) -> None:
         with self._lock:

@@ -133,7 +133,6 @@ class ThreadBackend:
     kind = "thread"
     kills = False
     in_process = True
-    start_is_submission = False
 
     def __init__(self, max_workers: int, threads: SharedThreads = SHARED) -> None:
         self._max_workers = max_workers

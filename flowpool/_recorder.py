@@ -1,0 +1,101 @@
+"""What a run writes to its journal, in one place.
+
+Without ``journal=`` every method does nothing, so the loop never asks whether
+a journal is there; with one, the writes go to ``Journal`` (imported only for
+typing here: a plain run never loads the journal, sqlite3 or pickle).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._attempt import Attempt
+from ._definition import Flow, Group
+from ._results import CompensationResult, FlowResult, StepResult, StepStatus
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+
+__all__ = ["RunRecorder"]
+
+
+class RunRecorder:
+    """The journal writes of one run (``run_id``); no-ops when ``journal`` is None."""
+
+    __slots__ = ("journal", "run_id", "failure_recorded")
+
+    def __init__(self, journal: Journal | None, run_id: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        #: The journal knows the run failed (it is written once).
+        self.failure_recorded = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.journal is not None
+
+    def begin(self, flow: Flow, run_input: Any, resumed: bool) -> None:
+        journal = self.journal
+        if journal is None:
+            return
+        if resumed:
+            journal.reopen_run(self.run_id)
+        else:
+            journal.begin_run(self.run_id, flow, run_input, layout(flow))
+
+    def flush(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
+
+    @property
+    def dirty(self) -> bool:
+        """Writes are waiting for the next flush."""
+        return self.journal is not None and self.journal.dirty
+
+    def attempt_started(self, step: str, attempt: int) -> None:
+        if self.journal is not None:
+            self.journal.attempt_started(self.run_id, step, attempt)
+
+    def attempt_finished(self, attempt: Attempt, status: StepStatus) -> None:
+        if self.journal is not None:
+            started, finished = attempt.started_at, attempt.finished_at
+            seconds = finished - started if started is not None and finished is not None else None
+            self.journal.attempt_finished(self.run_id, attempt.step, attempt.number, status.value, seconds)
+
+    def step_finished(self, record: StepResult) -> None:
+        if self.journal is not None:
+            self.journal.step_finished(self.run_id, record)
+
+    def group_finished(self, group: str, status: str) -> None:
+        if self.journal is not None:
+            self.journal.group_finished(self.run_id, group, status)
+
+    def run_failed(self, outcome: str, failed_stage: str | None, error: BaseException | None) -> None:
+        """Journal that the run failed (once): a resume then only compensates."""
+        if self.journal is None or self.failure_recorded:
+            return
+        self.failure_recorded = True
+        self.journal.compensating(self.run_id, outcome, failed_stage, error)
+
+    def compensation_started(self, step: str) -> None:
+        if self.journal is not None:
+            self.journal.compensation_started(self.run_id, step)
+
+    def compensation_finished(self, step: str, outcome: CompensationResult | None, position: int | None) -> None:
+        if self.journal is not None:
+            self.journal.compensation_finished(self.run_id, step, outcome, position)
+
+    def end(self, result: FlowResult) -> None:
+        if self.journal is not None:
+            self.journal.end_run(result)
+
+
+def layout(flow: Flow) -> list[list[Any]]:
+    """``[step, group]`` pairs in declaration order, as the journal keeps them."""
+    out: list[list[Any]] = []
+    for stage in flow.stages:
+        if isinstance(stage, Group):
+            out.extend([member.name, stage.name] for member in stage.members)
+        else:
+            out.append([stage.name, None])
+    return out

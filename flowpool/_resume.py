@@ -1,0 +1,155 @@
+"""Resuming a journaled run whose process died.
+
+``Flow.resume`` lands here: the recorded run is read back, checked against the
+definition, and run on by the settle loop from where it was. Completed steps
+are restored, not run again (``preload_completed``, stage by stage); a run that
+had failed and was compensating only runs its pending compensations
+(``restore_compensation_phase``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ._definition import Flow
+from ._errors import FlowDefinitionError, StepCancelledError
+from ._events import EventSink
+from ._journal import Journal, RecordedRun, build_result, fingerprint
+from ._recorder import layout
+from ._results import FlowResult, StepResult, StepStatus
+from ._state import StageRun, StepRun
+
+if TYPE_CHECKING:
+    from ._events import Event
+    from ._runner import _Run
+
+__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow", "resume_from"]
+
+
+def resume_flow(
+    flow: Flow,
+    run_id: str,
+    *,
+    journal: Any,
+    force: bool,
+    executor: Any,
+    max_workers: int | None,
+    timeout: float | None,
+    on_event: Callable[[Event], Any] | None,
+) -> FlowResult:
+    """``Flow.resume``: continue run ``run_id`` of ``flow`` from ``journal``."""
+    from ._runner import run_flow  # not at import time: _runner imports this module
+
+    owned, book = open_journal(journal, flow.name)
+    assert book is not None
+    try:
+        recorded = book.recorded(run_id)
+        if recorded.fingerprint != fingerprint(flow) and not force:
+            raise FlowDefinitionError(
+                f"the definition changed since run {run_id!r} was recorded (its fingerprint differs); "
+                f"pass force=True to resume it anyway",
+                flow=flow.name,
+                argument="run_id",
+            )
+        if recorded.status != "running":
+            return book.result(run_id)
+        return run_flow(
+            flow,
+            recorded.input,
+            executor=executor,
+            max_workers=max_workers,
+            timeout=timeout,
+            on_event=on_event,
+            clock=None,
+            journal=book,
+            resume=recorded,
+        )
+    finally:
+        if owned and isinstance(book, Journal):
+            book.close()
+
+
+def open_journal(journal: Any, flow: str) -> tuple[bool, Journal | None]:
+    """``(owned, journal)`` for a ``journal=`` argument: a path is opened (and owned)."""
+    if journal is None:
+        return False, None
+    if isinstance(journal, Journal):
+        return False, journal
+    if isinstance(journal, str | os.PathLike):
+        return True, Journal(journal)
+    raise FlowDefinitionError(
+        f"must be a path, a flowpool.Journal or None, not {type(journal).__name__}", flow=flow, argument="journal"
+    )
+
+
+def resume_from(run: _Run, recorded: RecordedRun) -> None:
+    """Make ``run`` continue ``recorded``: same run id and input; completed steps are not run again."""
+    run.resumed = recorded
+    run.run_id = recorded.run_id
+    run.input = recorded.input
+    run.events = EventSink(run.events._listener, run.name, run.run_id)
+    run.recorder.run_id = run.run_id
+
+
+def preload_completed(run: _Run, st: StageRun) -> None:
+    """Restore what the journal says about this stage's steps: completed steps (and,
+    in a group whose verdict was recorded, every member) are not run again."""
+    assert run.resumed is not None
+    settled = st.group is not None and st.group.name in run.resumed.groups
+    if settled:
+        st.cancel_reason = "restored from the journal"  # restoring must not trigger fail fast
+    for sr in st.members:
+        recorded = run.resumed.steps.get(sr.step.name)
+        if recorded is None:
+            continue
+        completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
+        if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
+            continue  # it runs (again): at least once
+        sr.attempts = recorded.attempts
+        sr.first_started = recorded.started_at
+        value = recorded.value if completed else None
+        run.finalize(st, sr, recorded.status, value, recorded.error)
+        record = sr.record
+        assert record is not None
+        sr.record = run.records[sr.step.name] = StepResult(
+            record.name,
+            record.status,
+            value,
+            recorded.error,
+            recorded.attempts,
+            recorded.started_at,
+            recorded.finished_at,
+            record.group,
+        )
+        run.recorder.step_finished(sr.record)  # keep the recorded times
+
+
+def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
+    """The run had failed and was compensating when its process died: rebuild its
+    records (as ``Journal.result`` does) and run only the compensations that had not finished."""
+    run.recorder.failure_recorded = True  # the journal says so already
+    rebuilt = build_result(recorded, layout(run.flow), [], None, None)
+    run.records.update(rebuilt.steps)
+    run.groups.update(rebuilt.groups)
+    for index, step in enumerate(run.flow.steps()):
+        comp = recorded.compensations.get(step.name)
+        if comp is not None and comp[0] in ("compensated", "failed"):
+            run.compensator.done.add(step.name)
+        rec = recorded.steps.get(step.name)
+        if rec is None or rec.status is not StepStatus.COMPLETED:
+            continue
+        run.values[step.name] = rec.value
+        if step.compensate is not None:
+            record = rebuilt.steps[step.name]
+            sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
+            sr.record = record
+            run.compensator.pending.append(sr)
+    for name in recorded.compensation_order:  # in the order they ran before the death
+        state = recorded.compensations[name][0]
+        (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
+    run.values_view = MappingProxyType(dict(run.values))
+    run.error = recorded.error or StepCancelledError("", "the run failed before its process died")
+    run.failed_stage = recorded.failed_stage

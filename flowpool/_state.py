@@ -1,0 +1,153 @@
+"""The loop's mutable records of the steps and the stage it is settling."""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from enum import IntEnum
+from typing import Any
+
+from ._attempt import Attempt, Message
+from ._clock import Clock
+from ._context import Context
+from ._definition import Group, Step
+from ._executors import Backend
+from ._results import CompensationResult, StepResult, StepStatus
+from ._retry import Decision, RetryDriver, default_retrying
+
+__all__ = ["StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation"]
+
+
+class StepState(IntEnum):
+    """Where a step is in its run."""
+
+    PENDING = 0  # not dispatched yet
+    RUNNING = 1  # an attempt is with a backend
+    BACKOFF = 2  # waiting for its retry's wake-up timer
+    FINAL = 3  # its record is written
+
+
+def tell_cancel(backend: Backend, attempt: Attempt, reason: str) -> None:
+    """Make ``ctx.cancelled`` true for a running attempt, wherever it runs."""
+    if attempt.cancel_reason is None:
+        attempt.cancel_reason = reason
+        backend.cancel(attempt)
+
+
+class StepRun:
+    """The loop's mutable record of one step during a run."""
+
+    __slots__ = (
+        "step",
+        "index",
+        "group",
+        "backend",
+        "state",
+        "attempts",
+        "attempt",
+        "driver",
+        "first_started",
+        "last_status",
+        "last_error",
+        "record",
+    )
+
+    def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
+        self.step = step
+        self.index = index
+        self.group = group
+        self.backend = backend
+        self.state = StepState.PENDING
+        self.attempts = 0
+        self.attempt: Attempt | None = None
+        self.driver: RetryDriver | None = None
+        self.first_started: float | None = None
+        self.last_status = StepStatus.CANCELLED
+        self.last_error: BaseException | None = None
+        self.record: StepResult | None = None
+
+    def new_attempt(
+        self, ctx: Context, inbox: queue.SimpleQueue[Message], clock: Clock, notify_start: bool, may_queue: bool
+    ) -> Attempt:
+        """The attempt numbered ``ctx.attempt``, now this step's current one."""
+        step = self.step
+        attempt = Attempt(step.name, ctx.attempt, step.fn, (), ctx, inbox, clock, notify_start, owner=self)
+        ctx._scope = attempt
+        attempt.may_queue = may_queue
+        self.attempt = attempt
+        return attempt
+
+    def decide(self, status: StepStatus, value: Any, error: BaseException | None, real_time: bool) -> Decision:
+        """What the step's retry policy says after an attempt ended with ``status``."""
+        driver = self.driver
+        if driver is None:
+            step = self.step
+            retrying = step.retry if step.retry is not None else default_retrying(step.retries)
+            # tenacity measures delays with time.monotonic: tell it the start only in real time.
+            driver = self.driver = RetryDriver(step.name, retrying, self.first_started if real_time else None)
+        return driver.decide(status is StepStatus.COMPLETED, value, error)
+
+    def result(self, status: StepStatus, value: Any, error: BaseException | None, finished: float | None) -> StepResult:
+        """The step's final record (``value`` is kept only for a completed step)."""
+        ran = bool(self.attempts)
+        return StepResult(
+            self.step.name,
+            status,
+            value if status is StepStatus.COMPLETED else None,
+            error,
+            self.attempts,
+            self.first_started if ran else None,
+            finished if ran else None,
+            self.group,
+        )
+
+
+class StageRun:
+    """One stage being settled: a group, or a single step as a group of one."""
+
+    __slots__ = (
+        "name",
+        "group",
+        "members",
+        "waiting",
+        "active",
+        "unsettled",
+        "cap",
+        "fail_fast",
+        "cancel_reason",
+        "may_queue",
+    )
+
+    def __init__(self, name: str, group: Group | None, members: list[StepRun]) -> None:
+        self.name = name
+        self.group = group
+        self.members = members
+        self.waiting = deque(members)
+        self.active = 0
+        self.unsettled = len(members)
+        self.cap = group.max_concurrency if group is not None else None
+        self.fail_fast = group.fail_fast if group is not None else False
+        self.cancel_reason: str | None = None
+        self.may_queue = not self.fail_fast and all(sr.step.timeout is None for sr in members)
+
+    def settle(self, sr: StepRun) -> None:
+        """``sr`` is final: it no longer holds a slot, and one fewer member is unsettled."""
+        if sr.state in (StepState.RUNNING, StepState.BACKOFF):
+            self.active -= 1
+        sr.state = StepState.FINAL
+        self.unsettled -= 1
+
+
+def with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
+    """``record`` with its compensation's outcome."""
+    return StepResult(
+        record.name,
+        record.status,
+        record.value,
+        record.error,
+        record.attempts,
+        record.started_at,
+        record.finished_at,
+        record.group,
+        compensation,
+    )
