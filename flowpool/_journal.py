@@ -457,7 +457,7 @@ class Journal:
         Raises:
             JournalError: unknown run id, or the run has not finished (resume it).
         """
-        return self._checked(run_id, lambda: self._result(self.recorded(run_id)))
+        return self._checked(run_id, lambda: self._result(self.recorder.recorded(run_id)))
 
     def summary(self, run_id: str) -> FlowResult:
         """The recorded ``FlowResult`` of a finished run, built from text only.
@@ -504,13 +504,6 @@ class Journal:
             if self._recorder is None:
                 self._recorder = JournalRecorder(self)
             return self._recorder
-
-    def __getattr__(self, name: str) -> Any:
-        # The runner still calls the recorder's methods on the journal it was given;
-        # they stay reachable here until it asks for ``recorder`` itself.
-        if name in _RECORDER_METHODS:
-            return getattr(self.recorder, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def close(self) -> None:
         """Commit what was recorded and close the file."""
@@ -722,9 +715,6 @@ class JournalRecorder:
             ),
         )
         self.flush()
-
-
-_RECORDER_METHODS = frozenset(name for name in vars(JournalRecorder) if not name.startswith("_") and name != "path")
 
 
 def build_result(

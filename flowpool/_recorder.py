@@ -1,7 +1,7 @@
 """What a run writes to its journal, in one place.
 
 Without ``journal=`` every method does nothing, so the loop never asks whether
-a journal is there; with one, the writes go to ``Journal`` (imported only for
+a journal is there; with one, the writes go to the journal's ``JournalRecorder`` (imported only for
 typing here: a plain run never loads the journal, sqlite3 or pickle).
 """
 
@@ -14,7 +14,7 @@ from ._definition import Flow, Group
 from ._results import CompensationResult, FlowResult, StepResult, StepStatus
 
 if TYPE_CHECKING:
-    from ._journal import Journal
+    from ._journal import JournalRecorder
 
 __all__ = ["RunRecorder"]
 
@@ -24,7 +24,7 @@ class RunRecorder:
 
     __slots__ = ("journal", "run_id", "failure_recorded")
 
-    def __init__(self, journal: Journal | None, run_id: str) -> None:
+    def __init__(self, journal: JournalRecorder | None, run_id: str) -> None:
         self.journal = journal
         self.run_id = run_id
         #: The journal knows the run failed (it is written once).

@@ -46,7 +46,7 @@ def resume_flow(
     owned, book = open_journal(journal, flow.name)
     assert book is not None
     try:
-        recorded = book.recorded(run_id)
+        recorded = book.recorder.recorded(run_id)
         if recorded.fingerprint != fingerprint(flow) and not force:
             raise FlowDefinitionError(
                 f"the definition changed since run {run_id!r} was recorded (its fingerprint differs); "

@@ -116,7 +116,7 @@ def run_flow(
         owned, book = open_journal(journal, flow.name)
     try:
         run = _Run(flow, input, executor, max_workers, timeout, on_event, clock or SYSTEM_CLOCK)
-        run.recorder.journal = book
+        run.recorder.journal = book.recorder if book is not None else None
         if resume is not None:
             from ._resume import resume_from
 
