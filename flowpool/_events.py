@@ -29,7 +29,10 @@ class Event:
 
     ``kind`` is one of ``EVENT_KINDS``; ``step``, ``group``, ``attempt``,
     ``status`` and ``error`` are None where they do not apply; ``time`` is
-    monotonic seconds. ``started_at`` is set on events that end an attempt
+    monotonic seconds and ``wall_time`` the same instant in epoch seconds.
+    ``path`` is the tuple of stage names from the top of the run to the step or
+    group the event is about (``(step,)`` for a top-level step; ``()`` for the
+    flow's own events). ``started_at`` is set on events that end an attempt
     (``step_retrying``, ``step_finished``, ``compensation_finished``) to when it
     started; ``delay`` on ``step_retrying`` is the backoff before the next attempt.
     """
@@ -45,6 +48,8 @@ class Event:
     error: BaseException | None = None
     started_at: float | None = None
     delay: float | None = None
+    wall_time: float | None = None
+    path: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (one line of ``--events``)."""
@@ -53,6 +58,8 @@ class Event:
             "flow": self.flow,
             "run_id": self.run_id,
             "time": self.time,
+            "wall_time": self.wall_time,
+            "path": list(self.path),
             "step": self.step,
             "group": self.group,
             "attempt": self.attempt,
@@ -66,21 +73,29 @@ class Event:
 class EventSink:
     """Calls the run's listener; a listener that raises is logged and ignored."""
 
-    __slots__ = ("_listener", "_flow", "_run_id", "enabled")
+    __slots__ = ("_listener", "_flow", "_run_id", "enabled", "wall_offset")
 
-    def __init__(self, listener: Callable[[Event], Any] | None, flow: str, run_id: str) -> None:
+    def __init__(
+        self, listener: Callable[[Event], Any] | None, flow: str, run_id: str, wall_offset: float = 0.0
+    ) -> None:
         self._listener = listener
         self._flow = flow
         self._run_id = run_id
         self.enabled = listener is not None
+        #: Epoch seconds minus the run's clock: turns an event's ``time`` into ``wall_time``.
+        self.wall_offset = wall_offset
 
     def emit(self, kind: str, time: float, **fields: Any) -> None:
         """Send one event to the listener, if there is one."""
         listener = self._listener
         if listener is None:
             return
+        if "path" not in fields:
+            # A top-level step's (or group's) path is its own name; the flow's is empty.
+            name = fields.get("step") or fields.get("group")
+            fields["path"] = (name,) if name is not None else ()
         try:
-            listener(Event(kind, self._flow, self._run_id, time, **fields))
+            listener(Event(kind, self._flow, self._run_id, time, wall_time=time + self.wall_offset, **fields))
         except Exception:
             import logging  # only when a listener fails: logging costs start-up time
 

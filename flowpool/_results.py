@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -53,7 +53,8 @@ class FlowStatus(enum.StrEnum):
 class CompensationResult:
     """What happened when a completed step was compensated.
 
-    ``status`` is ``"compensated"`` or ``"failed"``; ``error`` is the last
+    ``status`` is ``"compensated"``, ``"failed"``, or ``"abandoned"`` when a second
+    Ctrl-C stopped the compensations before it ran; ``error`` is the last
     attempt's exception when it failed.
     """
 
@@ -85,6 +86,7 @@ class StepResult:
     finished_at: float | None = None
     group: str | None = None
     compensation: CompensationResult | None = None
+    late_value: Any = None
 
     @property
     def ok(self) -> bool:
@@ -98,8 +100,12 @@ class StepResult:
             return None
         return self.finished_at - self.started_at
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable view (values that JSON cannot hold become their ``repr``)."""
+    def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
+        """A JSON-serialisable view (values that JSON cannot hold become their ``repr``).
+
+        ``wall_offset`` (epoch seconds minus the run's monotonic clock, as kept by
+        ``FlowResult``) turns ``started_at``/``finished_at`` into ISO 8601 times.
+        """
         return {
             "name": self.name,
             "status": self.status.value,
@@ -107,20 +113,31 @@ class StepResult:
             "value": jsonable(self.value),
             "error": describe_error(self.error),
             "attempts": self.attempts,
+            "started": iso_time(self.started_at, wall_offset),
+            "finished": iso_time(self.finished_at, wall_offset),
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": self.duration,
             "compensation": None if self.compensation is None else self.compensation.to_dict(),
+            "late_value": jsonable(self.late_value),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class GroupResult:
-    """The verdict on one parallel group; ``members`` in declaration order."""
+    """The verdict on one parallel group; ``members`` in declaration order.
+
+    ``counts`` maps every ``StepStatus`` to how many members ended with it (0
+    where none).
+    """
 
     name: str
     status: GroupStatus
     members: tuple[str, ...]
+    counts: Mapping[StepStatus, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", MappingProxyType({s: self.counts.get(s, 0) for s in StepStatus}))
 
     @property
     def ok(self) -> bool:
@@ -129,7 +146,23 @@ class GroupResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view."""
-        return {"name": self.name, "status": self.status.value, "members": list(self.members)}
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "members": list(self.members),
+            "counts": {status.value: count for status, count in self.counts.items()},
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (GroupResult, (self.name, self.status, self.members, dict(self.counts)))
+
+
+def count_statuses(statuses: Iterable[StepStatus]) -> dict[StepStatus, int]:
+    """Every ``StepStatus`` → how many of ``statuses`` are it (0 where none)."""
+    counts = dict.fromkeys(StepStatus, 0)
+    for status in statuses:
+        counts[status] += 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +180,8 @@ class FlowResult:
     not_compensated: tuple[str, ...] = ()
     started_at: float | None = None
     finished_at: float | None = None
+    still_running: tuple[str, ...] = ()
+    wall_offset: float | None = field(default=None, repr=False, compare=False)
     _values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,11 +224,14 @@ class FlowResult:
             "error": describe_error(self.error),
             "failed_stage": self.failed_stage,
             "duration": self.duration,
+            "started": iso_time(self.started_at, self.wall_offset),
+            "finished": iso_time(self.finished_at, self.wall_offset),
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "compensated": list(self.compensated),
             "not_compensated": list(self.not_compensated),
-            "steps": {name: step.to_dict() for name, step in self.steps.items()},
+            "still_running": list(self.still_running),
+            "steps": {name: step.to_dict(self.wall_offset) for name, step in self.steps.items()},
             "groups": {name: group.to_dict() for name, group in self.groups.items()},
         }
 
@@ -213,12 +251,25 @@ class FlowResult:
                 self.not_compensated,
                 self.started_at,
                 self.finished_at,
+                self.still_running,
+                self.wall_offset,
             ),
         )
 
 
 def _rebuild_flow_result(*fields: Any) -> FlowResult:
     return FlowResult(*fields)
+
+
+def iso_time(monotonic: float | None, wall_offset: float | None) -> str | None:
+    """The ISO 8601 UTC time of a monotonic instant of a run whose clock is
+    ``wall_offset`` seconds behind the epoch; None when either is unknown."""
+    if monotonic is None or wall_offset is None:
+        return None
+    import datetime  # only when a result is turned into a dict
+
+    moment = datetime.datetime.fromtimestamp(monotonic + wall_offset, tz=datetime.UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def describe_error(error: BaseException | None) -> dict[str, Any] | None:
