@@ -32,6 +32,10 @@ class Clock:
             return inbox.get()
         return inbox.get(timeout=max(timeout, 0.0))
 
+    def wall(self) -> float:
+        """Epoch seconds (to tell users when things happened, never to measure)."""
+        return time.time()
+
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``."""
         if seconds > 0:

@@ -50,6 +50,7 @@ from ._results import (
     GroupStatus,
     StepResult,
     StepStatus,
+    count_statuses,
 )
 
 if TYPE_CHECKING:
@@ -761,7 +762,8 @@ def build_result(
             not_compensated.append(name)
     for group, names in members.items():
         status = recorded.groups.get(group)
-        groups[group] = GroupResult(group, GroupStatus(status) if status else GroupStatus.SKIPPED, tuple(names))
+        counts = count_statuses(steps[name].status for name in names)
+        groups[group] = GroupResult(group, GroupStatus(status) if status else GroupStatus.SKIPPED, tuple(names), counts)
     error = recorded.error
     status = FlowStatus(recorded.status) if recorded.status != "running" else FlowStatus.FAILED
     if status is FlowStatus.CANCELLED and error is None:

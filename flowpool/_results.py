@@ -7,9 +7,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import FlowFailedError
+
+if TYPE_CHECKING:
+    from ._maps import MapResult
 
 __all__ = [
     "CompensationResult",
@@ -19,6 +22,7 @@ __all__ = [
     "GroupStatus",
     "StepResult",
     "StepStatus",
+    "count_statuses",
 ]
 
 
@@ -182,13 +186,16 @@ class FlowResult:
     finished_at: float | None = None
     still_running: tuple[str, ...] = ()
     wall_offset: float | None = field(default=None, repr=False, compare=False)
+    maps: Mapping[str, MapResult] = field(default_factory=dict)
     _values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Read-only views, so a result handed around cannot be changed by accident.
         object.__setattr__(self, "steps", MappingProxyType(dict(self.steps)))
         object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
+        object.__setattr__(self, "maps", MappingProxyType(dict(self.maps)))
         values = {name: step.value for name, step in self.steps.items() if step.ok}
+        values.update((name, result.values) for name, result in self.maps.items())
         object.__setattr__(self, "_values", MappingProxyType(values))
 
     @property
@@ -198,7 +205,7 @@ class FlowResult:
 
     @property
     def values(self) -> Mapping[str, Any]:
-        """Step name → value, for every completed step."""
+        """Step name → value, for every completed step; map name → the map's ``values``."""
         return self._values
 
     @property
@@ -233,6 +240,7 @@ class FlowResult:
             "still_running": list(self.still_running),
             "steps": {name: step.to_dict(self.wall_offset) for name, step in self.steps.items()},
             "groups": {name: group.to_dict() for name, group in self.groups.items()},
+            "maps": {name: result.to_dict(self.wall_offset) for name, result in self.maps.items()},
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -253,6 +261,7 @@ class FlowResult:
                 self.finished_at,
                 self.still_running,
                 self.wall_offset,
+                dict(self.maps),
             ),
         )
 

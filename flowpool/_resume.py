@@ -90,7 +90,7 @@ def resume_from(run: _Run, recorded: RecordedRun) -> None:
     run.resumed = recorded
     run.run_id = recorded.run_id
     run.input = recorded.input
-    run.events = EventSink(run.events._listener, run.name, run.run_id)
+    run.events = EventSink(run.events._listener, run.name, run.run_id, run.wall_offset)
     run.recorder.run_id = run.run_id
 
 

@@ -62,6 +62,7 @@ from ._results import (
     GroupStatus,
     StepResult,
     StepStatus,
+    count_statuses,
 )
 from ._state import StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
@@ -146,7 +147,9 @@ class _Run:
         self.timeout = timeout
         self.clock = clock
         self.run_id = uuid.uuid4().hex
-        self.events = EventSink(on_event, self.name, self.run_id)
+        #: Epoch seconds minus the run's clock: turns its monotonic times into wall-clock ones.
+        self.wall_offset = clock.wall() - clock.now()
+        self.events = EventSink(on_event, self.name, self.run_id, self.wall_offset)
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.timers = Timers(self.clock)
         self.scope = StopScope(self.name, timeout)
@@ -212,6 +215,7 @@ class _Run:
             not_compensated=tuple(self.compensator.not_compensated),
             started_at=self.started_at,
             finished_at=finished_at,
+            wall_offset=self.wall_offset,
         )
         self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
@@ -246,7 +250,9 @@ class _Run:
             self.records[step.name] = StepResult(step.name, StepStatus.SKIPPED, group=group)
             self.events.emit("step_finished", now, step=step.name, group=group, status=StepStatus.SKIPPED)
         if isinstance(stage, Group):
-            self.groups[stage.name] = GroupResult(stage.name, GroupStatus.SKIPPED, tuple(m.name for m in members))
+            names = tuple(m.name for m in members)
+            counts = {StepStatus.SKIPPED: len(members)}
+            self.groups[stage.name] = GroupResult(stage.name, GroupStatus.SKIPPED, names, counts)
             self.events.emit("group_finished", now, group=stage.name, status=GroupStatus.SKIPPED)
 
     def run_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
@@ -286,7 +292,8 @@ class _Run:
         verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error())
         if st.group is not None and verdict is not None:
             name = st.group.name
-            self.groups[name] = GroupResult(name, verdict, tuple(m.name for m in st.group.members))
+            counts = count_statuses(record.status for record in records)
+            self.groups[name] = GroupResult(name, verdict, tuple(m.name for m in st.group.members), counts)
             self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
             self.recorder.group_finished(name, verdict.value)
         if error is not None:
