@@ -32,7 +32,8 @@ class Event:
     monotonic seconds and ``wall_time`` the same instant in epoch seconds.
     ``path`` is the tuple of stage names from the top of the run to the step or
     group the event is about (``(step,)`` for a top-level step; ``()`` for the
-    flow's own events). ``started_at`` is set on events that end an attempt
+    flow's own events). ``item`` (the key) and ``index`` name a map's item on
+    events about one; they are None on every other event. ``started_at`` is set on events that end an attempt
     (``step_retrying``, ``step_finished``, ``compensation_finished``) to when it
     started; ``delay`` on ``step_retrying`` is the backoff before the next attempt.
     """
@@ -50,6 +51,8 @@ class Event:
     delay: float | None = None
     wall_time: float | None = None
     path: tuple[str, ...] = ()
+    item: str | int | None = None
+    index: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (one line of ``--events``)."""
@@ -60,6 +63,8 @@ class Event:
             "time": self.time,
             "wall_time": self.wall_time,
             "path": list(self.path),
+            "item": self.item,
+            "index": self.index,
             "step": self.step,
             "group": self.group,
             "attempt": self.attempt,
