@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
+__all__ = ["Flow", "Group", "Map", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
 
 ExecutorName = Literal["thread", "process"]
 EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
@@ -385,6 +385,42 @@ def _check_max_concurrency(
     return value
 
 
+def _check_tolerated_failures(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int | float | None:
+    from ._policy import check_tolerance
+
+    try:
+        tolerance = check_tolerance(value)
+    except ValueError as problem:
+        raise _fail(str(problem), flow, group, argument) from None
+    if tolerance is not None:
+        for other in ("fail_fast", "min_successes"):
+            if _given(options, other):
+                raise _fail(f"cannot be combined with {other}", flow, group, argument)
+    return tolerance
+
+
+def _check_compensate_concurrency(
+    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
+) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"must be an int >= 1, not {value!r}", flow, group, argument)
+    return value
+
+
+def _tolerance_rule(value: int | float | None, size: str) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return (f"tolerates {value:.4g} failed", f"tolerance: fails when more than {value:.4g} of the {size} fail")
+    return (f"tolerates {value} failure(s)", f"tolerance: fails when more than {value} of the {size} fail")
+
+
+def _plan_compensate_concurrency(value: int, holder: Any) -> str | None:
+    return None if value == 1 else f"compensates {value} at a time"
+
+
 def group_option(default: Any, check: Callable[..., Any], **spec: Any) -> Any:
     """A ``Group`` field declaring a group option (see ``Option``; its ``check`` is
     ``check(value, argument, flow, group, members, options)``, and ``rule``, if given,
@@ -422,6 +458,16 @@ class Group:
     )
     max_concurrency: int | None = group_option(
         None, _check_max_concurrency, plan=lambda value, group: None if value is None else f"at most {value} at a time"
+    )
+    # Added after runs were journaled: left out of the fingerprint while at their default.
+    tolerated_failures: int | float | None = group_option(
+        None,
+        _check_tolerated_failures,
+        fingerprint_default=False,
+        rule=lambda value, group: _tolerance_rule(value, "members"),
+    )
+    compensate_concurrency: int = group_option(
+        1, _check_compensate_concurrency, fingerprint_default=False, plan=_plan_compensate_concurrency
     )
 
     @property
@@ -462,7 +508,111 @@ def group_plan_phrases(group: Group) -> list[str]:
     return [phrase for phrase in phrases if phrase is not None]
 
 
-Stage = Step | Group
+@dataclass(frozen=True, slots=True)
+class Map:
+    """A map stage: ``step`` (named as the map) runs once per item of ``items``.
+
+    ``items`` is an iterable or a callable ``items(ctx)`` returning one; ``key(item)``
+    names each item (default: its index). The policies are those of a group, plus
+    ``tolerated_failures``; ``step``'s options apply to every item.
+    """
+
+    name: str
+    step: Step
+    items: Any
+    key: Callable[[Any], Any] | None = None
+    fail_fast: bool = False
+    min_successes: int | None = None
+    tolerated_failures: int | float | None = None
+    max_concurrency: int | None = None
+    compensate_concurrency: int = 1
+
+    @property
+    def fn(self) -> Callable[[Context], Any]:
+        """The function run for each item."""
+        return self.step.fn
+
+    @property
+    def policy(self) -> str:
+        """A short description of the failure policy, e.g. ``"tolerates 5 failure(s)"``."""
+        return map_rule(self)[0]
+
+
+def map_rule(stage: Map) -> tuple[str, str]:
+    """The map's failure rule as ``(short, long)`` phrases."""
+    if stage.fail_fast:
+        return ("fail fast", "fail fast: stops and fails as soon as one item does not complete")
+    if stage.min_successes is not None:
+        return (
+            f"at least {stage.min_successes} item(s)",
+            f"quorum: fails when fewer than {stage.min_successes} items complete",
+        )
+    rule = _tolerance_rule(stage.tolerated_failures, "items")
+    return rule if rule is not None else ("fails only if all fail", "default: fails only when no item completes")
+
+
+def map_plan_phrases(stage: Map) -> list[str]:
+    """Short phrases for the map's options other than its failure rule."""
+    phrases = []
+    if stage.max_concurrency is not None:
+        phrases.append(f"at most {stage.max_concurrency} at a time")
+    if stage.key is not None:
+        phrases.append(f"key {callable_name(stage.key)}")
+    if stage.compensate_concurrency != 1:
+        phrases.append(f"compensates {stage.compensate_concurrency} at a time")
+    return phrases
+
+
+def _check_map(flow: str, name: str, items: object, key: object, policy: dict[str, Any]) -> dict[str, Any]:
+    """The map's checked policy arguments (``policy`` holds them as given)."""
+    if not callable(items) and (isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable)):
+        raise _fail(
+            f"must be an iterable (not a str, bytes or mapping) or a callable items(ctx), not {type(items).__name__}",
+            flow,
+            name,
+            "items",
+        )
+    _check_callable_or_none(key, "key", flow, name)
+    checked: dict[str, Any] = {"fail_fast": _check_bool(policy["fail_fast"], "fail_fast", flow, name)}
+    quorum = policy["min_successes"]
+    if quorum is not None:
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+            raise _fail(f"must be an int >= 1 or None, not {quorum!r}", flow, name, "min_successes")
+        if checked["fail_fast"]:
+            raise _fail(
+                "cannot be combined with fail_fast=True (fail fast already needs every item)",
+                flow,
+                name,
+                "min_successes",
+            )
+    checked["min_successes"] = quorum
+    none: tuple[Step, ...] = ()
+    checked["tolerated_failures"] = _check_tolerated_failures(
+        policy["tolerated_failures"], "tolerated_failures", flow, name, none, policy
+    )
+    checked["max_concurrency"] = _check_max_concurrency(
+        policy["max_concurrency"], "max_concurrency", flow, name, none, policy
+    )
+    checked["compensate_concurrency"] = _check_compensate_concurrency(
+        policy["compensate_concurrency"], "compensate_concurrency", flow, name, none, policy
+    )
+    return checked
+
+
+def _map_structure(stage: Map) -> dict[str, Any]:
+    return {
+        "map": stage.name,
+        "keyed": stage.key is not None,
+        "fail_fast": stage.fail_fast,
+        "min_successes": stage.min_successes,
+        "tolerated_failures": stage.tolerated_failures,
+        "max_concurrency": stage.max_concurrency,
+        "compensate_concurrency": stage.compensate_concurrency,
+        "step": _step_structure(stage.step),
+    }
+
+
+Stage = Step | Group | Map
 
 
 def _member(flow: str, group: str, position: int, member: object) -> Step:
@@ -509,6 +659,8 @@ def describe_structure(flow: Flow) -> dict[str, Any]:
                     "members": [_step_structure(member) for member in stage.members],
                 }
             )
+        elif isinstance(stage, Map):
+            stages.append(_map_structure(stage))
         else:
             stages.append({"step": _step_structure(stage)})
     return {"flow": flow.name, "stages": stages}
@@ -536,14 +688,18 @@ class Flow:
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        """The stages in order: ``Step`` or ``Group`` records."""
+        """The stages in order: ``Step``, ``Group`` or ``Map`` records."""
         return self._stages
 
     def steps(self) -> tuple[Step, ...]:
-        """Every step of the flow in declaration order, group members included."""
+        """Every step of the flow in declaration order, group members included (a map's
+        items are not steps)."""
         out: list[Step] = []
         for stage in self._stages:
-            out.extend(stage.members if isinstance(stage, Group) else (stage,))
+            if isinstance(stage, Group):
+                out.extend(stage.members)
+            elif isinstance(stage, Step):
+                out.append(stage)
         return tuple(out)
 
     def _check_unique(self, names: Iterable[str]) -> None:
@@ -579,6 +735,8 @@ class Flow:
         fail_fast: bool = False,
         min_successes: int | None = None,
         max_concurrency: int | None = None,
+        tolerated_failures: int | float | None = None,
+        compensate_concurrency: int = 1,
     ) -> Flow:
         """Add a parallel group of independent steps. Returns the flow.
 
@@ -588,6 +746,10 @@ class Flow:
             fail_fast: fail the group as soon as one member does not complete.
             min_successes: fail the group when fewer than this many members complete.
             max_concurrency: run at most this many members at a time.
+            tolerated_failures: replaces the default rule: an int n fails the group when
+                more than n members do not complete, a float in (0, 1) when more than that
+                fraction of them do not (required members still fail it).
+            compensate_concurrency: run up to this many of the group's compensations at once.
         """
         flow = self._name
         name = check_name(name, flow=flow, what="group")
@@ -598,7 +760,13 @@ class Flow:
         checked = tuple(_member(flow, name, i, member) for i, member in enumerate(members))
         if not checked:
             raise _fail("a parallel group needs at least one member", flow, name, "members")
-        given = {"fail_fast": fail_fast, "min_successes": min_successes, "max_concurrency": max_concurrency}
+        given = {
+            "fail_fast": fail_fast,
+            "min_successes": min_successes,
+            "max_concurrency": max_concurrency,
+            "tolerated_failures": tolerated_failures,
+            "compensate_concurrency": compensate_concurrency,
+        }
         options = {
             spec.name: spec.check(given[spec.name], spec.name, flow, name, checked, given) for spec in GROUP_OPTIONS
         }
@@ -606,6 +774,60 @@ class Flow:
         group = Group(name, checked, **options)
         self._stages += (group,)
         self._names |= {name, *(m.name for m in checked)}
+        return self
+
+    def map(
+        self,
+        name: str,
+        fn: Callable[[Context], Any],
+        *,
+        items: Iterable[Any] | Callable[[Context], Iterable[Any]],
+        key: Callable[[Any], Any] | None = None,
+        fail_fast: bool = False,
+        min_successes: int | None = None,
+        tolerated_failures: int | float | None = None,
+        max_concurrency: int | None = None,
+        compensate_concurrency: int = 1,
+        **step_options: Any,
+    ) -> Flow:
+        """Add a map stage: ``fn`` runs once per item, as a group whose members come
+        from ``items``. Returns the flow.
+
+        Args:
+            name: the map's name (unique among steps, groups and maps).
+            fn: ``fn(ctx)``; ``ctx.item``, ``ctx.index`` and ``ctx.key`` name the item.
+            items: an iterable (not a str, bytes or mapping), or ``items(ctx)``
+                returning one when the stage starts; consumed lazily.
+            key: ``key(item)`` gives each item a stable ``str``/``int`` id (default:
+                its index).
+            fail_fast: fail (and stop taking items) as soon as one item does not complete.
+            min_successes: fail when fewer than this many items complete.
+            tolerated_failures: an int n or a float fraction in (0, 1): fail when more
+                items than that do not complete (replaces the default rule).
+            max_concurrency: run at most this many items at a time (default: the
+                run's worker count).
+            compensate_concurrency: run up to this many item compensations at once.
+            **step_options: the options of ``Step`` (not ``required``), for every item.
+        """
+        flow = self._name
+        name = check_name(name, flow=flow, what="map")
+        if "required" in step_options:
+            raise _fail("'required' applies only to members of a parallel group, not to a map", flow, name, "required")
+        try:
+            step = Step.checked(flow, name, fn, step_options)
+        except FlowDefinitionError as error:
+            raise error.with_flow(flow) from None
+        policy = {
+            "fail_fast": fail_fast,
+            "min_successes": min_successes,
+            "tolerated_failures": tolerated_failures,
+            "max_concurrency": max_concurrency,
+            "compensate_concurrency": compensate_concurrency,
+        }
+        checked = _check_map(flow, name, items, key, policy)
+        self._check_unique([name])
+        self._stages += (Map(name, step, items, key, **checked),)
+        self._names |= {name}
         return self
 
     def run(

@@ -106,12 +106,20 @@ def stage_verdict(
             return None, stop_error or record.error or StepCancelledError(name, "not completed")
         return None, stop_error
     required = [member.required for member in group.members]
-    verdict = group_verdict(
-        [record.status for record in records],
-        required,
-        fail_fast=group.fail_fast,
-        min_successes=group.min_successes,
-    )
+    if group.tolerated_failures is not None:
+        # The tolerance replaces the default rule; required members still fail the group.
+        completed = sum(1 for record in records if record.status is StepStatus.COMPLETED)
+        if any(is_required and not record.ok for record, is_required in zip(records, required, strict=True)):
+            verdict = GroupStatus.FAILED
+        else:
+            verdict = tally_verdict(completed, len(records), tolerated_failures=group.tolerated_failures)
+    else:
+        verdict = group_verdict(
+            [record.status for record in records],
+            required,
+            fail_fast=group.fail_fast,
+            min_successes=group.min_successes,
+        )
     if verdict is GroupStatus.FAILED:
         return verdict, stop_error or group_error(group.name, group.policy, records, required)
     return verdict, stop_error

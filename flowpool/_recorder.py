@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt
-from ._definition import Flow, Group
+from ._definition import Flow, Group, Step
 from ._results import CompensationResult, FlowResult, StepResult, StepStatus
 
 if TYPE_CHECKING:
@@ -96,6 +96,6 @@ def layout(flow: Flow) -> list[list[Any]]:
     for stage in flow.stages:
         if isinstance(stage, Group):
             out.extend([member.name, stage.name] for member in stage.members)
-        else:
+        elif isinstance(stage, Step):  # a map's items are journaled by key, not as steps
             out.append([stage.name, None])
     return out

@@ -41,19 +41,22 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
-from ._compensator import Compensator
+from ._compensator import Compensator, MapCompensation
 from ._context import Context
-from ._definition import Flow, Group, Step, _check_seconds
+from ._definition import Flow, Group, Map, Step, _check_seconds
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
+    FlowpoolError,
+    MapItemsError,
     StepCancelledError,
     StepTimeoutError,
 )
 from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._policy import may_retry, stage_verdict, status_of, stops_group_early
+from ._maps import ItemFeeder, MapLedger, MapResult, MapValues
+from ._policy import cannot_pass, may_retry, stage_verdict, status_of, stops_group_early, tally_verdict
 from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
@@ -64,7 +67,7 @@ from ._results import (
     StepStatus,
     count_statuses,
 )
-from ._state import StageRun, StepRun, StepState, tell_cancel
+from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
@@ -158,7 +161,11 @@ class _Run:
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
+        self.maps: dict[str, MapResult] = {}
         self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope)
+        self.compensator.concurrency = {
+            stage.name: stage.compensate_concurrency for stage in flow.stages if isinstance(stage, Group)
+        }
         self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
@@ -183,13 +190,21 @@ class _Run:
             else:
                 index = 0
                 for stage in self.flow.stages:
-                    members = stage.members if isinstance(stage, Group) else (stage,)
                     if self.scope.interrupts and self.scope.reason is None:
                         self.stop("the run was interrupted")  # Ctrl-C arrived between stages
-                    if self.error is not None or self.scope.reason is not None:
+                    stopped = self.error is not None or self.scope.reason is not None
+                    if isinstance(stage, Map):
+                        if stopped:
+                            self.skip_map(stage)
+                        else:
+                            self.run_map(stage, index)
+                        index += 1  # a map takes one place in the compensation order
+                        continue
+                    members = stage.members if isinstance(stage, Group) else (stage,)
+                    if stopped:
                         self.skip_stage(stage, members)
                     else:
-                        self.run_stage(stage, members, index)  # the one place a stage runs
+                        self.run_stage(stage, members, index)  # the one place a step or group runs
                     index += len(members)
             self.compensate_all()
         finally:
@@ -209,6 +224,7 @@ class _Run:
             status=status,
             steps=steps,
             groups=self.groups,
+            maps=self.maps,
             error=error,
             failed_stage=self.failed_stage,
             compensated=tuple(self.compensator.compensated),
@@ -279,6 +295,174 @@ class _Run:
         if self.error is not None:  # journaled in the same transaction as the stage's verdict
             self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
         self.recorder.flush()  # before any later stage starts
+
+    # ── maps ────────────────────────────────────────────────────────────────────
+
+    def skip_map(self, stage: Map) -> None:
+        name = stage.name
+        self.maps[name] = MapResult(name, GroupStatus.SKIPPED)
+        self.groups[name] = GroupResult(name, GroupStatus.SKIPPED, ())
+        self.events.emit("group_finished", self.clock.now(), group=name, status=GroupStatus.SKIPPED)
+
+    def run_map(self, stage: Map, position: int) -> None:
+        """Run a map stage: items are taken lazily, at most ``cap`` in flight at once,
+        and each settled item leaves only its columns in the ledger."""
+        step = stage.step
+        backend = self.backends.for_step(step.executor)
+        limit = stage.max_concurrency or self.backends.worker_count(step.executor)
+        st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
+        self.stage = st
+        try:
+            items = stage.items
+            if callable(items):
+                items = items(self.context(stage.name, 1))
+            st.feeder = ItemFeeder(items, stage.key, st.ledger)
+            st.size = st.feeder.size
+        except Exception as problem:  # noqa: BLE001 - fails the stage as a MapItemsError
+            st.problem = problem
+        while True:
+            if st.feeder is not None and st.cancel_reason is None and st.active < st.cap:
+                self.feed(st)
+            if not st.unsettled:
+                break
+            self.wait_once()
+        if st.feeder is not None:
+            st.feeder.close()
+            if st.problem is None:
+                st.problem = st.feeder.problem
+            st.feeder = None
+        self.stage = None
+        self.settle_map(st)
+        if self.error is not None:
+            self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
+        self.recorder.flush()
+
+    def feed(self, st: MapRun) -> None:
+        """Take items while there is a free slot, and hand each to the executor at once."""
+        feeder = st.feeder
+        assert feeder is not None
+        ledger = st.ledger
+        step = st.stage.step
+        kept = st.items
+        while st.active < st.cap and st.cancel_reason is None:
+            taken = feeder.take()
+            if taken is None:
+                st.feeder = None
+                if feeder.problem is not None:
+                    st.problem = feeder.problem
+                    # Items already handed over settle first (told to stop, no retries).
+                    self.cancel_stage(st, f"the items of map {st.name!r} could not be produced", withdraw=False)
+                return
+            index, item = taken
+            sr = StepRun(step, st.position, None, st.backend)
+            sr.item = item
+            sr.item_index = index
+            sr.key = ledger.key_of(index)
+            sr.call = st.call
+            if kept is not None:
+                kept.append(item)
+            st.members[sr] = None
+            st.unsettled += 1
+            st.active += 1
+            self.dispatch(sr)
+
+    def finalize_item(
+        self, st: MapRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None
+    ) -> None:
+        """Record a settled item in the ledger and release everything it held."""
+        st.settle(sr)
+        del st.members[sr]
+        if sr.timer is not None:
+            self.timers.drop(sr.timer)
+            sr.timer = None
+        attempt = sr.attempt
+        finished = attempt.finished_at if attempt is not None else None
+        index = sr.item_index
+        assert index is not None
+        ran = bool(sr.attempts)
+        if finished is None and ran:
+            finished = self.clock.now()
+        st.ledger.settle(
+            index, status, value, error, sr.attempts, sr.first_started if ran else None, finished if ran else None
+        )
+        if self.events.enabled:
+            self.events.emit(
+                "step_finished",
+                finished if finished is not None else self.clock.now(),
+                step=st.name,
+                attempt=sr.attempts or None,
+                status=status,
+                error=error,
+                started_at=attempt.started_at if attempt is not None and ran else None,
+                item=sr.key,
+                index=index,
+            )
+        sr.attempt = None
+        sr.driver = None
+        if status is StepStatus.COMPLETED:
+            return
+        if st.items is not None:
+            st.items[index] = None  # only completed items are compensated
+        st.failed += 1
+        stage = st.stage
+        if st.cancel_reason is None and cannot_pass(
+            st.failed, fail_fast=stage.fail_fast, tolerated_failures=stage.tolerated_failures, size=st.size
+        ):
+            st.stopped_early = True
+            if st.feeder is not None:
+                st.feeder.close()
+                st.feeder = None
+            self.cancel_stage(
+                st, f"map {st.name!r} stopped early: {st.failed} item(s) did not complete ({stage.policy})"
+            )
+
+    def settle_map(self, st: MapRun) -> None:
+        stage = st.stage
+        name = st.name
+        ledger = st.ledger
+        map_error: BaseException | None = None
+        if st.problem is not None:
+            verdict = GroupStatus.FAILED
+            problem = st.problem
+            map_error = MapItemsError(self.name, name, len(ledger), f"{type(problem).__name__}: {problem}")
+            map_error.__cause__ = problem
+        else:
+            verdict = tally_verdict(
+                ledger.completed,
+                len(ledger),
+                fail_fast=stage.fail_fast,
+                min_successes=stage.min_successes,
+                tolerated_failures=stage.tolerated_failures,
+            )
+            if verdict is GroupStatus.FAILED:
+                map_error = self.map_error(st)
+        counts = ledger.counts()
+        self.maps[name] = MapResult(name, verdict, ledger, stopped_early=st.stopped_early, error=map_error)
+        self.groups[name] = GroupResult(name, verdict, (), counts)
+        self.values[name] = MapValues(ledger)
+        self.values_view = MappingProxyType(dict(self.values))
+        self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
+        if stage.step.compensate is not None and ledger.completed:
+            items = st.items if st.items is not None else []
+            self.compensator.maps.append(
+                MapCompensation(name, st.position, stage.step, ledger, items, st.backend, stage.compensate_concurrency)
+            )
+        stop_error = self.scope.stop_error()
+        error = stop_error or (map_error if verdict is GroupStatus.FAILED else None)
+        if error is not None:
+            self.fail(name, error)
+
+    def map_error(self, st: MapRun) -> BaseException:
+        """The ``ExceptionGroup`` of a map that its policy failed: its items' errors, in item order."""
+        ledger = st.ledger
+        errors: list[Exception] = []
+        for index in sorted(ledger.errors):
+            error = ledger.errors[index]
+            errors.append(error if isinstance(error, Exception) else StepCancelledError(st.name, repr(error)))
+        why = f"{ledger.completed} of {len(ledger)} items completed; policy: {st.stage.policy}"
+        if not errors:
+            errors.append(FlowpoolError(f"map {st.name!r}: {why}"))
+        return ExceptionGroup(f"map {st.name!r} failed ({why})", errors)
 
     def settle_verdict(self, st: StageRun) -> None:
         records = [sr.record for sr in st.members if sr.record is not None]
@@ -368,13 +552,19 @@ class _Run:
             self.announce_start(sr, attempt)
         timeout = sr.step.timeout
         if timeout is not None:
-            self.timers.push(started + timeout, _TIMEOUT, attempt)
+            sr.timer = self.timers.push(started + timeout, _TIMEOUT, attempt)
 
     def announce_start(self, sr: StepRun, attempt: Attempt) -> None:
         started = attempt.started_at
         assert started is not None
         if sr.first_started is None:
             sr.first_started = started
+        if sr.item_index is not None:
+            if self.events.enabled:
+                self.events.emit(
+                    "step_started", started, step=sr.step.name, attempt=attempt.number, item=sr.key, index=sr.item_index
+                )
+            return
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
         self.recorder.attempt_started(sr.step.name, attempt.number)
 
@@ -407,6 +597,7 @@ class _Run:
             assert timeout is not None
             attempt.settled = True
             attempt.finished_at = self.clock.now()
+            sr.timer = None  # popped: nothing to drop
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
             sr.backend.stop(attempt)
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
@@ -430,7 +621,11 @@ class _Run:
         step = sr.step
         sr.last_status = status
         sr.last_error = error
-        self.recorder.attempt_finished(attempt, status)
+        if sr.timer is not None:  # the attempt ended: its timeout no longer holds it
+            self.timers.drop(sr.timer)
+            sr.timer = None
+        if sr.item_index is None:
+            self.recorder.attempt_finished(attempt, status)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
@@ -447,17 +642,19 @@ class _Run:
         decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
-            self.events.emit(
-                "step_retrying",
-                attempt.finished_at if attempt.finished_at is not None else now,
-                step=step.name,
-                group=sr.group,
-                attempt=attempt.number,
-                status=status,
-                error=error,
-                started_at=attempt.started_at,
-                delay=decision.delay,
-            )
+            if self.events.enabled:
+                self.events.emit(
+                    "step_retrying",
+                    attempt.finished_at if attempt.finished_at is not None else now,
+                    step=step.name,
+                    group=sr.group,
+                    attempt=attempt.number,
+                    status=status,
+                    error=error,
+                    started_at=attempt.started_at,
+                    delay=decision.delay,
+                    **({} if sr.item_index is None else {"item": sr.key, "index": sr.item_index}),
+                )
             sr.state = _BACKOFF
             # From the attempt's end, so time spent deciding (tenacity's first import) is
             # not added to the backoff.
@@ -471,6 +668,10 @@ class _Run:
             self.finalize(st, sr, final_status, None, final_error)
 
     def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
+        if sr.item_index is not None:
+            assert isinstance(st, MapRun)
+            self.finalize_item(st, sr, status, value, error)
+            return
         st.settle(sr)
         attempt = sr.attempt
         finished = attempt.finished_at if attempt is not None else None
@@ -498,10 +699,12 @@ class _Run:
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
 
-    def cancel_stage(self, st: StageRun, reason: str) -> None:
-        """No new work in this stage; running attempts see ``ctx.cancelled``."""
+    def cancel_stage(self, st: StageRun, reason: str, withdraw: bool = True) -> None:
+        """No new work in this stage; running attempts see ``ctx.cancelled``. Attempts a
+        backend still holds unstarted are taken back, unless ``withdraw`` is False (a
+        map's items that were handed over count as started)."""
         st.cancel_reason = reason
-        for sr in st.members:
+        for sr in tuple(st.members):
             if sr.state == _PENDING:
                 self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
             elif sr.state == _BACKOFF:
@@ -510,7 +713,7 @@ class _Run:
                 attempt = sr.attempt
                 assert attempt is not None
                 tell_cancel(sr.backend, attempt, reason)
-                if sr.backend.withdraw(attempt):
+                if withdraw and sr.backend.withdraw(attempt):
                     self.withdrawn(st, sr, attempt, reason)
 
     def withdrawn(self, st: StageRun, sr: StepRun, attempt: Attempt, reason: str) -> None:
@@ -535,7 +738,7 @@ class _Run:
                 if sr.state == _RUNNING and sr.attempt is not None:
                     tell_cancel(sr.backend, sr.attempt, reason)
         soft = False
-        for sr in st.members:
+        for sr in tuple(st.members):
             if sr.state != _RUNNING:
                 continue
             if sr.backend.kills:
@@ -563,7 +766,7 @@ class _Run:
         st = self.stage
         if st is None or self.scope.reason is None:
             return
-        for sr in st.members:
+        for sr in tuple(st.members):
             if sr.state == _RUNNING:
                 self.abandon(st, sr, self.scope.reason)
 

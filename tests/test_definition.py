@@ -659,8 +659,14 @@ def test_group_options_are_declared_once_on_group() -> None:
     from flowpool import Group
     from flowpool._definition import GROUP_OPTIONS
 
-    assert [spec.name for spec in GROUP_OPTIONS] == ["fail_fast", "min_successes", "max_concurrency"]
-    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None]
+    assert [spec.name for spec in GROUP_OPTIONS] == [
+        "fail_fast",
+        "min_successes",
+        "max_concurrency",
+        "tolerated_failures",
+        "compensate_concurrency",
+    ]
+    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None, None, 1]
     # Still a plain record with the positional constructor it always had.
     group = Group("g", (Step("a", ok),), True, None, 3)
     assert (group.fail_fast, group.min_successes, group.max_concurrency) == (True, None, 3)
