@@ -413,7 +413,8 @@ def _tolerance_rule(value: int | float | None, size: str) -> tuple[str, str] | N
     if value is None:
         return None
     if isinstance(value, float):
-        return (f"tolerates {value:.4g} failed", f"tolerance: fails when more than {value:.4g} of the {size} fail")
+        share = f"{value * 100:.4g}%"
+        return (f"tolerates {share} failed", f"tolerance: fails when more than {share} of the {size} fail")
     return (f"tolerates {value} failure(s)", f"tolerance: fails when more than {value} of the {size} fail")
 
 

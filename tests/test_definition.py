@@ -702,3 +702,77 @@ def test_each_group_option_is_fingerprinted(options: dict[str, Any]) -> None:
 
     plain = describe_structure(Flow("f").parallel("g", [Step("a", ok)]))
     assert describe_structure(Flow("f").parallel("g", [Step("a", ok)], **options)) != plain
+
+
+# ── maps ────────────────────────────────────────────────────────────────────────
+
+
+def _undo(ctx: object, value: object) -> None:
+    pass
+
+
+def test_a_map_is_a_stage_with_its_policy_and_not_a_step() -> None:
+    flow = Flow("f").step("a", ok).map("m", ok, items=[1, 2], tolerated_failures=0.05, max_concurrency=4)
+    stage = flow.stages[1]
+    assert (stage.name, stage.step.name, stage.max_concurrency, stage.policy) == ("m", "m", 4, "tolerates 5% failed")
+    assert [step.name for step in flow.steps()] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"items": "abc"}, "items"),
+        ({"items": b"abc"}, "items"),
+        ({"items": {"a": 1}}, "items"),
+        ({"items": 3}, "items"),
+        ({"items": [1], "key": "id"}, "key"),
+        ({"items": [1], "required": True}, "required"),
+        ({"items": [1], "required": False}, "required"),
+        ({"items": [1], "tolerated_failures": 2, "fail_fast": True}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": 2, "min_successes": 1}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": True}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": 1.0}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": -1}, "tolerated_failures"),
+        ({"items": [1], "min_successes": 0}, "min_successes"),
+        ({"items": [1], "min_successes": 2, "fail_fast": True}, "min_successes"),
+        ({"items": [1], "max_concurrency": 0}, "max_concurrency"),
+        ({"items": [1], "compensate_concurrency": 0}, "compensate_concurrency"),
+        ({"items": [1], "compensate_concurrency": True}, "compensate_concurrency"),
+        ({"items": [1], "retries": -1}, "retries"),
+        ({"items": [1], "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_map_arguments_name_the_flow_the_map_and_the_argument(kwargs: dict[str, Any], argument: str) -> None:
+    with pytest.raises(FlowDefinitionError) as raised:
+        Flow("f").map("m", ok, **kwargs)
+    assert (raised.value.flow, raised.value.step, raised.value.argument) == ("f", "m", argument)
+
+
+def test_map_names_are_unique_across_the_flow() -> None:
+    with pytest.raises(FlowDefinitionError, match="already used"):
+        Flow("f").step("m", ok).map("m", ok, items=[1])
+    with pytest.raises(FlowDefinitionError, match="already used"):
+        Flow("f").map("m", ok, items=[1]).parallel("g", [Step("m", ok)])
+
+
+def test_maps_and_new_group_options_keep_existing_fingerprints() -> None:
+    from flowpool._definition import describe_structure
+
+    flow = Flow("f").step("a", ok).parallel("g", [Step("b", ok), Step("c", ok)], fail_fast=True)
+    assert "tolerated_failures" not in str(describe_structure(flow))
+    assert "compensate_concurrency" not in str(describe_structure(flow))
+    tolerant = Flow("f").step("a", ok).parallel("g", [Step("b", ok), Step("c", ok)], tolerated_failures=1)
+    assert describe_structure(tolerant) != describe_structure(flow)
+    mapped = Flow("f").map("m", ok, items=[1], compensate=_undo)
+    assert describe_structure(mapped)["stages"][0]["map"] == "m"
+
+
+def test_show_lists_a_map_with_its_policy() -> None:
+    from flowpool._plan import render_plan
+
+    flow = Flow("f").map("m", ok, items=[1], tolerated_failures=3, compensate=_undo, compensate_concurrency=2)
+    text = render_plan(flow)
+    assert "1. map m (ok)" in text
+    assert "policy: tolerance: fails when more than 3 of the items fail; compensates 2 at a time" in text
+    assert "m[each item, latest first]" in text
+    assert "map: tolerance" in render_plan(flow, "mermaid") and "map: tolerance" in render_plan(flow, "dot")
