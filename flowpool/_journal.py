@@ -37,11 +37,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK
 from ._errors import FlowDefinitionError, JournalError, RemoteError, StepCancelledError
+from ._maps import MapResult
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -121,7 +122,39 @@ CREATE TABLE compensations (
     position INTEGER,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS items (
+    run_id TEXT NOT NULL,
+    map TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value BLOB,
+    value_kept INTEGER NOT NULL,
+    error BLOB,
+    error_text TEXT,
+    attempts INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, map, idx)
+);
 """
+
+#: Journals made before maps existed gain the items table when a run first records an item.
+_ITEMS_TABLE = """CREATE TABLE IF NOT EXISTS items (
+    run_id TEXT NOT NULL,
+    map TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value BLOB,
+    value_kept INTEGER NOT NULL,
+    error BLOB,
+    error_text TEXT,
+    attempts INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, map, idx)
+)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +200,8 @@ class RecordedRun:
     groups: Mapping[str, str]
     compensations: Mapping[str, tuple[str, BaseException | None, int]]
     compensation_order: tuple[str, ...] = ()
+    #: map name → rows ``(index, key, status, value, value_kept, error, attempts, started_at, finished_at)``.
+    items: Mapping[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 def fingerprint(flow: Flow) -> str:
@@ -414,7 +449,37 @@ class Journal:
                 "ORDER BY position IS NULL, position",
                 (run_id,),
             ).fetchall()
+            try:
+                item_rows = db.execute(
+                    f"SELECT map, idx, key, status, {value}, value_kept, {error}, attempts, started_at, finished_at "
+                    "FROM items WHERE run_id = ? ORDER BY map, idx",
+                    (run_id,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # a journal from before maps: no items table
+                item_rows = []
         load_error = _load_error if unpickle else _error_from_text
+        items: dict[str, list[tuple[Any, ...]]] = {}
+        for map_name, index, key_text, item_status, stored, kept, item_error, attempts, started, finished in item_rows:
+            loaded = None if unpickle else stored
+            usable = bool(kept)
+            if usable and unpickle:
+                try:
+                    loaded = pickle.loads(stored)
+                except Exception:  # noqa: BLE001 - a class that no longer imports: run the item again
+                    usable = False
+            items.setdefault(map_name, []).append(
+                (
+                    index,
+                    json.loads(key_text),
+                    StepStatus(item_status),
+                    loaded,
+                    usable,
+                    load_error(item_error),
+                    attempts,
+                    started,
+                    finished,
+                )
+            )
         flow, fp, input_data, status, phase, outcome, failed_stage, run_error = row
         recorded_steps: dict[str, RecordedStep] = {}
         for name, step_status, stored, kept, step_error, attempts, started, finished in steps:
@@ -447,6 +512,7 @@ class Journal:
             groups,
             {name: (state, load_error(err), attempts) for name, state, err, attempts in compensations},
             tuple(name for name, state, _, _ in compensations if state in ("compensated", "failed")),
+            items,
         )
 
     def result(self, run_id: str) -> FlowResult:
@@ -537,6 +603,7 @@ class JournalRecorder:
         self._db = journal._db
         self._warned_values: set[str] = set()
         self._dirty = False
+        self._items_table = False
         # Insertion-ordered: statement kinds run in the order they were first recorded.
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
 
@@ -570,6 +637,9 @@ class JournalRecorder:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 for sql, rows in pending.items():
+                    if sql is _ITEMS_TABLE:
+                        db.execute(sql)
+                        continue
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
             except BaseException as error:  # an interrupt too: never leave a transaction open
@@ -661,6 +731,57 @@ class JournalRecorder:
             ),
         )
 
+    def item_finished(
+        self,
+        run_id: str,
+        map_name: str,
+        index: int,
+        key: str | int,
+        status: StepStatus,
+        value: Any,
+        error: BaseException | None,
+        attempts: int,
+        started_at: float | None,
+        finished_at: float | None,
+    ) -> None:
+        """A map's item settled: its status, and its value if it completed."""
+        if not self._items_table:
+            self._items_table = True
+            self._write(_ITEMS_TABLE, ())
+        data: bytes | None = None
+        kept = 0
+        if status is StepStatus.COMPLETED:
+            try:
+                data = pickle.dumps(value)
+                kept = 1
+            except Exception as problem:  # noqa: BLE001 - the item completes; resume runs it again
+                if map_name not in self._warned_values:
+                    self._warned_values.add(map_name)
+                    warnings.warn(
+                        f"flowpool journal: a value of map {map_name!r} cannot be pickled ({problem}); "
+                        f"a resumed run will execute that item again",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        self._write(
+            "INSERT OR REPLACE INTO items (run_id, map, idx, key, status, value, value_kept, error, error_text, "
+            "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                map_name,
+                index,
+                json.dumps(key),
+                status.value,
+                data,
+                kept,
+                portable_error(error),
+                error_text(error),
+                attempts,
+                started_at,
+                finished_at,
+            ),
+        )
+
     def group_finished(self, run_id: str, group: str, status: str) -> None:
         self._write("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (run_id, group, status))
 
@@ -732,7 +853,12 @@ def build_result(
     members: dict[str, list[str]] = {}
     compensated: list[str] = []
     not_compensated: list[str] = []
-    for name, group in layout:
+    maps: dict[str, MapResult] = {}
+    for entry in layout:
+        name, group = entry[0], entry[1]
+        if entry[2:] == ["map"]:
+            maps[name] = _recorded_map(name, recorded)
+            continue
         if group is not None:
             members.setdefault(group, []).append(name)
         record = recorded.steps.get(name)
@@ -778,6 +904,7 @@ def build_result(
         status=status,
         steps=steps,
         groups=groups,
+        maps=maps,
         error=error if status is not FlowStatus.COMPLETED else None,
         failed_stage=recorded.failed_stage,
         compensated=tuple(compensated),
@@ -788,3 +915,19 @@ def build_result(
     if isinstance(result.error, KeyboardInterrupt):
         result.error.result = result  # type: ignore[attr-defined]
     return result
+
+
+def _recorded_map(name: str, recorded: RecordedRun) -> MapResult:
+    """A map's ``MapResult`` from its recorded items and verdict (an unrecorded one is SKIPPED)."""
+    from ._maps import MapLedger
+
+    status = recorded.groups.get(name)
+    rows = recorded.items.get(name, [])
+    keyed = any(not isinstance(row[1], int) or row[1] != row[0] for row in rows)
+    ledger = MapLedger(name, keyed=keyed)
+    for index, key, item_status, value, _, item_error, attempts, started, finished in rows:
+        while len(ledger) < index:  # an item that never settled before the process died
+            ledger.take(f"\x00unsettled-{len(ledger)}" if keyed else None)
+        ledger.take(key if keyed else None)
+        ledger.settle(index, item_status, value, item_error, attempts, started, finished)
+    return MapResult(name, GroupStatus(status) if status else GroupStatus.SKIPPED, ledger)

@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._runner import _Run
 
-__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow", "resume_from"]
+__all__ = [
+    "check_resumable",
+    "completed_items",
+    "open_journal",
+    "preload_completed",
+    "restore_compensation_phase",
+    "resume_flow",
+    "resume_from",
+]
 
 
 def resume_flow(
@@ -56,6 +64,8 @@ def resume_flow(
             )
         if recorded.status != "running":
             return book.result(run_id)
+        if recorded.phase != "compensating":
+            check_resumable(flow)
         return run_flow(
             flow,
             recorded.input,
@@ -92,6 +102,28 @@ def resume_from(run: _Run, recorded: RecordedRun) -> None:
     run.input = recorded.input
     run.events = EventSink(run.events._listener, run.name, run.run_id, run.wall_offset)
     run.recorder.run_id = run.run_id
+
+
+def completed_items(recorded: RecordedRun, map_name: str) -> dict[Any, tuple[Any, int, float | None, float | None]]:
+    """Key → (value, attempts, started_at, finished_at) of the map's items recorded as completed."""
+    return {
+        key: (value, attempts, started, finished)
+        for _, key, status, value, kept, _, attempts, started, finished in recorded.items.get(map_name, [])
+        if status is StepStatus.COMPLETED and kept
+    }
+
+
+def check_resumable(flow: Flow) -> None:
+    """A map whose ``items`` is a one-shot iterator cannot be taken again on resume."""
+    from ._definition import Map
+    from ._errors import FlowpoolError
+
+    for stage in flow.stages:
+        if isinstance(stage, Map) and not callable(stage.items) and iter(stage.items) is stage.items:
+            raise FlowpoolError(
+                f"flow {flow.name!r}, map {stage.name!r}: its items are a one-shot iterator, which cannot be "
+                f"read again to resume the run; give items as a callable items(ctx) or a re-iterable (a list)"
+            )
 
 
 def preload_completed(run: _Run, st: StageRun) -> None:

@@ -78,6 +78,10 @@ if TYPE_CHECKING:
 __all__ = ["STOP_GRACE", "run_flow"]
 
 
+#: Seconds within which a map item's journal record is committed (SPEC: 100 ms).
+FLUSH_WITHIN = 0.05
+
+
 #: The name scripts/soak.py counts live step records by.
 _StepRun = StepRun
 
@@ -171,6 +175,8 @@ class _Run:
         self.error: BaseException | None = None
         self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
+        #: When journal writes waiting for a flush must be committed (map items).
+        self.flush_due = 0.0
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -312,6 +318,10 @@ class _Run:
         limit = stage.max_concurrency or self.backends.worker_count(step.executor)
         st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
         self.stage = st
+        if self.resumed is not None:
+            from ._resume import completed_items
+
+            st.restored = completed_items(self.resumed, stage.name)
         try:
             items = stage.items
             if callable(items):
@@ -354,6 +364,8 @@ class _Run:
                     self.cancel_stage(st, f"the items of map {st.name!r} could not be produced", withdraw=False)
                 return
             index, item = taken
+            if st.restored is not None and self.restore_item(st, index, item):
+                continue
             sr = StepRun(step, st.position, None, st.backend)
             sr.item = item
             sr.item_index = index
@@ -365,6 +377,31 @@ class _Run:
             st.unsettled += 1
             st.active += 1
             self.dispatch(sr)
+
+    def restore_item(self, st: MapRun, index: int, item: Any) -> bool:
+        """A resumed run: settle an item the journal recorded as completed, without running it."""
+        restored = st.restored
+        assert restored is not None
+        recorded = restored.get(st.ledger.key_of(index))
+        if recorded is None:
+            return False
+        value, attempts, started, finished = recorded
+        offset = self.wall_offset
+        st.ledger.settle(
+            index,
+            StepStatus.COMPLETED,
+            value,
+            None,
+            attempts,
+            None if started is None else started - offset,
+            None if finished is None else finished - offset,
+        )
+        if st.items is not None:
+            st.items.append(item)
+        self.recorder.item_finished(
+            st.name, index, st.ledger.key_of(index), StepStatus.COMPLETED, value, None, attempts, started, finished
+        )
+        return True
 
     def finalize_item(
         self, st: MapRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None
@@ -382,9 +419,26 @@ class _Run:
         ran = bool(sr.attempts)
         if finished is None and ran:
             finished = self.clock.now()
-        st.ledger.settle(
-            index, status, value, error, sr.attempts, sr.first_started if ran else None, finished if ran else None
-        )
+        started = sr.first_started if ran else None
+        ended = finished if ran else None
+        st.ledger.settle(index, status, value, error, sr.attempts, started, ended)
+        recorder = self.recorder
+        if recorder.journal is not None:
+            if not recorder.dirty:
+                self.flush_due = self.clock.now() + FLUSH_WITHIN
+            # Monotonic times become epoch seconds in the journal, as for steps' records.
+            offset = self.wall_offset
+            recorder.item_finished(
+                st.name,
+                index,
+                st.ledger.key_of(index),
+                status,
+                value,
+                error,
+                sr.attempts,
+                None if started is None else started + offset,
+                None if ended is None else ended + offset,
+            )
         if self.events.enabled:
             self.events.emit(
                 "step_finished",
@@ -442,6 +496,7 @@ class _Run:
         self.values[name] = MapValues(ledger)
         self.values_view = MappingProxyType(dict(self.values))
         self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
+        self.recorder.group_finished(name, verdict.value)
         if stage.step.compensate is not None and ledger.completed:
             items = st.items if st.items is not None else []
             self.compensator.maps.append(
@@ -530,8 +585,10 @@ class _Run:
             for kind, target in timers.due(now):
                 self.on_timer(kind, target)
             return
-        if self.recorder.dirty and self.inbox.empty():
-            self.recorder.flush()  # what arrived together is committed together, before we wait
+        if self.recorder.dirty and (self.inbox.empty() or now >= self.flush_due):
+            # What arrived together is committed together, before we wait; a busy map's
+            # items are committed at least every FLUSH_WITHIN seconds.
+            self.recorder.flush()
         received = timers.wait(self.inbox, next_at, now)
         if received is None:
             return

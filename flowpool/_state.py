@@ -180,6 +180,7 @@ class MapRun(StageRun):
         "items",
         "backend",
         "call",
+        "restored",
     )
 
     members: dict[StepRun, None]
@@ -202,6 +203,8 @@ class MapRun(StageRun):
         self.items: list[Any] | None = [] if stage.step.compensate is not None else None
         self.backend = backend
         self.call = None if backend.in_process else ItemCall(stage.step.fn)
+        #: A resumed run: key → (value, attempts, started_at, finished_at) of items recorded completed.
+        self.restored: dict[Any, tuple[Any, int, float | None, float | None]] | None = None
         may_stop = stage.fail_fast or stage.tolerated_failures is not None
         self.may_queue = not may_stop and stage.step.timeout is None
 
