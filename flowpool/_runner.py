@@ -18,6 +18,13 @@ How an attempt flows::
     on_timer: TIMEOUT (an attempt), WAKE (a backoff), DEADLINE (the run's timeout), GRACE (the stop grace)
     run_stage ends ─▶ settle_verdict (_policy.stage_verdict) ─▶ next stage, or compensate_all ─▶ finish
 
+A map stage (``run_map``) goes through the same dispatch, wait and outcome
+path, item by item: ``feed`` takes an item from its iterable only when a slot
+is free and dispatches it at once as a ``StepRun`` carrying the item;
+``finalize_item`` writes the settled item into the map's columnar ledger and
+drops its ``StepRun``, context and timeout timer, so the loop holds only the
+items in flight; ``settle_map`` gives the verdict (``_policy.tally_verdict``).
+
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
