@@ -134,6 +134,7 @@ class Compensator:
         journal as it comes.
         """
         pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
+        done = self.done
         if recorder.enabled:
             pending = [sr for sr in pending if sr.step.name not in self.done]
         # (position, concurrency, jobs) per stage; a stage's steps are consecutive in ``pending``.
@@ -144,7 +145,7 @@ class Compensator:
             k = self.concurrency.get(first.group, 1) if first.group is not None else 1
             stages.append((first.index, k, (self._step_job(sr) for sr in runs)))
         for m in self.maps:
-            stages.append((m.position, m.concurrency, self._item_jobs(m)))
+            stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
         stages.sort(key=lambda stage: stage[0], reverse=True)
 
         def finished(job: _Job, outcome: CompensationResult) -> None:
@@ -152,10 +153,10 @@ class Compensator:
                 record = job.sr.record
                 assert record is not None
                 records[job.step.name] = with_compensation(record, outcome)
-                position = len(self.compensated) + len(self.not_compensated)
-                recorder.compensation_finished(job.step.name, outcome, position)
             elif job.ledger is not None and job.index is not None:
                 job.ledger.compensations[job.index] = outcome
+            position = len(self.compensated) + len(self.not_compensated)
+            recorder.compensation_finished(job.label, outcome, position)
             (self.compensated if outcome.ok else self.not_compensated).append(job.label)
 
         for number, (_, k, jobs) in enumerate(stages):
@@ -176,7 +177,7 @@ class Compensator:
         return job
 
     @staticmethod
-    def _item_jobs(m: MapCompensation) -> Iterator[_Job]:
+    def _item_jobs(m: MapCompensation, done: set[str]) -> Iterator[_Job]:
         from ._maps import COMPLETED_CODE, item_label
 
         ledger = m.ledger
@@ -185,7 +186,10 @@ class Compensator:
             if codes[index] != COMPLETED_CODE:
                 continue
             key = ledger.key_of(index)
-            job = _Job(item_label(m.name, key), m.step, None, m.backend, ledger.values[index])
+            label = item_label(m.name, key)
+            if label in done:
+                continue  # a resumed run: this item's compensation finished before the process died
+            job = _Job(label, m.step, None, m.backend, ledger.values[index])
             job.ledger = ledger
             job.item = m.items[index] if index < len(m.items) else None
             job.index = index
@@ -206,13 +210,11 @@ class Compensator:
                 self.not_compensated.append(job.label)
                 self.not_compensated.extend(rest.label for rest in jobs)
                 return False
-            if job.sr is not None:
-                recorder.compensation_started(job.step.name)
+            recorder.compensation_started(job.label)
             try:
                 outcome = self.compensate(job, events, context)
             except KeyboardInterrupt:
-                if job.sr is not None:
-                    recorder.compensation_finished(job.step.name, None, None)
+                recorder.compensation_finished(job.label, None, None)
                 self.not_compensated.append(job.label)
                 self.not_compensated.extend(rest.label for rest in jobs)
                 events.emit("compensation_finished", self.clock.now(), status="abandoned", **job.fields())
@@ -244,8 +246,7 @@ class Compensator:
                     tell_cancel(job.backend, attempt, "the compensations were abandoned (second Ctrl-C)")
                     job.backend.stop(attempt)
                     events.emit("compensation_finished", clock.now(), status="abandoned", **job.fields())
-                    if job.sr is not None:
-                        recorder.compensation_finished(job.step.name, None, None)
+                    recorder.compensation_finished(job.label, None, None)
                     self.not_compensated.append(job.label)
                 self.not_compensated.extend(job.label for _, _, job, _ in sorted(retries))
                 self.not_compensated.extend(job.label for job in jobs)
@@ -260,8 +261,7 @@ class Compensator:
                         exhausted = True
                         continue
                     job, number = next_job, 1
-                    if job.sr is not None:
-                        recorder.compensation_started(job.step.name)
+                    recorder.compensation_started(job.label)
                 else:
                     break
                 events.emit("compensation_started", now, attempt=number, **job.fields())

@@ -857,7 +857,8 @@ def build_result(
     for entry in layout:
         name, group = entry[0], entry[1]
         if entry[2:] == ["map"]:
-            maps[name] = _recorded_map(name, recorded)
+            mapped = maps[name] = _recorded_map(name, recorded)
+            groups[name] = GroupResult(name, mapped.status, (), mapped.counts)
             continue
         if group is not None:
             members.setdefault(group, []).append(name)

@@ -107,3 +107,55 @@ def test_a_one_shot_iterator_cannot_be_resumed(executor, tmp_path):
             flow.resume("r1", journal=journal, executor=executor)
     finally:
         journal.close()
+
+
+COMPENSATING = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+
+    def undo(ctx, value):
+        with open(HERE / "undone.log", "a") as log:
+            log.write(f"{ctx.key}\\n")
+        if ctx.key == "k03" and not (HERE / "alive").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def boom(ctx):
+        raise RuntimeError("the last stage fails")
+
+    flow = (
+        Flow("undoing")
+        .map("m", lambda ctx: ctx.index, items=lambda ctx: range(8), key=lambda n: f"k{n:02d}", compensate=undo)
+        .step("boom", boom)
+    )
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+def test_a_map_killed_while_compensating_resumes_only_the_pending_item_compensations(executor, tmp_path):
+    script = tmp_path / "undoing.py"
+    script.write_text(COMPENSATING)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    before = (tmp_path / "undone.log").read_text().split()
+    assert before == ["k07", "k06", "k05", "k04", "k03"]
+    (run,) = Journal(journal).runs()
+
+    (tmp_path / "alive").touch()
+    result = _load(script).resume(run.run_id, journal=journal, executor=executor)
+    after = (tmp_path / "undone.log").read_text().split()[len(before) :]
+    # k07..k04 finished before the kill and never run again; k03 was running (at least once).
+    assert after == ["k03", "k02", "k01", "k00"]
+    assert result.compensated == tuple(f"m['k{n:02d}']" for n in range(7, -1, -1))
+    assert result.maps["m"].status is GroupStatus.COMPLETED and result.maps["m"].total == 8
+    recorded = Journal(journal).result(run.run_id)
+    assert recorded.compensated == result.compensated
+    assert recorded.groups["m"].status is GroupStatus.COMPLETED
