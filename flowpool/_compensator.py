@@ -13,6 +13,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
+from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
 from ._context import Context
@@ -61,14 +62,14 @@ class Compensator:
             pending = [sr for sr in pending if sr.step.name not in self.done]
         for position, sr in enumerate(pending):
             if self.scope.interrupts >= 2:
-                self.not_compensated.extend(p.step.name for p in pending[position:])
+                self.abandon(pending[position:], records)
                 return
             recorder.compensation_started(sr.step.name)
             try:
                 outcome = self.compensate(sr, events, context)
             except KeyboardInterrupt:
                 recorder.compensation_finished(sr.step.name, None, None)
-                self.not_compensated.extend(p.step.name for p in pending[position:])
+                self.abandon(pending[position:], records)
                 events.emit(
                     "compensation_finished",
                     self.clock.now(),
@@ -86,12 +87,22 @@ class Compensator:
             else:
                 self.not_compensated.append(sr.step.name)
 
+    def abandon(self, rest: list[StepRun], records: dict[str, StepResult]) -> None:
+        """A second Ctrl-C stopped the compensations: ``rest`` never ran (or was cut short)."""
+        for sr in rest:
+            self.not_compensated.append(sr.step.name)
+            record = sr.record
+            if record is not None:
+                records[sr.step.name] = with_compensation(record, CompensationResult("abandoned"))
+
     def compensate(self, sr: StepRun, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
-        """Run ``sr``'s compensation, with its retries."""
+        """Run ``sr``'s compensation, with its retries (on the step's value, or on the late
+        value of a timed-out attempt that returned after it was abandoned)."""
         step = sr.step
         compensate = step.compensate
-        assert compensate is not None and sr.record is not None
-        value = sr.record.value
+        record = sr.record
+        assert compensate is not None and record is not None
+        value = record.value if record.ok else record.late_value
         error: BaseException | None = None
         tries = step.compensate_retries + 1
         for number in range(1, tries + 1):
@@ -124,11 +135,13 @@ class Compensator:
         backend = sr.backend
         if backend.in_process and step.compensate_timeout is None:
             self.scope.interruptible = True
+            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
             try:  # in the caller's thread, one at a time
                 compensate(ctx, value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
                 return False, error
             finally:
+                logcontext.leave(token)
                 self.scope.interruptible = False
             return True, None
         attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)

@@ -96,6 +96,48 @@ def _check_bool(value: object, argument: str, flow: str | None, step: str | None
     return value
 
 
+def _is_exception_class(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _check_retry_on(value: object, argument: str, flow: str | None, step: str | None) -> Any:
+    if value is None or _is_exception_class(value):
+        return value
+    if isinstance(value, tuple):
+        if value and all(_is_exception_class(kind) for kind in value):
+            return value
+        raise _fail(f"a tuple must hold exception classes only (and at least one), not {value!r}", flow, step, argument)
+    if callable(value):
+        return value  # a predicate: callable(exc) -> bool
+    raise _fail(
+        f"must be an exception class, a tuple of them, or a predicate callable(exc) -> bool, not {value!r}",
+        flow,
+        step,
+        argument,
+    )
+
+
+def _describe_retry_on(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return [kind.__qualname__ for kind in value]
+    return value.__qualname__ if _is_exception_class(value) else "predicate"
+
+
+def _name_retry_on(value: Any) -> str:
+    described = _describe_retry_on(value)
+    return ", ".join(described) if isinstance(described, list) else str(described)
+
+
+def _show_retry_on(value: Any) -> str | None:
+    return None if value is None else f"retry_on={_name_retry_on(value)}"
+
+
+def _plan_retry_on(value: Any, step: Any) -> str | None:
+    return None if value is None else f"retried only on {_name_retry_on(value)}"
+
+
 def _check_executor(value: object, argument: str, flow: str | None, step: str | None) -> ExecutorName | None:
     if value is not None and (not isinstance(value, str) or value not in EXECUTOR_NAMES):
         raise _fail(f"unknown executor {value!r}; use 'thread', 'process' or None", flow, step, argument)
@@ -234,6 +276,12 @@ class Step:
         compensate_retries: extra attempts for the compensation.
         compensate_timeout: seconds allowed for one compensation attempt.
         required: for group members: the group fails if this member does not complete.
+        retry_on: retry only failures that match: an exception class, a tuple of them
+            (``isinstance``), or a predicate ``callable(exc) -> bool``; default: every
+            ``Exception``. Not together with ``retry``.
+        optional: when the step does not complete, its status and error are recorded
+            but it never fails the flow, never triggers fail fast, and is left out of
+            its group's verdict. Not together with ``required``.
         executor: ``"thread"`` or ``"process"`` to run this step on another kind of
             pool than the run's; ``None`` uses the run's.
     """
@@ -267,6 +315,22 @@ class Step:
     required: bool = option(False, _check_bool, plan=lambda value, step: "required" if value else None)
     executor: ExecutorName | None = option(
         None, _check_executor, plan=lambda value, step: None if value is None else f"on {value}"
+    )
+    retry_on: Any = option(
+        None,
+        _check_retry_on,
+        excludes=("retry",),
+        fingerprint=_describe_retry_on,
+        fingerprint_default=False,
+        show=_show_retry_on,
+        plan=_plan_retry_on,
+    )
+    optional: bool = option(
+        False,
+        _check_bool,
+        excludes=("required",),
+        fingerprint_default=False,
+        plan=lambda value, step: "optional" if value else None,
     )
 
     OPTIONS: ClassVar[tuple[Option, ...]]

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ._abandoned import AbandonedAttempts
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
@@ -53,7 +54,7 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._policy import may_retry, stage_verdict, status_of, stops_group_early
+from ._policy import may_retry, retry_matches, stage_verdict, status_of, stops_group_early
 from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
@@ -64,7 +65,7 @@ from ._results import (
     StepStatus,
     count_statuses,
 )
-from ._state import StageRun, StepRun, StepState, tell_cancel
+from ._state import StageRun, StepRun, StepState, tell_cancel, with_late_value
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
@@ -164,6 +165,10 @@ class _Run:
         self.error: BaseException | None = None
         self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
+        #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
+        #: running when the loop gave up on them, and those of them that ended since.
+        self.abandoned = AbandonedAttempts()
+        self.still_running: tuple[str, ...] = ()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -191,6 +196,7 @@ class _Run:
                     else:
                         self.run_stage(stage, members, index)  # the one place a stage runs
                     index += len(members)
+            self.await_abandoned()
             self.compensate_all()
         finally:
             restore()
@@ -216,6 +222,7 @@ class _Run:
             started_at=self.started_at,
             finished_at=finished_at,
             wall_offset=self.wall_offset,
+            still_running=self.still_running,
         )
         self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
@@ -289,7 +296,8 @@ class _Run:
             # A fresh snapshot per stage: an abandoned attempt that still holds an older
             # view never sees the values of its siblings or of later stages.
             self.values_view = MappingProxyType(dict(self.values))
-        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error())
+        optional = st.group is None and st.members[0].step.optional
+        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error(), optional=optional)
         if st.group is not None and verdict is not None:
             name = st.group.name
             counts = count_statuses(record.status for record in records)
@@ -380,7 +388,9 @@ class _Run:
 
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
-            return  # a late outcome of an attempt the loop gave up on
+            # A late outcome of an attempt the loop gave up on: it changes no status.
+            self.abandoned.ended_late(attempt)
+            return
         sr: StepRun = attempt.owner
         if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
             st = self.stage
@@ -409,6 +419,7 @@ class _Run:
             attempt.finished_at = self.clock.now()
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
             sr.backend.stop(attempt)
+            self.abandoned.left_running(sr, attempt)
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
             self.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
         elif kind == _WAKE:
@@ -444,6 +455,17 @@ class _Run:
         ):
             self.finalize(st, sr, status, value, error)
             return
+        if step.retry_on is not None and status is not StepStatus.COMPLETED:
+            try:
+                matched = retry_matches(step.retry_on, error)
+            except Exception as problem:  # noqa: BLE001 - a broken predicate fails the step, unretried
+                if error is not None:
+                    error.add_note(f"not retried: its retry_on predicate raised {type(problem).__name__}: {problem}")
+                self.finalize(st, sr, status, value, error)
+                return
+            if not matched:
+                self.finalize(st, sr, status, value, error)
+                return
         decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
@@ -493,7 +515,7 @@ class _Run:
                 error=error,
                 started_at=attempt.started_at if attempt is not None and sr.attempts else None,
             )
-        if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast):
+        if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast, optional=step.optional):
             self.cancel_stage(st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
@@ -544,7 +566,8 @@ class _Run:
                 soft = True
         if soft and not self.scope.grace_armed:
             self.scope.grace_armed = True
-            self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
+            self.scope.grace_started = now = self.clock.now()
+            self.timers.push(now + STOP_GRACE, _GRACE, None)
 
     def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
         attempt = sr.attempt
@@ -555,6 +578,7 @@ class _Run:
             return
         attempt.settled = True
         sr.backend.stop(attempt)
+        self.abandoned.left_running(sr, attempt)
         if attempt.finished_at is None:
             attempt.finished_at = self.clock.now()
         self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
@@ -572,6 +596,34 @@ class _Run:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
+
+    # ── abandoned attempts: late completions ────────────────────────────────────
+
+    def await_abandoned(self) -> None:
+        """Once the last stage settled, and before any compensation, give abandoned
+        attempts up to the stop grace to end (SPEC §16). A late completion becomes its
+        step's ``late_value`` (and is compensated if the run failed)."""
+        abandoned = self.abandoned
+        abandoned.await_end(self.inbox, self.timers, self.clock, self.scope)
+        failed = self.error is not None or bool(self.scope.interrupts)
+        for sr, value in abandoned.late_completions():
+            record = sr.record
+            assert record is not None
+            sr.record = self.records[record.name] = with_late_value(record, value)
+            if failed and sr.step.compensate is not None:
+                self.compensator.pending.append(sr)
+        abandoned.ended.clear()
+        self.still_running = abandoned.still_running()
+        if self.still_running:
+            import logging  # only when something is left running
+
+            logging.getLogger("flowpool").warning(
+                "flowpool: run %s of %r: abandoned attempt(s) of %s still running after the stop grace; "
+                "their side effects may still happen (use executor='process' to stop them for real)",
+                self.run_id,
+                self.name,
+                ", ".join(map(repr, self.still_running)),
+            )
 
     # ── compensation ────────────────────────────────────────────────────────────
 

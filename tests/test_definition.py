@@ -529,6 +529,8 @@ SAMPLE_OPTION_VALUES: dict[str, Any] = {
     "compensate_timeout": 2.0,
     "required": True,
     "executor": "process",
+    "retry_on": (OSError, ValueError),
+    "optional": True,
 }
 
 

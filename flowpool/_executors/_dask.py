@@ -169,11 +169,11 @@ class DaskBackend:
     def stop(self, attempt: Attempt) -> None:
         if self.withdraw(attempt):
             return
+        # Dask cannot stop a task (``cancel()`` only drops our interest while it runs on):
+        # its slot is freed and its future kept, so a late completion still reports back
+        # (SPEC §16) — the loop ignores it unless it waits for abandoned attempts.
         with self._lock:
-            future = self._running.pop(attempt, None)
-        if future is not None:
-            with contextlib.suppress(Exception):
-                future.cancel()  # best effort: a running task keeps running on its worker
+            self._running.pop(attempt, None)
         self._pump()
 
     def check_capacity(self, step: str) -> None:
