@@ -377,6 +377,10 @@ def _svg(run: _RunModel) -> str:
         lx += 24 + 7.6 * len(label)
     out.append(f'<line x1="{lx:.0f}" y1="16" x2="{lx + 22:.0f}" y2="16" class="backoff"/>')
     out.append(f'<text x="{lx + 28:.0f}" y="21" class="legend">backoff before a retry</text>')
+    if run.maps:
+        lx += 28 + 7.6 * len("backoff before a retry") + 12
+        out.append(f'<rect x="{lx:.0f}" y="10" width="12" height="12" rx="2" fill="{STATUS_COLOURS["running"]}"/>')
+        out.append(f'<text x="{lx + 16:.0f}" y="21" class="legend">items of a map running at once</text>')
     # Time axis with gridlines.
     step = _tick_step(span)
     bottom = height - 10
