@@ -463,3 +463,27 @@ def test_a_group_still_gets_a_bar_and_item_events_never_reach_it() -> None:
         progress.close()
     assert "10/10 done" in stream.getvalue()
     assert progress.maps == {}
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_target_under_json_leaves_stdout_empty_and_gives_it_back(tmp_path: Path) -> None:
+    noisy = _fresh_copy(NOISY, tmp_path, "noisy_missing")
+    before = sys.stdout
+    result = invoke("run", f"{noisy}:missing", "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    # What the target printed while imported, then the one-line error.
+    assert result.stderr.splitlines()[0].startswith("noisy: printed at import")
+    assert "has no attribute 'missing'" in result.stderr.splitlines()[1]
+    assert len(result.stderr.splitlines()) == 2
+    assert sys.stdout is before
+
+
+@pytest.mark.timeout(30)
+def test_resume_takes_the_targets_arguments_after_a_double_dash_too(tmp_path: Path) -> None:
+    journal = tmp_path / "runs.db"
+    assert invoke("run", f"{ARGV}:flow", "--journal", str(journal), "--quiet").exit_code == 0
+    result = invoke("resume", f"{ARGV}:flow", "no-such-run", "--journal", str(journal), "--", "x")
+    assert result.exit_code == 2
+    assert "extra argument" not in result.stderr
+    assert "no-such-run" in result.stderr
