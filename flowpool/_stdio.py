@@ -71,6 +71,7 @@ class StdoutToStderr:
             return
         _flush(sys.stdout)
         _flush(stream)  # what was buffered in the original object during the block goes to stderr
+        _flush_c_stdio()
         sys.stdout = stream
         self._stream = None
         saved = self._saved
@@ -89,8 +90,11 @@ class StdoutToStderr:
             stream.write(text)
             _flush(stream)
             return
-        # Whatever stray text sits in the original object's buffer goes to stderr first.
+        # Whatever stray text sits in the original object's buffer, or in the C
+        # library's (printf to a pipe is flushed only when the buffer is full or at
+        # exit), goes to stderr first, not after the document.
         _flush(stream)
+        _flush_c_stdio()
         data = text.encode(getattr(stream, "encoding", None) or "utf-8", "replace")
         while data:
             written = os.write(saved, data)
@@ -102,6 +106,15 @@ def _is_descriptor_1(stream: object) -> bool:
         return bool(stream.fileno() == 1)  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to reach (another platform)
+        pass
 
 
 def _flush(stream: object) -> None:
