@@ -347,26 +347,31 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
     ):
         if path is not None:
             _check_writable(path, option)
-    try:
-        logs = RunLogs(request.verbose, request.log_path)
-    except OSError as error:
-        _fail(f"cannot write --log-file {request.log_path}: {error.strerror or error}")
-    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
-    timeline = Timeline() if request.timeline_path is not None else None
     events_file: IO[str] | None = None
     if request.events_path is not None:
         try:
             events_file = open(request.events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         except OSError as error:
             _fail(f"cannot write --events {request.events_path}: {error.strerror or error}")
+    try:
+        logs = RunLogs(request.verbose, request.log_path)
+    except OSError as error:
+        if events_file is not None:
+            events_file.close()
+        _fail(f"cannot write --log-file {request.log_path}: {error.strerror or error}")
+    # Started last: nothing below can fail before the finally that closes it.
+    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
+    timeline = Timeline() if request.timeline_path is not None else None
 
     def on_event(event: Event) -> None:
-        if events_file is not None:
-            # Flushed per line, so the log is complete up to the moment of a crash.
-            events_file.write(json.dumps(event.to_dict(), default=repr) + "\n")
-            events_file.flush()
-        if timeline is not None:
-            timeline.add(event.to_dict())
+        if events_file is not None or timeline is not None:
+            record = event.to_dict()
+            if events_file is not None:
+                # Flushed per line, so the log is complete up to the moment of a crash.
+                events_file.write(json.dumps(record, default=repr) + "\n")
+                events_file.flush()
+            if timeline is not None:
+                timeline.add(record)
         if progress is not None:
             progress.event(event)
 
@@ -420,20 +425,18 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
     if result is None:
         click.echo("flowpool: interrupted", err=True)
         return code
-    _report(request, result, code)
-    if code == EXIT_COMPLETED and request.strict:
-        missing = not_completed(result)
-        if missing:
-            click.echo(_printable(f"flowpool: --strict: not everything completed: {missing}"), err=True)
-            code = EXIT_FAILED
+    missing = not_completed(result) if request.strict and code == EXIT_COMPLETED else ""
+    if missing:
+        code = EXIT_FAILED
+    _report(request, result, code, missing)
     if redirect is not None:
         redirect.write_document(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
     return code
 
 
-def _report(request: _Request, result: FlowResult, code: int) -> None:
-    """The summary on stderr, the outcome and counts lines (stdout, or stderr under --json),
-    and warnings that hold even under --quiet."""
+def _report(request: _Request, result: FlowResult, code: int, missing: str) -> None:
+    """The summary on stderr, warnings that hold even under --quiet, what --strict
+    found missing, then the outcome and the counts line (stdout, or stderr under --json)."""
     if not request.quiet:
         click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
         if request.timeline_path is not None:
@@ -446,6 +449,8 @@ def _report(request: _Request, result: FlowResult, code: int) -> None:
     # A side effect may still happen after the command exits: say so, whatever -q says.
     for line in still_running_lines(result):
         click.echo(line, err=True)
+    if missing:
+        click.echo(_printable(f"flowpool: --strict: not everything completed: {missing}"), err=True)
     outcome = f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})"
     if request.as_json:
         if not request.quiet:
