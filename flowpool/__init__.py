@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._events import EVENT_KINDS, Event
 from ._executors import shutdown_workers
+from ._logcontext import LogContextFilter
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -78,6 +79,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalRun",
+    "LogContextFilter",
     "RemoteError",
     "RetryRejectedError",
     "Step",

@@ -1,4 +1,5 @@
-"""Loading a TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``) for the command.
+"""Loading a TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``) for the command,
+with the target's own ``sys.argv`` (``flowpool run TARGET -- ARG...``).
 
 Loading a target imports it, which executes its code: by design, as ``python
 file.py`` would. Every failure becomes a one-line ``CliError``.
@@ -6,13 +7,16 @@ file.py`` would. Every failure becomes a one-line ``CliError``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, NoReturn
@@ -21,7 +25,7 @@ import click
 
 from flowpool import Flow, FlowDefinitionError
 
-__all__ = ["CliError", "load_target"]
+__all__ = ["ARGV_VARIABLE", "CliError", "load_target", "script_argv"]
 
 
 class CliError(click.ClickException):
@@ -40,6 +44,30 @@ class CliError(click.ClickException):
 
 def _fail(message: str) -> NoReturn:
     raise CliError(message)
+
+
+#: Worker processes started during the run read the target's argv from here (a JSON list).
+ARGV_VARIABLE = "FLOWPOOL_ARGV"
+
+
+@contextlib.contextmanager
+def script_argv(target: str, args: Sequence[str]) -> Iterator[None]:
+    """``sys.argv`` is the target's, as ``python file.py ARG...`` would set it, for the
+    import and the run, here and in worker processes; restored afterwards (the command
+    may be called in-process)."""
+    argv = [target.rpartition(":")[0] or target, *args]
+    saved_argv = sys.argv
+    saved_variable = os.environ.get(ARGV_VARIABLE)
+    sys.argv = argv
+    os.environ[ARGV_VARIABLE] = json.dumps(argv)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_variable is None:
+            os.environ.pop(ARGV_VARIABLE, None)
+        else:
+            os.environ[ARGV_VARIABLE] = saved_variable
 
 
 def _where(error: BaseException, prefer: Path | None) -> str:
