@@ -1,0 +1,214 @@
+"""The writing side of a journal: what the settle loop records, buffered and committed at ``flush``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from ._errors import FlowDefinitionError, JournalError
+from ._journal_records import RecordedRun, fingerprint
+from ._journal_text import error_text, portable_error, value_text
+from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
+
+if TYPE_CHECKING:
+    from ._definition import Flow
+    from ._journal import Journal
+
+__all__ = ["JournalRecorder"]
+
+
+class JournalRecorder:
+    """The writing side of a ``Journal``: what the settle loop records (from its own
+    thread only), buffered and committed at ``flush``; and ``recorded``, what resume
+    reads back, unpickled."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.path = journal.path
+        self._lock = journal._lock
+        self._db = journal._db
+        self._warned_values: set[str] = set()
+        self._dirty = False
+        # Insertion-ordered: statement kinds run in the order they were first recorded.
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def recorded(self, run_id: str) -> RecordedRun:
+        """Everything recorded about ``run_id``, values and errors unpickled (for resume).
+
+        Unpickling can run code: use it only on a journal you trust.
+        """
+        return self._journal._recorded(run_id, unpickle=True)
+
+    # ── writing (from the settle loop's thread) ─────────────────────────────────
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        # Buffered: statements of one kind go to SQLite together (executemany) at flush.
+        with self._lock:
+            self._pending.setdefault(sql, []).append(args)
+            self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        """True when records wait to be committed."""
+        return self._dirty
+
+    def flush(self) -> None:
+        """Commit what was recorded since the last flush, in one transaction."""
+        with self._lock:
+            if not self._dirty:
+                return
+            pending, self._pending = self._pending, {}
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for sql, rows in pending.items():
+                    db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException as error:  # an interrupt too: never leave a transaction open
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self._pending = pending  # nothing recorded is lost (we hold the lock: no newer rows)
+                if isinstance(error, sqlite3.Error):
+                    raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+                raise
+            self._dirty = False
+
+    def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
+        """Record a new run (committed at once)."""
+        try:
+            input_data = pickle.dumps(run_input)
+        except Exception as error:  # noqa: BLE001 - any pickling failure means the same
+            raise FlowDefinitionError(
+                f"a journaled run needs an input that can be pickled: {error}", flow=flow.name, argument="input"
+            ) from None
+        self._write(
+            "INSERT INTO runs (run_id, flow, fingerprint, input, input_text, layout, status, phase, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running', 'stages', ?)",
+            (
+                run_id,
+                flow.name,
+                fingerprint(flow),
+                input_data,
+                value_text(run_input),
+                json.dumps(layout),
+                time.time(),
+            ),
+        )
+        self.flush()
+
+    def reopen_run(self, run_id: str) -> None:
+        """A resumed run starts again: forget attempts that never ended."""
+        self._write("DELETE FROM attempts WHERE run_id = ? AND finished_at IS NULL", (run_id,))
+        self.flush()
+
+    def attempt_started(self, run_id: str, step: str, attempt: int) -> None:
+        self._write(
+            # IGNORE: in one flush, the row of an attempt that already ended must win.
+            "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)",
+            (run_id, step, attempt, time.time()),
+        )
+
+    def attempt_finished(self, run_id: str, step: str, attempt: int, status: str, seconds: float | None) -> None:
+        """An attempt ended after ``seconds`` (one row, whether or not its start was recorded)."""
+        now = time.time()
+        self._write(
+            "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, step, attempt, None if seconds is None else now - seconds, now, status),
+        )
+
+    def step_finished(self, run_id: str, record: StepResult) -> None:
+        value: bytes | None = None
+        text: str | None = None
+        kept = 0
+        if record.status is StepStatus.COMPLETED:
+            text = value_text(record.value)
+            try:
+                value = pickle.dumps(record.value)
+                kept = 1
+            except Exception as error:  # noqa: BLE001 - the step completes; resume runs it again
+                if record.name not in self._warned_values:
+                    self._warned_values.add(record.name)
+                    warnings.warn(
+                        f"flowpool journal: the value of step {record.name!r} cannot be pickled ({error}); "
+                        f"a resumed run will execute this step again",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        self._write(
+            "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+            "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                record.name,
+                record.status.value,
+                value,
+                text,
+                kept,
+                portable_error(record.error),
+                error_text(record.error),
+                record.attempts,
+                record.started_at,
+                record.finished_at,
+            ),
+        )
+
+    def group_finished(self, run_id: str, group: str, status: str) -> None:
+        self._write("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (run_id, group, status))
+
+    def compensating(self, run_id: str, outcome: str, failed_stage: str | None, error: BaseException | None) -> None:
+        """The run failed (or was interrupted) and enters its compensation phase."""
+        self._write(
+            "UPDATE runs SET phase = 'compensating', outcome = ?, failed_stage = ?, error = ?, error_text = ? "
+            "WHERE run_id = ?",
+            (outcome, failed_stage, portable_error(error), error_text(error), run_id),
+        )
+        self.flush()
+
+    def compensation_started(self, run_id: str, step: str) -> None:
+        self._write(
+            "INSERT INTO compensations (run_id, step, state, attempts, started_at) VALUES (?, ?, 'running', 0, ?) "
+            "ON CONFLICT (run_id, step) DO UPDATE SET state = 'running', started_at = excluded.started_at",
+            (run_id, step, time.time()),
+        )
+        self.flush()
+
+    def compensation_finished(
+        self, run_id: str, step: str, result: CompensationResult | None, position: int | None
+    ) -> None:
+        state = "abandoned" if result is None else result.status
+        self._write(
+            "UPDATE compensations SET state = ?, error = ?, error_text = ?, attempts = ?, finished_at = ?, "
+            "position = ? WHERE run_id = ? AND step = ?",
+            (
+                state,
+                portable_error(result.error) if result is not None else None,
+                error_text(result.error) if result is not None else None,
+                result.attempts if result is not None else 0,
+                time.time(),
+                position,
+                run_id,
+                step,
+            ),
+        )
+        self.flush()
+
+    def end_run(self, result: FlowResult) -> None:
+        """Record how the run ended (committed at once)."""
+        error = result.error if result.status is not FlowStatus.CANCELLED else None
+        self._write(
+            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ?, error_text = ? WHERE run_id = ?",
+            (
+                result.status.value,
+                time.time(),
+                result.failed_stage,
+                portable_error(error),
+                error_text(error),
+                result.run_id,
+            ),
+        )
+        self.flush()
