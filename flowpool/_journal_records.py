@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,10 +63,21 @@ class RecordedRun:
 def fingerprint(flow: Flow) -> str:
     """A hash of the definition's structure (``describe_structure``): names, stage kinds
     and order, options and policies — not the module its functions come from."""
+    stages = flow.stages
+    known = _FINGERPRINTS.get(flow)
+    if known is not None and known[0] is stages:
+        return known[1]
     from ._definition import describe_structure
 
     text = json.dumps(describe_structure(flow), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    _FINGERPRINTS[flow] = (stages, digest)
+    return digest
+
+
+# A batch runs one flow many times: its fingerprint is computed once. Stages are
+# immutable and adding one replaces the tuple, so the same tuple means the same structure.
+_FINGERPRINTS: weakref.WeakKeyDictionary[Flow, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
 def build_result(

@@ -43,8 +43,17 @@ def _clip(text: str) -> str:
     return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 3] + "..."
 
 
+# Values whose short ``repr`` is the builtin one: spares ``reprlib`` for the commonest values.
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes})
+_PLAIN_LIMIT = 40  # reprlib's own limit for ints (``maxlong``); the others' is _TEXT_LIMIT
+
+
 def value_text(value: Any) -> str:
     """The short text form kept beside a pickled value: its ``repr``, truncated."""
+    if type(value) in _PLAIN:
+        text = repr(value)
+        if len(text) <= _PLAIN_LIMIT:
+            return text
     try:
         return _clip(_SHORT.repr(value))
     except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the record

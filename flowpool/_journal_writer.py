@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = ["JournalRecorder"]
 
+# IGNORE: a resumed run's attempt may start again under the number of one that ended
+# in the process that died; that one's row is kept until this attempt ends.
+_ATTEMPT_STARTED = "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)"
+_ATTEMPT_FINISHED = (
+    "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
 
 class JournalRecorder:
     """The writing side of a ``Journal``: what the settle loop records (from its own
@@ -35,6 +42,9 @@ class JournalRecorder:
         self._dirty = False
         # Insertion-ordered: statement kinds run in the order they were first recorded.
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
+        # Starts of attempts not yet committed: one that ends before the next flush is
+        # written once, by its end (most attempts of short steps).
+        self._starts: dict[tuple[str, str, int], float] = {}
 
     def recorded(self, run_id: str) -> RecordedRun:
         """Everything recorded about ``run_id``, values and errors unpickled (for resume).
@@ -62,16 +72,20 @@ class JournalRecorder:
             if not self._dirty:
                 return
             pending, self._pending = self._pending, {}
+            starts, self._starts = self._starts, {}
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
+                if starts:
+                    db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in starts.items()])
                 for sql, rows in pending.items():
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
             except BaseException as error:  # an interrupt too: never leave a transaction open
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                self._pending = pending  # nothing recorded is lost (we hold the lock: no newer rows)
+                # Nothing recorded is lost (we hold the lock: no newer rows).
+                self._pending, self._starts = pending, starts
                 if isinstance(error, sqlite3.Error):
                     raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
                 raise
@@ -106,20 +120,19 @@ class JournalRecorder:
         self.flush()
 
     def attempt_started(self, run_id: str, step: str, attempt: int) -> None:
-        self._write(
-            # IGNORE: in one flush, the row of an attempt that already ended must win.
-            "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)",
-            (run_id, step, attempt, time.time()),
-        )
+        with self._lock:
+            self._starts[(run_id, step, attempt)] = time.time()
+            self._dirty = True
 
     def attempt_finished(self, run_id: str, step: str, attempt: int, status: str, seconds: float | None) -> None:
         """An attempt ended after ``seconds`` (one row, whether or not its start was recorded)."""
         now = time.time()
-        self._write(
-            "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, step, attempt, None if seconds is None else now - seconds, now, status),
-        )
+        with self._lock:
+            self._starts.pop((run_id, step, attempt), None)  # its end is the whole record
+            self._pending.setdefault(_ATTEMPT_FINISHED, []).append(
+                (run_id, step, attempt, None if seconds is None else now - seconds, now, status)
+            )
+            self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
         value: bytes | None = None
