@@ -209,8 +209,8 @@ class Journal:
                 f"run {run_id!r} has not finished (its process may have died): resume it with Flow.resume"
             )
         with self._reading() as db:
-            layout_text, started_at, finished_at = db.execute(
-                "SELECT layout, started_at, finished_at FROM runs WHERE run_id = ?", (run_id,)
+            layout_text, started_at, finished_at, wall_offset = db.execute(
+                "SELECT layout, started_at, finished_at, wall_offset FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             order = [
                 row[0]
@@ -220,7 +220,7 @@ class Journal:
                 ).fetchall()
             ]
         layout = json.loads(layout_text)
-        return build_result(recorded, layout, order, started_at, finished_at)
+        return build_result(recorded, layout, order, started_at, finished_at, wall_offset)
 
     @property
     def recorder(self) -> JournalRecorder:

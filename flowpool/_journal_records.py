@@ -86,9 +86,19 @@ def build_result(
     compensation_order: list[str],
     started_at: float | None,
     finished_at: float | None,
+    wall_offset: float | None = None,
 ) -> FlowResult:
     """A ``FlowResult`` from journal records. ``layout`` lists ``[step, group]`` pairs in
-    declaration order."""
+    declaration order; ``started_at`` and ``finished_at`` are the run's epoch seconds.
+
+    With the run's ``wall_offset`` (epoch seconds minus its clock), the result's run
+    times are on the run's clock, like its steps' and like those of the result the run
+    returned, and ``to_dict()`` gives wall-clock times. Without it (a run recorded by
+    an earlier flowpool) they stay epoch seconds and the wall-clock times are null.
+    """
+    if wall_offset is not None:
+        started_at = None if started_at is None else started_at - wall_offset
+        finished_at = None if finished_at is None else finished_at - wall_offset
     steps: dict[str, StepResult] = {}
     groups: dict[str, GroupResult] = {}
     members: dict[str, list[str]] = {}
@@ -146,6 +156,7 @@ def build_result(
         not_compensated=tuple(not_compensated),
         started_at=started_at,
         finished_at=finished_at,
+        wall_offset=wall_offset,
     )
     if isinstance(result.error, KeyboardInterrupt):
         result.error.result = result  # type: ignore[attr-defined]

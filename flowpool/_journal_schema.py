@@ -2,7 +2,8 @@
 
 A journal is created (schema and marker in one transaction) by whichever process
 first opens an empty file, then switched to WAL; opening an existing journal
-only reads its marker and refuses formats this flowpool does not read.
+only reads its marker (a journal of the previous format is upgraded in place, once)
+and refuses formats this flowpool does not read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ __all__ = ["create_private", "prepare"]
 
 _FORMAT = "flowpool-journal"
 # 2: text forms of values and errors beside their pickles.
-_VERSION = 2
+# 3: runs.wall_offset, so that results read back have wall-clock times.
+_VERSION = 3
+# Journals of these versions are upgraded in place when opened; older ones are refused.
+_UPGRADES = {2: ("ALTER TABLE runs ADD COLUMN wall_offset REAL",)}
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +39,8 @@ CREATE TABLE runs (
     error BLOB,
     error_text TEXT,
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    wall_offset REAL
 );
 CREATE TABLE steps (
     run_id TEXT NOT NULL,
@@ -99,29 +104,38 @@ def create_private(path: str) -> None:
 
 
 def prepare(db: sqlite3.Connection, path: str) -> None:
-    """Ready a connection to ``path``; create the journal's schema in a new, empty file."""
+    """Ready a connection to ``path``; create the journal's schema in a new, empty file,
+    or upgrade a journal of the previous format."""
     db.execute("PRAGMA busy_timeout = 30000")
     db.execute("PRAGMA synchronous = NORMAL")  # this connection only: writes nothing
-    if is_journal(db, path):
-        return  # an existing journal: opening it writes nothing
-    # A new, empty file. The schema and its marker are created in one transaction,
-    # so no other process ever sees tables without the marker; the check is made
-    # again under the write lock, since another process may have created the
-    # journal between our look and our lock.
-    db.execute("BEGIN IMMEDIATE")
+    if journal_version(db, path) == _VERSION:
+        return  # a journal of this format: opening it writes nothing
+    # A new, empty file, or an older journal. The schema (or the upgrade) and its
+    # marker are written in one transaction, so no other process ever sees tables
+    # without the marker; the check is made again under the write lock, since
+    # another process may have created or upgraded the journal between our look
+    # and our lock.
     try:
-        created = not is_journal(db, path)
-        if created:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:  # e.g. a read-only file that needs its upgrade
+        raise JournalError(f"cannot open journal {path!r} to write: {error}") from None
+    try:
+        version = journal_version(db, path)
+        if version is None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (_FORMAT, str(_VERSION)))
+        elif version < _VERSION:
+            for statement in _UPGRADES[version]:
+                db.execute(statement)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(_VERSION),))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    if created:
+    if version is None:
         use_wal(db)
 
 
@@ -147,8 +161,9 @@ def use_wal(db: sqlite3.Connection) -> None:
         SYSTEM_CLOCK.sleep(0.01)
 
 
-def is_journal(db: sqlite3.Connection, path: str) -> bool:
-    """True for a complete journal of this format, False for an empty file (reads only).
+def journal_version(db: sqlite3.Connection, path: str) -> int | None:
+    """The format version of a journal this flowpool reads or upgrades, None for an
+    empty file (reads only).
 
     Raises:
         JournalError: another kind of SQLite file, or a journal format this flowpool
@@ -156,7 +171,7 @@ def is_journal(db: sqlite3.Connection, path: str) -> bool:
     """
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
-        return False
+        return None
     if "meta" not in tables:
         raise JournalError(f"{path!r} is an SQLite file but not a flowpool journal")
     marker = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -171,9 +186,9 @@ def is_journal(db: sqlite3.Connection, path: str) -> bool:
             f"{path!r} was written by a newer flowpool (journal format v{version}; this flowpool "
             f"reads v{_VERSION}): upgrade flowpool to read it"
         )
-    if version < _VERSION:
+    if version < _VERSION and version not in _UPGRADES:
         raise JournalError(
             f"{path!r} was written by an earlier development version of flowpool (journal format "
             f"v{version}; this flowpool reads v{_VERSION}): start a new journal file"
         )
-    return True
+    return version

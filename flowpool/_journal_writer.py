@@ -211,16 +211,19 @@ class JournalRecorder:
         self.flush()
 
     def end_run(self, result: FlowResult) -> None:
-        """Record how the run ended (committed at once)."""
+        """Record how the run ended (committed at once), and its wall offset: the run's
+        step times are on its clock; the offset turns them into wall-clock times."""
         error = result.error if result.status is not FlowStatus.CANCELLED else None
         self._write(
-            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ?, error_text = ? WHERE run_id = ?",
+            "UPDATE runs SET status = ?, finished_at = ?, failed_stage = ?, error = ?, error_text = ?, "
+            "wall_offset = ? WHERE run_id = ?",
             (
                 result.status.value,
                 time.time(),
                 result.failed_stage,
                 portable_error(error),
                 error_text(error),
+                result.wall_offset,
                 result.run_id,
             ),
         )
