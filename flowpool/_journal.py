@@ -146,7 +146,7 @@ class Journal:
             usable = bool(kept)
             if usable and unpickle:
                 try:
-                    loaded = pickle.loads(stored)
+                    loaded = None if stored is None else pickle.loads(stored)  # None is kept as NULL
                 except Exception:  # noqa: BLE001 - a class that no longer imports: run the step again
                     usable = False
             recorded_steps[name] = RecordedStep(

@@ -18,7 +18,8 @@ __all__ = ["create_private", "prepare"]
 
 _FORMAT = "flowpool-journal"
 # 2: text forms of values and errors beside their pickles.
-# 3: runs.wall_offset, so that results read back have wall-clock times.
+# 3: runs.wall_offset, so that results read back have wall-clock times; a value None is
+#    kept as NULL (value_kept 1); new journals keep attempts WITHOUT ROWID (one B-tree, not two).
 _VERSION = 3
 # Journals of these versions are upgraded in place when opened; older ones are refused.
 _UPGRADES = {2: ("ALTER TABLE runs ADD COLUMN wall_offset REAL",)}
@@ -64,7 +65,7 @@ CREATE TABLE attempts (
     finished_at REAL,
     status TEXT,
     PRIMARY KEY (run_id, step, attempt)
-);
+) WITHOUT ROWID;
 CREATE TABLE groups (
     run_id TEXT NOT NULL,
     grp TEXT NOT NULL,

@@ -23,6 +23,19 @@ __all__ = ["JournalRecorder"]
 # IGNORE: a resumed run's attempt may start again under the number of one that ended
 # in the process that died; that one's row is kept until this attempt ends.
 _ATTEMPT_STARTED = "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)"
+_STEP_FINISHED = (
+    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+    "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A completed step without an error, and one whose value is None (kept as NULL).
+_COMPLETED = (
+    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+    "attempts, started_at, finished_at) VALUES (?, ?, 'completed', ?, ?, ?, NULL, NULL, ?, ?, ?)"
+)
+_NONE_COMPLETED = (
+    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+    "attempts, started_at, finished_at) VALUES (?, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"
+)
 _ATTEMPT_FINISHED = (
     "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -135,33 +148,40 @@ class JournalRecorder:
             self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
-        value: bytes | None = None
-        text: str | None = None
-        kept = 0
-        if record.status is StepStatus.COMPLETED:
-            text = value_text(record.value)
-            try:
-                value = pickle.dumps(record.value)
-                kept = 1
-            except Exception as error:  # noqa: BLE001 - the step completes; resume runs it again
-                if record.name not in self._warned_values:
-                    self._warned_values.add(record.name)
-                    warnings.warn(
-                        f"flowpool journal: the value of step {record.name!r} cannot be pickled ({error}); "
-                        f"a resumed run will execute this step again",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+        if record.status is StepStatus.COMPLETED and record.error is None:
+            # The commonest record: its NULLs are written in the statement, not bound
+            # (binding None costs sqlite3 as much as several other values).
+            value = record.value
+            if value is None:  # kept as NULL, which reads back as None
+                times = (record.started_at, record.finished_at)
+                self._write(_NONE_COMPLETED, (run_id, record.name, record.attempts, *times))
+                return
+            data = self._pickled(record.name, value)
+            self._write(
+                _COMPLETED,
+                (
+                    run_id,
+                    record.name,
+                    data,
+                    value_text(value),
+                    int(data is not None),
+                    record.attempts,
+                    record.started_at,
+                    record.finished_at,
+                ),
+            )
+            return
+        completed = record.status is StepStatus.COMPLETED
+        data = self._pickled(record.name, record.value) if completed else None
         self._write(
-            "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
-            "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _STEP_FINISHED,
             (
                 run_id,
                 record.name,
                 record.status.value,
-                value,
-                text,
-                kept,
+                data,
+                value_text(record.value) if completed else None,
+                int(completed and (record.value is None or data is not None)),
                 portable_error(record.error),
                 error_text(record.error),
                 record.attempts,
@@ -169,6 +189,23 @@ class JournalRecorder:
                 record.finished_at,
             ),
         )
+
+    def _pickled(self, step: str, value: Any) -> bytes | None:
+        """``value`` pickled, or None (with a warning, once a step) when it cannot be."""
+        if value is None:
+            return None
+        try:
+            return pickle.dumps(value)
+        except Exception as error:  # noqa: BLE001 - the step completes; resume runs it again
+            if step not in self._warned_values:
+                self._warned_values.add(step)
+                warnings.warn(
+                    f"flowpool journal: the value of step {step!r} cannot be pickled ({error}); "
+                    f"a resumed run will execute this step again",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return None
 
     def group_finished(self, run_id: str, group: str, status: str) -> None:
         self._write("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (run_id, group, status))

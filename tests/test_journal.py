@@ -592,3 +592,13 @@ def test_a_journal_of_an_older_format_is_refused_clearly(tmp_path: Path) -> None
         db.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
     with pytest.raises(JournalError, match=r"earlier development version of flowpool \(journal format v1"):
         Journal(path)
+
+
+def test_a_value_none_is_kept_so_that_resume_does_not_run_its_step_again(tmp_path: Path) -> None:
+    with Journal(tmp_path / "runs.db") as book:
+        result = Flow("f").step("a", lambda ctx: None).step("b", lambda ctx: 0).run(journal=book)
+        recorded = book.recorder.recorded(result.run_id).steps
+        assert (recorded["a"].value, recorded["a"].value_kept) == (None, True)
+        assert (recorded["b"].value, recorded["b"].value_kept) == (0, True)
+        assert book.summary(result.run_id).steps["a"].value == "None"
+        assert book.result(result.run_id).values == {"a": None, "b": 0}
