@@ -12,7 +12,7 @@ What a journal holds::
     runs          run id, flow, fingerprint, pickled input, status, phase, times,
                   the failure (stage, pickled error), the step layout
     steps         final record of each step: status, pickled value, error, attempts
-    attempts      each attempt's start and end
+    attempts      each attempt's start and end (a step's only attempt: its steps row)
     groups        group verdicts
     compensations each compensation's start and end
 

@@ -9,6 +9,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._clock import SYSTEM_CLOCK
 from ._errors import FlowDefinitionError, JournalError
 from ._journal_records import RecordedRun, fingerprint
 from ._journal_text import error_text, portable_error, value_text
@@ -58,6 +59,10 @@ class JournalRecorder:
         # Starts of attempts not yet committed: one that ends before the next flush is
         # written once, by its end (most attempts of short steps).
         self._starts: dict[tuple[str, str, int], float] = {}
+        # The end of each step's latest attempt, not yet committed. A step's only attempt
+        # is recorded by the step's own row (same times and status), which usually
+        # comes before the next flush: then the attempt has no row of its own.
+        self._ends: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def recorded(self, run_id: str) -> RecordedRun:
         """Everything recorded about ``run_id``, values and errors unpickled (for resume).
@@ -86,11 +91,14 @@ class JournalRecorder:
                 return
             pending, self._pending = self._pending, {}
             starts, self._starts = self._starts, {}
+            ends, self._ends = self._ends, {}
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 if starts:
                     db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in starts.items()])
+                if ends:
+                    db.executemany(_ATTEMPT_FINISHED, ends.values())
                 for sql, rows in pending.items():
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
@@ -98,7 +106,7 @@ class JournalRecorder:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 # Nothing recorded is lost (we hold the lock: no newer rows).
-                self._pending, self._starts = pending, starts
+                self._pending, self._starts, self._ends = pending, starts, ends
                 if isinstance(error, sqlite3.Error):
                     raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
                 raise
@@ -113,8 +121,8 @@ class JournalRecorder:
                 f"a journaled run needs an input that can be pickled: {error}", flow=flow.name, argument="input"
             ) from None
         self._write(
-            "INSERT INTO runs (run_id, flow, fingerprint, input, input_text, layout, status, phase, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'running', 'stages', ?)",
+            "INSERT INTO runs (run_id, flow, fingerprint, input, input_text, layout, status, phase, started_at, "
+            "wall_offset) VALUES (?, ?, ?, ?, ?, ?, 'running', 'stages', ?, ?)",
             (
                 run_id,
                 flow.name,
@@ -123,6 +131,9 @@ class JournalRecorder:
                 value_text(run_input),
                 json.dumps(layout),
                 time.time(),
+                # The system clock's, until the run ends with its own: a run that dies
+                # keeps one, for the times in its steps' rows.
+                SYSTEM_CLOCK.wall() - SYSTEM_CLOCK.now(),
             ),
         )
         self.flush()
@@ -142,52 +153,47 @@ class JournalRecorder:
         now = time.time()
         with self._lock:
             self._starts.pop((run_id, step, attempt), None)  # its end is the whole record
-            self._pending.setdefault(_ATTEMPT_FINISHED, []).append(
-                (run_id, step, attempt, None if seconds is None else now - seconds, now, status)
-            )
+            earlier = self._ends.pop((run_id, step), None)
+            if earlier is not None:  # a step's earlier attempt has its own row
+                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(earlier)
+            started = None if seconds is None else now - seconds
+            self._ends[(run_id, step)] = (run_id, step, attempt, started, now, status)
             self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
+        sql, row = self._step_row(run_id, record)
+        with self._lock:
+            end = self._ends.pop((run_id, record.name), None)
+            # The step's row records its only attempt (a StepStatus equals its value).
+            if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
+                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(end)
+            self._pending.setdefault(sql, []).append(row)
+            self._dirty = True
+
+    def _step_row(self, run_id: str, record: StepResult) -> tuple[str, tuple[Any, ...]]:
+        times = (record.started_at, record.finished_at)
         if record.status is StepStatus.COMPLETED and record.error is None:
             # The commonest record: its NULLs are written in the statement, not bound
             # (binding None costs sqlite3 as much as several other values).
             value = record.value
             if value is None:  # kept as NULL, which reads back as None
-                times = (record.started_at, record.finished_at)
-                self._write(_NONE_COMPLETED, (run_id, record.name, record.attempts, *times))
-                return
+                return _NONE_COMPLETED, (run_id, record.name, record.attempts, *times)
             data = self._pickled(record.name, value)
-            self._write(
-                _COMPLETED,
-                (
-                    run_id,
-                    record.name,
-                    data,
-                    value_text(value),
-                    int(data is not None),
-                    record.attempts,
-                    record.started_at,
-                    record.finished_at,
-                ),
-            )
-            return
+            kept = int(data is not None)
+            return _COMPLETED, (run_id, record.name, data, value_text(value), kept, record.attempts, *times)
         completed = record.status is StepStatus.COMPLETED
         data = self._pickled(record.name, record.value) if completed else None
-        self._write(
-            _STEP_FINISHED,
-            (
-                run_id,
-                record.name,
-                record.status.value,
-                data,
-                value_text(record.value) if completed else None,
-                int(completed and (record.value is None or data is not None)),
-                portable_error(record.error),
-                error_text(record.error),
-                record.attempts,
-                record.started_at,
-                record.finished_at,
-            ),
+        return _STEP_FINISHED, (
+            run_id,
+            record.name,
+            record.status.value,
+            data,
+            value_text(record.value) if completed else None,
+            int(completed and (record.value is None or data is not None)),
+            portable_error(record.error),
+            error_text(record.error),
+            record.attempts,
+            *times,
         )
 
     def _pickled(self, step: str, value: Any) -> bytes | None:
@@ -203,7 +209,7 @@ class JournalRecorder:
                     f"flowpool journal: the value of step {step!r} cannot be pickled ({error}); "
                     f"a resumed run will execute this step again",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return None
 

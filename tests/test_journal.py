@@ -602,3 +602,26 @@ def test_a_value_none_is_kept_so_that_resume_does_not_run_its_step_again(tmp_pat
         assert (recorded["b"].value, recorded["b"].value_kept) == (0, True)
         assert book.summary(result.run_id).steps["a"].value == "None"
         assert book.result(result.run_id).values == {"a": None, "b": 0}
+
+
+def test_every_attempt_is_recorded_once_and_a_steps_only_attempt_by_its_row(tmp_path: Path) -> None:
+    calls: collections.Counter[str] = collections.Counter()
+
+    def flaky(ctx: object) -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise ValueError("once")
+        return 2
+
+    from flowpool.testing import AutoJumpClock
+
+    flow = Flow("f").step("once", lambda ctx: 1).step("flaky", flaky, retries=1).step("fails", lambda ctx: 1 / 0)
+    path = tmp_path / "runs.db"
+    result = flow.run(journal=path, clock=AutoJumpClock())  # the retry's wait is skipped
+    assert [result.steps[name].attempts for name in ("once", "flaky", "fails")] == [1, 2, 1]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        attempts = db.execute("SELECT step, attempt, status, started_at <= finished_at FROM attempts").fetchall()
+        steps = dict(db.execute("SELECT step, attempts FROM steps").fetchall())
+    # A retried step's attempts each have a row; a step's only attempt is its step's row.
+    assert sorted(attempts) == [("flaky", 1, "failed", 1), ("flaky", 2, "completed", 1)]
+    assert steps == {"once": 1, "flaky": 2, "fails": 1}
