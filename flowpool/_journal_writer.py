@@ -63,6 +63,8 @@ class JournalRecorder:
         # is recorded by the step's own row (same times and status), which usually
         # comes before the next flush: then the attempt has no row of its own.
         self._ends: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # Attempts whose start is committed and whose end is not: their end gets a row.
+        self._open: set[tuple[str, str, int]] = set()
 
     def recorded(self, run_id: str) -> RecordedRun:
         """Everything recorded about ``run_id``, values and errors unpickled (for resume).
@@ -102,6 +104,7 @@ class JournalRecorder:
                 for sql, rows in pending.items():
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
+                self._open.update(starts)
             except BaseException as error:  # an interrupt too: never leave a transaction open
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -151,13 +154,19 @@ class JournalRecorder:
     def attempt_finished(self, run_id: str, step: str, attempt: int, status: str, seconds: float | None) -> None:
         """An attempt ended after ``seconds`` (one row, whether or not its start was recorded)."""
         now = time.time()
+        key = (run_id, step, attempt)
+        started = None if seconds is None else now - seconds
+        row = (run_id, step, attempt, started, now, status)
         with self._lock:
-            self._starts.pop((run_id, step, attempt), None)  # its end is the whole record
+            self._starts.pop(key, None)  # its end is the whole record
             earlier = self._ends.pop((run_id, step), None)
             if earlier is not None:  # a step's earlier attempt has its own row
                 self._pending.setdefault(_ATTEMPT_FINISHED, []).append(earlier)
-            started = None if seconds is None else now - seconds
-            self._ends[(run_id, step)] = (run_id, step, attempt, started, now, status)
+            if key in self._open:  # its start has a row: so must its end
+                self._open.discard(key)
+                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(row)
+            else:
+                self._ends[(run_id, step)] = row
             self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:

@@ -625,3 +625,23 @@ def test_every_attempt_is_recorded_once_and_a_steps_only_attempt_by_its_row(tmp_
     # A retried step's attempts each have a row; a step's only attempt is its step's row.
     assert sorted(attempts) == [("flaky", 1, "failed", 1), ("flaky", 2, "completed", 1)]
     assert steps == {"once": 1, "flaky": 2, "fails": 1}
+
+
+def test_an_attempt_whose_start_was_committed_has_its_end_recorded_too(tmp_path: Path) -> None:
+    from flowpool._results import StepResult
+
+    path = tmp_path / "runs.db"
+    with Journal(path) as book:
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        writer, run_id = book.recorder, result.run_id
+        # "b" ran long enough for its start to be committed; "c" ended within one flush.
+        writer.attempt_started(run_id, "b", 1)
+        writer.flush()
+        writer.attempt_started(run_id, "c", 1)
+        for step in ("b", "c"):
+            writer.attempt_finished(run_id, step, 1, "completed", 0.5)
+            writer.step_finished(run_id, StepResult(step, StepStatus.COMPLETED, 2, None, 1, 10.0, 10.5))
+        writer.flush()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT step, attempt, status, finished_at - started_at FROM attempts").fetchall()
+    assert [row[:3] for row in rows] == [("b", 1, "completed")] and abs(rows[0][3] - 0.5) < 0.01
