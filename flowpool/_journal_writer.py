@@ -280,3 +280,5 @@ class JournalRecorder:
             ),
         )
         self.flush()
+        with self._lock:  # attempts abandoned still running: their end, if any, is not awaited
+            self._open = {key for key in self._open if key[0] != result.run_id}
