@@ -21,7 +21,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import CallNotPicklableError, DaskUnavailableError, FlowDefinitionError, FlowpoolError
-from . import _worker
+from . import _lanestore, _worker
 
 __all__ = ["DaskBackend"]
 
@@ -67,7 +67,7 @@ class DaskBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._running: dict[Attempt, Any] = {}
         self._closed = False
-        self._packer = _worker.CallPacker()
+        self._packer = _lanestore.CallPacker()
         # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
         # the workers that fetched it, so an attempt sends only references; released at close.
         self._scattered: dict[int, Any] = {}
@@ -122,7 +122,7 @@ class DaskBackend:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
 
-    def _references(self, call: _worker.Call) -> tuple[Any, Any, Any]:
+    def _references(self, call: _lanestore.Call) -> tuple[Any, Any, Any]:
         """What ``run_dask_attempt`` reads, as references to data sent to the cluster once per
         run: the function, the session, and one task per ``ctx.results`` snapshot that hands
         on its values (so an attempt depends on three keys, not on one per value)."""

@@ -14,7 +14,7 @@ flowpool gives each concurrency slot its own single-worker loky executor, a
     stop(attempt): kill the lane's process tree; the lane is replaced
 
 A kill or a crash therefore only ever hits its own attempt. Each lane records
-what its worker already holds (``_worker.LaneStore``: functions, run inputs,
+what its worker already holds (``_lanestore.LaneStore``: functions, run inputs,
 earlier values), so a payload carries only what is new to it; large values go
 once to the run's spool file and a worker reads one only when a step reads it.
 Lanes start once and are reused across stages and runs; idle lanes close after
@@ -37,7 +37,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _worker
+from . import _lanestore, _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -78,7 +78,7 @@ class Lane:
         self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
-        self.store = _worker.LaneStore()  # what the worker holds: a new lane starts empty
+        self.store = _lanestore.LaneStore()  # what the worker holds: a new lane starts empty
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -94,7 +94,7 @@ class Lane:
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
 
-    def payload(self, call: _worker.Call) -> bytes:
+    def payload(self, call: _lanestore.Call) -> bytes:
         """What to send this lane's worker for ``call``: only what it does not hold yet."""
         payload = self.store.payload(call)
         hook = on_payload
@@ -348,9 +348,9 @@ class ProcessBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._lanes: dict[Attempt, Lane] = {}  # every attempt handed to a lane
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
-        self._calls: dict[Attempt, _worker.Call] = {}
+        self._calls: dict[Attempt, _lanestore.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _worker.CallPacker(spool_dir=tempfile.gettempdir())
+        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir())
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
