@@ -95,7 +95,9 @@ class Attempt:
         self.value: Any = None
         self.error: BaseException | None = None
         self.owner = owner  # the loop's record of the step
-        self.handle: Any = None  # the backend's handle (a future, a lane)
+        # What the backend keeps on the attempt, its own record type (``ThreadTicket``,
+        # ``LaneTicket``, ``DaskCall``, a future); each backend narrows it with isinstance.
+        self.handle: object = None
         self.never_started = False  # set by a backend that took it back unstarted
         # Set by a backend that cannot tell yet whether the attempt really started (it
         # was cancelled while queued on a worker): announce it only once it is known.

@@ -41,6 +41,19 @@ def _connect(address: str) -> Any:
         raise DaskUnavailableError(target, str(error)) from error
 
 
+class DaskCall:
+    """``Attempt.handle`` in Dask mode until it is submitted (then its Dask future): the
+    call, and references to what the cluster holds of its function, session and values."""
+
+    __slots__ = ("call", "function", "session", "values")
+
+    def __init__(self, call: _lanestore.Call, function: Any, session: Any, values: Any) -> None:
+        self.call = call
+        self.function = function
+        self.session = session
+        self.values = values
+
+
 class DaskBackend:
     """Runs attempts on a Dask cluster through a ``distributed.Client``."""
 
@@ -85,7 +98,7 @@ class DaskBackend:
         except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
             attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
             return
-        attempt.handle = (call, *references)
+        attempt.handle = DaskCall(call, *references)
         with self._lock:
             self._waiting.append(attempt)
         self._pump()
@@ -98,7 +111,9 @@ class DaskBackend:
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
                     continue
-                call, function, session, values = attempt.handle
+                pending = attempt.handle
+                assert isinstance(pending, DaskCall)
+                call = pending.call
                 # Unique across processes too: the same key from another client would be
                 # taken for the same task and get its result.
                 key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
@@ -106,9 +121,9 @@ class DaskBackend:
                     future = self._client.submit(
                         _worker.run_dask_attempt,
                         pickle.dumps((call.step, call.attempt, call.args)),
-                        function,
-                        session,
-                        values,
+                        pending.function,
+                        pending.session,
+                        pending.values,
                         key=key,
                         pure=False,
                     )

@@ -154,6 +154,16 @@ class Lane:
             os.unlink(self.flag_path)
 
 
+class LaneTicket:
+    """``Attempt.handle`` in process mode: the lane it was sent to and its token there."""
+
+    __slots__ = ("lane", "token")
+
+    def __init__(self, lane: Lane, token: int) -> None:
+        self.lane = lane
+        self.token = token
+
+
 def _release_sentinel(process: Any) -> None:
     """Close a dead loky worker's sentinel pipe now rather than whenever its objects are
     collected (loky's Popen has no ``close``; it registers a finalizer that closes it)."""
@@ -434,7 +444,7 @@ class ProcessBackend:
             return
         held.append(attempt)
         self._lanes[attempt] = lane
-        attempt.handle = (lane, token)
+        attempt.handle = LaneTicket(lane, token)
         if len(held) == 1:
             self._mark_running(attempt)
         if attempt.cancel_reason is not None:
@@ -464,7 +474,8 @@ class ProcessBackend:
                 started = lane.started_token()
                 kept = held[:1]
                 for queued in held[1:]:
-                    if queued.handle[1] <= started:
+                    ticket = queued.handle
+                    if isinstance(ticket, LaneTicket) and ticket.token <= started:
                         kept.append(queued)
                         continue
                     del self._lanes[queued]
@@ -508,12 +519,12 @@ class ProcessBackend:
 
     def cancel(self, attempt: Attempt) -> None:
         """Tell an attempt (through its lane's flag) that it should stop, or not start."""
-        handle = attempt.handle
-        if isinstance(handle, tuple) and attempt.cancel_reason is not None:
-            lane, token = handle
+        ticket = attempt.handle
+        if isinstance(ticket, LaneTicket) and attempt.cancel_reason is not None:
+            lane = ticket.lane
             if not lane.broken:
                 with contextlib.suppress(ValueError):
-                    _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
+                    _worker.write_cancel(lane.flag, ticket.token, attempt.cancel_reason)
 
     def withdraw(self, attempt: Attempt) -> bool:
         if not take_back(self._lock, self._waiting, attempt):
