@@ -14,6 +14,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
+from . import _logcontext
 from ._clock import Clock
 from ._context import Context
 
@@ -122,11 +123,15 @@ class Attempt:
         self.started_at = clock.now()
         if self.notify_start:
             self.inbox.put((STARTED, self))
+        ctx = self.ctx
+        named = _logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, getattr(ctx, "key", None))
         try:
-            self.value = self.fn(self.ctx, *self.args)
+            self.value = self.fn(ctx, *self.args)
             self.ok = True
         except BaseException as error:  # noqa: BLE001 - every outcome travels back to the loop
             self.error = error
+        finally:
+            _logcontext.leave(named)
         self.finished_at = clock.now()
         self.inbox.put((DONE, self))
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .. import _logcontext
 from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
 from ._lanestore import ValueData
 
@@ -378,7 +379,11 @@ def _run(
         ctx = Context(
             input=run_input, flow=flow, run_id=run_id, step=step, attempt=attempt, results=results, scope=flag
         )
-        value = fn(ctx, *args)
+        named = _logcontext.enter(run_id, flow, step, attempt, getattr(ctx, "key", None))
+        try:
+            value = fn(ctx, *args)
+        finally:
+            _logcontext.leave(named)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
     try:
