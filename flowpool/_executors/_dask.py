@@ -191,6 +191,10 @@ class DaskBackend:
                 future.cancel()  # best effort: a running task keeps running on its worker
         self._pump()
 
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Dask cannot show a running task's stack."""
+        return "Where it hung: unknown (a Dask worker cannot report a running task's stack)"
+
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the cluster bounds its own work."""
 

@@ -146,7 +146,7 @@ class Snapshot:
 class Call:
     """Parent side: one attempt, pickled once, ready to be sent to any lane (see ``LaneStore``)."""
 
-    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args")
+    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args", "settings")
 
     def __init__(
         self,
@@ -165,6 +165,9 @@ class Call:
         self.step = step
         self.attempt = attempt
         self.args = args
+        #: ``(key, settings)``: what the worker must take over before it runs the call
+        #: (``_logs.worker_settings``: ``sys.argv``, logging levels), or None.
+        self.settings: tuple[int, Any] | None = None
 
 
 class CallPacker:
@@ -280,6 +283,7 @@ class LaneStore:
         self._functions: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._sessions: collections.OrderedDict[int, _Held] = collections.OrderedDict()
         self._forget: list[int] = []
+        self._settings = 0  # the key of the settings the worker last got
 
     def forget(self, sessions: list[int]) -> None:
         """The runs of these sessions ended: the worker drops their values with its next payload."""
@@ -313,6 +317,9 @@ class LaneStore:
                     drop_sessions.append(self._sessions.popitem(last=False)[0])
             else:
                 self._sessions.move_to_end(session_key)
+            new_settings = None
+            if call.settings is not None and call.settings[0] != self._settings:
+                self._settings, new_settings = call.settings
             snapshot = call.snapshot
             new_snapshot: tuple[tuple[str, ...], tuple[int, ...]] | None = None
             new_values: list[tuple[int, ValueData]] = []
@@ -332,7 +339,17 @@ class LaneStore:
             else None
         )
         return pickle.dumps(
-            (self.key, update, function_key, session_key, snapshot.key, call.step, call.attempt, call.args)
+            (
+                self.key,
+                update,
+                function_key,
+                session_key,
+                snapshot.key,
+                call.step,
+                call.attempt,
+                call.args,
+                new_settings,
+            )
         )
 
 

@@ -12,6 +12,8 @@ flowpool gives each concurrency slot its own single-worker loky executor, a
     done-callback ◀───────────────────┼───────────┘
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
+                  (at a timeout, first ``where_it_hung``: the worker dumps its stack)
+    worker's log records ─▶ ``_logs.LogReceiver`` ─▶ the parent's loggers (drained before DONE)
 
 A kill or a crash therefore only ever hits its own attempt. Each lane records
 what its worker already holds (``_lanestore.LaneStore``: functions, run inputs,
@@ -35,9 +37,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._attempt import DONE, STARTED, Attempt, take_back
+from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _lanestore, _worker
+from . import _lanestore, _logs, _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -46,6 +48,9 @@ IDLE_TIMEOUT = 300.0
 
 #: Test hook: called with (step, lane number, payload bytes) for every payload sent to a lane.
 on_payload: Callable[[str, int, int], None] | None = None
+
+#: Seconds a timed-out attempt's worker is given to dump its stack before it is killed.
+STACK_WAIT = 0.25
 
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
@@ -70,7 +75,9 @@ class Lane:
         finally:
             os.close(fd)
         self.executor = loky.ProcessPoolExecutor(
-            max_workers=1, initializer=_worker.init_worker, initargs=(os.getpid(),)
+            max_workers=1,
+            initializer=_worker.init_worker,
+            initargs=(os.getpid(), number, _logs.receiver().address),
         )
         self.ready = False
         self.broken = False
@@ -369,6 +376,7 @@ class ProcessBackend:
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
+        call.settings = _logs.worker_settings()  # the parent's levels (and sys.argv) at submission
         with self._lock:
             self._calls[attempt] = call
             self._waiting.append(attempt)
@@ -509,6 +517,7 @@ class ProcessBackend:
                 if attempt.ok:
                     self._packer.remember(attempt.value, envelope)
             attempt.finished_at = attempt.clock.now()
+            _logs.receiver().drain()  # the attempt's log records are handled before its end is reported
             attempt.inbox.put((DONE, attempt))
         if lane.broken:
             if idle:
@@ -543,8 +552,25 @@ class ProcessBackend:
             return
         if running:
             lane.kill()  # the callbacks send what was queued behind it elsewhere
+            _logs.receiver().drain()  # what it logged before it was killed is handled before its end
         else:
             self.cancel(attempt)  # queued behind another: the worker will skip it
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Ask the worker running ``attempt`` for its stack, waiting at most ``STACK_WAIT`` s."""
+        with self._lock:
+            lane = self._lanes.get(attempt)
+            running = lane is not None and self._own.get(lane, [None])[0] is attempt
+        ticket = attempt.handle
+        if lane is None or not running or not isinstance(ticket, LaneTicket):
+            return "Where it hung: unknown (the attempt was not running on a worker)"
+        for pid in lane.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, _logs.STACK_SIGNAL)
+        stack = _logs.receiver().wait_stack(lane.number, ticket.token, STACK_WAIT)
+        if stack is None:
+            return f"Where it hung: unknown (the worker process did not dump its stack within {STACK_WAIT:g} s)"
+        return hung_note(stack)
 
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the lane pool bounds its own work."""

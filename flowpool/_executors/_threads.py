@@ -203,6 +203,10 @@ class ThreadBackend:
         self._threads.abandon()
         self.slot_freed()
 
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """The stack of the thread running ``attempt``."""
+        return attempt.where_it_hung()
+
     def check_capacity(self, step: str) -> None:
         """Raise if too many abandoned attempts are still running in this process."""
         count = self._threads.abandoned

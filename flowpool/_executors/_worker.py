@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import _logcontext
 from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
+from . import _logs
 from ._lanestore import ValueData
 
 __all__ = [
@@ -49,9 +50,11 @@ OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR, WITHDRAWN = range(5)
 _flags: dict[str, mmap.mmap] = {}
 
 
-def init_worker(parent_pid: int, poll: float = 0.25) -> None:
-    """Loky initializer: ignore Ctrl-C (the parent decides) and die with the parent."""
+def init_worker(parent_pid: int, lane: int = 0, log_address: str | None = None, poll: float = 0.25) -> None:
+    """Loky initializer: ignore Ctrl-C (the parent decides), die with the parent, send
+    log records and stack dumps to the parent's ``_logs.LogReceiver`` at ``log_address``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _logs.install_in_worker(lane, log_address, _run.__code__)
     # loky quietly replaces a worker whose memory grew by 300 MB; this one holds the
     # lane's values on purpose (``LaneStore``), and a replacement would not have them.
     import loky.process_executor
@@ -288,7 +291,11 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
     cancelled before it could start; what it carried is kept all the same, since
     the lane's next payloads count on it.
     """
-    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data = pickle.loads(payload)
+    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings = pickle.loads(
+        payload
+    )
+    if settings is not None:  # before anything is unpickled: the target may read sys.argv as it is imported
+        _logs.apply_settings(settings)
     _check_store(store_key, update)  # raised to loky: the lane is treated as crashed
     flag = CancelFlag(flag_path, token)
     if queued:
@@ -307,7 +314,11 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
         results = session.results
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
-    return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+    _logs.running_token = token
+    try:
+        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+    finally:
+        _logs.running_token = 0
 
 
 #: Dask worker side: unpickled functions, sessions and values by their (unique) Dask keys.
