@@ -86,6 +86,7 @@ class Lane:
         self.idle_since = 0.0
         self.tokens = 0
         self.store = _lanestore.LaneStore()  # what the worker holds: a new lane starts empty
+        self._kill_claim = [True]  # popped by the first kill()
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -114,9 +115,13 @@ class Lane:
 
         The SIGKILLs go out before this returns; loky's clean-up (which reaps the
         worker and releases its semaphores) finishes on a background thread so the
-        settle loop is not held, unless ``wait``.
+        settle loop is not held, unless ``wait``. Only the first call kills.
         """
         self.broken = True
+        try:
+            self._kill_claim.pop()
+        except IndexError:
+            return  # already killed (a timeout, then the run's close): one clean-up is enough
         import psutil
 
         workers: list[Any] = []
@@ -136,7 +141,7 @@ class Lane:
         if wait:
             self._finish_kill(descendants)
             return
-        threading.Thread(target=self._finish_kill, args=(descendants,), name="flowpool-lane-kill", daemon=True).start()
+        _in_background(self._finish_kill, "flowpool-lane-kill", descendants)
 
     def _finish_kill(self, descendants: list[Any]) -> None:
         import psutil
@@ -169,6 +174,19 @@ class LaneTicket:
     def __init__(self, lane: Lane, token: int) -> None:
         self.lane = lane
         self.token = token
+
+
+#: Seconds ``shutdown_workers`` (and so interpreter exit) waits for lanes still being cleaned up.
+CLOSE_WAIT = 5.0
+
+#: Threads cleaning up killed or discarded lanes.
+_closing: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def _in_background(target: Callable[..., None], name: str, *args: Any) -> None:
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    _closing.add(thread)
+    thread.start()
 
 
 def _release_sentinel(process: Any) -> None:
@@ -267,7 +285,7 @@ class LanePool:
             with contextlib.suppress(ValueError):
                 self._idle.remove(lane)
         # Waiting lets loky reap the worker so its pipes can be closed: off this thread.
-        threading.Thread(target=lane.close, kwargs={"wait": True}, name="flowpool-lane-close", daemon=True).start()
+        _in_background(lane.close, "flowpool-lane-close", True)
 
     def waiting(self, backend: ProcessBackend, waits: bool) -> None:
         """Record whether ``backend`` has work waiting for a lane."""
@@ -305,11 +323,25 @@ class LanePool:
             self._all.clear()
             self._idle.clear()
             self._reaper_stop.set()
+            reaper = self._reaper
         for lane in lanes:
             if lane in idle and lane.ready:
                 lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
             else:
                 lane.kill(wait=True)
+        # Lanes killed or discarded earlier are still being cleaned up on background threads.
+        # Let them finish: at interpreter exit a daemon thread is frozen wherever it is, and
+        # one frozen between unlinking a loky semaphore and telling the resource tracker
+        # makes the tracker warn of "leaked semlock objects" (issue 17, item 10).
+        # (A clean-up may start another: a kill's ends the lane's attempt, whose callback discards it.)
+        deadline = _now() + CLOSE_WAIT
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(max(0.0, deadline - _now()))
+        while _now() < deadline:
+            busy = [thread for thread in _closing if thread.is_alive() and thread is not threading.current_thread()]
+            if not busy:
+                break
+            busy[0].join(max(0.0, deadline - _now()))
 
     def size(self) -> int:
         """How many lanes are alive."""
