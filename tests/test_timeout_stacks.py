@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,8 +49,8 @@ def stuck_and_deaf(ctx: Context) -> None:
     time.sleep(60)
 
 
-def _timeout_error(flow: Flow, executor: str) -> StepTimeoutError:
-    result = flow.run({}, executor=executor, max_workers=1)
+def _timeout_error(flow: Flow, executor: Any) -> StepTimeoutError:
+    result = flow.run({}, executor=executor, max_workers=None if not isinstance(executor, str) else 1)
     step = next(iter(result.steps.values()))
     assert step.status is StepStatus.TIMED_OUT
     assert isinstance(step.error, StepTimeoutError)
@@ -62,8 +64,15 @@ def _note(error: BaseException) -> str:
     return note
 
 
-def test_a_thread_mode_timeout_shows_the_line_the_worker_thread_was_stuck_on(release: threading.Event) -> None:
-    error = _timeout_error(Flow("t").step("wait", stuck_in_a_thread, timeout=0.5), "thread")
+@pytest.mark.parametrize("pool", ["thread", "user-threadpool"])
+def test_a_thread_timeout_shows_the_line_the_worker_thread_was_stuck_on(release: threading.Event, pool: str) -> None:
+    user_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if pool == "user-threadpool" else None
+    try:
+        error = _timeout_error(Flow("t").step("wait", stuck_in_a_thread, timeout=0.5), user_pool or "thread")
+    finally:
+        release.set()
+        if user_pool is not None:
+            user_pool.shutdown(wait=True)
     note = _note(error)
     assert note.startswith("Where it hung")
     assert "in stuck_in_a_thread" in note
