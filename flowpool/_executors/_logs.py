@@ -178,11 +178,6 @@ def receiver() -> LogReceiver:
         return _receiver
 
 
-def running_receiver() -> LogReceiver | None:
-    """The receiver if one was started (there is nothing to drain otherwise)."""
-    return _receiver
-
-
 # ── worker side ──
 
 _channel: socket.socket | None = None
@@ -238,9 +233,12 @@ class ToParent(logging.Handler):
         if channel is None:
             return
         try:
-            channel.send(_record_datagram(record))
-        except Exception:  # noqa: BLE001 - the parent is gone or the record is odd: drop it
+            data = _record_datagram(record)
+        except Exception:  # noqa: BLE001 - e.g. arguments that do not fit the message
+            self.handleError(record)  # logging's usual "--- Logging error ---" on this worker's stderr
             return
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            channel.send(data)
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -1,7 +1,8 @@
 """What runs inside a worker process: start-up, the attempt trampoline, the envelope.
 
 Kept in an importable module (not pickled by value) so that the globals set by
-``init_worker`` are the ones the trampoline reads.
+``init_worker`` are the ones the trampoline reads. The parent side of a lane's
+store is ``_lanestore``; log records and stack dumps travel through ``_logs``.
 
 The envelope: the worker catches every outcome and sends back bytes that the
 parent unpickles itself, so a value or an exception that cannot travel never
