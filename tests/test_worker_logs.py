@@ -168,9 +168,11 @@ def test_a_module_imported_in_a_worker_sees_the_parents_sys_argv_while_it_is_imp
         "import sys\nARGV = list(sys.argv)\n\n\ndef step(ctx):\n    return ARGV\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    flowpool.shutdown_workers()  # new lanes start with this sys.path
+    flowpool.shutdown_workers()  # the next lane starts with this sys.path …
+    Flow("warm").step("argv", argv_seen).run({}, executor="process", max_workers=1).raise_for_status()
     import argv_at_import  # type: ignore[import-not-found]
 
+    # … and with the old sys.argv (loky copies it at start): only flowpool can tell it the new one.
     monkeypatch.setattr(sys, "argv", ["job.py", "input.csv"])
     try:
         result = Flow("argv").step("step", argv_at_import.step).run({}, executor="process", max_workers=1)
