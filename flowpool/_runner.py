@@ -418,9 +418,11 @@ class _Run:
             attempt.settled = True
             attempt.finished_at = self.clock.now()
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
+            hung = sr.backend.where_it_hung(attempt)  # before stop(), which kills a worker process
             sr.backend.stop(attempt)
             self.abandoned.left_running(sr, attempt)
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
+            error.add_note(hung)
             self.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
         elif kind == _WAKE:
             sr = target

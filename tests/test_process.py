@@ -29,6 +29,7 @@ from flowpool import (
     WorkerCrashedError,
     shutdown_workers,
 )
+from flowpool._executors import _lanestore
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -482,7 +483,7 @@ def test_a_withdrawn_queued_attempt_still_leaves_what_it_carried_for_the_next(wo
     from types import MappingProxyType
 
     worker, flag_path, flag = worker_side
-    packer, lane = worker.CallPacker(), worker.LaneStore()
+    packer, lane = _lanestore.CallPacker(), _lanestore.LaneStore()
     results = MappingProxyType({"a": "x" * 100})
     first = lane.payload(packer.prepare(_read_all, _context("r1", "s1", results), ()))
     second = lane.payload(packer.prepare(_read_all, _context("r1", "s2", results), ()))
@@ -497,7 +498,7 @@ def test_a_worker_refuses_a_payload_made_for_another_worker(worker_side) -> None
     from types import MappingProxyType
 
     worker, flag_path, _flag = worker_side
-    packer, mine, other = worker.CallPacker(), worker.LaneStore(), worker.LaneStore()
+    packer, mine, other = _lanestore.CallPacker(), _lanestore.LaneStore(), _lanestore.LaneStore()
     results = MappingProxyType({"a": 1})
     worker.run_attempt(mine.payload(packer.prepare(_read_all, _context("r", "s1", results), ())), flag_path, 1)
     other.payload(packer.prepare(_read_all, _context("r", "s1", results), ()))  # its worker got this one
@@ -510,8 +511,8 @@ def test_a_worker_keeps_a_bounded_number_of_runs_and_is_sent_an_evicted_one_agai
     from types import MappingProxyType
 
     worker, flag_path, _flag = worker_side
-    lane = worker.LaneStore()
-    packers = {f"r{i}": worker.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
+    lane = _lanestore.LaneStore()
+    packers = {f"r{i}": _lanestore.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
     token = 0
     for run_id, packer in [*packers.items(), ("r0", packers["r0"])]:
         results = MappingProxyType({"v": run_id})
@@ -532,7 +533,7 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     import subprocess
     import sys
 
-    from flowpool._executors import _worker
+    from flowpool._executors import _lanestore
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
     dead = int(done.stdout)
@@ -541,14 +542,14 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     other = tmp_path / "flowpool-notapid-spool-x"
     for path in (stale, live, other):
         path.write_bytes(b"x")
-    monkeypatch.setattr(_worker, "_swept", False)
-    _worker._sweep_spools(str(tmp_path))
+    monkeypatch.setattr(_lanestore, "_swept", False)
+    _lanestore._sweep_spools(str(tmp_path))
     assert not stale.exists()
     assert live.exists() and other.exists()
 
 
 def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_and_a_retry_runs_elsewhere() -> None:
-    from flowpool._executors import _process, _worker
+    from flowpool._executors import _lanestore, _process
 
     shutdown_workers()
     flow = Flow("stale").step("pid", steps.quick, retries=1)
@@ -556,7 +557,7 @@ def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_an
     with _process._POOL._lock:
         lanes = list(_process._POOL._all)
     assert [pid for lane in lanes for pid in lane.pids()] == [first]
-    stale = _worker.LaneStore()
+    stale = _lanestore.LaneStore()
     stale._fresh = False  # as if its worker had been replaced behind the lane's back
     lanes[0].store = stale
     result = flow.run(executor="process", max_workers=1)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import CallNotPicklableError, DaskUnavailableError, FlowDefinitionError, FlowpoolError
-from . import _worker
+from . import _lanestore, _worker
 
 __all__ = ["DaskBackend"]
 
@@ -39,6 +39,19 @@ def _connect(address: str) -> Any:
         return client_type(f"tcp://{target}", timeout=10, set_as_default=False)
     except OSError as error:
         raise DaskUnavailableError(target, str(error)) from error
+
+
+class DaskCall:
+    """``Attempt.handle`` in Dask mode until it is submitted (then its Dask future): the
+    call, and references to what the cluster holds of its function, session and values."""
+
+    __slots__ = ("call", "function", "session", "values")
+
+    def __init__(self, call: _lanestore.Call, function: Any, session: Any, values: Any) -> None:
+        self.call = call
+        self.function = function
+        self.session = session
+        self.values = values
 
 
 class DaskBackend:
@@ -67,7 +80,7 @@ class DaskBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._running: dict[Attempt, Any] = {}
         self._closed = False
-        self._packer = _worker.CallPacker()
+        self._packer = _lanestore.CallPacker()
         # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
         # the workers that fetched it, so an attempt sends only references; released at close.
         self._scattered: dict[int, Any] = {}
@@ -85,7 +98,7 @@ class DaskBackend:
         except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
             attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
             return
-        attempt.handle = (call, *references)
+        attempt.handle = DaskCall(call, *references)
         with self._lock:
             self._waiting.append(attempt)
         self._pump()
@@ -98,7 +111,9 @@ class DaskBackend:
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
                     continue
-                call, function, session, values = attempt.handle
+                pending = attempt.handle
+                assert isinstance(pending, DaskCall)
+                call = pending.call
                 # Unique across processes too: the same key from another client would be
                 # taken for the same task and get its result.
                 key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
@@ -106,9 +121,9 @@ class DaskBackend:
                     future = self._client.submit(
                         _worker.run_dask_attempt,
                         pickle.dumps((call.step, call.attempt, call.args)),
-                        function,
-                        session,
-                        values,
+                        pending.function,
+                        pending.session,
+                        pending.values,
                         key=key,
                         pure=False,
                     )
@@ -122,7 +137,7 @@ class DaskBackend:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
 
-    def _references(self, call: _worker.Call) -> tuple[Any, Any, Any]:
+    def _references(self, call: _lanestore.Call) -> tuple[Any, Any, Any]:
         """What ``run_dask_attempt`` reads, as references to data sent to the cluster once per
         run: the function, the session, and one task per ``ctx.results`` snapshot that hands
         on its values (so an attempt depends on three keys, not on one per value)."""
@@ -175,6 +190,10 @@ class DaskBackend:
         with self._lock:
             self._running.pop(attempt, None)
         self._pump()
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Dask cannot show a running task's stack."""
+        return "Where it hung: unknown (a Dask worker cannot report a running task's stack)"
 
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the cluster bounds its own work."""

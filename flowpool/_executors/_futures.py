@@ -152,6 +152,12 @@ class ExecutorBackend:
         self._release(attempt)  # the loop gave up on it: let the next attempt go
         self._pump()
 
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """The stack of the thread running ``attempt`` (in-process executors only)."""
+        if self._in_process:
+            return attempt.where_it_hung()
+        return "Where it hung: unknown (the attempt runs in an executor that cannot report its stack)"
+
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the user's executor bounds its own work."""
 
