@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ import click
 
 from flowpool import Flow, FlowDefinitionError
 
-__all__ = ["ARGV_VARIABLE", "CliError", "load_target", "script_argv"]
+__all__ = ["CliError", "load_target", "script_argv"]
 
 
 class CliError(click.ClickException):
@@ -46,28 +45,17 @@ def _fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
-#: Worker processes started during the run read the target's argv from here (a JSON list).
-ARGV_VARIABLE = "FLOWPOOL_ARGV"
-
-
 @contextlib.contextmanager
 def script_argv(target: str, args: Sequence[str]) -> Iterator[None]:
     """``sys.argv`` is the target's, as ``python file.py ARG...`` would set it, for the
-    import and the run, here and in worker processes; restored afterwards (the command
-    may be called in-process)."""
-    argv = [target.rpartition(":")[0] or target, *args]
+    import and the run (worker processes take the parent's ``sys.argv`` with each
+    attempt); restored afterwards (the command may be called in-process)."""
     saved_argv = sys.argv
-    saved_variable = os.environ.get(ARGV_VARIABLE)
-    sys.argv = argv
-    os.environ[ARGV_VARIABLE] = json.dumps(argv)
+    sys.argv = [target.rpartition(":")[0] or target, *args]
     try:
         yield
     finally:
         sys.argv = saved_argv
-        if saved_variable is None:
-            os.environ.pop(ARGV_VARIABLE, None)
-        else:
-            os.environ[ARGV_VARIABLE] = saved_variable
 
 
 def _where(error: BaseException, prefer: Path | None) -> str:

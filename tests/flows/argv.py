@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -12,7 +11,7 @@ AT_IMPORT = list(sys.argv)
 
 
 def show(ctx: Context) -> dict[str, Any]:
-    return {"import": AT_IMPORT, "step": list(sys.argv), "variable": os.environ.get("FLOWPOOL_ARGV")}
+    return {"import": AT_IMPORT, "step": list(sys.argv)}
 
 
 flow = Flow("argv").step("show", show)
