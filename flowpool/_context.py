@@ -28,9 +28,11 @@ class Context:
         attempt: 1 for the first attempt, 2 for the first retry, …
         results: read-only mapping of step name → value for every step that
             completed in an earlier stage (for a compensation: in the whole run).
+        outcome: in an always-stage, the flow's status so far (a ``FlowStatus``);
+            None elsewhere.
     """
 
-    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "_scope")
+    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "outcome", "_scope")
 
     input: Any
     flow: str
@@ -38,6 +40,7 @@ class Context:
     step: str
     attempt: int
     results: Mapping[str, Any]
+    outcome: Any
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class Context:
         attempt: int,
         results: Mapping[str, Any],
         scope: CancelScope | None = None,
+        outcome: Any = None,
     ) -> None:
         self.input = input
         self.flow = flow
@@ -56,6 +60,7 @@ class Context:
         self.step = step
         self.attempt = attempt
         self.results = results
+        self.outcome = outcome
         self._scope = scope
 
     @property

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
+__all__ = ["Always", "Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
 
 ExecutorName = Literal["thread", "process"]
 EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
@@ -282,6 +282,9 @@ class Step:
         optional: when the step does not complete, its status and error are recorded
             but it never fails the flow, never triggers fail fast, and is left out of
             its group's verdict. Not together with ``required``.
+        when: ``when(ctx) -> bool``, called in the caller's thread when the stage
+            starts: false leaves the step ``SKIPPED`` (never called, never failing the
+            flow, left out of its group's verdict); an exception fails the step.
         executor: ``"thread"`` or ``"process"`` to run this step on another kind of
             pool than the run's; ``None`` uses the run's.
     """
@@ -331,6 +334,14 @@ class Step:
         excludes=("required",),
         fingerprint_default=False,
         plan=lambda value, step: "optional" if value else None,
+    )
+    when: Callable[[Context], bool] | None = option(
+        None,
+        _check_callable_or_none,
+        fingerprint=lambda value: value is not None,
+        fingerprint_default=False,
+        show=lambda value: None if value is None else f"when={callable_name(value)}",
+        plan=lambda value, step: None if value is None else f"only when {callable_name(value)}",
     )
 
     OPTIONS: ClassVar[tuple[Option, ...]]
@@ -395,6 +406,16 @@ class Step:
 
 #: The names of ``Step``'s options, in declaration order.
 STEP_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in Step.OPTIONS)
+
+
+class Always(Step):
+    """An always-stage (``Flow.always``): a step that runs after the rest of the flow
+    has finished, whatever its outcome, and after the compensations."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Always" + super().__repr__().removeprefix("Step")
 
 
 def plan_phrases(step: Step) -> list[str]:
@@ -573,6 +594,8 @@ def describe_structure(flow: Flow) -> dict[str, Any]:
                     "members": [_step_structure(member) for member in stage.members],
                 }
             )
+        elif isinstance(stage, Always):
+            stages.append({"always": _step_structure(stage)})
         else:
             stages.append({"step": _step_structure(stage)})
     return {"flow": flow.name, "stages": stages}
@@ -630,6 +653,31 @@ class Flow:
             raise error.with_flow(self._name) from None
         if step.required:
             raise _fail("'required' applies only to members of a parallel group", self._name, step.name, "required")
+        self._check_unique([step.name])
+        self._stages += (step,)
+        self._names |= {step.name}
+        return self
+
+    def always(self, name: str, fn: Callable[[Context], Any], **options: Any) -> Flow:
+        """Add an always-stage: a step that runs after the rest of the flow has finished,
+        whatever its outcome, and after the compensations (in declaration order among
+        always-stages). Its ``ctx.outcome`` is the flow's status so far; its failure is
+        recorded and logged but does not change the flow's status. Returns the flow.
+
+        ``required``, ``compensate`` and ``when`` do not apply to it.
+        """
+        for argument in ("required", "compensate", "when"):
+            if argument in options:
+                raise _fail(
+                    f"{argument!r} does not apply to an always-stage (it runs whatever happened; nothing undoes it)",
+                    self._name,
+                    name if isinstance(name, str) else None,
+                    argument,
+                )
+        try:
+            step = Always.checked(self._name, name, fn, options)
+        except FlowDefinitionError as error:
+            raise error.with_flow(self._name) from None
         self._check_unique([step.name])
         self._stages += (step,)
         self._names |= {step.name}

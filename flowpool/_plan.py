@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 
 from flowpool import Flow, Group, Step
-from flowpool._definition import callable_name, group_plan_phrases, group_rule, plan_phrases
+from flowpool._definition import Always, callable_name, group_plan_phrases, group_rule, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 
@@ -35,7 +35,10 @@ def render_plan(flow: Flow, fmt: str = "text") -> str:
 
 def step_options(step: Step) -> list[str]:
     """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
-    return plan_phrases(step)
+    phrases = plan_phrases(step)
+    if isinstance(step, Always):
+        phrases.insert(0, "always: runs last, whatever the outcome")
+    return phrases
 
 
 def group_policy(group: Group) -> str:
@@ -92,7 +95,10 @@ def _graph(flow: Flow) -> tuple[list[tuple[str, Step | Group, list[tuple[str, St
     """
     stages: list[tuple[str, Step | Group, list[tuple[str, Step]]]] = []
     counter = 0
-    for stage in flow.stages:
+    in_run_order = [s for s in flow.stages if not isinstance(s, Always)] + [
+        s for s in flow.stages if isinstance(s, Always)
+    ]
+    for stage in in_run_order:
         if isinstance(stage, Group):
             members = []
             for member in stage.members:

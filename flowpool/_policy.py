@@ -49,18 +49,22 @@ def group_verdict(
     - ``min_successes=k``: the group fails when fewer than k members completed;
     - a required member that did not complete fails the group in every mode;
     - an optional member that did not complete is left out of the verdict and of
-      the group's status (a group whose members all did so is PARTIAL).
+      the group's status (a group whose members all did so is PARTIAL);
+    - a skipped member (its ``when`` was false) is left out too (a group whose
+      members were all skipped is SKIPPED).
     """
     if len(statuses) != len(required) or (optional is not None and len(optional) != len(statuses)):
         raise ValueError("statuses, required and optional must have the same length")
-    if optional is not None and any(optional):
+    flags = optional if optional is not None else [False] * len(statuses)
+    if StepStatus.SKIPPED in statuses or any(flags):
         kept = [
             (status, is_required)
-            for status, is_required, is_optional in zip(statuses, required, optional, strict=True)
-            if not is_optional or status is StepStatus.COMPLETED
+            for status, is_required, is_optional in zip(statuses, required, flags, strict=True)
+            if status is not StepStatus.SKIPPED and (not is_optional or status is StepStatus.COMPLETED)
         ]
         if not kept:
-            return GroupStatus.PARTIAL  # every member is optional and none completed
+            skipped_only = all(status is StepStatus.SKIPPED for status in statuses)
+            return GroupStatus.SKIPPED if skipped_only else GroupStatus.PARTIAL
         statuses = [status for status, _ in kept]
         required = [is_required for _, is_required in kept]
     completed = 0
@@ -81,7 +85,7 @@ def group_verdict(
 def stops_group_early(status: StepStatus, *, fail_fast: bool, optional: bool = False) -> bool:
     """Whether a member that ended with ``status`` cancels the rest of its group
     (an optional member never does)."""
-    return fail_fast and not optional and status is not StepStatus.COMPLETED
+    return fail_fast and not optional and status not in (StepStatus.COMPLETED, StepStatus.SKIPPED)
 
 
 def group_error(group: str, policy: str, records: Sequence[StepResult], required: Sequence[bool]) -> BaseException:
@@ -123,7 +127,7 @@ def stage_verdict(
     """
     if group is None:
         record = records[0]
-        if record.status is not StepStatus.COMPLETED and not optional:
+        if record.status not in (StepStatus.COMPLETED, StepStatus.SKIPPED) and not optional:
             return None, stop_error or record.error or StepCancelledError(name, "not completed")
         return None, stop_error
     required = [member.required for member in group.members]

@@ -39,12 +39,13 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import _logcontext as logcontext
 from ._abandoned import AbandonedAttempts
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Flow, Group, Step, _check_seconds
+from ._definition import Always, Flow, Group, Step, _check_seconds
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
@@ -168,6 +169,10 @@ class _Run:
         #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
         #: running when the loop gave up on them, and those of them that ended since.
         self.abandoned = AbandonedAttempts()
+        #: The flow's status so far, once its always-stages run (their ``ctx.outcome``).
+        self.outcome: FlowStatus | None = None
+        #: Ctrl-Cs counted when the always-stages began: an older stop grace no longer applies.
+        self.always_from: int | None = None
         self.still_running: tuple[str, ...] = ()
 
     # ── the run ─────────────────────────────────────────────────────────────────
@@ -189,6 +194,9 @@ class _Run:
                 index = 0
                 for stage in self.flow.stages:
                     members = stage.members if isinstance(stage, Group) else (stage,)
+                    if isinstance(stage, Always):
+                        index += 1  # runs last (run_always)
+                        continue
                     if self.scope.interrupts and self.scope.reason is None:
                         self.stop("the run was interrupted")  # Ctrl-C arrived between stages
                     if self.error is not None or self.scope.reason is not None:
@@ -198,6 +206,7 @@ class _Run:
                     index += len(members)
             self.await_abandoned()
             self.compensate_all()
+            self.run_always()
         finally:
             restore()
             self.backends.close()
@@ -241,6 +250,7 @@ class _Run:
             step=step,
             attempt=attempt,
             results=self.values_view,
+            outcome=self.outcome,
         )
 
     def fail(self, stage: str | None, error: BaseException) -> None:
@@ -275,6 +285,9 @@ class _Run:
             from ._resume import preload_completed
 
             preload_completed(self, st)
+        for sr in runs:
+            if sr.step.when is not None and sr.state == _PENDING:
+                self.check_condition(st, sr)
         while st.unsettled:
             if st.waiting:
                 self.start_waiting(st)
@@ -287,6 +300,24 @@ class _Run:
             self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
         self.recorder.flush()  # before any later stage starts
 
+    def check_condition(self, st: StageRun, sr: StepRun) -> None:
+        """Evaluate a step's ``when`` as its stage starts: false skips it; raising fails it."""
+        step = sr.step
+        when = step.when
+        assert when is not None
+        ctx = self.context(step.name, 1)
+        token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1)
+        try:
+            go = bool(when(ctx))
+        except Exception as error:  # noqa: BLE001 - fails this step like an exception in the step
+            error.add_note(f"raised by the 'when' condition of step {step.name!r}")
+            self.finalize(st, sr, StepStatus.FAILED, None, error)
+            return
+        finally:
+            logcontext.leave(token)
+        if not go:
+            self.finalize(st, sr, StepStatus.SKIPPED, None, None)
+
     def settle_verdict(self, st: StageRun) -> None:
         records = [sr.record for sr in st.members if sr.record is not None]
         if any(record.status is StepStatus.COMPLETED for record in records):
@@ -296,6 +327,9 @@ class _Run:
             # A fresh snapshot per stage: an abandoned attempt that still holds an older
             # view never sees the values of its siblings or of later stages.
             self.values_view = MappingProxyType(dict(self.values))
+        if st.group is None and isinstance(st.members[0].step, Always):
+            self.note_always_failure(records[0])  # never the flow's failure
+            return
         optional = st.group is None and st.members[0].step.optional
         verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error(), optional=optional)
         if st.group is not None and verdict is not None:
@@ -429,10 +463,12 @@ class _Run:
             if sr.state == _BACKOFF:
                 self.dispatch(sr)
         elif kind == _DEADLINE:
-            if self.scope.reason is None and not self.scope.compensating:
+            if self.scope.reason is None and not self.scope.compensating and self.always_from is None:
                 self.scope.timed_out = True
                 self.stop(f"the run's timeout of {self.timeout:g} s passed")
         elif kind == _GRACE:
+            if self.always_from is not None and self.scope.interrupts <= self.always_from:
+                return  # the grace of a stop before the always-stages: they run on
             self.abandon_running()
 
     def on_outcome(
@@ -598,6 +634,39 @@ class _Run:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
+
+    # ── always-stages ───────────────────────────────────────────────────────────
+
+    def run_always(self) -> None:
+        """Run the always-stages, in declaration order, after everything else and after
+        the compensations, whatever the outcome; a second Ctrl-C abandons them."""
+        positions = [(index, stage) for index, stage in enumerate(self.flow.steps()) if isinstance(stage, Always)]
+        if not positions:
+            return
+        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
+        self.outcome = self.scope.final_status(self.error, resumed_outcome)
+        self.always_from = self.scope.interrupts
+        self.scope.compensating = False  # a Ctrl-C is the loop's to handle again
+        for index, step in positions:
+            if self.scope.interrupts >= 2:
+                error = StepCancelledError(step.name, "the always-stages were abandoned (second Ctrl-C)")
+                self.records[step.name] = StepResult(step.name, StepStatus.CANCELLED, error=error)
+                self.events.emit("step_finished", self.clock.now(), step=step.name, status=StepStatus.CANCELLED)
+                continue
+            self.run_stage(step, (step,), index)
+
+    def note_always_failure(self, record: StepResult) -> None:
+        if record.ok:
+            return
+        import logging  # only when an always-stage did not complete
+
+        logging.getLogger("flowpool").warning(
+            "flowpool: always-stage %r of flow %r ended %s: %s",
+            record.name,
+            self.name,
+            record.status.value,
+            record.error,
+        )
 
     # ── abandoned attempts: late completions ────────────────────────────────────
 

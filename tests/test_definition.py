@@ -531,6 +531,7 @@ SAMPLE_OPTION_VALUES: dict[str, Any] = {
     "executor": "process",
     "retry_on": (OSError, ValueError),
     "optional": True,
+    "when": bool,
 }
 
 
@@ -554,6 +555,7 @@ def test_a_step_without_options_holds_every_default() -> None:
         "compensate_timeout": None,
         "required": False,
         "executor": None,
+        "when": None,
     }
 
 

@@ -39,6 +39,7 @@ def detached_context(ctx: Context) -> Context:
         step=ctx.step,
         attempt=ctx.attempt,
         results=dict(ctx.results),
+        outcome=ctx.outcome,
     )
 
 
