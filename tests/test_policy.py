@@ -89,7 +89,9 @@ def test_required_member_that_completed_does_not_fail_the_group(policy):
 @pytest.mark.parametrize("status", list(StepStatus))
 def test_stops_group_early_only_with_fail_fast_and_not_completed(status):
     assert stops_group_early(status, fail_fast=False) is False
-    assert stops_group_early(status, fail_fast=True) is (status is not StepStatus.COMPLETED)
+    # A skipped member (its condition was false) did not fail: it never stops its group.
+    ended_badly = status not in (StepStatus.COMPLETED, StepStatus.SKIPPED)
+    assert stops_group_early(status, fail_fast=True) is ended_badly
 
 
 # ── properties ──────────────────────────────────────────────────────────────────
