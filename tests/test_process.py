@@ -564,3 +564,37 @@ def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_an
     assert result.ok, result.error
     assert result.steps["pid"].attempts == 2
     assert result.values["pid"] != first
+
+
+def test_an_attempt_that_ends_while_its_timeout_kill_is_under_way_does_not_give_its_lane_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Otherwise another run's attempt could start on that lane and be killed by this timeout."""
+    from flowpool._executors import _process
+
+    gate = tmp_path / "gate"
+    finished = threading.Event()
+    idle_at_kill: list[bool] = []
+    original_finished = _process.ProcessBackend._finished
+    original_kill = _process.Lane.kill
+
+    def finished_then_tell(self, attempt, lane, future):  # type: ignore[no-untyped-def]
+        try:
+            original_finished(self, attempt, lane, future)
+        finally:
+            finished.set()
+
+    def kill_after_the_attempt_ended(self, wait: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if not idle_at_kill:
+            gate.write_text("go")  # the step returns now, before its lane is killed
+            assert finished.wait(30.0), "the attempt never ended"
+            with self.pool._lock:
+                idle_at_kill.append(self in self.pool._idle)
+        original_kill(self, wait)
+
+    monkeypatch.setattr(_process.ProcessBackend, "_finished", finished_then_tell)
+    monkeypatch.setattr(_process.Lane, "kill", kill_after_the_attempt_ended)
+    flow = Flow("race").step("gated", steps.wait_for_gate_file, timeout=0.3)
+    result = flow.run({"gate": str(gate)}, executor="process", max_workers=1)
+    assert result.steps["gated"].status is StepStatus.TIMED_OUT
+    assert idle_at_kill == [False], "the lane about to be killed was handed back as idle"

@@ -580,6 +580,11 @@ class ProcessBackend:
         with self._lock:
             lane = self._lanes.get(attempt)
             running = lane is not None and self._own.get(lane, [None])[0] is attempt
+            if lane is not None and running:
+                # Marked under the lock: an attempt that ends before the kill below must not
+                # hand the lane back (``_finished`` checks it), or another run's attempt
+                # could start on it and be killed instead.
+                lane.broken = True
         if lane is None:
             return
         if running:

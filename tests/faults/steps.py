@@ -105,3 +105,12 @@ def fail(ctx: Context) -> None:
 def record_compensation(ctx: Context, value: Any) -> None:
     with open(ctx.input["log"], "a") as log:
         log.write(f"{ctx.step}:{os.getpid()}\n")
+
+
+def wait_for_gate_file(ctx: Context) -> str:
+    """Wait (up to a minute) until the file ``ctx.input["gate"]`` exists, then return."""
+    gate = Path(ctx.input["gate"])
+    deadline = time.monotonic() + 60
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "passed"
