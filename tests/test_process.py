@@ -598,3 +598,30 @@ def test_an_attempt_that_ends_while_its_timeout_kill_is_under_way_does_not_give_
     result = flow.run({"gate": str(gate)}, executor="process", max_workers=1)
     assert result.steps["gated"].status is StepStatus.TIMED_OUT
     assert idle_at_kill == [False], "the lane about to be killed was handed back as idle"
+
+
+def _timed_out_then_next_attempt(tmp_path: Path, **run: object):  # type: ignore[no-untyped-def]
+    """One worker; ``hang`` times out but runs on (until ``quick`` ends, or 5 s): ``quick``
+    must not be handed over, and its timeout start, while ``hang`` still holds the worker."""
+    gate = tmp_path / "gate"
+
+    def release_hang(event) -> None:  # type: ignore[no-untyped-def]
+        if event.kind == "step_finished" and event.step == "quick":
+            gate.write_text("go")
+
+    flow = Flow("slot").parallel(
+        "g", [Step("hang", steps.wait_for_gate_file, timeout=0.3), Step("quick", steps.quick, timeout=2.0)]
+    )
+    try:
+        return flow.run({"gate": str(gate), "within": 5.0}, on_event=release_hang, **run)
+    finally:
+        gate.write_text("go")
+
+
+def test_a_users_process_pool_keeps_a_timed_out_attempts_slot_until_it_ends(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        result = _timed_out_then_next_attempt(tmp_path, executor=pool)
+    assert result.steps["hang"].status is StepStatus.TIMED_OUT
+    assert result.steps["quick"].status is StepStatus.COMPLETED, result.steps["quick"].error

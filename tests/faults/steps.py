@@ -108,9 +108,9 @@ def record_compensation(ctx: Context, value: Any) -> None:
 
 
 def wait_for_gate_file(ctx: Context) -> str:
-    """Wait (up to a minute) until the file ``ctx.input["gate"]`` exists, then return."""
+    """Wait until the file ``ctx.input["gate"]`` exists (at most ``ctx.input["within"]`` s, or a minute)."""
     gate = Path(ctx.input["gate"])
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ctx.input.get("within", 60)
     while not gate.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "passed"
