@@ -625,3 +625,24 @@ def test_a_users_process_pool_keeps_a_timed_out_attempts_slot_until_it_ends(tmp_
         result = _timed_out_then_next_attempt(tmp_path, executor=pool)
     assert result.steps["hang"].status is StepStatus.TIMED_OUT
     assert result.steps["quick"].status is StepStatus.COMPLETED, result.steps["quick"].error
+
+
+def _five_mb(ctx):  # type: ignore[no-untyped-def]
+    return bytearray(5_000_000)
+
+
+def _reads_five_mb(ctx):  # type: ignore[no-untyped-def]
+    return len(ctx.results["five"])
+
+
+def test_an_idle_lane_drops_a_finished_runs_values_without_waiting_for_its_next_payload() -> None:
+    from flowpool._executors import _process
+
+    flow = Flow("idle").step("five", _five_mb).step("read", _reads_five_mb)
+    result = flow.run(executor="process", max_workers=1)
+    assert result.ok, result.error
+    with _process._POOL._lock:
+        idle = list(_process._POOL._idle)
+    assert idle
+    for lane in idle:  # a lane runs its calls in order: this one after any drop sent to it
+        assert lane.executor.submit(steps.held_sessions).result(timeout=30) == 0

@@ -292,6 +292,14 @@ class LaneStore:
                 if self._sessions.pop(key, None) is not None:
                     self._forget.append(key)
 
+    def take_forgotten(self) -> list[int]:
+        """The sessions to drop that no payload has carried yet (the caller sends them)."""
+        with self._lock:
+            if self._fresh:  # the worker holds nothing yet
+                return []
+            forgotten, self._forget = self._forget, []
+            return forgotten
+
     def payload(self, call: Call) -> bytes:
         """The bytes to send to this lane's worker for ``call``."""
         with self._lock:

@@ -110,6 +110,17 @@ class Lane:
             hook(call.step, self.number, len(payload))
         return payload
 
+    def send_forgotten(self) -> None:
+        """Have an idle worker drop the values of runs that ended now, not with its next
+        payload (maybe ``IDLE_TIMEOUT`` later). Called with the pool's lock held while the
+        lane is idle, so the drop goes out before any later payload."""
+        if self.broken or not self.ready:
+            return
+        sessions = self.store.take_forgotten()
+        if sessions:
+            with contextlib.suppress(Exception):  # a dead worker holds nothing
+                self.executor.submit(_worker.forget_sessions, self.store.key, sessions)
+
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
 
@@ -278,6 +289,7 @@ class LanePool:
         with self._lock:
             lane.idle_since = _now()
             self._idle.append(lane)
+            lane.send_forgotten()  # what ended while it was busy
 
     def discard(self, lane: Lane) -> None:
         with self._lock:
@@ -349,13 +361,17 @@ class LanePool:
             return len(self._all)
 
     def forget(self, sessions: list[int]) -> None:
-        """These runs ended: every lane's worker drops their values with its next payload."""
+        """These runs ended: every lane's worker drops their values, an idle one now, a
+        busy one with its next payload (or when it goes idle)."""
         if not sessions:
             return
         with self._lock:
             lanes = list(self._all)
         for lane in lanes:
             lane.store.forget(sessions)
+        with self._lock:
+            for lane in self._idle:
+                lane.send_forgotten()
 
 
 def _now() -> float:

@@ -278,6 +278,13 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         session.results = Results(session, dict(zip(names, keys, strict=True)))
 
 
+def forget_sessions(store_key: int, sessions: list[int]) -> None:
+    """Drop the values of runs that ended (sent to an idle lane, in its payload order)."""
+    if store_key == _store_key:
+        for key in sessions:
+            _sessions.pop(key, None)
+
+
 def _usable(thing: Any) -> Any:
     if isinstance(thing, _Unloadable):
         raise thing.error

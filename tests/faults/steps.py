@@ -114,3 +114,10 @@ def wait_for_gate_file(ctx: Context) -> str:
     while not gate.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "passed"
+
+
+def held_sessions() -> int:
+    """How many runs' values this lane worker holds (submitted straight to a lane)."""
+    from flowpool._executors import _worker
+
+    return len(_worker._sessions)
