@@ -646,3 +646,30 @@ def test_an_idle_lane_drops_a_finished_runs_values_without_waiting_for_its_next_
     assert idle
     for lane in idle:  # a lane runs its calls in order: this one after any drop sent to it
         assert lane.executor.submit(steps.held_sessions).result(timeout=30) == 0
+
+
+def _hundred_kb(ctx):  # type: ignore[no-untyped-def]
+    return bytes(100_000)
+
+
+def _reads_hundred_kb(ctx):  # type: ignore[no-untyped-def]
+    return sorted(len(value) for value in ctx.results.values())
+
+
+def test_a_value_is_spooled_only_when_a_later_stage_is_handed_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    spooled: list[int] = []
+    append = _lanestore.Spool.append
+
+    def counting(self, data):  # type: ignore[no-untyped-def]
+        spooled.append(len(data))
+        return append(self, data)
+
+    monkeypatch.setattr(_lanestore.Spool, "append", counting)
+    last = Flow("last").parallel("g", [Step(f"v{i}", _hundred_kb) for i in range(4)])
+    assert last.run(executor="process", max_workers=2).ok
+    assert spooled == [], "no later stage: nothing is written"
+    then = last.step("read", _reads_hundred_kb)
+    result = then.run(executor="process", max_workers=2)
+    assert result.ok, result.error
+    assert result.values["read"] == [100_000] * 4
+    assert len(spooled) == 4, "each value written once, for the stage that is handed them"
