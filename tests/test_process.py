@@ -542,6 +542,7 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     other = tmp_path / "flowpool-notapid-spool-x"
     for path in (stale, live, other):
         path.write_bytes(b"x")
+        os.utime(path, (1, 1))  # older than the grace a new file gets
     monkeypatch.setattr(_lanestore, "_swept", False)
     _lanestore._sweep_spools(str(tmp_path))
     assert not stale.exists()
@@ -673,3 +674,100 @@ def test_a_value_is_spooled_only_when_a_later_stage_is_handed_it(monkeypatch: py
     assert result.ok, result.error
     assert result.values["read"] == [100_000] * 4
     assert len(spooled) == 4, "each value written once, for the stage that is handed them"
+
+
+def test_a_killed_parents_worker_ends_its_steps_subprocesses_and_removes_the_runs_files(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "faults" / "killed_parent.py"
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        worker, child = (int(pid) for pid in wait_for_file(tmp_path / "pids", within=60).split())
+        paths = json.loads((tmp_path / "paths").read_text())
+        assert all(os.path.exists(path) for path in paths.values())
+        parent.kill()
+        parent.wait(timeout=30)
+        assert not wait_until_gone([worker, child], within=30.0), "the worker and its step's subprocess end"
+        assert [path for path in paths.values() if os.path.exists(path)] == []
+        assert not os.path.exists(os.path.dirname(paths["log"]))
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+        if parent.stderr is not None:
+            parent.stderr.close()
+
+
+def test_a_sweep_removes_only_what_no_live_process_holds_whatever_pid_its_name_shows(tmp_path: Path) -> None:
+    """A process in another PID namespace cannot see the owner: the owner's lock decides."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from flowpool._executors import _sweep
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    invisible = int(done.stdout)  # looks dead to us, as a live owner in another namespace would
+    held = tmp_path / f"flowpool-{invisible}-lane1-held"
+    left = tmp_path / f"flowpool-{invisible}-lane1-left"
+    new = tmp_path / f"flowpool-{invisible}-lane1-new"
+    held_folder = tmp_path / "flowpool-logs-held"
+    left_folder = tmp_path / "flowpool-logs-left"
+    for path in (held, left, new):
+        path.write_bytes(b"x")
+    for folder in (held_folder, left_folder):
+        folder.mkdir()
+        (folder / "socket").write_bytes(b"")
+    for path in (held, left, held_folder, left_folder):
+        os.utime(path, (1, 1))
+    holders = [_sweep.hold_path(str(held)), _sweep.hold_path(str(held_folder))]
+    try:
+        _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*", pid_in_name=True)
+        _sweep.sweep(str(tmp_path), "flowpool-logs-*", pid_in_name=False)
+        assert held.exists() and held_folder.exists(), "held by a live owner"
+        assert new.exists(), "too new to judge: its owner may not have locked it yet"
+        assert not left.exists() and not left_folder.exists()
+        fcntl.flock(holders[0], fcntl.LOCK_SH | fcntl.LOCK_NB)  # still ours
+    finally:
+        for fd in holders:
+            os.close(fd)
+    _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*", pid_in_name=True)
+    assert not held.exists(), "let go: removed"
+
+
+def test_a_run_holds_its_spool_file_against_sweeps(tmp_path: Path) -> None:
+    import fcntl
+
+    spool = _lanestore.Spool(str(tmp_path))
+    assert spool.append(b"x" * 10) == (0, 10)
+    try:
+        fd = os.open(spool.path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        spool.close()
+    assert not os.path.exists(spool.path)
+
+
+def test_a_spool_file_another_run_holds_is_kept_though_its_pid_is_not_visible(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    owner = _lanestore.Spool(str(tmp_path))  # as a run in another PID namespace: a pid we cannot see
+    owner.path = str(tmp_path / f"flowpool-{int(done.stdout)}-spool-live")
+    monkeypatch.setattr(_lanestore, "_swept", True)  # (its own creation sweeps nothing)
+    assert owner.append(b"x" * 10) is not None
+    try:
+        os.utime(owner.path, (1, 1))
+        monkeypatch.setattr(_lanestore, "_swept", False)
+        _lanestore._sweep_spools(str(tmp_path))
+        assert os.path.exists(owner.path)
+    finally:
+        owner.close()

@@ -19,6 +19,8 @@ import threading
 import weakref
 from typing import Any
 
+from . import _sweep
+
 __all__ = ["REMEMBER_MAX", "SPOOL_MIN", "Call", "CallPacker", "LaneStore", "Snapshot", "Spool", "ValueData"]
 
 #: Parent side: process-wide keys for functions, values, snapshots, sessions and lane stores.
@@ -85,6 +87,7 @@ class Spool:
                 if self._file is None:
                     _sweep_spools(os.path.dirname(self.path))
                     fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    _sweep.hold(fd)  # until the file is closed: see ``_sweep``
                     self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by close()
                     # Removed by close(), or else when the run is collected or at interpreter exit.
                     self._closer = weakref.finalize(self, _remove_spool, self._file, self.path)
@@ -119,17 +122,7 @@ def _sweep_spools(directory: str) -> None:
     if _swept:
         return
     _swept = True
-    import glob
-
-    for path in glob.glob(os.path.join(glob.escape(directory), "flowpool-*-spool-*")):
-        try:
-            pid = int(os.path.basename(path).split("-")[1])
-            os.kill(pid, 0)
-        except (ValueError, PermissionError):  # not ours to judge, or alive under another user
-            continue
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    _sweep.sweep(directory, "flowpool-*-spool-*", pid_in_name=True)
 
 
 class Snapshot:

@@ -39,7 +39,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _lanestore, _logs, _worker
+from . import _lanestore, _logs, _sweep, _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -60,6 +60,18 @@ def _flag_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+_flags_swept = False
+
+
+def _sweep_flags() -> None:
+    """Remove, once per process, lane flag files left by processes that were killed."""
+    global _flags_swept
+    if _flags_swept:
+        return
+    _flags_swept = True
+    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*", pid_in_name=True)
+
+
 class Lane:
     """One single-worker loky executor, its worker's pid and its cancel flag."""
 
@@ -68,12 +80,16 @@ class Lane:
 
         self.pool = pool
         self.number = number
+        _sweep_flags()
         fd, self.flag_path = tempfile.mkstemp(prefix=f"flowpool-{os.getpid()}-lane{number}-", dir=_flag_dir())
         try:
+            _sweep.hold(fd)  # kept open (so held) until close(): see ``_sweep``
             os.ftruncate(fd, _worker.FLAG_SIZE)
             self.flag = mmap.mmap(fd, _worker.FLAG_SIZE)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._flag_fd = fd
         self.executor = loky.ProcessPoolExecutor(
             max_workers=1,
             initializer=_worker.init_worker,
@@ -175,6 +191,10 @@ class Lane:
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
+        fd, self._flag_fd = self._flag_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LaneTicket:
