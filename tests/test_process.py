@@ -712,27 +712,29 @@ def test_a_sweep_removes_only_what_no_live_process_holds_whatever_pid_its_name_s
     held = tmp_path / f"flowpool-{invisible}-lane1-held"
     left = tmp_path / f"flowpool-{invisible}-lane1-left"
     new = tmp_path / f"flowpool-{invisible}-lane1-new"
-    held_folder = tmp_path / "flowpool-logs-held"
-    left_folder = tmp_path / "flowpool-logs-left"
+    held_folder = tmp_path / f"flowpool-logs-{invisible}-held"
+    left_folder = tmp_path / f"flowpool-logs-{invisible}-left"
+    unnamed_folder = tmp_path / "flowpool-logs-old"  # no pid: from an older flowpool, maybe in use
     for path in (held, left, new):
         path.write_bytes(b"x")
-    for folder in (held_folder, left_folder):
+    for folder in (held_folder, left_folder, unnamed_folder):
         folder.mkdir()
         (folder / "socket").write_bytes(b"")
-    for path in (held, left, held_folder, left_folder):
+    for path in (held, left, held_folder, left_folder, unnamed_folder):
         os.utime(path, (1, 1))
     holders = [_sweep.hold_path(str(held)), _sweep.hold_path(str(held_folder))]
     try:
-        _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*", pid_in_name=True)
-        _sweep.sweep(str(tmp_path), "flowpool-logs-*", pid_in_name=False)
+        _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*")
+        _sweep.sweep(str(tmp_path), "flowpool-logs-*-*", pid_field=2)
         assert held.exists() and held_folder.exists(), "held by a live owner"
+        assert unnamed_folder.exists()
         assert new.exists(), "too new to judge: its owner may not have locked it yet"
         assert not left.exists() and not left_folder.exists()
         fcntl.flock(holders[0], fcntl.LOCK_SH | fcntl.LOCK_NB)  # still ours
     finally:
         for fd in holders:
             os.close(fd)
-    _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*", pid_in_name=True)
+    _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*")
     assert not held.exists(), "let go: removed"
 
 

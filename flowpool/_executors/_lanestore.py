@@ -122,7 +122,7 @@ def _sweep_spools(directory: str) -> None:
     if _swept:
         return
     _swept = True
-    _sweep.sweep(directory, "flowpool-*-spool-*", pid_in_name=True)
+    _sweep.sweep(directory, "flowpool-*-spool-*")
 
 
 class Snapshot:

@@ -103,8 +103,8 @@ class LogReceiver:
     """Parent side: receives what workers send; one per parent process."""
 
     def __init__(self) -> None:
-        _sweep.sweep(tempfile.gettempdir(), "flowpool-logs-*", pid_in_name=False)  # left by killed processes
-        self._folder = tempfile.mkdtemp(prefix="flowpool-logs-")  # mode 0700: only we can send
+        _sweep.sweep(tempfile.gettempdir(), "flowpool-logs-*-*", pid_field=2)  # left by killed processes
+        self._folder = tempfile.mkdtemp(prefix=f"flowpool-logs-{os.getpid()}-")  # mode 0700: only we can send
         held = _sweep.hold_path(self._folder)  # until closed: see ``_sweep``
         self.address = os.path.join(self._folder, "socket")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -69,7 +69,7 @@ def _sweep_flags() -> None:
     if _flags_swept:
         return
     _flags_swept = True
-    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*", pid_in_name=True)
+    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*")
 
 
 class Lane:

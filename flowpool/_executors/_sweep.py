@@ -1,7 +1,7 @@
 """What flowpool leaves in shared temporary folders, and when another process may remove it.
 
 Spool files (``flowpool-PID-spool-*``), lane flag files (``flowpool-PID-laneN-*``, in
-``/dev/shm`` when it exists) and the log socket's folder (``flowpool-logs-*``) are
+``/dev/shm`` when it exists) and the log socket's folder (``flowpool-logs-PID-*``) are
 removed by their owner; one whose owner was killed is left behind. Each owner holds
 a shared ``flock`` on its file (or folder) for as long as it uses it, and a sweeper
 removes one only if it gets an exclusive lock on it without waiting. A pid in the name
@@ -48,18 +48,20 @@ def _visible(pid: int) -> bool:
     return True
 
 
-def sweep(directory: str, pattern: str, pid_in_name: bool) -> None:
-    """Remove what matches ``pattern`` in ``directory`` and no live owner holds."""
+def sweep(directory: str, pattern: str, pid_field: int = 1) -> None:
+    """Remove what matches ``pattern`` in ``directory`` and no live owner holds.
+
+    The owner's pid is the name's ``pid_field``-th dash-separated part: a name without
+    one is left alone (made by a flowpool from before these locks, it may be in use)."""
     now = time.time()
     uid = os.getuid()
     for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
-        if pid_in_name:
-            try:
-                pid = int(os.path.basename(path).split("-")[1])
-            except (ValueError, IndexError):
-                continue
-            if pid == os.getpid() or _visible(pid):  # (an owner from before these locks)
-                continue
+        try:
+            pid = int(os.path.basename(path).split("-")[pid_field])
+        except (ValueError, IndexError):
+            continue
+        if pid == os.getpid() or _visible(pid):  # (also guards an owner from before these locks)
+            continue
         try:
             info = os.lstat(path)
             if info.st_uid != uid or stat.S_ISLNK(info.st_mode) or now - info.st_mtime < GRACE:
