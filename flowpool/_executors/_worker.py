@@ -288,7 +288,7 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         _functions.clear()
         _sessions.clear()
     for key in drop_sessions:
-        _sessions.pop(key, None)
+        _drop_session(key)
     for key in drop_functions:
         _functions.pop(key, None)
     if new_function is not None:
@@ -308,7 +308,16 @@ def forget_sessions(store_key: int, sessions: list[int]) -> None:
     """Drop the values of runs that ended (sent to an idle lane, in its payload order)."""
     if store_key == _store_key:
         for key in sessions:
-            _sessions.pop(key, None)
+            _drop_session(key)
+
+
+def _drop_session(key: int) -> None:
+    # Its values go now, not at a cyclic collection (``results`` refers back to it).
+    session = _sessions.pop(key, None)
+    if session is not None:
+        session.results = None
+        session.loaded.clear()
+        session.pending.clear()
 
 
 def _usable(thing: Any) -> Any:

@@ -116,8 +116,18 @@ def wait_for_gate_file(ctx: Context) -> str:
     return "passed"
 
 
-def held_sessions() -> int:
-    """How many runs' values this lane worker holds (submitted straight to a lane)."""
+def held_sessions() -> tuple[int, int]:
+    """How many runs' values this lane worker holds, and how many dropped ones' values are
+    still loaded (submitted straight to a lane; turns the cyclic collector back on)."""
+    import gc
+
     from flowpool._executors import _worker
 
-    return len(_worker._sessions)
+    held = {id(session) for session in _worker._sessions.values()}
+    dropped = [
+        thing
+        for thing in gc.get_objects()
+        if isinstance(thing, _worker._Session) and id(thing) not in held and thing.loaded
+    ]
+    gc.enable()
+    return len(_worker._sessions), len(dropped)
