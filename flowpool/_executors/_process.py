@@ -89,7 +89,7 @@ class Lane:
         except BaseException:
             os.close(fd)
             raise
-        self._flag_fd = fd
+        self._flag_fd = [fd]  # popped by the first close(): close() may run on two threads
         self.executor = loky.ProcessPoolExecutor(
             max_workers=1,
             initializer=_worker.init_worker,
@@ -191,10 +191,8 @@ class Lane:
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
-        fd, self._flag_fd = self._flag_fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(IndexError, OSError):
+            os.close(self._flag_fd.pop())  # lets go of the flag's lock (see ``_sweep``)
 
 
 class LaneTicket:
