@@ -33,7 +33,32 @@ def portable_error(error: BaseException | None) -> bytes | None:
 
 # Text forms stay short: enough to recognise a value or an error in a listing.
 _TEXT_LIMIT = 300
-_SHORT = reprlib.Repr()
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib.Repr`` that never builds the full ``repr`` of a large bytes-like value."""
+
+    def _sliced(self, value: bytes | bytearray) -> str:
+        # The same head...tail text ``repr_instance`` makes, from the ends of the value only.
+        limit = self.maxother
+        whole = len(value) <= limit
+        text = repr(value) if whole else ""
+        if whole and len(text) <= limit:
+            return text
+        head = (limit - 3) // 2
+        tail = limit - 3 - head
+        if whole:
+            return text[:head] + "..." + text[-tail:]
+        return repr(value[:limit])[:head] + "..." + repr(value[-limit:])[-tail:]
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        return self._sliced(value)
+
+    def repr_bytearray(self, value: bytearray, level: int) -> str:
+        return self._sliced(value)
+
+
+_SHORT = _ShortRepr()
 _SHORT.maxlevel = 4
 _SHORT.maxstring = _SHORT.maxother = _TEXT_LIMIT
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 12
@@ -50,7 +75,7 @@ _PLAIN_LIMIT = 40  # reprlib's own limit for ints (``maxlong``); the others' is 
 
 def value_text(value: Any) -> str:
     """The short text form kept beside a pickled value: its ``repr``, truncated."""
-    if type(value) in _PLAIN:
+    if type(value) in _PLAIN and not (isinstance(value, (str, bytes)) and len(value) > _PLAIN_LIMIT):
         text = repr(value)
         if len(text) <= _PLAIN_LIMIT:
             return text

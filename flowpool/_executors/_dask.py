@@ -79,6 +79,7 @@ class DaskBackend:
         self._lock = threading.Lock()
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._running: dict[Attempt, Any] = {}
+        self._abandoned: set[Attempt] = set()  # given up on, still running: they hold their slot
         self._closed = False
         self._packer = _lanestore.CallPacker()
         # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
@@ -106,7 +107,8 @@ class DaskBackend:
     def _pump(self) -> None:
         while True:
             with self._lock:
-                if self._closed or not self._waiting or len(self._running) >= self._max_workers:
+                busy = len(self._running) + len(self._abandoned)
+                if self._closed or not self._waiting or busy >= self._max_workers:
                     return
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
@@ -165,12 +167,19 @@ class DaskBackend:
     def _finished(self, attempt: Attempt, future: Any) -> None:
         with self._lock:
             self._running.pop(attempt, None)
+            self._abandoned.discard(attempt)
         try:
             envelope = future.result()
         except BaseException as error:  # noqa: BLE001 - cancelled, lost worker, …
             attempt.error = error
         else:
             attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
+            del envelope
+        # Read: let Dask drop the result now, not when a cyclic GC collects the attempt.
+        if attempt.handle is future:
+            attempt.handle = None
+        with contextlib.suppress(Exception):
+            future.release()
         attempt.finished_at = attempt.clock.now()
         attempt.inbox.put((DONE, attempt))
         self._pump()
@@ -185,10 +194,12 @@ class DaskBackend:
         if self.withdraw(attempt):
             return
         # Dask cannot stop a task (``cancel()`` only drops our interest while it runs on):
-        # its slot is freed and its future kept, so a late completion still reports back
-        # (SPEC §16) — the loop ignores it unless it waits for abandoned attempts.
+        # its future is kept, so a late completion still reports back (SPEC §16) — the loop
+        # ignores it unless it waits for abandoned attempts. It keeps its slot until it
+        # ends: the next attempt would otherwise wait behind it while its timeout counts.
         with self._lock:
-            self._running.pop(attempt, None)
+            if self._running.pop(attempt, None) is not None:
+                self._abandoned.add(attempt)
         self._pump()
 
     def where_it_hung(self, attempt: Attempt) -> str:

@@ -19,6 +19,8 @@ import threading
 import weakref
 from typing import Any
 
+from . import _sweep
+
 __all__ = ["REMEMBER_MAX", "SPOOL_MIN", "Call", "CallPacker", "LaneStore", "Snapshot", "Spool", "ValueData"]
 
 #: Parent side: process-wide keys for functions, values, snapshots, sessions and lane stores.
@@ -50,9 +52,10 @@ def _function_key(data: bytes) -> int:
 #: from there by a worker only when a step reads it; smaller ones travel in payloads.
 SPOOL_MIN = 4096
 
-#: A worker's envelope up to this big is spooled as it arrives (a write is cheaper than
-#: pickling the value again); a bigger one is not, so that a large value that no later
-#: stage reads costs nothing more than before, and is pickled once if one does.
+#: A worker's envelope up to this big is kept, and spooled when a later stage is first
+#: handed its value (a write is cheaper than pickling the value again); a bigger one is
+#: not kept, so that a large value that no later stage reads costs nothing more than
+#: before, and is pickled once if one does.
 REMEMBER_MAX = 1 << 20
 
 #: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
@@ -84,6 +87,7 @@ class Spool:
                 if self._file is None:
                     _sweep_spools(os.path.dirname(self.path))
                     fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    _sweep.hold(fd)  # until the file is closed: see ``_sweep``
                     self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by close()
                     # Removed by close(), or else when the run is collected or at interpreter exit.
                     self._closer = weakref.finalize(self, _remove_spool, self._file, self.path)
@@ -118,17 +122,7 @@ def _sweep_spools(directory: str) -> None:
     if _swept:
         return
     _swept = True
-    import glob
-
-    for path in glob.glob(os.path.join(glob.escape(directory), "flowpool-*-spool-*")):
-        try:
-            pid = int(os.path.basename(path).split("-")[1])
-            os.kill(pid, 0)
-        except (ValueError, PermissionError):  # not ours to judge, or alive under another user
-            continue
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    _sweep.sweep(directory, "flowpool-*-spool-*")
 
 
 class Snapshot:
@@ -189,18 +183,16 @@ class CallPacker:
         self._values: dict[str, tuple[Any, int, ValueData]] = {}
         self._snapshot: tuple[Any, Snapshot] | None = None
         self._spool = Spool(spool_dir) if spool_dir is not None else None
-        self._remembered: dict[int, tuple[Any, ValueData]] = {}
+        self._remembered: dict[int, tuple[Any, bytes]] = {}  # id(value) → (value, its envelope)
         self.sessions: list[int] = []  # every session key this packer made
 
     def remember(self, value: Any, envelope: bytes) -> None:
-        """``value`` came back from a worker in ``envelope``: spool those bytes now, so a later
-        stage that is handed it costs no pickling (called from a backend's callback thread)."""
-        spool = self._spool
-        if spool is None or not SPOOL_MIN <= len(envelope) <= REMEMBER_MAX:
+        """``value`` came back from a worker in ``envelope``: keep those bytes, so a later stage
+        that is handed it costs no pickling (called from a backend's callback thread). They go
+        to the spool only then: a value no later stage is handed is never written."""
+        if self._spool is None or not SPOOL_MIN <= len(envelope) <= REMEMBER_MAX:
             return
-        span = spool.append(envelope)
-        if span is not None:
-            self._remembered[id(value)] = (value, (*span, True))
+        self._remembered[id(value)] = (value, envelope)
 
     def close(self) -> None:
         """The run ended: remove its spool file."""
@@ -245,9 +237,11 @@ class CallPacker:
         return Snapshot(tuple(names), tuple(keys), tuple(data))
 
     def _data_of(self, value: Any) -> ValueData:
-        remembered = self._remembered.get(id(value))
-        if remembered is not None and remembered[0] is value:
-            return remembered[1]
+        remembered = self._remembered.pop(id(value), None)
+        if remembered is not None and remembered[0] is value and self._spool is not None:
+            span = self._spool.append(remembered[1])
+            if span is not None:
+                return (*span, True)
         data = _dumps(value)
         if self._spool is not None and len(data) >= SPOOL_MIN:
             span = self._spool.append(data)
@@ -291,6 +285,14 @@ class LaneStore:
             for key in sessions:
                 if self._sessions.pop(key, None) is not None:
                     self._forget.append(key)
+
+    def take_forgotten(self) -> list[int]:
+        """The sessions to drop that no payload has carried yet (the caller sends them)."""
+        with self._lock:
+            if self._fresh:  # the worker holds nothing yet
+                return []
+            forgotten, self._forget = self._forget, []
+            return forgotten
 
     def payload(self, call: Call) -> bytes:
         """The bytes to send to this lane's worker for ``call``."""

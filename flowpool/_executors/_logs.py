@@ -42,6 +42,7 @@ from typing import Any
 
 from .. import _logcontext
 from .._attempt import user_stack
+from . import _sweep
 
 __all__ = [
     "STACK_SIGNAL",
@@ -102,7 +103,9 @@ class LogReceiver:
     """Parent side: receives what workers send; one per parent process."""
 
     def __init__(self) -> None:
-        self._folder = tempfile.mkdtemp(prefix="flowpool-logs-")  # mode 0700: only we can send
+        _sweep.sweep(tempfile.gettempdir(), "flowpool-logs-*-*", pid_field=2)  # left by killed processes
+        self._folder = tempfile.mkdtemp(prefix=f"flowpool-logs-{os.getpid()}-")  # mode 0700: only we can send
+        held = _sweep.hold_path(self._folder)  # until closed: see ``_sweep``
         self.address = os.path.join(self._folder, "socket")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(self.address)
@@ -110,7 +113,7 @@ class LogReceiver:
         self._lock = threading.Lock()
         self._stack_arrived = threading.Condition(self._lock)
         self._stacks: dict[tuple[int, int], str] = {}
-        weakref.finalize(self, _close, self._socket, self._folder)
+        weakref.finalize(self, _close, self._socket, self._folder, held)
         threading.Thread(target=self._serve, name="flowpool-worker-logs", daemon=True).start()
 
     def _serve(self) -> None:
@@ -160,9 +163,11 @@ def _handle(fields: dict[str, Any]) -> None:
         logger.handle(record)
 
 
-def _close(sock: socket.socket, folder: str) -> None:
+def _close(sock: socket.socket, folder: str, held: int) -> None:
     sock.close()
     shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.close(held)
 
 
 _receiver: LogReceiver | None = None

@@ -39,7 +39,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _lanestore, _logs, _worker
+from . import _lanestore, _logs, _sweep, _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -60,6 +60,18 @@ def _flag_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+_flags_swept = False
+
+
+def _sweep_flags() -> None:
+    """Remove, once per process, lane flag files left by processes that were killed."""
+    global _flags_swept
+    if _flags_swept:
+        return
+    _flags_swept = True
+    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*")
+
+
 class Lane:
     """One single-worker loky executor, its worker's pid and its cancel flag."""
 
@@ -68,12 +80,16 @@ class Lane:
 
         self.pool = pool
         self.number = number
+        _sweep_flags()
         fd, self.flag_path = tempfile.mkstemp(prefix=f"flowpool-{os.getpid()}-lane{number}-", dir=_flag_dir())
         try:
+            _sweep.hold(fd)  # kept open (so held) until close(): see ``_sweep``
             os.ftruncate(fd, _worker.FLAG_SIZE)
             self.flag = mmap.mmap(fd, _worker.FLAG_SIZE)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._flag_fd = [fd]  # popped by the first close(): close() may run on two threads
         self.executor = loky.ProcessPoolExecutor(
             max_workers=1,
             initializer=_worker.init_worker,
@@ -109,6 +125,17 @@ class Lane:
         if hook is not None:
             hook(call.step, self.number, len(payload))
         return payload
+
+    def send_forgotten(self) -> None:
+        """Have an idle worker drop the values of runs that ended now, not with its next
+        payload (maybe ``IDLE_TIMEOUT`` later). Called with the pool's lock held while the
+        lane is idle, so the drop goes out before any later payload."""
+        if self.broken or not self.ready:
+            return
+        sessions = self.store.take_forgotten()
+        if sessions:
+            with contextlib.suppress(Exception):  # a dead worker holds nothing
+                self.executor.submit(_worker.forget_sessions, self.store.key, sessions)
 
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
@@ -164,6 +191,8 @@ class Lane:
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
+        with contextlib.suppress(IndexError, OSError):
+            os.close(self._flag_fd.pop())  # lets go of the flag's lock (see ``_sweep``)
 
 
 class LaneTicket:
@@ -278,6 +307,7 @@ class LanePool:
         with self._lock:
             lane.idle_since = _now()
             self._idle.append(lane)
+            lane.send_forgotten()  # what ended while it was busy
 
     def discard(self, lane: Lane) -> None:
         with self._lock:
@@ -349,13 +379,17 @@ class LanePool:
             return len(self._all)
 
     def forget(self, sessions: list[int]) -> None:
-        """These runs ended: every lane's worker drops their values with its next payload."""
+        """These runs ended: every lane's worker drops their values, an idle one now, a
+        busy one with its next payload (or when it goes idle)."""
         if not sessions:
             return
         with self._lock:
             lanes = list(self._all)
         for lane in lanes:
             lane.store.forget(sessions)
+        with self._lock:
+            for lane in self._idle:
+                lane.send_forgotten()
 
 
 def _now() -> float:
@@ -580,6 +614,11 @@ class ProcessBackend:
         with self._lock:
             lane = self._lanes.get(attempt)
             running = lane is not None and self._own.get(lane, [None])[0] is attempt
+            if lane is not None and running:
+                # Marked under the lock: an attempt that ends before the kill below must not
+                # hand the lane back (``_finished`` checks it), or another run's attempt
+                # could start on it and be killed instead.
+                lane.broken = True
         if lane is None:
             return
         if running:

@@ -14,6 +14,7 @@ future). Anything that cannot make the trip is described in plain data instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import mmap
 import os
 import pickle
@@ -67,9 +68,34 @@ def init_worker(parent_pid: int, lane: int = 0, log_address: str | None = None, 
         # PR_SET_PDEATHSIG is tied to the spawning thread (loky's manager), so poll instead.
         while not stop.wait(poll):
             if os.getppid() != parent_pid:
+                _clean_up_for_dead_parent(log_address)
                 os._exit(1)
 
     threading.Thread(target=watch_parent, name="flowpool-parent-watch", daemon=True).start()
+
+
+def _clean_up_for_dead_parent(log_address: str | None) -> None:
+    """The parent was killed: end what the step started, and remove what the parent would
+    have removed (the lane's flag file, the spool files of its runs, the log socket)."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=1.0)
+    paths = list(_flags)
+    with contextlib.suppress(Exception):  # (the main thread may be changing them)
+        paths += [session.spool for session in list(_sessions.values()) if session.spool]
+    if log_address is not None:
+        paths.append(log_address)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if log_address is not None:
+        with contextlib.suppress(OSError):  # the last lane to get here removes the folder
+            os.rmdir(os.path.dirname(log_address))
 
 
 def ping() -> int:
@@ -262,7 +288,7 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         _functions.clear()
         _sessions.clear()
     for key in drop_sessions:
-        _sessions.pop(key, None)
+        _drop_session(key)
     for key in drop_functions:
         _functions.pop(key, None)
     if new_function is not None:
@@ -276,6 +302,22 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         names, keys = new_snapshot
         session.snapshot = snapshot_key
         session.results = Results(session, dict(zip(names, keys, strict=True)))
+
+
+def forget_sessions(store_key: int, sessions: list[int]) -> None:
+    """Drop the values of runs that ended (sent to an idle lane, in its payload order)."""
+    if store_key == _store_key:
+        for key in sessions:
+            _drop_session(key)
+
+
+def _drop_session(key: int) -> None:
+    # Its values go now, not at a cyclic collection (``results`` refers back to it).
+    session = _sessions.pop(key, None)
+    if session is not None:
+        session.results = None
+        session.loaded.clear()
+        session.pending.clear()
 
 
 def _usable(thing: Any) -> Any:
