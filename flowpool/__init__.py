@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._events import EVENT_KINDS, Event
 from ._executors import shutdown_workers
+from ._logcontext import LogContextFilter
 from ._maps import ItemResult, MapResult
 from ._results import (
     CompensationResult,
@@ -84,6 +85,7 @@ __all__ = [
     "Map",
     "MapItemsError",
     "MapResult",
+    "LogContextFilter",
     "RemoteError",
     "RetryRejectedError",
     "Step",

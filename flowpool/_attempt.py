@@ -10,10 +10,15 @@ loop decides what an outcome means; workers just fill in the fields.
 from __future__ import annotations
 
 import queue
+import sys
+import threading
+import traceback
 from collections.abc import Callable
 from enum import IntEnum
+from types import CodeType, FrameType
 from typing import Any
 
+from . import _logcontext
 from ._clock import Clock
 from ._context import Context
 
@@ -64,6 +69,7 @@ class Attempt:
         "never_started",
         "quiet_start",
         "may_queue",
+        "thread_ident",
     )
 
     def __init__(
@@ -95,7 +101,9 @@ class Attempt:
         self.value: Any = None
         self.error: BaseException | None = None
         self.owner = owner  # the loop's record of the step
-        self.handle: Any = None  # the backend's handle (a future, a lane)
+        # What the backend keeps on the attempt, its own record type (``ThreadTicket``,
+        # ``LaneTicket``, ``DaskCall``, a future); each backend narrows it with isinstance.
+        self.handle: object = None
         self.never_started = False  # set by a backend that took it back unstarted
         # Set by a backend that cannot tell yet whether the attempt really started (it
         # was cancelled while queued on a worker): announce it only once it is known.
@@ -103,6 +111,7 @@ class Attempt:
         # Whether a backend may queue it on a worker behind another attempt (not when
         # it may be cancelled before it starts, e.g. in a fail-fast group).
         self.may_queue = True
+        self.thread_ident: int | None = None  # the thread running it in this process, while it runs
 
     def try_claim(self) -> bool:
         """Take the right to run (worker) or to withdraw (loop); True for the first caller."""
@@ -120,13 +129,27 @@ class Attempt:
         self.started_at = clock.now()
         if self.notify_start:
             self.inbox.put((STARTED, self))
+        ctx = self.ctx
+        named = _logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, getattr(ctx, "key", None))
+        self.thread_ident = threading.get_ident()
         try:
-            self.value = self.fn(self.ctx, *self.args)
+            self.value = self.fn(ctx, *self.args)
             self.ok = True
         except BaseException as error:  # noqa: BLE001 - every outcome travels back to the loop
             self.error = error
+        finally:
+            self.thread_ident = None
+            _logcontext.leave(named)
         self.finished_at = clock.now()
         self.inbox.put((DONE, self))
+
+    def where_it_hung(self) -> str:
+        """A note with the stack of the thread running this attempt in this process now."""
+        ident = self.thread_ident
+        frame = sys._current_frames().get(ident) if ident is not None else None
+        if frame is None:
+            return "Where it hung: unknown (the attempt was no longer running)"
+        return hung_note(user_stack(frame, _EXECUTE))
 
     def fail_unstarted(self, error: BaseException) -> None:
         """Report that the attempt could not be run at all (e.g. its executor refused it)."""
@@ -141,6 +164,25 @@ class Attempt:
 
     def __repr__(self) -> str:
         return f"Attempt({self.step!r}, {self.number})"
+
+
+_EXECUTE = Attempt.execute.__code__
+
+
+def hung_note(stack: str) -> str:
+    """The note a ``StepTimeoutError`` carries: where its attempt was when time ran out."""
+    return "Where it hung (the attempt's stack when its timeout passed, most recent call last):\n" + stack.rstrip()
+
+
+def user_stack(frame: FrameType | None, stop_at: CodeType | None) -> str:
+    """The frames of ``frame``'s stack below the frame running ``stop_at`` (the step
+    function and what it called), formatted as in a traceback, most recent call last."""
+    frames: list[tuple[FrameType, int]] = []
+    while frame is not None and frame.f_code is not stop_at:
+        frames.append((frame, frame.f_lineno))
+        frame = frame.f_back
+    frames.reverse()
+    return "".join(traceback.StackSummary.extract(iter(frames)).format())
 
 
 def take_back(lock: Any, waiting: Any, attempt: Attempt) -> bool:

@@ -21,6 +21,7 @@ import queue
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
 from ._context import Context, ItemCall
@@ -103,6 +104,7 @@ class Compensator:
         "done",
         "compensated",
         "not_compensated",
+        "records",
     )
 
     def __init__(self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope) -> None:
@@ -120,6 +122,8 @@ class Compensator:
         self.done: set[str] = set()
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
+        #: The run's step records, where each compensation's outcome is written.
+        self.records: dict[str, StepResult] = {}
 
     def run_all(
         self,
@@ -133,6 +137,7 @@ class Compensator:
         Each outcome is written into ``records`` (or the map's ledger) and the
         journal as it comes.
         """
+        self.records = records
         pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
         done = self.done
         if recorder.enabled:
@@ -166,13 +171,26 @@ class Compensator:
                 completed = self.run_in_turn(jobs, recorder, events, context, finished)
             if not completed:
                 for _, _, rest in stages[number + 1 :]:
-                    self.not_compensated.extend(job.label for job in rest)
+                    for job in rest:
+                        self.give_up(job)
                 return
+
+    def give_up(self, job: _Job) -> None:
+        """A second Ctrl-C stopped the compensations before ``job``'s ended: it is abandoned."""
+        abandoned = CompensationResult("abandoned")
+        sr = job.sr
+        if sr is not None and sr.record is not None:
+            self.records[job.step.name] = with_compensation(sr.record, abandoned)
+        elif job.ledger is not None and job.index is not None:
+            job.ledger.compensations[job.index] = abandoned
+        self.not_compensated.append(job.label)
 
     @staticmethod
     def _step_job(sr: StepRun) -> _Job:
-        assert sr.record is not None
-        job = _Job(sr.step.name, sr.step, sr.group, sr.backend, sr.record.value)
+        record = sr.record
+        assert record is not None
+        # A timed-out step whose abandoned attempt returned later is undone on that late value.
+        job = _Job(sr.step.name, sr.step, sr.group, sr.backend, record.value if record.ok else record.late_value)
         job.sr = sr
         return job
 
@@ -207,16 +225,18 @@ class Compensator:
         """One stage's compensations one at a time; False if a second Ctrl-C abandoned the rest."""
         for job in jobs:
             if self.scope.interrupts >= 2:
-                self.not_compensated.append(job.label)
-                self.not_compensated.extend(rest.label for rest in jobs)
+                self.give_up(job)
+                for rest in jobs:
+                    self.give_up(rest)
                 return False
             recorder.compensation_started(job.label)
             try:
                 outcome = self.compensate(job, events, context)
             except KeyboardInterrupt:
                 recorder.compensation_finished(job.label, None, None)
-                self.not_compensated.append(job.label)
-                self.not_compensated.extend(rest.label for rest in jobs)
+                self.give_up(job)
+                for rest in jobs:
+                    self.give_up(rest)
                 events.emit("compensation_finished", self.clock.now(), status="abandoned", **job.fields())
                 return False
             finished(job, outcome)
@@ -247,9 +267,11 @@ class Compensator:
                     job.backend.stop(attempt)
                     events.emit("compensation_finished", clock.now(), status="abandoned", **job.fields())
                     recorder.compensation_finished(job.label, None, None)
-                    self.not_compensated.append(job.label)
-                self.not_compensated.extend(job.label for _, _, job, _ in sorted(retries))
-                self.not_compensated.extend(job.label for job in jobs)
+                    self.give_up(job)
+                for _, _, job, _ in sorted(retries):
+                    self.give_up(job)
+                for job in jobs:
+                    self.give_up(job)
                 return False
             now = clock.now()
             while len(running) < k:
@@ -384,11 +406,13 @@ class Compensator:
         if backend.in_process and step.compensate_timeout is None:
             ctx = self._context(job, number, context)
             self.scope.interruptible = True
+            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
             try:  # in the caller's thread, one at a time
                 compensate(ctx, job.value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
                 return False, error
             finally:
+                logcontext.leave(token)
                 self.scope.interruptible = False
             return True, None
         attempt = self.submit(job, number, context)

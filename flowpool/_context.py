@@ -31,9 +31,11 @@ class Context:
         item: the item, in a map's step or compensation; else None.
         index: the item's 0-based index in its map; else None.
         key: the item's key (its index unless the map has a ``key``); else None.
+        outcome: in an always-stage, the flow's status so far (a ``FlowStatus``);
+            None elsewhere.
     """
 
-    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "item", "index", "key", "_scope")
+    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "item", "index", "key", "outcome", "_scope")
 
     input: Any
     flow: str
@@ -44,6 +46,7 @@ class Context:
     item: Any
     index: int | None
     key: str | int | None
+    outcome: Any
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class Context:
         attempt: int,
         results: Mapping[str, Any],
         scope: CancelScope | None = None,
+        outcome: Any = None,
     ) -> None:
         self.input = input
         self.flow = flow
@@ -65,6 +69,7 @@ class Context:
         self.item: Any = None
         self.index: int | None = None
         self.key: str | int | None = None
+        self.outcome = outcome
         self._scope = scope
 
     @property

@@ -23,7 +23,17 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Flow", "Group", "Map", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
+__all__ = [
+    "Always",
+    "Flow",
+    "Group",
+    "Map",
+    "Step",
+    "describe_structure",
+    "group_plan_phrases",
+    "group_rule",
+    "plan_phrases",
+]
 
 ExecutorName = Literal["thread", "process"]
 EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
@@ -94,6 +104,48 @@ def _check_bool(value: object, argument: str, flow: str | None, step: str | None
     if not isinstance(value, bool):
         raise _fail(f"must be True or False, not {value!r}", flow, step, argument)
     return value
+
+
+def _is_exception_class(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _check_retry_on(value: object, argument: str, flow: str | None, step: str | None) -> Any:
+    if value is None or _is_exception_class(value):
+        return value
+    if isinstance(value, tuple):
+        if value and all(_is_exception_class(kind) for kind in value):
+            return value
+        raise _fail(f"a tuple must hold exception classes only (and at least one), not {value!r}", flow, step, argument)
+    if callable(value):
+        return value  # a predicate: callable(exc) -> bool
+    raise _fail(
+        f"must be an exception class, a tuple of them, or a predicate callable(exc) -> bool, not {value!r}",
+        flow,
+        step,
+        argument,
+    )
+
+
+def _describe_retry_on(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return [kind.__qualname__ for kind in value]
+    return value.__qualname__ if _is_exception_class(value) else "predicate"
+
+
+def _name_retry_on(value: Any) -> str:
+    described = _describe_retry_on(value)
+    return ", ".join(described) if isinstance(described, list) else str(described)
+
+
+def _show_retry_on(value: Any) -> str | None:
+    return None if value is None else f"retry_on={_name_retry_on(value)}"
+
+
+def _plan_retry_on(value: Any, step: Any) -> str | None:
+    return None if value is None else f"retried only on {_name_retry_on(value)}"
 
 
 def _check_executor(value: object, argument: str, flow: str | None, step: str | None) -> ExecutorName | None:
@@ -234,6 +286,15 @@ class Step:
         compensate_retries: extra attempts for the compensation.
         compensate_timeout: seconds allowed for one compensation attempt.
         required: for group members: the group fails if this member does not complete.
+        retry_on: retry only failures that match: an exception class, a tuple of them
+            (``isinstance``), or a predicate ``callable(exc) -> bool``; default: every
+            ``Exception``. Not together with ``retry``.
+        optional: when the step does not complete, its status and error are recorded
+            but it never fails the flow, never triggers fail fast, and is left out of
+            its group's verdict. Not together with ``required``.
+        when: ``when(ctx) -> bool``, called in the caller's thread when the stage
+            starts: false leaves the step ``SKIPPED`` (never called, never failing the
+            flow, left out of its group's verdict); an exception fails the step.
         executor: ``"thread"`` or ``"process"`` to run this step on another kind of
             pool than the run's; ``None`` uses the run's.
     """
@@ -267,6 +328,30 @@ class Step:
     required: bool = option(False, _check_bool, plan=lambda value, step: "required" if value else None)
     executor: ExecutorName | None = option(
         None, _check_executor, plan=lambda value, step: None if value is None else f"on {value}"
+    )
+    retry_on: Any = option(
+        None,
+        _check_retry_on,
+        excludes=("retry",),
+        fingerprint=_describe_retry_on,
+        fingerprint_default=False,
+        show=_show_retry_on,
+        plan=_plan_retry_on,
+    )
+    optional: bool = option(
+        False,
+        _check_bool,
+        excludes=("required",),
+        fingerprint_default=False,
+        plan=lambda value, step: "optional" if value else None,
+    )
+    when: Callable[[Context], bool] | None = option(
+        None,
+        _check_callable_or_none,
+        fingerprint=lambda value: value is not None,
+        fingerprint_default=False,
+        show=lambda value: None if value is None else f"when={callable_name(value)}",
+        plan=lambda value, step: None if value is None else f"only when {callable_name(value)}",
     )
 
     OPTIONS: ClassVar[tuple[Option, ...]]
@@ -331,6 +416,16 @@ class Step:
 
 #: The names of ``Step``'s options, in declaration order.
 STEP_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in Step.OPTIONS)
+
+
+class Always(Step):
+    """An always-stage (``Flow.always``): a step that runs after the rest of the flow
+    has finished, whatever its outcome, and after the compensations."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Always" + super().__repr__().removeprefix("Step")
 
 
 def plan_phrases(step: Step) -> list[str]:
@@ -662,6 +757,8 @@ def describe_structure(flow: Flow) -> dict[str, Any]:
             )
         elif isinstance(stage, Map):
             stages.append(_map_structure(stage))
+        elif isinstance(stage, Always):
+            stages.append({"always": _step_structure(stage)})
         else:
             stages.append({"step": _step_structure(stage)})
     return {"flow": flow.name, "stages": stages}
@@ -723,6 +820,31 @@ class Flow:
             raise error.with_flow(self._name) from None
         if step.required:
             raise _fail("'required' applies only to members of a parallel group", self._name, step.name, "required")
+        self._check_unique([step.name])
+        self._stages += (step,)
+        self._names |= {step.name}
+        return self
+
+    def always(self, name: str, fn: Callable[[Context], Any], **options: Any) -> Flow:
+        """Add an always-stage: a step that runs after the rest of the flow has finished,
+        whatever its outcome, and after the compensations (in declaration order among
+        always-stages). Its ``ctx.outcome`` is the flow's status so far; its failure is
+        recorded and logged but does not change the flow's status. Returns the flow.
+
+        ``required``, ``compensate`` and ``when`` do not apply to it.
+        """
+        for argument in ("required", "compensate", "when"):
+            if argument in options:
+                raise _fail(
+                    f"{argument!r} does not apply to an always-stage (it runs whatever happened; nothing undoes it)",
+                    self._name,
+                    name if isinstance(name, str) else None,
+                    argument,
+                )
+        try:
+            step = Always.checked(self._name, name, fn, options)
+        except FlowDefinitionError as error:
+            raise error.with_flow(self._name) from None
         self._check_unique([step.name])
         self._stages += (step,)
         self._names |= {step.name}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from flowpool import Flow, Group, Map, Step
 from flowpool._definition import (
+    Always,
     callable_name,
     group_plan_phrases,
     group_rule,
@@ -42,7 +43,10 @@ def render_plan(flow: Flow, fmt: str = "text") -> str:
 
 def step_options(step: Step) -> list[str]:
     """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
-    return plan_phrases(step)
+    phrases = plan_phrases(step)
+    if isinstance(step, Always):
+        phrases.insert(0, "always: runs last, whatever the outcome")
+    return phrases
 
 
 def group_policy(group: Group) -> str:
@@ -120,7 +124,10 @@ def _graph(
     """
     stages: list[tuple[str, Step | Group | Map, list[tuple[str, Step]]]] = []
     counter = 0
-    for stage in flow.stages:
+    in_run_order = [s for s in flow.stages if not isinstance(s, Always)] + [
+        s for s in flow.stages if isinstance(s, Always)
+    ]
+    for stage in in_run_order:
         if isinstance(stage, Group):
             members = []
             for member in stage.members:

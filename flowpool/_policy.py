@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._errors import StepCancelledError, StepTimeoutError
 from ._results import GroupStatus, StepResult, StepStatus
@@ -17,6 +17,7 @@ __all__ = [
     "group_error",
     "group_verdict",
     "may_retry",
+    "retry_matches",
     "stage_verdict",
     "status_of",
     "stops_group_early",
@@ -39,16 +40,33 @@ def group_verdict(
     *,
     fail_fast: bool = False,
     min_successes: int | None = None,
+    optional: Sequence[bool] | None = None,
 ) -> GroupStatus:
     """The verdict on a group whose members all settled.
 
     - default: the group fails only when no member completed;
     - ``fail_fast``: any member that did not complete fails the group;
     - ``min_successes=k``: the group fails when fewer than k members completed;
-    - a required member that did not complete fails the group in every mode.
+    - a required member that did not complete fails the group in every mode;
+    - an optional member that did not complete is left out of the verdict and of
+      the group's status (a group whose members all did so is PARTIAL);
+    - a skipped member (its ``when`` was false) is left out too (a group whose
+      members were all skipped is SKIPPED).
     """
-    if len(statuses) != len(required):
-        raise ValueError("statuses and required must have the same length")
+    if len(statuses) != len(required) or (optional is not None and len(optional) != len(statuses)):
+        raise ValueError("statuses, required and optional must have the same length")
+    flags = optional if optional is not None else [False] * len(statuses)
+    if StepStatus.SKIPPED in statuses or any(flags):
+        kept = [
+            (status, is_required)
+            for status, is_required, is_optional in zip(statuses, required, flags, strict=True)
+            if status is not StepStatus.SKIPPED and (not is_optional or status is StepStatus.COMPLETED)
+        ]
+        if not kept:
+            skipped_only = all(status is StepStatus.SKIPPED for status in statuses)
+            return GroupStatus.SKIPPED if skipped_only else GroupStatus.PARTIAL
+        statuses = [status for status, _ in kept]
+        required = [is_required for _, is_required in kept]
     completed = 0
     for status, is_required in zip(statuses, required, strict=True):
         if status is StepStatus.COMPLETED:
@@ -64,9 +82,10 @@ def group_verdict(
     return GroupStatus.PARTIAL
 
 
-def stops_group_early(status: StepStatus, *, fail_fast: bool) -> bool:
-    """Whether a member that ended with ``status`` cancels the rest of its group."""
-    return fail_fast and status is not StepStatus.COMPLETED
+def stops_group_early(status: StepStatus, *, fail_fast: bool, optional: bool = False) -> bool:
+    """Whether a member that ended with ``status`` cancels the rest of its group
+    (an optional member never does)."""
+    return fail_fast and not optional and status not in (StepStatus.COMPLETED, StepStatus.SKIPPED)
 
 
 def group_error(group: str, policy: str, records: Sequence[StepResult], required: Sequence[bool]) -> BaseException:
@@ -92,37 +111,74 @@ def group_error(group: str, policy: str, records: Sequence[StepResult], required
 
 
 def stage_verdict(
-    name: str, group: Group | None, records: Sequence[StepResult], stop_error: BaseException | None
+    name: str,
+    group: Group | None,
+    records: Sequence[StepResult],
+    stop_error: BaseException | None,
+    *,
+    optional: bool = False,
 ) -> tuple[GroupStatus | None, BaseException | None]:
     """``(group verdict, error)`` of a stage whose members all settled.
 
-    The verdict is None for a single step. The error is what the stage fails the
-    run with, or None: a run that was stopped (``stop_error``: its timeout, Ctrl-C)
-    fails at the stage it was in, whatever that stage's own verdict.
+    The verdict is None for a single step, which fails the run unless it
+    completed or is ``optional``. The error is what the stage fails the run with,
+    or None: a run that was stopped (``stop_error``: its timeout, Ctrl-C) fails at
+    the stage it was in, whatever that stage's own verdict.
     """
     if group is None:
         record = records[0]
-        if record.status is not StepStatus.COMPLETED:
+        if record.status not in (StepStatus.COMPLETED, StepStatus.SKIPPED) and not optional:
             return None, stop_error or record.error or StepCancelledError(name, "not completed")
         return None, stop_error
     required = [member.required for member in group.members]
+    optional_members = [member.optional for member in group.members]
     if group.tolerated_failures is not None:
         # The tolerance replaces the default rule; required members still fail the group.
-        completed = sum(1 for record in records if record.status is StepStatus.COMPLETED)
-        if any(is_required and not record.ok for record, is_required in zip(records, required, strict=True)):
+        # Skipped members, and optional ones that did not complete, are left out.
+        counted = [
+            record
+            for record, is_optional in zip(records, optional_members, strict=True)
+            if record.status is not StepStatus.SKIPPED and (not is_optional or record.ok)
+        ]
+        missing_required = any(
+            is_required and not record.ok and record.status is not StepStatus.SKIPPED
+            for record, is_required in zip(records, required, strict=True)
+        )
+        if missing_required:
             verdict = GroupStatus.FAILED
+        elif not counted:
+            skipped = all(record.status is StepStatus.SKIPPED for record in records)
+            verdict = GroupStatus.SKIPPED if skipped else GroupStatus.PARTIAL
         else:
-            verdict = tally_verdict(completed, len(records), tolerated_failures=group.tolerated_failures)
+            completed = sum(1 for record in counted if record.ok)
+            verdict = tally_verdict(completed, len(counted), tolerated_failures=group.tolerated_failures)
     else:
         verdict = group_verdict(
             [record.status for record in records],
             required,
             fail_fast=group.fail_fast,
             min_successes=group.min_successes,
+            optional=optional_members,
         )
     if verdict is GroupStatus.FAILED:
         return verdict, stop_error or group_error(group.name, group.policy, records, required)
     return verdict, stop_error
+
+
+def retry_matches(retry_on: Any, error: BaseException | None) -> bool:
+    """Whether a failure may be retried under a step's ``retry_on``: an exception
+    class or a tuple of them (``isinstance``, never called), or a predicate.
+
+    Raises:
+        Exception: whatever the predicate raised (the step then fails, unretried).
+    """
+    if retry_on is None:
+        return True
+    if error is None:
+        return False  # a tenacity policy's rejected value: nothing to match
+    if isinstance(retry_on, type | tuple):
+        return isinstance(error, retry_on)
+    return bool(retry_on(error))
 
 
 def may_retry(

@@ -46,11 +46,13 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import _logcontext as logcontext
+from ._abandoned import AbandonedAttempts
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator, MapCompensation
 from ._context import Context
-from ._definition import Flow, Group, Map, Step, _check_seconds
+from ._definition import Always, Flow, Group, Map, Step, _check_seconds
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
@@ -63,7 +65,15 @@ from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
 from ._maps import ItemFeeder, MapLedger, MapResult, MapValues
-from ._policy import cannot_pass, may_retry, stage_verdict, status_of, stops_group_early, tally_verdict
+from ._policy import (
+    cannot_pass,
+    may_retry,
+    retry_matches,
+    stage_verdict,
+    status_of,
+    stops_group_early,
+    tally_verdict,
+)
 from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
@@ -74,7 +84,7 @@ from ._results import (
     StepStatus,
     count_statuses,
 )
-from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
+from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel, with_late_value
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
@@ -184,6 +194,14 @@ class _Run:
         self.resumed: RecordedRun | None = None
         #: When journal writes waiting for a flush must be committed (map items).
         self.flush_due = 0.0
+        #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
+        #: running when the loop gave up on them, and those of them that ended since.
+        self.abandoned = AbandonedAttempts()
+        #: The flow's status so far, once its always-stages run (their ``ctx.outcome``).
+        self.outcome: FlowStatus | None = None
+        #: Ctrl-Cs counted when the always-stages began: an older stop grace no longer applies.
+        self.always_from: int | None = None
+        self.still_running: tuple[str, ...] = ()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -203,6 +221,9 @@ class _Run:
             else:
                 index = 0
                 for stage in self.flow.stages:
+                    if isinstance(stage, Always):
+                        index += 1  # runs last (run_always)
+                        continue
                     if self.scope.interrupts and self.scope.reason is None:
                         self.stop("the run was interrupted")  # Ctrl-C arrived between stages
                     stopped = self.error is not None or self.scope.reason is not None
@@ -219,7 +240,9 @@ class _Run:
                     else:
                         self.run_stage(stage, members, index)  # the one place a step or group runs
                     index += len(members)
+            self.await_abandoned()
             self.compensate_all()
+            self.run_always()
         finally:
             restore()
             self.backends.close()
@@ -245,6 +268,7 @@ class _Run:
             started_at=self.started_at,
             finished_at=finished_at,
             wall_offset=self.wall_offset,
+            still_running=self.still_running,
         )
         self.recorder.end(result)
         self.events.emit("flow_finished", finished_at, status=status, error=error)
@@ -263,6 +287,7 @@ class _Run:
             step=step,
             attempt=attempt,
             results=self.values_view,
+            outcome=self.outcome,
         )
 
     def fail(self, stage: str | None, error: BaseException) -> None:
@@ -297,6 +322,9 @@ class _Run:
             from ._resume import preload_completed
 
             preload_completed(self, st)
+        for sr in runs:
+            if sr.step.when is not None and sr.state == _PENDING:
+                self.check_condition(st, sr)
         while st.unsettled:
             if st.waiting:
                 self.start_waiting(st)
@@ -526,6 +554,24 @@ class _Run:
             errors.append(FlowpoolError(f"map {st.name!r}: {why}"))
         return ExceptionGroup(f"map {st.name!r} failed ({why})", errors)
 
+    def check_condition(self, st: StageRun, sr: StepRun) -> None:
+        """Evaluate a step's ``when`` as its stage starts: false skips it; raising fails it."""
+        step = sr.step
+        when = step.when
+        assert when is not None
+        ctx = self.context(step.name, 1)
+        token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1)
+        try:
+            go = bool(when(ctx))
+        except Exception as error:  # noqa: BLE001 - fails this step like an exception in the step
+            error.add_note(f"raised by the 'when' condition of step {step.name!r}")
+            self.finalize(st, sr, StepStatus.FAILED, None, error)
+            return
+        finally:
+            logcontext.leave(token)
+        if not go:
+            self.finalize(st, sr, StepStatus.SKIPPED, None, None)
+
     def settle_verdict(self, st: StageRun) -> None:
         records = [sr.record for sr in st.members if sr.record is not None]
         if any(record.status is StepStatus.COMPLETED for record in records):
@@ -535,7 +581,12 @@ class _Run:
             # A fresh snapshot per stage: an abandoned attempt that still holds an older
             # view never sees the values of its siblings or of later stages.
             self.values_view = MappingProxyType(dict(self.values))
-        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error())
+        only = next(iter(st.members)).step if st.group is None else None  # a stage of one step
+        if isinstance(only, Always):
+            self.note_always_failure(records[0])  # never the flow's failure
+            return
+        optional = only is not None and only.optional
+        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error(), optional=optional)
         if st.group is not None and verdict is not None:
             name = st.group.name
             counts = count_statuses(record.status for record in records)
@@ -634,7 +685,9 @@ class _Run:
 
     def on_done(self, attempt: Attempt) -> None:
         if attempt.settled:
-            return  # a late outcome of an attempt the loop gave up on
+            # A late outcome of an attempt the loop gave up on: it changes no status.
+            self.abandoned.ended_late(attempt)
+            return
         sr: StepRun = attempt.owner
         if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
             st = self.stage
@@ -663,18 +716,23 @@ class _Run:
             attempt.finished_at = self.clock.now()
             sr.timer = None  # popped: nothing to drop
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
+            hung = sr.backend.where_it_hung(attempt)  # before stop(), which kills a worker process
             sr.backend.stop(attempt)
+            self.abandoned.left_running(sr, attempt)
             error = StepTimeoutError(sr.step.name, timeout, attempt.number)
+            error.add_note(hung)
             self.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
         elif kind == _WAKE:
             sr = target
             if sr.state == _BACKOFF:
                 self.dispatch(sr)
         elif kind == _DEADLINE:
-            if self.scope.reason is None and not self.scope.compensating:
+            if self.scope.reason is None and not self.scope.compensating and self.always_from is None:
                 self.scope.timed_out = True
                 self.stop(f"the run's timeout of {self.timeout:g} s passed")
         elif kind == _GRACE:
+            if self.always_from is not None and self.scope.interrupts <= self.always_from:
+                return  # the grace of a stop before the always-stages: they run on
             self.abandon_running()
 
     def on_outcome(
@@ -703,6 +761,17 @@ class _Run:
         ):
             self.finalize(st, sr, status, value, error)
             return
+        if step.retry_on is not None and status is not StepStatus.COMPLETED:
+            try:
+                matched = retry_matches(step.retry_on, error)
+            except Exception as problem:  # noqa: BLE001 - a broken predicate fails the step, unretried
+                if error is not None:
+                    error.add_note(f"not retried: its retry_on predicate raised {type(problem).__name__}: {problem}")
+                self.finalize(st, sr, status, value, error)
+                return
+            if not matched:
+                self.finalize(st, sr, status, value, error)
+                return
         decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
@@ -758,7 +827,7 @@ class _Run:
                 error=error,
                 started_at=attempt.started_at if attempt is not None and sr.attempts else None,
             )
-        if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast):
+        if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast, optional=step.optional):
             self.cancel_stage(st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
@@ -811,7 +880,8 @@ class _Run:
                 soft = True
         if soft and not self.scope.grace_armed:
             self.scope.grace_armed = True
-            self.timers.push(self.clock.now() + STOP_GRACE, _GRACE, None)
+            self.scope.grace_started = now = self.clock.now()
+            self.timers.push(now + STOP_GRACE, _GRACE, None)
 
     def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
         attempt = sr.attempt
@@ -822,6 +892,7 @@ class _Run:
             return
         attempt.settled = True
         sr.backend.stop(attempt)
+        self.abandoned.left_running(sr, attempt)
         if attempt.finished_at is None:
             attempt.finished_at = self.clock.now()
         self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
@@ -839,6 +910,67 @@ class _Run:
             self.stop("the run was interrupted")
         else:
             self.abandon_running()  # a second Ctrl-C: no more grace
+
+    # ── always-stages ───────────────────────────────────────────────────────────
+
+    def run_always(self) -> None:
+        """Run the always-stages, in declaration order, after everything else and after
+        the compensations, whatever the outcome; a second Ctrl-C abandons them."""
+        positions = [(index, stage) for index, stage in enumerate(self.flow.steps()) if isinstance(stage, Always)]
+        if not positions:
+            return
+        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
+        self.outcome = self.scope.final_status(self.error, resumed_outcome)
+        self.always_from = self.scope.interrupts
+        self.scope.compensating = False  # a Ctrl-C is the loop's to handle again
+        for index, step in positions:
+            if self.scope.interrupts >= 2:
+                error = StepCancelledError(step.name, "the always-stages were abandoned (second Ctrl-C)")
+                self.records[step.name] = StepResult(step.name, StepStatus.CANCELLED, error=error)
+                self.events.emit("step_finished", self.clock.now(), step=step.name, status=StepStatus.CANCELLED)
+                continue
+            self.run_stage(step, (step,), index)
+
+    def note_always_failure(self, record: StepResult) -> None:
+        if record.ok:
+            return
+        import logging  # only when an always-stage did not complete
+
+        logging.getLogger("flowpool").warning(
+            "flowpool: always-stage %r of flow %r ended %s: %s",
+            record.name,
+            self.name,
+            record.status.value,
+            record.error,
+        )
+
+    # ── abandoned attempts: late completions ────────────────────────────────────
+
+    def await_abandoned(self) -> None:
+        """Once the last stage settled, and before any compensation, give abandoned
+        attempts up to the stop grace to end (SPEC §16). A late completion becomes its
+        step's ``late_value`` (and is compensated if the run failed)."""
+        abandoned = self.abandoned
+        abandoned.await_end(self.inbox, self.timers, self.clock, self.scope)
+        failed = self.error is not None or bool(self.scope.interrupts)
+        for sr, value in abandoned.late_completions():
+            record = sr.record
+            assert record is not None
+            sr.record = self.records[record.name] = with_late_value(record, value)
+            if failed and sr.step.compensate is not None:
+                self.compensator.pending.append(sr)
+        abandoned.ended.clear()
+        self.still_running = abandoned.still_running()
+        if self.still_running:
+            import logging  # only when something is left running
+
+            logging.getLogger("flowpool").warning(
+                "flowpool: run %s of %r: abandoned attempt(s) of %s still running after the stop grace; "
+                "their side effects may still happen (use executor='process' to stop them for real)",
+                self.run_id,
+                self.name,
+                ", ".join(map(repr, self.still_running)),
+            )
 
     # ── compensation ────────────────────────────────────────────────────────────
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 from collections import deque
 from collections.abc import Collection
@@ -19,7 +20,7 @@ from ._retry import Decision, RetryDriver, default_retrying
 if TYPE_CHECKING:
     from ._maps import ItemFeeder, MapLedger
 
-__all__ = ["MapRun", "StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation"]
+__all__ = ["MapRun", "StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation", "with_late_value"]
 
 
 class StepState(IntEnum):
@@ -211,14 +212,9 @@ class MapRun(StageRun):
 
 def with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
     """``record`` with its compensation's outcome."""
-    return StepResult(
-        record.name,
-        record.status,
-        record.value,
-        record.error,
-        record.attempts,
-        record.started_at,
-        record.finished_at,
-        record.group,
-        compensation,
-    )
+    return dataclasses.replace(record, compensation=compensation)
+
+
+def with_late_value(record: StepResult, value: Any) -> StepResult:
+    """``record`` of a timed-out step whose abandoned attempt returned ``value`` later."""
+    return dataclasses.replace(record, late_value=value)

@@ -28,6 +28,7 @@ class StopScope:
         "timed_out",
         "interrupts",
         "grace_armed",
+        "grace_started",
         "compensating",
         "interruptible",
     )
@@ -43,6 +44,8 @@ class StopScope:
         self.interrupts = 0
         #: The stop grace timer is set: running thread-mode work gets that long to notice.
         self.grace_armed = False
+        #: When the stop grace started (the clock's time), or None.
+        self.grace_started: float | None = None
         #: The run's stages are over and its compensations run.
         self.compensating = False
         #: A compensation runs in the caller's thread, where a second Ctrl-C may interrupt it.

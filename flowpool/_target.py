@@ -1,4 +1,5 @@
-"""Loading a TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``) for the command.
+"""Loading a TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``) for the command,
+with the target's own ``sys.argv`` (``flowpool run TARGET -- ARG...``).
 
 Loading a target imports it, which executes its code: by design, as ``python
 file.py`` would. Every failure becomes a one-line ``CliError``.
@@ -6,6 +7,7 @@ file.py`` would. Every failure becomes a one-line ``CliError``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -13,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, NoReturn
@@ -21,7 +24,7 @@ import click
 
 from flowpool import Flow, FlowDefinitionError
 
-__all__ = ["CliError", "load_target"]
+__all__ = ["CliError", "load_target", "script_argv"]
 
 
 class CliError(click.ClickException):
@@ -40,6 +43,19 @@ class CliError(click.ClickException):
 
 def _fail(message: str) -> NoReturn:
     raise CliError(message)
+
+
+@contextlib.contextmanager
+def script_argv(target: str, args: Sequence[str]) -> Iterator[None]:
+    """``sys.argv`` is the target's, as ``python file.py ARG...`` would set it, for the
+    import and the run (worker processes take the parent's ``sys.argv`` with each
+    attempt); restored afterwards (the command may be called in-process)."""
+    saved_argv = sys.argv
+    sys.argv = [target.rpartition(":")[0] or target, *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
 
 
 def _where(error: BaseException, prefer: Path | None) -> str:

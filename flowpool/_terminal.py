@@ -1,4 +1,5 @@
-"""What the command draws on a terminal: the live progress view and the summary table.
+"""What the command shows of a run: the live progress view, log records (``-v``, and
+``--log-file`` as JSON lines), the summary table and its counts line.
 
 Text that comes from a step (its error) or from a journal is passed through
 ``_printable`` first, so it cannot move the cursor or recolour the terminal.
@@ -6,6 +7,8 @@ Text that comes from a step (its error) or from a journal is passed through
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import re
@@ -15,9 +18,14 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from flowpool import Event, Flow, FlowResult, Group, RemoteError
+from flowpool import Event, Flow, FlowResult, Group, GroupStatus, LogContextFilter, RemoteError, StepStatus
 
-__all__ = ["Progress", "summary_table"]
+from ._logcontext import FIELDS as LOG_FIELDS
+
+__all__ = ["Progress", "RunLogs", "counts_line", "not_completed", "still_running_lines", "summary_table"]
+
+#: How many failed items of a map are listed, live and in the summary.
+FAILED_ITEMS_SHOWN = 20
 
 
 def _live_ok(stream: IO[str]) -> bool:
@@ -104,6 +112,9 @@ class Progress:
             if isinstance(stage, Group) and len(stage.members) >= self.LARGE_GROUP
         }
         self.done: dict[str, dict[str, int]] = {name: {} for name in self.sizes}
+        # Maps are known by their item events; a map whose items have a len() gets a bar.
+        self.maps: dict[str, _MapProgress] = {}
+        self.map_sizes = {stage.name: size for stage in flow.stages if (size := _items_size(stage)) is not None}
         self.drawn = 0
         self.stopped = threading.Event()
         self.ticker: threading.Thread | None = None
@@ -118,7 +129,7 @@ class Progress:
     def _tick(self) -> None:
         while not self.stopped.wait(self.REFRESH):
             with self.lock:
-                if self.drawn or self.running or self.waiting:
+                if self.drawn or self.running or self.waiting or self.maps:
                     self._draw([])
 
     def close(self) -> None:
@@ -130,6 +141,7 @@ class Progress:
             self.running.clear()
             self.waiting.clear()
             self.done = {}
+            self.maps = {}
             self._draw([])
 
     def print(self, line: str) -> None:
@@ -187,13 +199,20 @@ class Progress:
             extra = f", {bad} not completed" if bad else ""
             bar = "#" * filled + "-" * (cells - filled)
             lines.append(f"  {group} [{bar}] {finished}/{total} done, {active} running{extra}"[:width])
+        lines.extend(bar[:width] for bar in (m.bar(now) for m in self.maps.values()) if bar)
         return lines
 
     def event(self, event: Event) -> None:
         """Show one event."""
         with self.lock:
-            lines = self._lines(event)
-            self._draw(lines)
+            if event.item is not None or event.index is not None:
+                # A map may send thousands of these a second: most only move its bar,
+                # which the ticker redraws.
+                lines = self._item_lines(event)
+                if lines:
+                    self._draw(lines)
+                return
+            self._draw(self._lines(event))
 
     def _lines(self, event: Event) -> list[str]:
         if self.start is None:
@@ -204,6 +223,9 @@ class Progress:
         status = str(event.status) if event.status is not None else ""
         where = f" [{event.group}]" if event.group else ""
         error = _error_line(event.error)
+        if kind == "group_finished" and event.group in self.maps:
+            board = self.maps.pop(event.group or "")
+            return [f"{stamp}map         {board.name}: " + self._paint(status, status) + f" ({board.summary()})"]
         if kind == "flow_started":
             return [f"{stamp}flow {event.flow!r} started (run {event.run_id})"]
         if kind == "flow_finished":
@@ -247,6 +269,97 @@ class Progress:
             return [f"{stamp}{self._paint('undo failed', 'failed')} {step} ({status}){reason}"]
         return [f"{stamp}{kind} {step}"]
 
+    def _item_lines(self, event: Event) -> list[str]:
+        """A map's item events feed its bar; only its first failures get a line each."""
+        if self.start is None:
+            self.start = event.time
+        stamp = f"[{event.time - self.start:8.3f}s] "
+        name = event.step or ""
+        board = self.maps.get(name)
+        if board is None:
+            board = self.maps[name] = _MapProgress(name, self.map_sizes.get(name), self._now())
+        index = event.index if event.index is not None else event.item
+        kind = event.kind
+        status = str(event.status) if event.status is not None else ""
+        if kind == "step_started":
+            board.running.add(index)
+            return []
+        board.running.discard(index)
+        if kind == "step_finished":
+            board.counts[status] = board.counts.get(status, 0) + 1
+            if status in ("completed", "skipped"):
+                return [] if self.live else board.every_so_often(self._now(), stamp)
+            board.shown += 1
+            if board.shown > FAILED_ITEMS_SHOWN:
+                if board.shown == FAILED_ITEMS_SHOWN + 1:
+                    return [f"{stamp}map         {name}: more items did not complete; counted, not listed"]
+                return [] if self.live else board.every_so_often(self._now(), stamp)
+            key = event.item if event.item is not None else event.index
+            error = _error_line(event.error)
+            reason = f": {error}" if error else ""
+            label = _printable(f"{name}[{key!r}]")
+            return [f"{stamp}{self._paint(f'{status:<11}', status)} {label}{reason}"]
+        return []  # a retry of one item among many: its final status is what counts
+
+
+def _items_size(stage: Any) -> int | None:
+    """How many items a map stage will take, when its ``items`` is a sized collection."""
+    if isinstance(stage, Group):
+        return None
+    items = getattr(stage, "items", None)
+    if items is None or callable(items):
+        return None
+    try:
+        return len(items)
+    except TypeError:
+        return None
+
+
+class _MapProgress:
+    """One map's live counts: items done by status, items running, items per second."""
+
+    PLAIN_EVERY = 5.0  # seconds between progress lines when not on a terminal
+
+    def __init__(self, name: str, total: int | None, now: float) -> None:
+        self.name = name
+        self.total = total
+        self.started = now
+        self.counts: dict[str, int] = {}
+        self.running: set[Any] = set()
+        self.shown = 0
+        self.told = now
+
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self, now: float | None = None) -> str:
+        done = self.done()
+        bad = done - self.counts.get("completed", 0) - self.counts.get("skipped", 0)
+        of = f"/{self.total}" if self.total is not None else ""
+        text = f"{done}{of} done, {len(self.running)} running, {bad} failed"
+        if now is not None and now > self.started:
+            text += f", {done / (now - self.started):.0f} items/s"
+        return text
+
+    def bar(self, now: float) -> str:
+        if not self.done() and not self.running:
+            return ""
+        cells = 24
+        if self.total:
+            filled = min(cells, round(cells * self.done() / self.total))
+            drawn = "#" * filled + "-" * (cells - filled)
+        else:  # an unsized stream of items: a bar that moves, not one that fills
+            spot = self.done() % cells
+            drawn = "-" * spot + "#" + "-" * (cells - spot - 1)
+        return f"  {self.name} [{drawn}] {self.summary(now)}"
+
+    def every_so_often(self, now: float, stamp: str) -> list[str]:
+        """A progress line at most every few seconds, for logs that are not a terminal."""
+        if now - self.told < self.PLAIN_EVERY:
+            return []
+        self.told = now
+        return [f"{stamp}map         {self.name}: {self.summary(now)}"]
+
 
 class _ProgressLogHandler(logging.Handler):
     """Sends log records through the progress view, so they do not tear the live block."""
@@ -261,6 +374,181 @@ class _ProgressLogHandler(logging.Handler):
             self.write(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never break the run
             self.handleError(record)
+
+
+class _StepLogFormatter(logging.Formatter):
+    """A log record as one terminal line, named by the step (and item) that wrote it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """``log  STEP[ITEM] (attempt N) LEVEL logger: message`` and any traceback below."""
+        step = getattr(record, "flowpool_step", None)
+        where = ""
+        if step is not None:
+            item = getattr(record, "flowpool_item", None)
+            where = f"{step}[{item!r}]" if item is not None else str(step)
+            attempt = getattr(record, "flowpool_attempt", None)
+            if isinstance(attempt, int) and attempt > 1:
+                where += f" (attempt {attempt})"
+            where += " "
+        text = f"log         {where}{record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        # Records are the user's text: keep their lines, drop what a terminal would obey.
+        return "\n".join(_printable(line) for line in text.splitlines())
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object a record: time, level, logger, message, the step context, any exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        data: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC).isoformat(timespec="microseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in LOG_FIELDS:
+            value = getattr(record, name, None)
+            data[name] = list(value) if isinstance(value, tuple) else value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exception"] = record.exc_text
+        return json.dumps(data, default=repr)
+
+
+class RunLogs:
+    """The handlers ``-v`` and ``--log-file`` put on the root logger for one run.
+
+    They see records from every logger (the user's, third-party ones, flowpool's,
+    and records that process workers send to this process's logging), each with
+    its step context through ``LogContextFilter``. The log file is opened at once
+    (``OSError`` if it cannot be); the handlers are attached by ``install``.
+    """
+
+    def __init__(self, verbose: int, log_path: str | None) -> None:
+        self.verbose = verbose
+        self.file: logging.Handler | None = None
+        if log_path is not None:
+            self.file = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+            self.file.setFormatter(_JsonLines())
+        self.handlers: list[logging.Handler] = []
+        self.previous_level: int | None = None
+
+    def install(self, write: Callable[[str], None]) -> None:
+        """Attach the handlers (``write`` shows a line on the terminal) and lower the
+        root logger's level as far as they need."""
+        wanted = logging.DEBUG if self.verbose > 1 else logging.INFO
+        root = logging.getLogger()
+        terminal_level: int | None = wanted if self.verbose else None
+        if self.file is not None:
+            self.handlers.append(self.file)
+            if not self.verbose and not root.handlers:
+                # Without our handler on the root, warnings would have reached stderr
+                # through logging's last resort; keep showing them there.
+                terminal_level = logging.WARNING
+        if terminal_level is not None:
+            terminal = _ProgressLogHandler(write)
+            terminal.setFormatter(_StepLogFormatter())
+            terminal.setLevel(terminal_level)
+            self.handlers.append(terminal)
+        if not self.handlers:
+            return
+        context = LogContextFilter()
+        for handler in self.handlers:
+            handler.addFilter(context)
+            root.addHandler(handler)
+        if logging.NOTSET != root.level > wanted:
+            self.previous_level = root.level
+            root.setLevel(wanted)
+
+    def remove(self) -> None:
+        """Detach the handlers and give the root logger its level back."""
+        root = logging.getLogger()
+        for handler in self.handlers:
+            root.removeHandler(handler)
+        if self.file is not None:
+            self.file.close()
+        self.handlers.clear()
+        if self.previous_level is not None:
+            root.setLevel(self.previous_level)
+            self.previous_level = None
+
+
+_COUNTED = (
+    (StepStatus.FAILED, "failed"),
+    (StepStatus.TIMED_OUT, "timed out"),
+    (StepStatus.CANCELLED, "cancelled"),
+    (StepStatus.SKIPPED, "skipped"),
+)
+
+
+def tally(result: FlowResult) -> dict[StepStatus, int]:
+    """Every ``StepStatus`` → how many steps and map items ended with it."""
+    counts = dict.fromkeys(StepStatus, 0)
+    for step in result.steps.values():
+        counts[step.status] += 1
+    for mapped in result.maps.values():
+        for status, count in mapped.counts.items():
+            counts[StepStatus(status)] += count
+    return counts
+
+
+def counts_line(result: FlowResult) -> str:
+    """``C/T completed`` then ``, N failed`` and so on for each nonzero count, T
+    counting every step and map item: e.g. ``191/200 completed, 8 failed, 1 timed out``."""
+    counts = tally(result)
+    parts = [f"{counts[StepStatus.COMPLETED]}/{sum(counts.values())} completed"]
+    parts.extend(f"{counts[status]} {word}" for status, word in _COUNTED if counts[status])
+    return ", ".join(parts)
+
+
+def not_completed(result: FlowResult, *, limit: int = 10) -> str:
+    """What in a run did not complete (groups and maps that were PARTIAL, steps that
+    ended otherwise than completed or skipped), as one short text; "" when nothing."""
+    found: list[str] = []
+    partial: set[str] = set()
+    for name, group in result.groups.items():
+        if group.status is not GroupStatus.PARTIAL:
+            continue
+        partial.add(name)
+        mapped = result.maps.get(name)
+        if mapped is not None:
+            missing = mapped.total - mapped.counts[StepStatus.COMPLETED] - mapped.counts[StepStatus.SKIPPED]
+            found.append(f"map {name!r} partial ({missing} of {mapped.total} items did not complete)")
+        else:
+            found.append(f"group {name!r} partial")
+    for name, mapped in result.maps.items():
+        if name not in partial and mapped.status is GroupStatus.PARTIAL:
+            partial.add(name)
+            found.append(f"map {name!r} partial")
+    for step in result.steps.values():
+        if step.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) or step.group in partial:
+            continue
+        found.append(f"step {step.name!r} {step.status.value.replace('_', ' ')}")
+    if len(found) > limit:
+        found = [*found[:limit], f"and {len(found) - limit} more"]
+    return ", ".join(found)
+
+
+def still_running_lines(result: FlowResult) -> list[str]:
+    """The warning for attempts abandoned at their timeout that had not ended with the run."""
+    if not result.still_running:
+        return []
+    names = _listed(result.still_running)
+    return [
+        _printable(f"flowpool: warning: still running after the run: {names}"),
+        "  their threads could not be stopped and may still have side effects (not compensated);",
+        "  run with --executor process to have hung steps killed at their timeout",
+    ]
+
+
+def _listed(names: tuple[str, ...], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def summary_table(result: FlowResult, *, colour: bool = False) -> str:
@@ -288,6 +576,8 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
                 undo,
             )
         )
+    for mapped in result.maps.values():
+        rows.extend(_map_rows(mapped))
     # Names may come from a journal written elsewhere: print nothing a terminal obeys.
     rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -305,7 +595,37 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
     out.append("")
     out.append(f"flow {result.name!r} {result.status.value}{where} in {_seconds(result.duration)}{cause}")
     if result.compensated:
-        out.append(_printable(f"compensated (in this order): {', '.join(result.compensated)}"))
+        out.append(_printable(f"compensated (in this order): {_listed(result.compensated)}"))
     if result.not_compensated:
-        out.append(_printable(f"NOT compensated: {', '.join(result.not_compensated)}"))
+        out.append(_printable(f"NOT compensated: {_listed(result.not_compensated)}"))
     return "\n".join(out)
+
+
+def _map_rows(mapped: Any) -> list[tuple[str, ...]]:
+    """A map's row (its verdict and counts), then a row for each of its first failed items."""
+    counts = mapped.counts
+    parts = [f"{mapped.total} items: {counts[StepStatus.COMPLETED]} completed"]
+    parts.extend(f"{counts[status]} {word}" for status, word in _COUNTED if counts[status])
+    if mapped.stopped_early:
+        parts.append("stopped early")
+    described = ", ".join(parts)
+    if mapped.error is not None and mapped.status is GroupStatus.FAILED:
+        described += f"; {_error_line(mapped.error, 60)}"
+    rows: list[tuple[str, ...]] = [(mapped.name, "(map)", mapped.status.value, "-", "-", described, "-")]
+    failed = mapped.failed
+    for item in failed[:FAILED_ITEMS_SHOWN]:
+        undo = "-" if item.compensation is None else item.compensation.status
+        rows.append(
+            (
+                f"  {mapped.name}[{item.key!r}]",
+                mapped.name,
+                item.status.value,
+                str(item.attempts),
+                _seconds(item.duration),
+                _error_line(item.error, 60) or "-",
+                undo,
+            )
+        )
+    if len(failed) > FAILED_ITEMS_SHOWN:
+        rows.append((f"  ... {len(failed) - FAILED_ITEMS_SHOWN} more", mapped.name, "", "", "", "", ""))
+    return rows

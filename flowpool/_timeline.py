@@ -11,7 +11,12 @@ It is built from event dictionaries (``Event.to_dict()``, one per line of
 
 Each attempt is one bar from its ``started_at`` to its end event's ``time``;
 backoff waits are dashed lines between attempts; compensations are bars of
-their own on their step's row. Hovering shows details through SVG ``<title>``.
+their own on their step's row. A map is one row whatever its size: a band of
+how many of its items ran over time, with the items that did not complete
+marked above it (events about items carry ``item``/``index``). Hovering shows
+details through SVG ``<title>``. ``Timeline`` takes events one at a time and
+keeps a few numbers per map attempt, not the events, so a live run of a
+large map does not hold its event log in memory.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import html
 import itertools
 import json
 import math
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUS_COLOURS", "read_events", "render_timeline"]
+__all__ = ["STATUS_COLOURS", "Timeline", "read_events", "render_timeline"]
 
 # Outcome → colour; chosen to stay apart for the common kinds of colour blindness.
 STATUS_COLOURS: dict[str, str] = {
@@ -54,6 +60,8 @@ _BAR = 16
 _AXIS_TOP = 50
 _FIRST_ROW = 74
 _FARTHEST = 1e12  # seconds; monotonic and epoch times are far below
+_MAP_ROWS = 2  # a map's row is this many rows high
+_MAP_BUCKETS = 215  # time slices of a map's band (4 px each): the page's size does not grow with items
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
@@ -112,6 +120,19 @@ class _GroupInfo:
 
 
 @dataclass
+class _MapRow:
+    """A map's attempts as two columns of times, and when its items failed."""
+
+    name: str
+    status: str | None = None
+    starts: array[float] = field(default_factory=lambda: array("d"))
+    ends: array[float] = field(default_factory=lambda: array("d"))
+    failures: array[float] = field(default_factory=lambda: array("d"))
+    running: dict[tuple[Any, int], float] = field(default_factory=dict)  # attempts not ended yet
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class _RunModel:
     run_id: str
     flow: str = "?"
@@ -122,7 +143,9 @@ class _RunModel:
     order: list[tuple[str, str]] = field(default_factory=list)  # ("step"|"group", name)
     rows: dict[str, _Row] = field(default_factory=dict)
     groups: dict[str, _GroupInfo] = field(default_factory=dict)
-    times: list[float] = field(default_factory=list)
+    maps: dict[str, _MapRow] = field(default_factory=dict)
+    first: float | None = None
+    last: float | None = None
 
 
 def _error_text(error: Any) -> str | None:
@@ -150,69 +173,128 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) and abs(number) <= _FARTHEST else None
 
 
-def _model(events: Iterable[Mapping[str, Any]]) -> list[_RunModel]:
-    runs: dict[str, _RunModel] = {}
-    for event in events:
-        run_id = str(event.get("run_id") or "")
-        run = runs.get(run_id)
-        if run is None:
-            run = runs[run_id] = _RunModel(run_id)
-        kind = event.get("kind")
+class Timeline:
+    """Builds the page from events given one at a time (``Event.to_dict()`` dictionaries)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _RunModel] = {}
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        """Take one event into the model."""
         time = _number(event.get("time"))
         if time is None:
-            continue
-        run.times.append(time)
+            return
+        run_id = str(event.get("run_id") or "")
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _RunModel(run_id)
+        run.first = time if run.first is None else min(run.first, time)
+        run.last = time if run.last is None else max(run.last, time)
         run.flow = str(event.get("flow") or run.flow)
-        step = event.get("step")
-        group = event.get("group")
-        group = str(group) if group is not None else None
-        status = event.get("status")
-        status = str(status) if status is not None else None
-        attempt_value = event.get("attempt")
-        attempt = attempt_value if isinstance(attempt_value, int) and not isinstance(attempt_value, bool) else 1
-        started_at = _number(event.get("started_at"))
-        if kind == "flow_started":
-            run.start = time
-            continue
-        if kind == "flow_finished":
-            run.end = time
-            run.status = status
-            run.error = _error_text(event.get("error"))
-            continue
-        if kind == "group_finished":
-            if group is not None:
-                _group(run, group).status = status
-            continue
-        if not isinstance(step, str):
-            continue
-        row = _row(run, step, group)
-        if kind == "step_started":
-            bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
-            bar.start = time
-        elif kind in ("step_retrying", "step_finished"):
-            if kind == "step_finished":
-                row.status = status
-            if started_at is None and attempt not in row.attempts:
-                continue  # ended without running (skipped, or cancelled before it started)
-            bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
-            bar.start = started_at if started_at is not None else bar.start
-            bar.end = time
-            bar.status = status or "completed"
+        _take(run, event, time)
+
+    def render(self, *, title: str | None = None) -> str:
+        """The HTML page of every run seen so far."""
+        return _page(list(self._runs.values()), title)
+
+
+def _take(run: _RunModel, event: Mapping[str, Any], time: float) -> None:
+    kind = event.get("kind")
+    step = event.get("step")
+    group = event.get("group")
+    group = str(group) if group is not None else None
+    status = event.get("status")
+    status = str(status) if status is not None else None
+    attempt_value = event.get("attempt")
+    attempt = attempt_value if isinstance(attempt_value, int) and not isinstance(attempt_value, bool) else 1
+    started_at = _number(event.get("started_at"))
+    if kind == "flow_started":
+        run.start = time
+        return
+    if kind == "flow_finished":
+        run.end = time
+        run.status = status
+        run.error = _error_text(event.get("error"))
+        return
+    if kind == "group_finished":
+        if group is not None and group in run.maps:
+            run.maps[group].status = status
+        elif group is not None:
+            _group(run, group).status = status
+        return
+    if not isinstance(step, str):
+        return
+    item = event.get("index") if event.get("index") is not None else event.get("item")
+    if item is not None:
+        _take_item(run, step, item, kind, attempt, status, time, started_at)
+        return
+    row = _row(run, step, group)
+    if kind == "step_started":
+        bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
+        bar.start = time
+    elif kind in ("step_retrying", "step_finished"):
+        if kind == "step_finished":
+            row.status = status
+        if started_at is None and attempt not in row.attempts:
+            return  # ended without running (skipped, or cancelled before it started)
+        bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
+        bar.start = started_at if started_at is not None else bar.start
+        bar.end = time
+        bar.status = status or "completed"
+        bar.error = _error_text(event.get("error"))
+        bar.delay = _number(event.get("delay"))
+    elif kind == "compensation_started":
+        bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
+        bar.start = time
+    elif kind == "compensation_finished":
+        bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
+        bar.start = started_at if started_at is not None else bar.start
+        bar.end = time
+        bar.status = "compensated" if status == "compensated" else "compensation_failed"
+        if status not in ("compensated", "failed"):
+            bar.error = f"compensation {status}"
+        else:
             bar.error = _error_text(event.get("error"))
-            bar.delay = _number(event.get("delay"))
-        elif kind == "compensation_started":
-            bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
-            bar.start = time
-        elif kind == "compensation_finished":
-            bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
-            bar.start = started_at if started_at is not None else bar.start
-            bar.end = time
-            bar.status = "compensated" if status == "compensated" else "compensation_failed"
-            if status not in ("compensated", "failed"):
-                bar.error = f"compensation {status}"
-            else:
-                bar.error = _error_text(event.get("error"))
-    return [run for run in runs.values() if run.times]
+
+
+def _take_item(
+    run: _RunModel,
+    name: str,
+    item: Any,
+    kind: Any,
+    attempt: int,
+    status: str | None,
+    time: float,
+    started_at: float | None,
+) -> None:
+    """An event about one item of the map ``name``: it only moves the map's numbers."""
+    row = run.maps.get(name)
+    if row is None:
+        row = run.maps[name] = _MapRow(name)
+        run.order.append(("map", name))
+    key = (item if isinstance(item, str | int) else repr(item), attempt)
+    if kind == "step_started":
+        row.running[key] = time
+        return
+    if kind not in ("step_retrying", "step_finished"):
+        return  # compensations of items are not drawn one by one
+    began = row.running.pop(key, None)
+    began = started_at if started_at is not None else began
+    if began is not None:
+        row.starts.append(began)
+        row.ends.append(max(time, began))
+    if kind == "step_finished":
+        shown = status or "completed"
+        row.counts[shown] = row.counts.get(shown, 0) + 1
+        if shown not in ("completed", "skipped"):
+            row.failures.append(time)
+
+
+def _model(events: Iterable[Mapping[str, Any]]) -> list[_RunModel]:
+    timeline = Timeline()
+    for event in events:
+        timeline.add(event)
+    return list(timeline._runs.values())
 
 
 def _group(run: _RunModel, name: str) -> _GroupInfo:
@@ -256,24 +338,32 @@ def _tick_step(span: float) -> float:
     return 10 * magnitude  # pragma: no cover - the loop always returns
 
 
+def _span(run: _RunModel) -> tuple[float, float]:
+    first = run.first if run.first is not None else 0.0
+    last = run.last if run.last is not None else first
+    return (run.start if run.start is not None else first, run.end if run.end is not None else last)
+
+
 def _svg(run: _RunModel) -> str:
-    t0 = run.start if run.start is not None else min(run.times)
-    t1 = run.end if run.end is not None else max(run.times)
+    t0, t1 = _span(run)
     span = max(t1 - t0, 1e-3)
     scale = _PLOT_WIDTH / span
 
     def x(t: float) -> float:
         return _LABEL_WIDTH + max(0.0, t - t0) * scale
 
-    rows: list[tuple[str, Any]] = []  # ("group", _GroupInfo) or ("step", _Row)
+    rows: list[tuple[str, Any]] = []  # ("group", _GroupInfo), ("step", _Row) or ("map", _MapRow)
     for kind, name in run.order:
         if kind == "group":
             info = run.groups[name]
             rows.append(("group", info))
             rows.extend(("step", run.rows[s]) for s in info.steps)
+        elif kind == "map":
+            rows.append(("map", run.maps[name]))
         else:
             rows.append(("step", run.rows[name]))
-    height = _FIRST_ROW + _ROW * max(len(rows), 1) + 10
+    tall = sum(_MAP_ROWS if kind == "map" else 1 for kind, _ in rows)
+    height = _FIRST_ROW + _ROW * max(tall, 1) + 10
     width = _LABEL_WIDTH + _PLOT_WIDTH + _RIGHT_PAD
     out = [
         f'<svg class="timeline" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -287,6 +377,10 @@ def _svg(run: _RunModel) -> str:
         lx += 24 + 7.6 * len(label)
     out.append(f'<line x1="{lx:.0f}" y1="16" x2="{lx + 22:.0f}" y2="16" class="backoff"/>')
     out.append(f'<text x="{lx + 28:.0f}" y="21" class="legend">backoff before a retry</text>')
+    if run.maps:
+        lx += 28 + 7.6 * len("backoff before a retry") + 12
+        out.append(f'<rect x="{lx:.0f}" y="10" width="12" height="12" rx="2" fill="{STATUS_COLOURS["running"]}"/>')
+        out.append(f'<text x="{lx + 16:.0f}" y="21" class="legend">items of a map running at once</text>')
     # Time axis with gridlines.
     step = _tick_step(span)
     bottom = height - 10
@@ -298,10 +392,16 @@ def _svg(run: _RunModel) -> str:
         out.append(f'<text x="{tx:.1f}" y="{_AXIS_TOP}" class="tick">{_esc(label)}</text>')
         tick += step
     # Rows.
+    y = _FIRST_ROW - _ROW
+    high = _ROW
     for position, (kind, item) in enumerate(rows):
-        y = _FIRST_ROW + position * _ROW
+        y += high
+        high = _ROW * (_MAP_ROWS if kind == "map" else 1)
         if position % 2 == 0:
-            out.append(f'<rect x="0" y="{y}" width="{width}" height="{_ROW}" class="stripe"/>')
+            out.append(f'<rect x="0" y="{y}" width="{width}" height="{high}" class="stripe"/>')
+        if kind == "map":
+            out.extend(_map_band(item, y, high, t0, span))
+            continue
         if kind == "group":
             verdict = f" - {item.status}" if item.status else ""
             out.append(
@@ -333,6 +433,68 @@ def _svg(run: _RunModel) -> str:
             out.extend(_bar(row, bar, x, y, t1))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[str]:
+    """A map's row: how many of its items ran in each slice of time, as one filled path,
+    and a mark over each slice in which items ended without completing."""
+    slices = _MAP_BUCKETS
+    wide = _PLOT_WIDTH / slices
+
+    def slot(t: float) -> int:
+        return min(slices - 1, max(0, int((t - t0) / span * slices)))
+
+    # Attempts still open when the events ended ran until the end of the drawing.
+    ends = array("d", row.ends)
+    starts = array("d", row.starts)
+    for began in row.running.values():
+        starts.append(began)
+        ends.append(t0 + span)
+    # Peak concurrency per slice, from a sweep over the sorted starts (+1) and ends (-1).
+    changes = sorted(itertools.chain(((t, 1) for t in starts), ((t, -1) for t in ends)))
+    peaks = [0] * slices
+    running = 0
+    last = 0
+    for when, change in changes:
+        here = slot(when)
+        for between in range(last, here + 1):
+            peaks[between] = max(peaks[between], running)
+        running += change
+        peaks[here] = max(peaks[here], running)
+        last = here
+    failures = [0] * slices
+    for when in row.failures:
+        failures[slot(when)] += 1
+    peak = max(peaks) or 1
+    base = y + high - 3
+    room = high - 12
+    points = [f"M{_LABEL_WIDTH:.1f},{base}"]
+    for number, count in enumerate(peaks):
+        top = base - room * count / peak
+        left = _LABEL_WIDTH + number * wide
+        points.append(f"L{left:.1f},{top:.1f}L{left + wide:.1f},{top:.1f}")
+    points.append(f"L{_LABEL_WIDTH + _PLOT_WIDTH:.1f},{base}Z")
+    total = sum(row.counts.values())
+    counted = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(row.counts.items()))
+    verdict = f" - {row.status}" if row.status else ""
+    about = f"map {row.name}{verdict}: {total} items ({counted}); at most {max(peaks)} running at once"
+    out = [
+        f'<text x="8" y="{y + 17}" class="group-label" data-map="{_esc(row.name)}">'
+        f"map {_esc(row.name)}{_esc(verdict)}</text>",
+        f'<text x="8" y="{y + 35}" class="legend">{_esc(f"{total} items, {sum(failures)} not completed")}</text>',
+        f'<path class="band" data-map="{_esc(row.name)}" data-peak="{max(peaks)}" d="{"".join(points)}" '
+        f'fill="{STATUS_COLOURS["running"]}"><title>{_esc(about)}</title></path>',
+    ]
+    for number, count in enumerate(failures):
+        if count:
+            start = span * number / slices
+            text = f"{row.name}: {count} items did not complete between {_fmt(start)} and {_fmt(start + span / slices)}"
+            out.append(
+                f'<rect class="fail-mark" data-map="{_esc(row.name)}" data-count="{count}" '
+                f'x="{_LABEL_WIDTH + number * wide:.1f}" y="{y + 2}" width="{max(wide, 2.0):.1f}" height="6" '
+                f'fill="{STATUS_COLOURS["failed"]}"><title>{_esc(text)}</title></rect>'
+            )
+    return out
 
 
 def _bar(row: _Row, bar: _Bar, x: Any, y: int, t1: float) -> list[str]:
@@ -390,15 +552,17 @@ def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = 
             (told apart by ``run_id``) are drawn one below the other.
         title: the page title; by default named after the flows.
     """
-    runs = _model(events)
+    return _page(_model(events), title)
+
+
+def _page(runs: list[_RunModel], title: str | None) -> str:
     flows = ", ".join(dict.fromkeys(run.flow for run in runs)) or "no runs"
     page_title = title or f"flowpool timeline: {flows}"
     body: list[str] = [f"<h1>{_esc(page_title)}</h1>"]
     if not runs:
         body.append('<p class="meta">The event log holds no events.</p>')
     for run in runs:
-        start = run.start if run.start is not None else min(run.times)
-        end = run.end if run.end is not None else max(run.times)
+        start, end = _span(run)
         status = run.status or "unfinished"
         meta = f"run {run.run_id} - {status} in {_fmt(max(0.0, end - start))}"
         if run.error:

@@ -10,8 +10,9 @@ Every user-facing error is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
-import logging
 import os
 import re
 import signal
@@ -40,9 +41,20 @@ from flowpool import (
 
 from ._demo import run_demo
 from ._plan import PLAN_FORMATS, render_plan
-from ._target import _fail, load_target
-from ._terminal import Progress, _live_ok, _printable, _ProgressLogHandler, _seconds, summary_table
-from ._timeline import read_events, render_timeline
+from ._stdio import StdoutToStderr
+from ._target import _fail, load_target, script_argv
+from ._terminal import (
+    Progress,
+    RunLogs,
+    _live_ok,
+    _printable,
+    _seconds,
+    counts_line,
+    not_completed,
+    still_running_lines,
+    summary_table,
+)
+from ._timeline import Timeline, read_events, render_timeline
 
 __all__ = ["load_target", "main"]
 
@@ -138,7 +150,36 @@ def _to_stderr(line: str) -> None:
 # ── run ──────────────────────────────────────────────────────────────────────────
 
 
-@main.command(short_help="Run a flow, with live progress and a summary.")
+class _ScriptCommand(click.Command):
+    """A command whose arguments after ``--`` belong to the target: its ``sys.argv[1:]``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Keep what follows the first ``--`` for the script; parse the rest as usual."""
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta[_SCRIPT_ARGS] = tuple(args[at + 1 :])
+            args = args[:at]
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if "extra argument" in error.message:
+                error.message += "; the target's own arguments go after --, as in: TARGET [OPTIONS] -- ARG..."
+            raise
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        """The usage line shows where the script's arguments go."""
+        return [*super().collect_usage_pieces(ctx), "[-- ARG...]"]
+
+
+_SCRIPT_ARGS = "flowpool.script_args"
+
+
+def _script_args() -> tuple[str, ...]:
+    args: tuple[str, ...] = click.get_current_context().meta.get(_SCRIPT_ARGS, ())
+    return args
+
+
+@main.command(cls=_ScriptCommand, short_help="Run a flow, with live progress and a summary.")
 @click.argument("target")
 @click.option("--input", "input_json", metavar="JSON", help="The run's input, as JSON (ctx.input).")
 @click.option("--input-file", metavar="PATH", help="Read the input as JSON from a file ('-' for stdin).")
@@ -157,11 +198,20 @@ def _to_stderr(line: str) -> None:
     metavar="SECONDS",
     help="A deadline for the whole run; past it the run fails and completed steps are compensated.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (and nothing else there).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON on stdout; anything else written to stdout during the run goes to stderr.",
+)
+@click.option(
+    "--strict", is_flag=True, help="Exit 1 also when the flow completed but something in it did not (e.g. PARTIAL)."
+)
 @click.option("--events", "events_path", metavar="PATH", help="Write every event as one JSON object a line.")
 @click.option("--timeline", "timeline_path", metavar="PATH", help="Write an HTML timeline of the run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary on stderr.")
-@click.option("-v", "--verbose", count=True, help="Show flowpool's log (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="Show log records of any logger, with their step (-vv: debug too).")
+@click.option("--log-file", "log_path", metavar="PATH", help="Write every log record as JSON lines, with step context.")
 @click.option("--journal", "journal_path", metavar="PATH", help="Record the run in this journal (resumable).")
 def run(
     target: str,
@@ -171,19 +221,25 @@ def run(
     workers: int | None,
     timeout: float | None,
     as_json: bool,
+    strict: bool,
     events_path: str | None,
     timeline_path: str | None,
     quiet: bool,
     verbose: int,
+    log_path: str | None,
     journal_path: str | None,
 ) -> None:
     """Run the flow TARGET (path/to/file.py:NAME or package.module:NAME).
 
+    Arguments after -- are the target's own: while it is imported and runs,
+    sys.argv is [the part of TARGET before ":", ARG...], in worker processes too.
+
     Loading TARGET imports it and so executes its Python code, as
     ``python file.py`` would: run only targets you trust.
 
-    Exit status: 0 completed, 1 failed, 2 bad usage or target, 130 interrupted,
-    143 terminated (SIGTERM). Completed steps are compensated before exiting.
+    Exit status: 0 completed, 1 failed (or, with --strict, not everything in it
+    completed), 2 bad usage or target, 130 interrupted, 143 terminated
+    (SIGTERM). Completed steps are compensated before exiting.
     """
     _execute(
         _Request(
@@ -193,11 +249,14 @@ def run(
             workers=workers,
             timeout=timeout,
             as_json=as_json,
+            strict=strict,
             events_path=events_path,
             timeline_path=timeline_path,
             quiet=quiet,
             verbose=verbose,
+            log_path=log_path,
             journal_path=journal_path,
+            script_args=_script_args(),
         )
     )
 
@@ -216,24 +275,34 @@ class _Request:
     workers: int | None = None
     timeout: float | None = None
     as_json: bool = False
+    strict: bool = False
     events_path: str | None = None
     timeline_path: str | None = None
     quiet: bool = False
     verbose: int = 0
+    log_path: str | None = None
     journal_path: str | None = None
     resume_id: str | None = None
     force: bool = False
+    script_args: tuple[str, ...] = ()
 
 
 def _execute(request: _Request) -> NoReturn:
     terminated = threading.Event()
     restore = _install_sigterm(terminated)
+    # From before the target is imported until the JSON is out, stdout is stderr.
+    redirect = StdoutToStderr() if request.as_json else None
     try:
-        code = _run(request, request.read_input(), terminated)
-    except KeyboardInterrupt:
-        # Ctrl-C (or SIGTERM) before the run started, e.g. while importing the target.
-        click.echo("flowpool: interrupted", err=True)
-        code = EXIT_TERMINATED if terminated.is_set() else EXIT_INTERRUPTED
+        with contextlib.ExitStack() as stack:
+            if redirect is not None:
+                stack.enter_context(redirect)
+            stack.enter_context(script_argv(request.target, request.script_args))
+            try:
+                code = _run(request, request.read_input(), terminated, redirect)
+            except KeyboardInterrupt:
+                # Ctrl-C (or SIGTERM) before the run started, e.g. while importing the target.
+                click.echo("flowpool: interrupted", err=True)
+                code = EXIT_TERMINATED if terminated.is_set() else EXIT_INTERRUPTED
     finally:
         restore()
     raise SystemExit(code)
@@ -266,44 +335,49 @@ def _install_sigterm(terminated: threading.Event) -> Callable[[], None]:
     return restore
 
 
-def _run(request: _Request, value: Any, terminated: threading.Event) -> int:
+def _run(request: _Request, value: Any, terminated: threading.Event, redirect: StdoutToStderr | None) -> int:
     flow = load_target(request.target)
     journal = (
         _open_journal(request.journal_path, must_exist=request.resume_id is not None) if request.journal_path else None
     )
-    for path, option in ((request.events_path, "--events"), (request.timeline_path, "--timeline")):
+    for path, option in (
+        (request.events_path, "--events"),
+        (request.timeline_path, "--timeline"),
+        (request.log_path, "--log-file"),
+    ):
         if path is not None:
             _check_writable(path, option)
-    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
-    logger = logging.getLogger("flowpool")
-    handler: logging.Handler | None = None
-    previous_level = logger.level
-    if request.verbose:
-        handler = _ProgressLogHandler(progress.print if progress is not None else _to_stderr)
-        handler.setFormatter(logging.Formatter("flowpool: %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if request.verbose > 1 else logging.INFO)
-    collected: list[dict[str, Any]] = []
     events_file: IO[str] | None = None
     if request.events_path is not None:
         try:
             events_file = open(request.events_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
         except OSError as error:
             _fail(f"cannot write --events {request.events_path}: {error.strerror or error}")
+    try:
+        logs = RunLogs(request.verbose, request.log_path)
+    except OSError as error:
+        if events_file is not None:
+            events_file.close()
+        _fail(f"cannot write --log-file {request.log_path}: {error.strerror or error}")
+    # Started last: nothing below can fail before the finally that closes it.
+    progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
+    timeline = Timeline() if request.timeline_path is not None else None
 
     def on_event(event: Event) -> None:
-        record = event.to_dict()
-        if events_file is not None:
-            # Flushed per line, so the log is complete up to the moment of a crash.
-            events_file.write(json.dumps(record, default=repr) + "\n")
-            events_file.flush()
-        if request.timeline_path is not None:
-            collected.append(record)
+        if events_file is not None or timeline is not None:
+            record = event.to_dict()
+            if events_file is not None:
+                # Flushed per line, so the log is complete up to the moment of a crash.
+                events_file.write(json.dumps(record, default=repr) + "\n")
+                events_file.flush()
+            if timeline is not None:
+                timeline.add(record)
         if progress is not None:
             progress.event(event)
 
     result: FlowResult | None = None
     try:
+        logs.install(progress.print if progress is not None else _to_stderr)
         if request.resume_id is not None:
             assert journal is not None
             result = flow.resume(
@@ -345,26 +419,45 @@ def _run(request: _Request, value: Any, terminated: threading.Event) -> int:
             events_file.close()
         if journal is not None:
             journal.close()
-        if handler is not None:
-            logger.removeHandler(handler)
-            logger.setLevel(previous_level)
-    if request.timeline_path is not None:
-        Path(request.timeline_path).write_text(render_timeline(collected), encoding="utf-8")
+        logs.remove()
+    if timeline is not None and request.timeline_path is not None:
+        Path(request.timeline_path).write_text(timeline.render(), encoding="utf-8")
     if result is None:
         click.echo("flowpool: interrupted", err=True)
         return code
+    missing = not_completed(result) if request.strict and code == EXIT_COMPLETED else ""
+    if missing:
+        code = EXIT_FAILED
+    _report(request, result, code, missing)
+    if redirect is not None:
+        redirect.write_document(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
+    return code
+
+
+def _report(request: _Request, result: FlowResult, code: int, missing: str) -> None:
+    """The summary on stderr, warnings that hold even under --quiet, what --strict
+    found missing, then the outcome and the counts line (stdout, or stderr under --json)."""
     if not request.quiet:
         click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
-    if request.timeline_path is not None and not request.quiet:
-        click.echo(f"timeline: {request.timeline_path}", err=True)
-    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and not request.quiet:
-        why = "SIGTERM" if code == EXIT_TERMINATED else "interrupt"
-        click.echo(f"flowpool: stopped by {why}", err=True)
+        if request.timeline_path is not None:
+            click.echo(f"timeline: {request.timeline_path}", err=True)
+        if request.log_path is not None:
+            click.echo(f"log: {request.log_path}", err=True)
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            why = "SIGTERM" if code == EXIT_TERMINATED else "interrupt"
+            click.echo(f"flowpool: stopped by {why}", err=True)
+    # A side effect may still happen after the command exits: say so, whatever -q says.
+    for line in still_running_lines(result):
+        click.echo(line, err=True)
+    if missing:
+        click.echo(_printable(f"flowpool: --strict: not everything completed: {missing}"), err=True)
+    outcome = f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})"
     if request.as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=repr))
+        if not request.quiet:
+            click.echo(counts_line(result), err=True)
     else:
-        click.echo(f"flow {result.name!r} {result.status.value} in {_seconds(result.duration)} (run {result.run_id})")
-    return code
+        click.echo(_printable(outcome))
+        click.echo(counts_line(result))
 
 
 # ── durable runs: --journal, runs, resume ────────────────────────────────────────
@@ -396,7 +489,7 @@ def _announce_run_id(on_event: Callable[[Event], None], path: str) -> Callable[[
     return announce
 
 
-@main.command(short_help="Continue a journaled run whose process died.")
+@main.command(cls=_ScriptCommand, short_help="Continue a journaled run whose process died.")
 @click.argument("target")
 @click.argument("run_id")
 @click.option("--journal", "journal_path", metavar="PATH", help="The journal (default: $FLOWPOOL_JOURNAL or runs.db).")
@@ -440,6 +533,7 @@ def resume(
             journal_path=journal_path or _default_journal(),
             resume_id=run_id,
             force=force,
+            script_args=_script_args(),
         )
     )
 
@@ -468,8 +562,6 @@ def runs(ctx: click.Context, journal_path: str | None) -> None:
 
 
 def _wall(when: float) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -13,8 +13,8 @@ against its targets.
 
 Workloads: W1 thread-mode overhead · W2 sleep fan-out · W3 CPU on 2 processes ·
 W4 scale to 100,000 steps · W5 timeout latency · W6 process-mode overhead ·
-W7 start-up · W9 a map of many items · W11 process mode after large earlier values.
-Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
+W7 start-up · W9 a map of many items · W10 journaled against plain (``--only W10``) · W11 process
+mode after large earlier values. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from _bench_peers import burn, burn_step, hang_on_event, noop, noop_step, sleep_
 import flowpool
 from flowpool import Flow, Step
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9", "W11")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9", "W10", "W11")
 DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W5", "W6", "W7", "W9", "W11")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,6 +177,7 @@ def make_config(quick: bool, reps: int | None, peers: bool) -> Config:
             w6_steps=1000,
             peers=peers,
         )
+    config.reps.setdefault("W10", 5 if quick else 15)
     if reps is not None:
         config.reps = dict.fromkeys(config.reps, reps)
     return config
@@ -784,6 +785,40 @@ def w9(report: Report, config: Config) -> None:
     report.checks.append(Check("W9", "peak memory ≤ 200 B per item", peak / n, 200.0, "<=", "B"))
 
 
+# ── W10: a journaled run against the same run without a journal ─────────────────
+
+W10_STEPS = 2000
+
+
+def w10(report: Report, config: Config) -> None:
+    """The same 2,000 no-op steps on threads (a group, like W1), with and without a
+    journal. The journal is one file across repetitions, as a batch's would be."""
+    import tempfile
+
+    flow = Flow("w10").parallel("g", [Step(f"s{i}", noop_step) for i in range(W10_STEPS)])
+    folder = tempfile.TemporaryDirectory(prefix="flowpool-bench-")
+    journal = flowpool.Journal(os.path.join(folder.name, "runs.db"))
+
+    def run(**options: Any) -> dict[str, float]:
+        holder: list[Any] = []
+        seconds = timed(lambda: holder.append(flow.run(max_workers=32, **options)))
+        holder[0].raise_for_status()
+        return {"per_step": seconds / W10_STEPS * 1e6}
+
+    sides = [Side("flowpool thread, journaled", lambda: run(journal=journal)), Side("flowpool thread", run)]
+    try:
+        samples = alternate("W10", sides, config.reps["W10"])
+    finally:
+        journal.close()
+        folder.cleanup()
+    rows_from(report, "W10", samples, "per_step", f"µs/step ({W10_STEPS} no-ops)", "µs")
+    ratios = paired(samples[sides[0].runner].get("per_step", []), samples[sides[1].runner].get("per_step", []), ratio)
+    report.add(Row("W10", "journaled / plain", "per-step ratio (paired)", "x", ratios))
+    report.checks.append(
+        Check("W10", "journaled ≤ 1.25x plain", statistics.median(ratios) if ratios else None, 1.25, "<=", "x")
+    )
+
+
 RUNNERS: dict[str, Callable[[Report, Config], None]] = {
     "W1": w1,
     "W2": w2,
@@ -793,6 +828,7 @@ RUNNERS: dict[str, Callable[[Report, Config], None]] = {
     "W6": w6,
     "W7": w7,
     "W9": w9,
+    "W10": w10,
     "W11": w11,
 }
 

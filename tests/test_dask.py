@@ -168,3 +168,53 @@ def test_values_reach_later_stages_and_are_scattered_once_per_run(client: object
             assert result.values[name] == (1_000_000, seed, True, ["big"])
         assert result.values["last"][3] == ["big", "flaky", *(f"r{i}" for i in range(6))]
         assert sum(size >= 1_000_000 for size in scattered) == 1, "the value went to the cluster once"
+
+
+def test_a_timed_out_attempt_keeps_its_slot_until_it_ends(client: object, tmp_path: Path) -> None:
+    """``quick`` is not handed to Dask, and its timeout not started, while the ``hang`` steps
+    run on, holding the cluster's two threads."""
+    gate = tmp_path / "gate"
+
+    def release_hang(event) -> None:  # type: ignore[no-untyped-def]
+        if event.kind == "step_finished" and event.step == "quick":
+            gate.write_text("go")
+
+    flow = Flow("slot").parallel(
+        "g",
+        [
+            Step("hang1", steps.wait_for_gate_file, timeout=0.3),
+            Step("hang2", steps.wait_for_gate_file, timeout=0.3),
+            Step("quick", steps.quick, timeout=2.0),
+        ],
+    )
+    try:
+        result = flow.run({"gate": str(gate), "within": 5.0}, executor=client, on_event=release_hang)
+    finally:
+        gate.write_text("go")
+    assert result.steps["hang1"].status is StepStatus.TIMED_OUT
+    assert result.steps["hang2"].status is StepStatus.TIMED_OUT
+    assert result.steps["quick"].status is StepStatus.COMPLETED, result.steps["quick"].error
+
+
+def _attempt_keys(dask_scheduler) -> list[str]:  # type: ignore[no-untyped-def]
+    return [str(key) for key in dask_scheduler.tasks if str(key).startswith(("flowpool-one-", "flowpool-two-"))]
+
+
+def test_an_attempts_result_is_released_on_the_cluster_once_read(client: object) -> None:
+    """Not when a cyclic garbage collection of the run's records gets to it."""
+    import gc
+    import time
+
+    flow = Flow("held").step("one", lambda ctx: b"x" * 100_000).step("two", lambda ctx: len(ctx.results["one"]))
+    gc.disable()
+    try:
+        result = flow.run(executor=client)
+        assert result.ok, result.error
+        deadline = time.monotonic() + 20.0
+        keys = client.run_on_scheduler(_attempt_keys)  # type: ignore[attr-defined]
+        while keys and time.monotonic() < deadline:  # the scheduler forgets them asynchronously
+            time.sleep(0.1)
+            keys = client.run_on_scheduler(_attempt_keys)  # type: ignore[attr-defined]
+    finally:
+        gc.enable()
+    assert keys == []

@@ -529,6 +529,9 @@ SAMPLE_OPTION_VALUES: dict[str, Any] = {
     "compensate_timeout": 2.0,
     "required": True,
     "executor": "process",
+    "retry_on": (OSError, ValueError),
+    "optional": True,
+    "when": bool,
 }
 
 
@@ -552,6 +555,7 @@ def test_a_step_without_options_holds_every_default() -> None:
         "compensate_timeout": None,
         "required": False,
         "executor": None,
+        "when": None,
     }
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import datetime
+import hashlib
 import random
 import sqlite3
 import subprocess
@@ -21,6 +24,7 @@ from flowpool import (
     Journal,
     JournalError,
     RemoteError,
+    Step,
     StepStatus,
 )
 
@@ -517,3 +521,127 @@ def test_an_in_memory_journal_creates_no_file(tmp_path: Path, monkeypatch: pytes
         result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
         assert book.summary(result.run_id).steps["a"].value == "1"
     assert list(tmp_path.iterdir()) == []
+
+
+def _moment(text: str | None) -> datetime.datetime:
+    assert text is not None, "no wall-clock time"
+    moment = datetime.datetime.fromisoformat(text)
+    assert moment.utcoffset() == datetime.timedelta(0), text  # an explicit UTC offset
+    return moment
+
+
+def test_results_read_back_have_the_wall_clock_times_of_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    flow = Flow("f").step("a", lambda ctx: 1).parallel("g", [Step("b", lambda ctx: 2), Step("c", lambda ctx: 3)])
+    before = datetime.datetime.now(datetime.UTC)
+    live = flow.run(journal=path)
+    after = datetime.datetime.now(datetime.UTC)
+    with Journal(path) as book:
+        shown = {"result": book.result(live.run_id), "summary": book.summary(live.run_id)}
+        again = flow.resume(live.run_id, journal=book)  # a finished run: its recorded result
+    expected = live.to_dict()
+    for how, recorded in {**shown, "resume": again}.items():
+        data = recorded.to_dict()
+        started, finished = _moment(data["started"]), _moment(data["finished"])
+        assert before <= started <= finished <= after, how
+        # The run's times are on its clock again, like its steps' (same duration as recorded).
+        assert recorded.started_at is not None and recorded.finished_at is not None
+        assert abs(recorded.started_at - (live.started_at or 0)) < 1.0, how
+        for name in ("a", "b", "c"):
+            step, live_step = data["steps"][name], expected["steps"][name]
+            assert step["started_at"] == live_step["started_at"], (how, name)
+            assert abs(_moment(step["started"]) - _moment(live_step["started"])) < _MS, (how, name)
+            assert abs(_moment(step["finished"]) - _moment(live_step["finished"])) < _MS, (how, name)
+            assert started - _MS <= _moment(step["started"]) <= _moment(step["finished"]) <= finished + _MS
+
+
+_MS = datetime.timedelta(milliseconds=1)
+
+
+def _as_version_2(path: Path) -> None:
+    """Turn a journal into one written by a flowpool of journal format v2."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("ALTER TABLE runs DROP COLUMN wall_offset")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+
+
+def test_a_journal_of_the_previous_format_is_upgraded_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    flow = Flow("f").step("a", lambda ctx: 1)
+    old = flow.run(journal=path)
+    _as_version_2(path)
+    with Journal(path) as book:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("3",)
+        recorded = book.result(old.run_id)  # recorded without a wall offset: no wall-clock times
+        assert recorded.ok and recorded.values == {"a": 1}
+        assert recorded.to_dict()["started"] is None and recorded.steps["a"].to_dict(None)["started"] is None
+        assert recorded.duration is not None and recorded.duration >= 0
+        new = flow.run(journal=book)
+        assert book.result(new.run_id).to_dict()["started"] is not None
+    upgraded = hashlib.sha256(path.read_bytes()).hexdigest()
+    with Journal(path) as book:  # upgraded once: opening it again writes nothing
+        assert [run.run_id for run in book.runs()] == [old.run_id, new.run_id]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == upgraded
+
+
+def test_a_journal_of_an_older_format_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+    with pytest.raises(JournalError, match=r"earlier development version of flowpool \(journal format v1"):
+        Journal(path)
+
+
+def test_a_value_none_is_kept_so_that_resume_does_not_run_its_step_again(tmp_path: Path) -> None:
+    with Journal(tmp_path / "runs.db") as book:
+        result = Flow("f").step("a", lambda ctx: None).step("b", lambda ctx: 0).run(journal=book)
+        recorded = book.recorder.recorded(result.run_id).steps
+        assert (recorded["a"].value, recorded["a"].value_kept) == (None, True)
+        assert (recorded["b"].value, recorded["b"].value_kept) == (0, True)
+        assert book.summary(result.run_id).steps["a"].value == "None"
+        assert book.result(result.run_id).values == {"a": None, "b": 0}
+
+
+def test_every_attempt_is_recorded_once_and_a_steps_only_attempt_by_its_row(tmp_path: Path) -> None:
+    calls: collections.Counter[str] = collections.Counter()
+
+    def flaky(ctx: object) -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise ValueError("once")
+        return 2
+
+    from flowpool.testing import AutoJumpClock
+
+    flow = Flow("f").step("once", lambda ctx: 1).step("flaky", flaky, retries=1).step("fails", lambda ctx: 1 / 0)
+    path = tmp_path / "runs.db"
+    result = flow.run(journal=path, clock=AutoJumpClock())  # the retry's wait is skipped
+    assert [result.steps[name].attempts for name in ("once", "flaky", "fails")] == [1, 2, 1]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        attempts = db.execute("SELECT step, attempt, status, started_at <= finished_at FROM attempts").fetchall()
+        steps = dict(db.execute("SELECT step, attempts FROM steps").fetchall())
+    # A retried step's attempts each have a row; a step's only attempt is its step's row.
+    assert sorted(attempts) == [("flaky", 1, "failed", 1), ("flaky", 2, "completed", 1)]
+    assert steps == {"once": 1, "flaky": 2, "fails": 1}
+
+
+def test_an_attempt_whose_start_was_committed_has_its_end_recorded_too(tmp_path: Path) -> None:
+    from flowpool._results import StepResult
+
+    path = tmp_path / "runs.db"
+    with Journal(path) as book:
+        result = Flow("f").step("a", lambda ctx: 1).run(journal=book)
+        writer, run_id = book.recorder, result.run_id
+        # "b" ran long enough for its start to be committed; "c" ended within one flush.
+        writer.attempt_started(run_id, "b", 1)
+        writer.flush()
+        writer.attempt_started(run_id, "c", 1)
+        for step in ("b", "c"):
+            writer.attempt_finished(run_id, step, 1, "completed", 0.5)
+            writer.step_finished(run_id, StepResult(step, StepStatus.COMPLETED, 2, None, 1, 10.0, 10.5))
+        writer.flush()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT step, attempt, status, finished_at - started_at FROM attempts").fetchall()
+    assert [row[:3] for row in rows] == [("b", 1, "completed")] and abs(rows[0][3] - 0.5) < 0.01

@@ -89,7 +89,9 @@ def test_required_member_that_completed_does_not_fail_the_group(policy):
 @pytest.mark.parametrize("status", list(StepStatus))
 def test_stops_group_early_only_with_fail_fast_and_not_completed(status):
     assert stops_group_early(status, fail_fast=False) is False
-    assert stops_group_early(status, fail_fast=True) is (status is not StepStatus.COMPLETED)
+    # A skipped member (its condition was false) did not fail: it never stops its group.
+    ended_badly = status not in (StepStatus.COMPLETED, StepStatus.SKIPPED)
+    assert stops_group_early(status, fail_fast=True) is ended_badly
 
 
 # ── properties ──────────────────────────────────────────────────────────────────
@@ -279,3 +281,39 @@ def test_a_group_stage_gets_its_verdict_and_fails_the_run_only_when_failed_or_st
 def test_which_attempts_may_be_retried(status, retries, custom, told, stopping, expected):
     allowed = may_retry(status, retries=retries, custom=custom, attempt_told_to_stop=told, stage_stopping=stopping)
     assert allowed is expected
+
+
+# ── optional members and retry_on (SPEC §16) ────────────────────────────────────
+
+
+def test_an_optional_member_that_did_not_complete_is_left_out_of_the_verdict() -> None:
+    from flowpool._policy import group_verdict
+
+    C, F = StepStatus.COMPLETED, StepStatus.FAILED
+    assert group_verdict([C, F], [False, False], optional=[False, True]) is GroupStatus.COMPLETED
+    assert group_verdict([C, F], [False, False], fail_fast=True, optional=[False, True]) is GroupStatus.COMPLETED
+    assert group_verdict([F, F], [False, False], optional=[True, True]) is GroupStatus.PARTIAL
+    assert group_verdict([F, F], [False, False], optional=[False, True]) is GroupStatus.FAILED
+    # A completed optional member counts like any other.
+    assert group_verdict([C, F], [False, False], optional=[True, False]) is GroupStatus.PARTIAL
+
+
+def test_an_optional_member_never_fails_its_group_fast() -> None:
+    from flowpool._policy import stops_group_early
+
+    assert stops_group_early(StepStatus.FAILED, fail_fast=True)
+    assert not stops_group_early(StepStatus.FAILED, fail_fast=True, optional=True)
+
+
+def test_retry_on_matches_classes_tuples_and_predicates() -> None:
+    from flowpool._policy import retry_matches
+
+    assert retry_matches(None, ValueError())
+    assert retry_matches(OSError, ConnectionError())
+    assert not retry_matches(OSError, ValueError())
+    assert retry_matches((KeyError, OSError), KeyError())
+    assert retry_matches(lambda error: "503" in str(error), RuntimeError("HTTP 503"))
+    assert not retry_matches(lambda error: "503" in str(error), RuntimeError("HTTP 400"))
+    assert not retry_matches(OSError, None)  # a rejected value has no exception to match
+    with pytest.raises(ZeroDivisionError):
+        retry_matches(lambda error: 1 / 0, RuntimeError())

@@ -29,6 +29,7 @@ from flowpool import (
     WorkerCrashedError,
     shutdown_workers,
 )
+from flowpool._executors import _lanestore
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -482,7 +483,7 @@ def test_a_withdrawn_queued_attempt_still_leaves_what_it_carried_for_the_next(wo
     from types import MappingProxyType
 
     worker, flag_path, flag = worker_side
-    packer, lane = worker.CallPacker(), worker.LaneStore()
+    packer, lane = _lanestore.CallPacker(), _lanestore.LaneStore()
     results = MappingProxyType({"a": "x" * 100})
     first = lane.payload(packer.prepare(_read_all, _context("r1", "s1", results), ()))
     second = lane.payload(packer.prepare(_read_all, _context("r1", "s2", results), ()))
@@ -497,7 +498,7 @@ def test_a_worker_refuses_a_payload_made_for_another_worker(worker_side) -> None
     from types import MappingProxyType
 
     worker, flag_path, _flag = worker_side
-    packer, mine, other = worker.CallPacker(), worker.LaneStore(), worker.LaneStore()
+    packer, mine, other = _lanestore.CallPacker(), _lanestore.LaneStore(), _lanestore.LaneStore()
     results = MappingProxyType({"a": 1})
     worker.run_attempt(mine.payload(packer.prepare(_read_all, _context("r", "s1", results), ())), flag_path, 1)
     other.payload(packer.prepare(_read_all, _context("r", "s1", results), ()))  # its worker got this one
@@ -510,8 +511,8 @@ def test_a_worker_keeps_a_bounded_number_of_runs_and_is_sent_an_evicted_one_agai
     from types import MappingProxyType
 
     worker, flag_path, _flag = worker_side
-    lane = worker.LaneStore()
-    packers = {f"r{i}": worker.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
+    lane = _lanestore.LaneStore()
+    packers = {f"r{i}": _lanestore.CallPacker() for i in range(lane.MAX_SESSIONS + 2)}
     token = 0
     for run_id, packer in [*packers.items(), ("r0", packers["r0"])]:
         results = MappingProxyType({"v": run_id})
@@ -532,7 +533,7 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     import subprocess
     import sys
 
-    from flowpool._executors import _worker
+    from flowpool._executors import _lanestore
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
     dead = int(done.stdout)
@@ -541,14 +542,15 @@ def test_spool_files_of_dead_processes_are_swept_and_live_ones_kept(
     other = tmp_path / "flowpool-notapid-spool-x"
     for path in (stale, live, other):
         path.write_bytes(b"x")
-    monkeypatch.setattr(_worker, "_swept", False)
-    _worker._sweep_spools(str(tmp_path))
+        os.utime(path, (1, 1))  # older than the grace a new file gets
+    monkeypatch.setattr(_lanestore, "_swept", False)
+    _lanestore._sweep_spools(str(tmp_path))
     assert not stale.exists()
     assert live.exists() and other.exists()
 
 
 def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_and_a_retry_runs_elsewhere() -> None:
-    from flowpool._executors import _process, _worker
+    from flowpool._executors import _lanestore, _process
 
     shutdown_workers()
     flow = Flow("stale").step("pid", steps.quick, retries=1)
@@ -556,10 +558,221 @@ def test_a_worker_that_does_not_hold_what_its_lane_was_sent_counts_as_crashed_an
     with _process._POOL._lock:
         lanes = list(_process._POOL._all)
     assert [pid for lane in lanes for pid in lane.pids()] == [first]
-    stale = _worker.LaneStore()
+    stale = _lanestore.LaneStore()
     stale._fresh = False  # as if its worker had been replaced behind the lane's back
     lanes[0].store = stale
     result = flow.run(executor="process", max_workers=1)
     assert result.ok, result.error
     assert result.steps["pid"].attempts == 2
     assert result.values["pid"] != first
+
+
+def test_an_attempt_that_ends_while_its_timeout_kill_is_under_way_does_not_give_its_lane_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Otherwise another run's attempt could start on that lane and be killed by this timeout."""
+    from flowpool._executors import _process
+
+    gate = tmp_path / "gate"
+    finished = threading.Event()
+    idle_at_kill: list[bool] = []
+    original_finished = _process.ProcessBackend._finished
+    original_kill = _process.Lane.kill
+
+    def finished_then_tell(self, attempt, lane, future):  # type: ignore[no-untyped-def]
+        try:
+            original_finished(self, attempt, lane, future)
+        finally:
+            finished.set()
+
+    def kill_after_the_attempt_ended(self, wait: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if not idle_at_kill:
+            gate.write_text("go")  # the step returns now, before its lane is killed
+            assert finished.wait(30.0), "the attempt never ended"
+            with self.pool._lock:
+                idle_at_kill.append(self in self.pool._idle)
+        original_kill(self, wait)
+
+    monkeypatch.setattr(_process.ProcessBackend, "_finished", finished_then_tell)
+    monkeypatch.setattr(_process.Lane, "kill", kill_after_the_attempt_ended)
+    flow = Flow("race").step("gated", steps.wait_for_gate_file, timeout=0.3)
+    result = flow.run({"gate": str(gate)}, executor="process", max_workers=1)
+    assert result.steps["gated"].status is StepStatus.TIMED_OUT
+    assert idle_at_kill == [False], "the lane about to be killed was handed back as idle"
+
+
+def _timed_out_then_next_attempt(tmp_path: Path, **run: object):  # type: ignore[no-untyped-def]
+    """One worker; ``hang`` times out but runs on (until ``quick`` ends, or 5 s): ``quick``
+    must not be handed over, and its timeout start, while ``hang`` still holds the worker."""
+    gate = tmp_path / "gate"
+
+    def release_hang(event) -> None:  # type: ignore[no-untyped-def]
+        if event.kind == "step_finished" and event.step == "quick":
+            gate.write_text("go")
+
+    flow = Flow("slot").parallel(
+        "g", [Step("hang", steps.wait_for_gate_file, timeout=0.3), Step("quick", steps.quick, timeout=2.0)]
+    )
+    try:
+        return flow.run({"gate": str(gate), "within": 5.0}, on_event=release_hang, **run)
+    finally:
+        gate.write_text("go")
+
+
+def test_a_users_process_pool_keeps_a_timed_out_attempts_slot_until_it_ends(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        result = _timed_out_then_next_attempt(tmp_path, executor=pool)
+    assert result.steps["hang"].status is StepStatus.TIMED_OUT
+    assert result.steps["quick"].status is StepStatus.COMPLETED, result.steps["quick"].error
+
+
+def _five_mb(ctx):  # type: ignore[no-untyped-def]
+    import gc
+
+    gc.disable()  # in the worker, until ``steps.held_sessions``: no cycle is collected meanwhile
+    return bytearray(5_000_000)
+
+
+def _reads_five_mb(ctx):  # type: ignore[no-untyped-def]
+    return len(ctx.results["five"])
+
+
+def test_an_idle_lane_drops_a_finished_runs_values_without_waiting_for_its_next_payload() -> None:
+    from flowpool._executors import _process
+
+    flow = Flow("idle").step("five", _five_mb).step("read", _reads_five_mb)
+    result = flow.run(executor="process", max_workers=1)
+    assert result.ok, result.error
+    with _process._POOL._lock:
+        idle = list(_process._POOL._idle)
+    assert idle
+    for lane in idle:  # a lane runs its calls in order: this one after any drop sent to it
+        assert lane.executor.submit(steps.held_sessions).result(timeout=30) == (0, 0)
+
+
+def _hundred_kb(ctx):  # type: ignore[no-untyped-def]
+    return bytes(100_000)
+
+
+def _reads_hundred_kb(ctx):  # type: ignore[no-untyped-def]
+    return sorted(len(value) for value in ctx.results.values())
+
+
+def test_a_value_is_spooled_only_when_a_later_stage_is_handed_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    spooled: list[int] = []
+    append = _lanestore.Spool.append
+
+    def counting(self, data):  # type: ignore[no-untyped-def]
+        spooled.append(len(data))
+        return append(self, data)
+
+    monkeypatch.setattr(_lanestore.Spool, "append", counting)
+    last = Flow("last").parallel("g", [Step(f"v{i}", _hundred_kb) for i in range(4)])
+    assert last.run(executor="process", max_workers=2).ok
+    assert spooled == [], "no later stage: nothing is written"
+    then = last.step("read", _reads_hundred_kb)
+    result = then.run(executor="process", max_workers=2)
+    assert result.ok, result.error
+    assert result.values["read"] == [100_000] * 4
+    assert len(spooled) == 4, "each value written once, for the stage that is handed them"
+
+
+def test_a_killed_parents_worker_ends_its_steps_subprocesses_and_removes_the_runs_files(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "faults" / "killed_parent.py"
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        worker, child = (int(pid) for pid in wait_for_file(tmp_path / "pids", within=60).split())
+        paths = json.loads((tmp_path / "paths").read_text())
+        assert all(os.path.exists(path) for path in paths.values())
+        parent.kill()
+        parent.wait(timeout=30)
+        assert not wait_until_gone([worker, child], within=30.0), "the worker and its step's subprocess end"
+        assert [path for path in paths.values() if os.path.exists(path)] == []
+        assert not os.path.exists(os.path.dirname(paths["log"]))
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+        if parent.stderr is not None:
+            parent.stderr.close()
+
+
+def test_a_sweep_removes_only_what_no_live_process_holds_whatever_pid_its_name_shows(tmp_path: Path) -> None:
+    """A process in another PID namespace cannot see the owner: the owner's lock decides."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from flowpool._executors import _sweep
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    invisible = int(done.stdout)  # looks dead to us, as a live owner in another namespace would
+    held = tmp_path / f"flowpool-{invisible}-lane1-held"
+    left = tmp_path / f"flowpool-{invisible}-lane1-left"
+    new = tmp_path / f"flowpool-{invisible}-lane1-new"
+    held_folder = tmp_path / f"flowpool-logs-{invisible}-held"
+    left_folder = tmp_path / f"flowpool-logs-{invisible}-left"
+    unnamed_folder = tmp_path / "flowpool-logs-old"  # no pid: from an older flowpool, maybe in use
+    for path in (held, left, new):
+        path.write_bytes(b"x")
+    for folder in (held_folder, left_folder, unnamed_folder):
+        folder.mkdir()
+        (folder / "socket").write_bytes(b"")
+    for path in (held, left, held_folder, left_folder, unnamed_folder):
+        os.utime(path, (1, 1))
+    holders = [_sweep.hold_path(str(held)), _sweep.hold_path(str(held_folder))]
+    try:
+        _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*")
+        _sweep.sweep(str(tmp_path), "flowpool-logs-*-*", pid_field=2)
+        assert held.exists() and held_folder.exists(), "held by a live owner"
+        assert unnamed_folder.exists()
+        assert new.exists(), "too new to judge: its owner may not have locked it yet"
+        assert not left.exists() and not left_folder.exists()
+        fcntl.flock(holders[0], fcntl.LOCK_SH | fcntl.LOCK_NB)  # still ours
+    finally:
+        for fd in holders:
+            os.close(fd)
+    _sweep.sweep(str(tmp_path), "flowpool-*-lane*-*")
+    assert not held.exists(), "let go: removed"
+
+
+def test_a_run_holds_its_spool_file_against_sweeps(tmp_path: Path) -> None:
+    import fcntl
+
+    spool = _lanestore.Spool(str(tmp_path))
+    assert spool.append(b"x" * 10) == (0, 10)
+    try:
+        fd = os.open(spool.path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        spool.close()
+    assert not os.path.exists(spool.path)
+
+
+def test_a_spool_file_another_run_holds_is_kept_though_its_pid_is_not_visible(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    owner = _lanestore.Spool(str(tmp_path))  # as a run in another PID namespace: a pid we cannot see
+    owner.path = str(tmp_path / f"flowpool-{int(done.stdout)}-spool-live")
+    monkeypatch.setattr(_lanestore, "_swept", True)  # (its own creation sweeps nothing)
+    assert owner.append(b"x" * 10) is not None
+    try:
+        os.utime(owner.path, (1, 1))
+        monkeypatch.setattr(_lanestore, "_swept", False)
+        _lanestore._sweep_spools(str(tmp_path))
+        assert os.path.exists(owner.path)
+    finally:
+        owner.close()

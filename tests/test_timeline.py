@@ -266,6 +266,8 @@ def test_a_hostile_events_file_is_drawn_as_data_and_the_page_stays_script_free(t
             },
             {**common, "kind": "group_finished", "group": bad, "status": bad},
             {**common, "kind": "compensation_finished", "step": bad, "status": bad, "error": error},
+            {**common, "kind": "step_started", "step": bad, "attempt": 1, "item": bad, "index": bad},
+            {**common, "kind": "step_finished", "step": bad, "status": bad, "item": bad, "index": 3, "error": error},
             {**common, "kind": bad, "step": bad},
             {**common, "kind": "flow_finished", "status": bad, "error": error},
         ]
@@ -280,10 +282,177 @@ def test_a_hostile_events_file_is_drawn_as_data_and_the_page_stays_script_free(t
     parsed = _Elements()
     parsed.feed(page)
     tags = {tag for tag, _ in parsed.elements}
-    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "svg", "rect", "text", "line"}
+    allowed = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "svg", "rect", "text", "line", "path"}
+    assert tags <= allowed
+    assert any(attrs.get("class") == "band" for _, attrs in parsed.elements)  # the hostile map is drawn too
     for tag, attrs in parsed.elements:
         assert not any(name.startswith("on") for name in attrs), (tag, attrs)
     assert [tag for tag, _ in parsed.elements].count("style") == 1
     policy = [a for tag, a in parsed.elements if a.get("http-equiv") == "Content-Security-Policy"]
     assert policy and "default-src 'none'" in (policy[0]["content"] or "")
     assert any(PAYLOADS[0] in title for title in parsed.titles)  # shown as text, not run
+
+
+# ── maps: one row, whatever the number of items ──────────────────────────────────
+
+
+_TICK = 1 / 64
+
+
+def _map_events(
+    name: str, items: int, *, running: int, failed_every: int = 0, start: float = 50.0
+) -> list[dict[str, Any]]:
+    """Events of a map whose items run ``running`` at a time, each 1/64 s long (a binary
+    fraction, so that one item's end is exactly the next one's start)."""
+    events: list[dict[str, Any]] = [{"kind": "flow_started", "flow": "batch", "run_id": "r", "time": start}]
+    for index in range(items):
+        began = start + (index // running) * _TICK
+        failed = failed_every and index % failed_every == failed_every - 1
+        common = {"flow": "batch", "run_id": "r", "step": name, "group": None, "attempt": 1, "item": f"k{index}"}
+        events.append({**common, "kind": "step_started", "time": began, "index": index})
+        events.append(
+            {
+                **common,
+                "kind": "step_finished",
+                "time": began + _TICK,
+                "index": index,
+                "started_at": began,
+                "status": "failed" if failed else "completed",
+                "error": {"type": "ValueError", "message": f"bad item {index}"} if failed else None,
+            }
+        )
+    end = start + (items // running + 1) * _TICK
+    events.append(
+        {"kind": "group_finished", "flow": "batch", "run_id": "r", "time": end, "group": name, "status": "partial"}
+    )
+    events.append({"kind": "flow_finished", "flow": "batch", "run_id": "r", "time": end, "status": "completed"})
+    return events
+
+
+def _maps(page: str) -> list[dict[str, str | None]]:
+    return [attrs for tag, attrs in parse(page).elements if tag == "path" and attrs.get("class") == "band"]
+
+
+@pytest.mark.timeout(120)
+def test_a_map_of_100000_items_is_one_row_and_the_page_stays_under_2_mb() -> None:
+    page = render_timeline(_map_events("resize", 100_000, running=8, failed_every=1000))
+    assert len(page.encode("utf-8")) < 2_000_000
+    (band,) = _maps(page)
+    assert band["data-map"] == "resize"
+    assert band["data-peak"] == "8"
+    assert bars(page) == []  # no bar per item
+    elements = parse(page).elements
+    labels = [attrs for tag, attrs in elements if tag == "text" and attrs.get("data-map") == "resize"]
+    assert len(labels) == 1
+    marks = [attrs for tag, attrs in elements if tag == "rect" and attrs.get("class") == "fail-mark"]
+    assert sum(int(mark["data-count"] or 0) for mark in marks) == 100
+    assert "map resize - partial" in page
+
+
+def test_the_band_follows_how_many_items_ran_and_marks_failures_where_they_happened() -> None:
+    events = _map_events("rows", 40, running=4, failed_every=0)
+    # Ten more items later, one at a time, the last one failing.
+    late = _map_events("rows", 10, running=1, failed_every=10, start=events[-1]["time"] + _TICK)
+    for event in late[1:-2]:
+        event["index"] = event["index"] + 40
+        event["item"] = f"late{event['index']}"
+    page = render_timeline([*events[:-2], *late[1:-2], events[-2], late[-1]])
+    (band,) = _maps(page)
+    assert band["data-peak"] == "4"
+    (mark,) = [attrs for tag, attrs in parse(page).elements if tag == "rect" and attrs.get("class") == "fail-mark"]
+    assert mark["data-count"] == "1"
+    assert float(mark["x"] or 0) > 240 + 860 * 0.8  # the failure is near the end of the run
+    assert any("at most 4 running at once" in title for title in parse(page).titles)
+
+
+def test_a_map_among_steps_keeps_its_place_and_its_real_retries_count_once() -> None:
+    events = [
+        {"kind": "flow_started", "flow": "f", "run_id": "r", "time": 0.0},
+        {"kind": "step_started", "flow": "f", "run_id": "r", "time": 0.0, "step": "load", "attempt": 1},
+        {
+            "kind": "step_finished",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.1,
+            "step": "load",
+            "attempt": 1,
+            "status": "completed",
+            "started_at": 0.0,
+        },
+        {
+            "kind": "step_started",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.1,
+            "step": "m",
+            "attempt": 1,
+            "item": "a",
+            "index": 0,
+        },
+        {
+            "kind": "step_retrying",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.2,
+            "step": "m",
+            "attempt": 1,
+            "item": "a",
+            "index": 0,
+            "status": "failed",
+            "started_at": 0.1,
+        },
+        {
+            "kind": "step_started",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.3,
+            "step": "m",
+            "attempt": 2,
+            "item": "a",
+            "index": 0,
+        },
+        {
+            "kind": "step_finished",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.4,
+            "step": "m",
+            "attempt": 2,
+            "item": "a",
+            "index": 0,
+            "status": "completed",
+            "started_at": 0.3,
+        },
+        {"kind": "group_finished", "flow": "f", "run_id": "r", "time": 0.4, "group": "m", "status": "completed"},
+        {"kind": "step_started", "flow": "f", "run_id": "r", "time": 0.4, "step": "save", "attempt": 1},
+        {
+            "kind": "step_finished",
+            "flow": "f",
+            "run_id": "r",
+            "time": 0.5,
+            "step": "save",
+            "attempt": 1,
+            "status": "completed",
+            "started_at": 0.4,
+        },
+        {"kind": "flow_finished", "flow": "f", "run_id": "r", "time": 0.5, "status": "completed"},
+    ]
+    page = render_timeline(events)
+    labels = [
+        str(attrs.get("data-step") or "map " + str(attrs.get("data-map")))
+        for tag, attrs in parse(page).elements
+        if tag == "text" and attrs.get("class") in ("step-label", "group-label")
+    ]
+    assert labels == ["load", "map m", "save"]
+    assert [bar["data-step"] for bar in bars(page)] == ["load", "save"]
+    assert "1 items (1 completed)" in page
+    assert _maps(page)[0]["data-peak"] == "1"
+
+
+def test_a_timeline_fed_one_event_at_a_time_draws_the_same_page(mixed_run: list[dict[str, Any]]) -> None:
+    from flowpool._timeline import Timeline
+
+    timeline = Timeline()
+    for event in [*mixed_run, *_map_events("rows", 30, running=3, failed_every=7)]:
+        timeline.add(event)
+    assert timeline.render() == render_timeline([*mixed_run, *_map_events("rows", 30, running=3, failed_every=7)])

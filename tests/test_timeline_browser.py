@@ -134,3 +134,19 @@ def test_the_screenshot_is_not_blank(page: tuple[Path, int], tmp_path: Path) -> 
     assert len(colours) > 10
     assert bytes.fromhex("2e9d4f") in colours  # a completed attempt's green
     assert bytes.fromhex("e8912d") in colours  # the timed-out attempt's orange
+
+
+@pytest.mark.timeout(120)
+def test_a_maps_band_is_painted(tmp_path: Path) -> None:
+    from test_timeline import _map_events
+
+    from flowpool._timeline import STATUS_COLOURS, render_timeline
+
+    html = tmp_path / "map.html"
+    html.write_text(render_timeline(_map_events("rows", 5_000, running=8, failed_every=250)), encoding="utf-8")
+    shot = tmp_path / "map.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,400", html.as_uri())
+    _, _, colours = _pixels(shot.read_bytes())
+    # The band's colour is painted by the band (and its legend entry, only shown with a
+    # map); the failure marks share the legend's red, so test_timeline checks them in the DOM.
+    assert bytes.fromhex(STATUS_COLOURS["running"][1:]) in colours

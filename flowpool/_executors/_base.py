@@ -40,6 +40,10 @@ class Backend(Protocol):
         Its outcome, if one still arrives, is ignored.
         """
 
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Its timeout passed: a note with the stack of the running ``attempt`` (the user's
+        frames only), or saying why it is unknown. Called just before ``stop``."""
+
     def check_capacity(self, step: str) -> None:
         """Raise if the backend cannot take another attempt of ``step`` now (the step
         then fails with that error); called before every attempt is submitted."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, take_back
 from .._errors import CallNotPicklableError, DaskUnavailableError, FlowDefinitionError, FlowpoolError
-from . import _worker
+from . import _lanestore, _worker
 
 __all__ = ["DaskBackend"]
 
@@ -39,6 +39,19 @@ def _connect(address: str) -> Any:
         return client_type(f"tcp://{target}", timeout=10, set_as_default=False)
     except OSError as error:
         raise DaskUnavailableError(target, str(error)) from error
+
+
+class DaskCall:
+    """``Attempt.handle`` in Dask mode until it is submitted (then its Dask future): the
+    call, and references to what the cluster holds of its function, session and values."""
+
+    __slots__ = ("call", "function", "session", "values")
+
+    def __init__(self, call: _lanestore.Call, function: Any, session: Any, values: Any) -> None:
+        self.call = call
+        self.function = function
+        self.session = session
+        self.values = values
 
 
 class DaskBackend:
@@ -66,8 +79,9 @@ class DaskBackend:
         self._lock = threading.Lock()
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._running: dict[Attempt, Any] = {}
+        self._abandoned: set[Attempt] = set()  # given up on, still running: they hold their slot
         self._closed = False
-        self._packer = _worker.CallPacker()
+        self._packer = _lanestore.CallPacker()
         # What this run scattered to the cluster, by the packer's keys: Dask keeps each on
         # the workers that fetched it, so an attempt sends only references; released at close.
         self._scattered: dict[int, Any] = {}
@@ -85,7 +99,7 @@ class DaskBackend:
         except Exception as error:  # noqa: BLE001 - the client is closed or the cluster gone
             attempt.fail_unstarted(FlowpoolError(f"Dask refused step {attempt.step!r}: {error}"))
             return
-        attempt.handle = (call, *references)
+        attempt.handle = DaskCall(call, *references)
         with self._lock:
             self._waiting.append(attempt)
         self._pump()
@@ -93,12 +107,15 @@ class DaskBackend:
     def _pump(self) -> None:
         while True:
             with self._lock:
-                if self._closed or not self._waiting or len(self._running) >= self._max_workers:
+                busy = len(self._running) + len(self._abandoned)
+                if self._closed or not self._waiting or busy >= self._max_workers:
                     return
                 attempt = self._waiting.popleft()
                 if not attempt.try_claim():
                     continue
-                call, function, session, values = attempt.handle
+                pending = attempt.handle
+                assert isinstance(pending, DaskCall)
+                call = pending.call
                 # Unique across processes too: the same key from another client would be
                 # taken for the same task and get its result.
                 key = f"flowpool-{attempt.step}-{attempt.number}-{uuid.uuid4().hex}"
@@ -106,9 +123,9 @@ class DaskBackend:
                     future = self._client.submit(
                         _worker.run_dask_attempt,
                         pickle.dumps((call.step, call.attempt, call.args)),
-                        function,
-                        session,
-                        values,
+                        pending.function,
+                        pending.session,
+                        pending.values,
                         key=key,
                         pure=False,
                     )
@@ -122,7 +139,7 @@ class DaskBackend:
                 attempt.inbox.put((STARTED, attempt))
             future.add_done_callback(lambda f, a=attempt: self._finished(a, f))
 
-    def _references(self, call: _worker.Call) -> tuple[Any, Any, Any]:
+    def _references(self, call: _lanestore.Call) -> tuple[Any, Any, Any]:
         """What ``run_dask_attempt`` reads, as references to data sent to the cluster once per
         run: the function, the session, and one task per ``ctx.results`` snapshot that hands
         on its values (so an attempt depends on three keys, not on one per value)."""
@@ -150,12 +167,19 @@ class DaskBackend:
     def _finished(self, attempt: Attempt, future: Any) -> None:
         with self._lock:
             self._running.pop(attempt, None)
+            self._abandoned.discard(attempt)
         try:
             envelope = future.result()
         except BaseException as error:  # noqa: BLE001 - cancelled, lost worker, …
             attempt.error = error
         else:
             attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
+            del envelope
+        # Read: let Dask drop the result now, not when a cyclic GC collects the attempt.
+        if attempt.handle is future:
+            attempt.handle = None
+        with contextlib.suppress(Exception):
+            future.release()
         attempt.finished_at = attempt.clock.now()
         attempt.inbox.put((DONE, attempt))
         self._pump()
@@ -169,12 +193,18 @@ class DaskBackend:
     def stop(self, attempt: Attempt) -> None:
         if self.withdraw(attempt):
             return
+        # Dask cannot stop a task (``cancel()`` only drops our interest while it runs on):
+        # its future is kept, so a late completion still reports back (SPEC §16) — the loop
+        # ignores it unless it waits for abandoned attempts. It keeps its slot until it
+        # ends: the next attempt would otherwise wait behind it while its timeout counts.
         with self._lock:
-            future = self._running.pop(attempt, None)
-        if future is not None:
-            with contextlib.suppress(Exception):
-                future.cancel()  # best effort: a running task keeps running on its worker
+            if self._running.pop(attempt, None) is not None:
+                self._abandoned.add(attempt)
         self._pump()
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Dask cannot show a running task's stack."""
+        return "Where it hung: unknown (a Dask worker cannot report a running task's stack)"
 
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the cluster bounds its own work."""

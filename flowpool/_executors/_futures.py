@@ -5,7 +5,8 @@ record itself, so ``ctx.cancelled`` and the real start time work as in
 flowpool's own pool. Other executors (process pools, clusters) receive a
 picklable call; the attempt's start is then known only as the moment flowpool
 hands it over, which it does only when a worker is free (``_max_workers``), so
-timeouts there count from then.
+timeouts there count from then. An attempt given up on keeps its worker until it
+ends, so it keeps its slot until then too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def detached_context(ctx: Context) -> Context:
         step=ctx.step,
         attempt=ctx.attempt,
         results=dict(ctx.results),
+        outcome=ctx.outcome,
     )
 
 
@@ -148,9 +150,15 @@ class ExecutorBackend:
             return
         future = attempt.handle
         if isinstance(future, concurrent.futures.Future):
-            future.cancel()
-        self._release(attempt)  # the loop gave up on it: let the next attempt go
-        self._pump()
+            future.cancel()  # if it has not started; its done-callback then frees its slot
+        # One that runs on keeps its slot until it ends (``_settled``): the next attempt
+        # would otherwise wait in the pool behind it while its own timeout counts (SPEC §5).
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """The stack of the thread running ``attempt`` (in-process executors only)."""
+        if self._in_process:
+            return attempt.where_it_hung()
+        return "Where it hung: unknown (the attempt runs in an executor that cannot report its stack)"
 
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the user's executor bounds its own work."""

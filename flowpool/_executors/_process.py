@@ -12,9 +12,11 @@ flowpool gives each concurrency slot its own single-worker loky executor, a
     done-callback ◀───────────────────┼───────────┘
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
+                  (at a timeout, first ``where_it_hung``: the worker dumps its stack)
+    worker's log records ─▶ ``_logs.LogReceiver`` ─▶ the parent's loggers (drained before DONE)
 
 A kill or a crash therefore only ever hits its own attempt. Each lane records
-what its worker already holds (``_worker.LaneStore``: functions, run inputs,
+what its worker already holds (``_lanestore.LaneStore``: functions, run inputs,
 earlier values), so a payload carries only what is new to it; large values go
 once to the run's spool file and a worker reads one only when a step reads it.
 Lanes start once and are reused across stages and runs; idle lanes close after
@@ -35,9 +37,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._attempt import DONE, STARTED, Attempt, take_back
+from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _worker
+from . import _lanestore, _logs, _sweep, _worker
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -47,12 +49,27 @@ IDLE_TIMEOUT = 300.0
 #: Test hook: called with (step, lane number, payload bytes) for every payload sent to a lane.
 on_payload: Callable[[str, int, int], None] | None = None
 
+#: Seconds a timed-out attempt's worker is given to dump its stack before it is killed.
+STACK_WAIT = 0.25
+
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
 
 
 def _flag_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+_flags_swept = False
+
+
+def _sweep_flags() -> None:
+    """Remove, once per process, lane flag files left by processes that were killed."""
+    global _flags_swept
+    if _flags_swept:
+        return
+    _flags_swept = True
+    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*")
 
 
 class Lane:
@@ -63,14 +80,20 @@ class Lane:
 
         self.pool = pool
         self.number = number
+        _sweep_flags()
         fd, self.flag_path = tempfile.mkstemp(prefix=f"flowpool-{os.getpid()}-lane{number}-", dir=_flag_dir())
         try:
+            _sweep.hold(fd)  # kept open (so held) until close(): see ``_sweep``
             os.ftruncate(fd, _worker.FLAG_SIZE)
             self.flag = mmap.mmap(fd, _worker.FLAG_SIZE)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._flag_fd = [fd]  # popped by the first close(): close() may run on two threads
         self.executor = loky.ProcessPoolExecutor(
-            max_workers=1, initializer=_worker.init_worker, initargs=(os.getpid(),)
+            max_workers=1,
+            initializer=_worker.init_worker,
+            initargs=(os.getpid(), number, _logs.receiver().address),
         )
         self.ready = False
         self.broken = False
@@ -78,7 +101,8 @@ class Lane:
         self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
-        self.store = _worker.LaneStore()  # what the worker holds: a new lane starts empty
+        self.store = _lanestore.LaneStore()  # what the worker holds: a new lane starts empty
+        self._kill_claim = [True]  # popped by the first kill()
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -94,7 +118,7 @@ class Lane:
     def pids(self) -> list[int]:
         return list(getattr(self.executor, "_processes", {}).keys())
 
-    def payload(self, call: _worker.Call) -> bytes:
+    def payload(self, call: _lanestore.Call) -> bytes:
         """What to send this lane's worker for ``call``: only what it does not hold yet."""
         payload = self.store.payload(call)
         hook = on_payload
@@ -102,14 +126,29 @@ class Lane:
             hook(call.step, self.number, len(payload))
         return payload
 
+    def send_forgotten(self) -> None:
+        """Have an idle worker drop the values of runs that ended now, not with its next
+        payload (maybe ``IDLE_TIMEOUT`` later). Called with the pool's lock held while the
+        lane is idle, so the drop goes out before any later payload."""
+        if self.broken or not self.ready:
+            return
+        sessions = self.store.take_forgotten()
+        if sessions:
+            with contextlib.suppress(Exception):  # a dead worker holds nothing
+                self.executor.submit(_worker.forget_sessions, self.store.key, sessions)
+
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
 
         The SIGKILLs go out before this returns; loky's clean-up (which reaps the
         worker and releases its semaphores) finishes on a background thread so the
-        settle loop is not held, unless ``wait``.
+        settle loop is not held, unless ``wait``. Only the first call kills.
         """
         self.broken = True
+        try:
+            self._kill_claim.pop()
+        except IndexError:
+            return  # already killed (a timeout, then the run's close): one clean-up is enough
         import psutil
 
         workers: list[Any] = []
@@ -129,7 +168,7 @@ class Lane:
         if wait:
             self._finish_kill(descendants)
             return
-        threading.Thread(target=self._finish_kill, args=(descendants,), name="flowpool-lane-kill", daemon=True).start()
+        _in_background(self._finish_kill, "flowpool-lane-kill", descendants)
 
     def _finish_kill(self, descendants: list[Any]) -> None:
         import psutil
@@ -152,6 +191,31 @@ class Lane:
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
+        with contextlib.suppress(IndexError, OSError):
+            os.close(self._flag_fd.pop())  # lets go of the flag's lock (see ``_sweep``)
+
+
+class LaneTicket:
+    """``Attempt.handle`` in process mode: the lane it was sent to and its token there."""
+
+    __slots__ = ("lane", "token")
+
+    def __init__(self, lane: Lane, token: int) -> None:
+        self.lane = lane
+        self.token = token
+
+
+#: Seconds ``shutdown_workers`` (and so interpreter exit) waits for lanes still being cleaned up.
+CLOSE_WAIT = 5.0
+
+#: Threads cleaning up killed or discarded lanes.
+_closing: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def _in_background(target: Callable[..., None], name: str, *args: Any) -> None:
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    _closing.add(thread)
+    thread.start()
 
 
 def _release_sentinel(process: Any) -> None:
@@ -243,6 +307,7 @@ class LanePool:
         with self._lock:
             lane.idle_since = _now()
             self._idle.append(lane)
+            lane.send_forgotten()  # what ended while it was busy
 
     def discard(self, lane: Lane) -> None:
         with self._lock:
@@ -250,7 +315,7 @@ class LanePool:
             with contextlib.suppress(ValueError):
                 self._idle.remove(lane)
         # Waiting lets loky reap the worker so its pipes can be closed: off this thread.
-        threading.Thread(target=lane.close, kwargs={"wait": True}, name="flowpool-lane-close", daemon=True).start()
+        _in_background(lane.close, "flowpool-lane-close", True)
 
     def waiting(self, backend: ProcessBackend, waits: bool) -> None:
         """Record whether ``backend`` has work waiting for a lane."""
@@ -288,11 +353,25 @@ class LanePool:
             self._all.clear()
             self._idle.clear()
             self._reaper_stop.set()
+            reaper = self._reaper
         for lane in lanes:
             if lane in idle and lane.ready:
                 lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
             else:
                 lane.kill(wait=True)
+        # Lanes killed or discarded earlier are still being cleaned up on background threads.
+        # Let them finish: at interpreter exit a daemon thread is frozen wherever it is, and
+        # one frozen between unlinking a loky semaphore and telling the resource tracker
+        # makes the tracker warn of "leaked semlock objects" (issue 17, item 10).
+        # (A clean-up may start another: a kill's ends the lane's attempt, whose callback discards it.)
+        deadline = _now() + CLOSE_WAIT
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(max(0.0, deadline - _now()))
+        while _now() < deadline:
+            busy = [thread for thread in _closing if thread.is_alive() and thread is not threading.current_thread()]
+            if not busy:
+                break
+            busy[0].join(max(0.0, deadline - _now()))
 
     def size(self) -> int:
         """How many lanes are alive."""
@@ -300,13 +379,17 @@ class LanePool:
             return len(self._all)
 
     def forget(self, sessions: list[int]) -> None:
-        """These runs ended: every lane's worker drops their values with its next payload."""
+        """These runs ended: every lane's worker drops their values, an idle one now, a
+        busy one with its next payload (or when it goes idle)."""
         if not sessions:
             return
         with self._lock:
             lanes = list(self._all)
         for lane in lanes:
             lane.store.forget(sessions)
+        with self._lock:
+            for lane in self._idle:
+                lane.send_forgotten()
 
 
 def _now() -> float:
@@ -348,9 +431,9 @@ class ProcessBackend:
         self._waiting: collections.deque[Attempt] = collections.deque()
         self._lanes: dict[Attempt, Lane] = {}  # every attempt handed to a lane
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
-        self._calls: dict[Attempt, _worker.Call] = {}
+        self._calls: dict[Attempt, _lanestore.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _worker.CallPacker(spool_dir=tempfile.gettempdir())
+        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir())
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
@@ -359,6 +442,7 @@ class ProcessBackend:
         except Exception as error:  # noqa: BLE001 - reported as this attempt's failure
             attempt.fail_unstarted(CallNotPicklableError(attempt.step, f"{type(error).__name__}: {error}"))
             return
+        call.settings = _logs.worker_settings()  # the parent's levels (and sys.argv) at submission
         with self._lock:
             self._calls[attempt] = call
             self._waiting.append(attempt)
@@ -434,7 +518,7 @@ class ProcessBackend:
             return
         held.append(attempt)
         self._lanes[attempt] = lane
-        attempt.handle = (lane, token)
+        attempt.handle = LaneTicket(lane, token)
         if len(held) == 1:
             self._mark_running(attempt)
         if attempt.cancel_reason is not None:
@@ -464,7 +548,8 @@ class ProcessBackend:
                 started = lane.started_token()
                 kept = held[:1]
                 for queued in held[1:]:
-                    if queued.handle[1] <= started:
+                    ticket = queued.handle
+                    if isinstance(ticket, LaneTicket) and ticket.token <= started:
                         kept.append(queued)
                         continue
                     del self._lanes[queued]
@@ -498,6 +583,7 @@ class ProcessBackend:
                 if attempt.ok:
                     self._packer.remember(attempt.value, envelope)
             attempt.finished_at = attempt.clock.now()
+            _logs.receiver().drain()  # the attempt's log records are handled before its end is reported
             attempt.inbox.put((DONE, attempt))
         if lane.broken:
             if idle:
@@ -508,12 +594,12 @@ class ProcessBackend:
 
     def cancel(self, attempt: Attempt) -> None:
         """Tell an attempt (through its lane's flag) that it should stop, or not start."""
-        handle = attempt.handle
-        if isinstance(handle, tuple) and attempt.cancel_reason is not None:
-            lane, token = handle
+        ticket = attempt.handle
+        if isinstance(ticket, LaneTicket) and attempt.cancel_reason is not None:
+            lane = ticket.lane
             if not lane.broken:
                 with contextlib.suppress(ValueError):
-                    _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
+                    _worker.write_cancel(lane.flag, ticket.token, attempt.cancel_reason)
 
     def withdraw(self, attempt: Attempt) -> bool:
         if not take_back(self._lock, self._waiting, attempt):
@@ -528,12 +614,34 @@ class ProcessBackend:
         with self._lock:
             lane = self._lanes.get(attempt)
             running = lane is not None and self._own.get(lane, [None])[0] is attempt
+            if lane is not None and running:
+                # Marked under the lock: an attempt that ends before the kill below must not
+                # hand the lane back (``_finished`` checks it), or another run's attempt
+                # could start on it and be killed instead.
+                lane.broken = True
         if lane is None:
             return
         if running:
             lane.kill()  # the callbacks send what was queued behind it elsewhere
+            _logs.receiver().drain()  # what it logged before it was killed is handled before its end
         else:
             self.cancel(attempt)  # queued behind another: the worker will skip it
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """Ask the worker running ``attempt`` for its stack, waiting at most ``STACK_WAIT`` s."""
+        with self._lock:
+            lane = self._lanes.get(attempt)
+            running = lane is not None and self._own.get(lane, [None])[0] is attempt
+        ticket = attempt.handle
+        if lane is None or not running or not isinstance(ticket, LaneTicket):
+            return "Where it hung: unknown (the attempt was not running on a worker)"
+        for pid in lane.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, _logs.STACK_SIGNAL)
+        stack = _logs.receiver().wait_stack(lane.number, ticket.token, STACK_WAIT)
+        if stack is None:
+            return f"Where it hung: unknown (the worker process did not dump its stack within {STACK_WAIT:g} s)"
+        return hung_note(stack)
 
     def check_capacity(self, step: str) -> None:
         """Nothing to check: the lane pool bounds its own work."""

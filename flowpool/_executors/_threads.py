@@ -28,7 +28,14 @@ import threading
 from .._attempt import Attempt
 from .._errors import AbandonedThreadsError
 
-__all__ = ["IDLE_TIMEOUT", "MAX_ABANDONED_THREADS", "AbandonedThreadsError", "SharedThreads", "ThreadBackend"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_ABANDONED_THREADS",
+    "AbandonedThreadsError",
+    "SharedThreads",
+    "ThreadBackend",
+    "ThreadTicket",
+]
 
 #: How many abandoned (still running) attempts one process may carry before flowpool
 #: refuses to start more: a step that keeps hanging must not pile up threads.
@@ -36,6 +43,17 @@ MAX_ABANDONED_THREADS = 256
 
 #: Seconds an idle shared thread waits for work before it exits.
 IDLE_TIMEOUT = 60.0
+
+
+class ThreadTicket:
+    """``Attempt.handle`` in thread mode: the run's backend, and a one-element token that
+    whoever is first pops: the worker when the call returns, or the loop when it abandons it."""
+
+    __slots__ = ("backend", "token")
+
+    def __init__(self, backend: ThreadBackend, token: list[bool]) -> None:
+        self.backend = backend
+        self.token = token
 
 
 class SharedThreads:
@@ -83,16 +101,17 @@ class SharedThreads:
                     self._threads -= 1
                     return
             attempt.execute()
-            backend, token = attempt.handle
+            ticket = attempt.handle
+            assert isinstance(ticket, ThreadTicket)
             try:
-                token.pop()
+                ticket.token.pop()
             except IndexError:
                 # The loop abandoned this call: its run got its slot back and a
                 # replacement thread took our place.
                 with lock:
                     self.abandoned -= 1
                 return
-            backend.slot_freed()
+            ticket.backend.slot_freed()
 
     def abandon(self) -> None:
         """A thread is stuck in an abandoned call: stop counting it, replace it if needed."""
@@ -147,7 +166,7 @@ class ThreadBackend:
             raise RuntimeError("the thread backend is closed")
         # The token is popped by whoever is first: the worker when the call returns,
         # or the loop when it abandons the call (list.pop is atomic; no lock per attempt).
-        attempt.handle = (self, [True])
+        attempt.handle = ThreadTicket(self, [True])
         with self._lock:
             if self._running >= self._max_workers:
                 self._held.append(attempt)
@@ -175,12 +194,18 @@ class ThreadBackend:
     def stop(self, attempt: Attempt) -> None:
         if attempt.started_at is None and attempt.try_claim():
             return  # it never started: nothing is running
+        ticket = attempt.handle
+        assert isinstance(ticket, ThreadTicket)
         try:
-            attempt.handle[1].pop()
+            ticket.token.pop()
         except IndexError:
             return  # its call already returned; the thread serves on
         self._threads.abandon()
         self.slot_freed()
+
+    def where_it_hung(self, attempt: Attempt) -> str:
+        """The stack of the thread running ``attempt``."""
+        return attempt.where_it_hung()
 
     def check_capacity(self, step: str) -> None:
         """Raise if too many abandoned attempts are still running in this process."""

@@ -1,7 +1,8 @@
 """What runs inside a worker process: start-up, the attempt trampoline, the envelope.
 
 Kept in an importable module (not pickled by value) so that the globals set by
-``init_worker`` are the ones the trampoline reads.
+``init_worker`` are the ones the trampoline reads. The parent side of a lane's
+store is ``_lanestore``; log records and stack dumps travel through ``_logs``.
 
 The envelope: the worker catches every outcome and sends back bytes that the
 parent unpickles itself, so a value or an exception that cannot travel never
@@ -14,25 +15,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import mmap
 import os
 import pickle
 import signal
 import threading
 import traceback
-import weakref
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .. import _logcontext
 from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
+from . import _logs
+from ._lanestore import ValueData
 
 __all__ = [
-    "Call",
-    "CallPacker",
     "CancelFlag",
-    "LaneStore",
     "decode",
     "init_worker",
     "ping",
@@ -53,9 +52,11 @@ OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR, WITHDRAWN = range(5)
 _flags: dict[str, mmap.mmap] = {}
 
 
-def init_worker(parent_pid: int, poll: float = 0.25) -> None:
-    """Loky initializer: ignore Ctrl-C (the parent decides) and die with the parent."""
+def init_worker(parent_pid: int, lane: int = 0, log_address: str | None = None, poll: float = 0.25) -> None:
+    """Loky initializer: ignore Ctrl-C (the parent decides), die with the parent, send
+    log records and stack dumps to the parent's ``_logs.LogReceiver`` at ``log_address``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _logs.install_in_worker(lane, log_address, _run.__code__)
     # loky quietly replaces a worker whose memory grew by 300 MB; this one holds the
     # lane's values on purpose (``LaneStore``), and a replacement would not have them.
     import loky.process_executor
@@ -67,9 +68,34 @@ def init_worker(parent_pid: int, poll: float = 0.25) -> None:
         # PR_SET_PDEATHSIG is tied to the spawning thread (loky's manager), so poll instead.
         while not stop.wait(poll):
             if os.getppid() != parent_pid:
+                _clean_up_for_dead_parent(log_address)
                 os._exit(1)
 
     threading.Thread(target=watch_parent, name="flowpool-parent-watch", daemon=True).start()
+
+
+def _clean_up_for_dead_parent(log_address: str | None) -> None:
+    """The parent was killed: end what the step started, and remove what the parent would
+    have removed (the lane's flag file, the spool files of its runs, the log socket)."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=1.0)
+    paths = list(_flags)
+    with contextlib.suppress(Exception):  # (the main thread may be changing them)
+        paths += [session.spool for session in list(_sessions.values()) if session.spool]
+    if log_address is not None:
+        paths.append(log_address)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if log_address is not None:
+        with contextlib.suppress(OSError):  # the last lane to get here removes the folder
+            os.rmdir(os.path.dirname(log_address))
 
 
 def ping() -> int:
@@ -131,332 +157,7 @@ def started_token(flag: mmap.mmap) -> int:
     return int.from_bytes(flag[_STARTED], "little")
 
 
-#: Parent side: process-wide keys for functions, values, snapshots, sessions and lane stores.
-_keys = itertools.count(1)
-_keys_lock = threading.Lock()
-#: Parent side: a pickled function's digest → its key, so a lane holds one function once across runs.
-_function_keys: dict[bytes, int] = {}
-
-
-def _new_key() -> int:
-    with _keys_lock:
-        return next(_keys)
-
-
-def _function_key(data: bytes) -> int:
-    import hashlib
-
-    digest = hashlib.blake2b(data, digest_size=16).digest()
-    with _keys_lock:
-        key = _function_keys.get(digest)
-        if key is None:
-            if len(_function_keys) >= 4096:  # closures over ever-new values: start again
-                _function_keys.clear()
-            key = _function_keys[digest] = next(_keys)
-        return key
-
-
-#: A pickled value at least this big is written to the run's spool file once and read
-#: from there by a worker only when a step reads it; smaller ones travel in payloads.
-SPOOL_MIN = 4096
-
-#: A worker's envelope up to this big is spooled as it arrives (a write is cheaper than
-#: pickling the value again); a bigger one is not, so that a large value that no later
-#: stage reads costs nothing more than before, and is pickled once if one does.
-REMEMBER_MAX = 1 << 20
-
-#: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
-#: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in).
-ValueData = bytes | tuple[int, int, bool]
-
-
-class Spool:
-    """Parent side: one run's file of pickled values (created at the first large value,
-    removed when the run ends). Written before any payload that names a part of it."""
-
-    def __init__(self, directory: str) -> None:
-        import uuid
-
-        self.path = os.path.join(directory, f"flowpool-{os.getpid()}-spool-{uuid.uuid4().hex}")
-        self._lock = threading.Lock()
-        self._file: Any = None
-        self._closer: Any = None
-        self._size = 0
-        self._failed = False
-
-    def append(self, data: bytes) -> tuple[int, int] | None:
-        """``(offset, length)`` of ``data`` in the file, or None if it cannot be written."""
-        with self._lock:
-            if self._failed:
-                return None
-            offset = self._size
-            try:
-                if self._file is None:
-                    _sweep_spools(os.path.dirname(self.path))
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by close()
-                    # Removed by close(), or else when the run is collected or at interpreter exit.
-                    self._closer = weakref.finalize(self, _remove_spool, self._file, self.path)
-                view = memoryview(data)
-                while view:
-                    view = view[self._file.write(view) :]
-            except OSError:  # a full disk, …: later values travel in payloads instead
-                self._failed = True
-                return None
-            self._size += len(data)
-            return offset, len(data)
-
-    def close(self) -> None:
-        with self._lock:
-            self._failed = True
-            if self._closer is not None:
-                self._closer()
-
-
-def _remove_spool(file: Any, path: str) -> None:
-    file.close()
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-_swept = False
-
-
-def _sweep_spools(directory: str) -> None:
-    """Remove, once per process, spool files left by processes that died mid-run."""
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    import glob
-
-    for path in glob.glob(os.path.join(glob.escape(directory), "flowpool-*-spool-*")):
-        try:
-            pid = int(os.path.basename(path).split("-")[1])
-            os.kill(pid, 0)
-        except (ValueError, PermissionError):  # not ours to judge, or alive under another user
-            continue
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-class Snapshot:
-    """Parent side: one ``ctx.results`` mapping, each of its values pickled once per run."""
-
-    __slots__ = ("key", "names", "value_keys", "value_data")
-
-    def __init__(self, names: tuple[str, ...], value_keys: tuple[int, ...], value_data: tuple[ValueData, ...]) -> None:
-        self.key = _new_key()
-        self.names = names
-        self.value_keys = value_keys
-        self.value_data = value_data
-
-
-class Call:
-    """Parent side: one attempt, pickled once, ready to be sent to any lane (see ``LaneStore``)."""
-
-    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args")
-
-    def __init__(
-        self,
-        function: tuple[int, bytes],
-        session: tuple[int, bytes],
-        spool: str | None,
-        snapshot: Snapshot,
-        step: str,
-        attempt: int,
-        args: bytes | None,
-    ) -> None:
-        self.function = function
-        self.spool = spool
-        self.session = session
-        self.snapshot = snapshot
-        self.step = step
-        self.attempt = attempt
-        self.args = args
-
-
-class CallPacker:
-    """Parent side: turns attempts into ``Call``\\ s, pickling what repeats only once.
-
-    A step's function (pickled by value when it lives in ``__main__``), the run's
-    input (with the flow's name and the run id: a *session*) and every completed
-    value are pickled once per run, each under a key; a worker keeps what it was
-    sent under those keys, so a lane is sent each of them at most once.
-
-    With a ``spool_dir``, large values go to the run's ``Spool`` file instead (the
-    bytes of a worker's envelope when the value came from one: not pickled again),
-    and a worker reads each only when a step reads it.
-    """
-
-    def __init__(self, spool_dir: str | None = None) -> None:
-        self._functions: dict[int, tuple[Any, tuple[int, bytes]]] = {}
-        self._session: tuple[Any, str, str, tuple[int, bytes]] | None = None
-        self._values: dict[str, tuple[Any, int, ValueData]] = {}
-        self._snapshot: tuple[Any, Snapshot] | None = None
-        self._spool = Spool(spool_dir) if spool_dir is not None else None
-        self._remembered: dict[int, tuple[Any, ValueData]] = {}
-        self.sessions: list[int] = []  # every session key this packer made
-
-    def remember(self, value: Any, envelope: bytes) -> None:
-        """``value`` came back from a worker in ``envelope``: spool those bytes now, so a later
-        stage that is handed it costs no pickling (called from a backend's callback thread)."""
-        spool = self._spool
-        if spool is None or not SPOOL_MIN <= len(envelope) <= REMEMBER_MAX:
-            return
-        span = spool.append(envelope)
-        if span is not None:
-            self._remembered[id(value)] = (value, (*span, True))
-
-    def close(self) -> None:
-        """The run ended: remove its spool file."""
-        if self._spool is not None:
-            self._spool.close()
-        self._remembered.clear()
-
-    def prepare(self, fn: Any, ctx: Any, args: tuple[Any, ...]) -> Call:
-        """The ``Call`` for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
-        import cloudpickle
-
-        cached = self._functions.get(id(fn))
-        if cached is None or cached[0] is not fn:
-            data = cloudpickle.dumps(fn)
-            cached = (fn, (_function_key(data), data))
-            self._functions[id(fn)] = cached
-        session = self._session
-        if session is None or session[0] is not ctx.input or session[1] != ctx.run_id or session[2] != ctx.flow:
-            key = _new_key()
-            session = (ctx.input, ctx.run_id, ctx.flow, (key, _dumps((ctx.input, ctx.flow, ctx.run_id))))
-            self._session = session
-            self.sessions.append(key)
-        snapshot = self._snapshot
-        if snapshot is None or snapshot[0] is not ctx.results:
-            snapshot = (ctx.results, self._snapshot_of(ctx.results))
-            self._snapshot = snapshot
-        spool = self._spool.path if self._spool is not None else None
-        return Call(cached[1], session[3], spool, snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
-
-    def _snapshot_of(self, results: Any) -> Snapshot:
-        names: list[str] = []
-        keys: list[int] = []
-        data: list[ValueData] = []
-        for name, value in results.items():
-            held = self._values.get(name)
-            if held is None or held[0] is not value:
-                held = (value, _new_key(), self._data_of(value))
-                self._values[name] = held
-            names.append(name)
-            keys.append(held[1])
-            data.append(held[2])
-        return Snapshot(tuple(names), tuple(keys), tuple(data))
-
-    def _data_of(self, value: Any) -> ValueData:
-        remembered = self._remembered.get(id(value))
-        if remembered is not None and remembered[0] is value:
-            return remembered[1]
-        data = _dumps(value)
-        if self._spool is not None and len(data) >= SPOOL_MIN:
-            span = self._spool.append(data)
-            if span is not None:
-                return (*span, False)
-        return data
-
-
-class _Held:
-    """Parent side: what a lane's worker holds of one session."""
-
-    __slots__ = ("values", "snapshot")
-
-    def __init__(self) -> None:
-        self.values: set[int] = set()
-        self.snapshot = 0
-
-
-class LaneStore:
-    """Parent side: what one lane's worker holds, so that each payload carries only what
-    is new to it. The parent decides everything the worker keeps and drops, and a lane
-    runs its payloads in the order they were made, so the two never disagree; a worker
-    that is not the one this record was made for (a fresh process) refuses the payload.
-    """
-
-    MAX_SESSIONS = 4
-    MAX_FUNCTIONS = 256
-
-    def __init__(self) -> None:
-        self.key = _new_key()
-        self._lock = threading.Lock()
-        self._fresh = True
-        self._functions: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._sessions: collections.OrderedDict[int, _Held] = collections.OrderedDict()
-        self._forget: list[int] = []
-
-    def forget(self, sessions: list[int]) -> None:
-        """The runs of these sessions ended: the worker drops their values with its next payload."""
-        with self._lock:
-            for key in sessions:
-                if self._sessions.pop(key, None) is not None:
-                    self._forget.append(key)
-
-    def payload(self, call: Call) -> bytes:
-        """The bytes to send to this lane's worker for ``call``."""
-        with self._lock:
-            reset, self._fresh = self._fresh, False
-            drop_sessions, self._forget = self._forget, []
-            drop_functions: list[int] = []
-            function_key, function_data = call.function
-            new_function: bytes | None = None
-            if function_key in self._functions:
-                self._functions.move_to_end(function_key)
-            else:
-                self._functions[function_key] = None
-                new_function = function_data
-                if len(self._functions) > self.MAX_FUNCTIONS:
-                    drop_functions.append(self._functions.popitem(last=False)[0])
-            session_key, session_data = call.session
-            held = self._sessions.get(session_key)
-            new_session: tuple[bytes, str | None] | None = None
-            if held is None:
-                held = self._sessions[session_key] = _Held()
-                new_session = (session_data, call.spool)
-                if len(self._sessions) > self.MAX_SESSIONS:
-                    drop_sessions.append(self._sessions.popitem(last=False)[0])
-            else:
-                self._sessions.move_to_end(session_key)
-            snapshot = call.snapshot
-            new_snapshot: tuple[tuple[str, ...], tuple[int, ...]] | None = None
-            new_values: list[tuple[int, ValueData]] = []
-            if held.snapshot != snapshot.key:
-                values = held.values
-                new_values = [
-                    (key, data)
-                    for key, data in zip(snapshot.value_keys, snapshot.value_data, strict=True)
-                    if key not in values
-                ]
-                values.update(snapshot.value_keys)
-                held.snapshot = snapshot.key
-                new_snapshot = (snapshot.names, snapshot.value_keys)
-        update = (
-            (reset, drop_sessions, drop_functions, new_function, new_session, new_values, new_snapshot)
-            if reset or drop_sessions or drop_functions or new_function or new_session or new_snapshot
-            else None
-        )
-        return pickle.dumps(
-            (self.key, update, function_key, session_key, snapshot.key, call.step, call.attempt, call.args)
-        )
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value)
-    except Exception:  # noqa: BLE001 - lambdas, closures, classes from __main__: cloudpickle can
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps(value)
-        return data
-
-
-# ── worker side: what this worker holds, as its lane's parent-side LaneStore says ──
+# ── what this worker holds, as its lane's parent-side ``_lanestore.LaneStore`` says ──
 
 
 class _Unloadable:
@@ -587,7 +288,7 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         _functions.clear()
         _sessions.clear()
     for key in drop_sessions:
-        _sessions.pop(key, None)
+        _drop_session(key)
     for key in drop_functions:
         _functions.pop(key, None)
     if new_function is not None:
@@ -601,6 +302,22 @@ def _apply(store_key: int, update: Any, function_key: int, session_key: int, sna
         names, keys = new_snapshot
         session.snapshot = snapshot_key
         session.results = Results(session, dict(zip(names, keys, strict=True)))
+
+
+def forget_sessions(store_key: int, sessions: list[int]) -> None:
+    """Drop the values of runs that ended (sent to an idle lane, in its payload order)."""
+    if store_key == _store_key:
+        for key in sessions:
+            _drop_session(key)
+
+
+def _drop_session(key: int) -> None:
+    # Its values go now, not at a cyclic collection (``results`` refers back to it).
+    session = _sessions.pop(key, None)
+    if session is not None:
+        session.results = None
+        session.loaded.clear()
+        session.pending.clear()
 
 
 def _usable(thing: Any) -> Any:
@@ -617,7 +334,11 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
     cancelled before it could start; what it carried is kept all the same, since
     the lane's next payloads count on it.
     """
-    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data = pickle.loads(payload)
+    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings = pickle.loads(
+        payload
+    )
+    if settings is not None:  # before anything is unpickled: the target may read sys.argv as it is imported
+        _logs.apply_settings(settings)
     _check_store(store_key, update)  # raised to loky: the lane is treated as crashed
     flag = CancelFlag(flag_path, token)
     if queued:
@@ -636,7 +357,11 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
         results = session.results
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
-    return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+    _logs.running_token = token
+    try:
+        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+    finally:
+        _logs.running_token = 0
 
 
 #: Dask worker side: unpickled functions, sessions and values by their (unique) Dask keys.
@@ -708,7 +433,11 @@ def _run(
         ctx = Context(
             input=run_input, flow=flow, run_id=run_id, step=step, attempt=attempt, results=results, scope=flag
         )
-        value = fn(ctx, *args)
+        named = _logcontext.enter(run_id, flow, step, attempt, getattr(ctx, "key", None))
+        try:
+            value = fn(ctx, *args)
+        finally:
+            _logcontext.leave(named)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
         return _envelope_error(error)
     try:

@@ -122,3 +122,6 @@ def test_a_second_ctrl_c_abandons_the_remaining_compensations(run_kw, executors,
     assert list(undone) == ["b"]
     assert result.compensated == ()
     assert set(result.not_compensated) == {"a", "b"}
+    for name in result.not_compensated:  # SPEC §16: every not_compensated step says why
+        compensation = result.steps[name].compensation
+        assert compensation is not None and compensation.status == "abandoned", name

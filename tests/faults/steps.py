@@ -105,3 +105,29 @@ def fail(ctx: Context) -> None:
 def record_compensation(ctx: Context, value: Any) -> None:
     with open(ctx.input["log"], "a") as log:
         log.write(f"{ctx.step}:{os.getpid()}\n")
+
+
+def wait_for_gate_file(ctx: Context) -> str:
+    """Wait until the file ``ctx.input["gate"]`` exists (at most ``ctx.input["within"]`` s, or a minute)."""
+    gate = Path(ctx.input["gate"])
+    deadline = time.monotonic() + ctx.input.get("within", 60)
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "passed"
+
+
+def held_sessions() -> tuple[int, int]:
+    """How many runs' values this lane worker holds, and how many dropped ones' values are
+    still loaded (submitted straight to a lane; turns the cyclic collector back on)."""
+    import gc
+
+    from flowpool._executors import _worker
+
+    held = {id(session) for session in _worker._sessions.values()}
+    dropped = [
+        thing
+        for thing in gc.get_objects()
+        if isinstance(thing, _worker._Session) and id(thing) not in held and thing.loaded
+    ]
+    gc.enable()
+    return len(_worker._sessions), len(dropped)

@@ -1,0 +1,72 @@
+"""Attempts the loop gave up on while a soft backend still runs them.
+
+Python cannot stop a thread, and Dask or a user's executor cannot stop a task:
+an attempt abandoned at its timeout (or when a run stops) may still finish its
+side effect later. The loop records such attempts here; once the last stage
+has settled it gives them up to the stop grace to end (``await_end``), so a
+late completion of a timed-out step can still be compensated, and it names
+the ones still running afterwards.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+from ._attempt import DONE, Attempt, Message
+from ._clock import Clock
+from ._results import StepStatus
+from ._state import StepRun
+from ._stop import STOP_GRACE, StopScope
+from ._timers import Timers
+
+__all__ = ["AbandonedAttempts"]
+
+
+class AbandonedAttempts:
+    """The run's abandoned attempts: those still running, and those that ended since."""
+
+    __slots__ = ("running", "ended")
+
+    def __init__(self) -> None:
+        self.running: dict[Attempt, StepRun] = {}
+        self.ended: list[tuple[Attempt, StepRun]] = []
+
+    def left_running(self, sr: StepRun, attempt: Attempt) -> None:
+        """The loop gave up on ``attempt``; unless its backend killed it, it may still run."""
+        if not sr.backend.kills and attempt.started_at is not None:
+            self.running[attempt] = sr
+
+    def ended_late(self, attempt: Attempt) -> None:
+        """An outcome arrived for an attempt the loop had given up on."""
+        sr = self.running.pop(attempt, None)
+        if sr is not None:
+            self.ended.append((attempt, sr))
+
+    def await_end(self, inbox: queue.SimpleQueue[Message], timers: Timers, clock: Clock, scope: StopScope) -> None:
+        """Wait until every abandoned attempt ended, or the stop grace passed (counted
+        from its start if a stop armed it), or a second Ctrl-C came."""
+        if not self.running:
+            return
+        start = scope.grace_started
+        deadline = (start if start is not None else clock.now()) + STOP_GRACE
+        while self.running and scope.interrupts < 2:
+            now = clock.now()
+            if now >= deadline:
+                return
+            received = timers.wait(inbox, deadline, now)
+            if received is not None and received[0] == DONE and received[1].settled:
+                self.ended_late(received[1])
+
+    def late_completions(self) -> Iterator[tuple[StepRun, Any]]:
+        """``(step run, value)`` of each timed-out step whose last attempt returned after
+        it was abandoned (whatever it returned, ``None`` included)."""
+        for attempt, sr in self.ended:
+            record = sr.record
+            if attempt.ok and sr.attempt is attempt and record is not None and record.status is StepStatus.TIMED_OUT:
+                yield sr, attempt.value
+
+    def still_running(self) -> tuple[str, ...]:
+        """The steps whose abandoned attempts have not ended, in the order they were left."""
+        return tuple(dict.fromkeys(sr.step.name for sr in self.running.values()))
