@@ -70,7 +70,7 @@ def fingerprint(flow: Flow) -> str:
     known = _FINGERPRINTS.get(flow)
     if known is not None and known[0] is stages:
         return known[1]
-    from ._definition import describe_structure
+    from ._structure import describe_structure
 
     text = json.dumps(describe_structure(flow), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()

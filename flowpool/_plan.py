@@ -14,13 +14,12 @@ from collections.abc import Callable
 from flowpool import Flow, Group, Map, Step
 from flowpool._definition import (
     Always,
-    callable_name,
     group_plan_phrases,
     group_rule,
     map_plan_phrases,
     map_rule,
-    plan_phrases,
 )
+from flowpool._options import callable_name, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 

@@ -58,7 +58,7 @@ from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Always, Flow, Group, Map, _check_seconds
+from ._definition import Always, Flow, Group, Map
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
@@ -68,6 +68,7 @@ from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
 from ._maps import MapResult
+from ._options import _check_seconds
 from ._policy import (
     may_retry,
     retry_matches,

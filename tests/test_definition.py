@@ -561,7 +561,8 @@ def test_a_step_without_options_holds_every_default() -> None:
 
 @pytest.mark.parametrize("name", list(SAMPLE_OPTION_VALUES))
 def test_each_option_is_kept_given_back_and_described(name: str) -> None:
-    from flowpool._definition import describe_structure, plan_phrases
+    from flowpool._options import plan_phrases
+    from flowpool._structure import describe_structure
 
     value = SAMPLE_OPTION_VALUES[name]
     extra = {"compensate": undo} if name.startswith("compensate_") else {}
@@ -594,7 +595,7 @@ def test_repr_shows_the_options_that_are_set() -> None:
 
 
 def test_fingerprint_structure_of_a_step() -> None:
-    from flowpool._definition import describe_structure
+    from flowpool._structure import describe_structure
 
     step = Step("a", ok, retry=tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), compensate=undo)
     assert describe_structure(Flow("f").parallel("g", [step], fail_fast=True)) == {
@@ -702,7 +703,7 @@ def test_group_policy_phrases_follow_the_declared_options(options: dict[str, Any
 
 @pytest.mark.parametrize("options", [{"fail_fast": True}, {"min_successes": 1}, {"max_concurrency": 1}])
 def test_each_group_option_is_fingerprinted(options: dict[str, Any]) -> None:
-    from flowpool._definition import describe_structure
+    from flowpool._structure import describe_structure
 
     plain = describe_structure(Flow("f").parallel("g", [Step("a", ok)]))
     assert describe_structure(Flow("f").parallel("g", [Step("a", ok)], **options)) != plain
@@ -760,7 +761,7 @@ def test_map_names_are_unique_across_the_flow() -> None:
 
 
 def test_maps_and_new_group_options_keep_existing_fingerprints() -> None:
-    from flowpool._definition import describe_structure
+    from flowpool._structure import describe_structure
 
     flow = Flow("f").step("a", ok).parallel("g", [Step("b", ok), Step("c", ok)], fail_fast=True)
     assert "tolerated_failures" not in str(describe_structure(flow))
