@@ -9,7 +9,7 @@ retries, timeouts, group failure policies and saga compensation.
 from typing import TYPE_CHECKING, Any
 
 from ._context import Context
-from ._definition import Flow, Group, Step
+from ._definition import Flow, Group, Map, Step
 from ._errors import (
     AbandonedThreadsError,
     CallNotPicklableError,
@@ -21,6 +21,7 @@ from ._errors import (
     FlowpoolError,
     FlowTimeoutError,
     JournalError,
+    MapItemsError,
     RemoteError,
     RetryRejectedError,
     StepCancelledError,
@@ -31,6 +32,7 @@ from ._errors import (
 from ._events import EVENT_KINDS, Event
 from ._executors import shutdown_workers
 from ._logcontext import LogContextFilter
+from ._maps import ItemResult, MapResult
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -76,9 +78,13 @@ __all__ = [
     "Group",
     "GroupResult",
     "GroupStatus",
+    "ItemResult",
     "Journal",
     "JournalError",
     "JournalRun",
+    "Map",
+    "MapItemsError",
+    "MapResult",
     "LogContextFilter",
     "RemoteError",
     "RetryRejectedError",

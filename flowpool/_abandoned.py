@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, Attempt, Message
 from ._clock import Clock
 from ._results import StepStatus
-from ._state import StepRun
+from ._state import StepRun, with_late_value
 from ._stop import STOP_GRACE, StopScope
 from ._timers import Timers
 
-__all__ = ["AbandonedAttempts"]
+if TYPE_CHECKING:
+    from ._runner import _Run
+
+__all__ = ["AbandonedAttempts", "await_abandoned"]
 
 
 class AbandonedAttempts:
@@ -70,3 +73,30 @@ class AbandonedAttempts:
     def still_running(self) -> tuple[str, ...]:
         """The steps whose abandoned attempts have not ended, in the order they were left."""
         return tuple(dict.fromkeys(sr.step.name for sr in self.running.values()))
+
+
+def await_abandoned(run: _Run) -> None:
+    """Once the last stage settled, and before any compensation, give abandoned
+    attempts up to the stop grace to end (SPEC §16). A late completion becomes its
+    step's ``late_value`` (and is compensated if the run failed)."""
+    abandoned = run.abandoned
+    abandoned.await_end(run.inbox, run.timers, run.clock, run.scope)
+    failed = run.error is not None or bool(run.scope.interrupts)
+    for sr, value in abandoned.late_completions():
+        record = sr.record
+        assert record is not None
+        sr.record = run.records[record.name] = with_late_value(record, value)
+        if failed and sr.step.compensate is not None:
+            run.compensator.pending.append(sr)
+    abandoned.ended.clear()
+    run.still_running = abandoned.still_running()
+    if run.still_running:
+        import logging  # only when something is left running
+
+        logging.getLogger("flowpool").warning(
+            "flowpool: run %s of %r: abandoned attempt(s) of %s still running after the stop grace; "
+            "their side effects may still happen (use executor='process' to stop them for real)",
+            run.run_id,
+            run.name,
+            ", ".join(map(repr, run.still_running)),
+        )

@@ -1,24 +1,34 @@
 """Compensation: undoing completed steps, latest first, once a run failed or stopped.
 
 The compensator owns which completed steps have a compensation to run
-(``pending``), which ones a resumed journal says already finished (``done``),
-and the outcome lists. A compensation with no timeout runs in the caller's
+(``pending``; a map's completed items through ``maps``), which ones a resumed
+journal says already finished (``done``), and the outcome lists.
+
+Compensations run stage by stage, the latest stage first; within a stage the
+latest step (or item) first. A stage whose ``compensate_concurrency`` is 1
+runs them one at a time: a compensation with no timeout runs in the caller's
 thread when the step ran in this process; otherwise it is submitted to the
-step's backend and awaited on the run's inbox through ``Timers.wait``.
+step's backend and awaited on the run's inbox through ``Timers.wait``. A
+stage that allows k > 1 keeps up to k of them submitted to its backend at
+once, and all of them end before an earlier stage's compensations start.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import queue
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
-from ._context import Context
+from ._context import Context, ItemCall
+from ._definition import Step
 from ._errors import StepTimeoutError
 from ._events import EventSink
+from ._executors import Backend
 from ._recorder import RunRecorder
 from ._results import CompensationResult, StepResult
 from ._retry import backoff_delay
@@ -26,13 +36,76 @@ from ._state import StepRun, tell_cancel, with_compensation
 from ._stop import StopScope
 from ._timers import Timers
 
-__all__ = ["Compensator"]
+if TYPE_CHECKING:
+    from ._maps import MapLedger
+
+__all__ = ["Compensator", "MapCompensation"]
+
+
+class MapCompensation:
+    """A map whose completed items have a compensation: what undoing them needs."""
+
+    __slots__ = ("name", "position", "step", "ledger", "items", "backend", "concurrency")
+
+    def __init__(
+        self,
+        name: str,
+        position: int,
+        step: Step,
+        ledger: MapLedger,
+        items: list[Any],
+        backend: Backend,
+        concurrency: int,
+    ) -> None:
+        self.name = name
+        self.position = position
+        self.step = step
+        self.ledger = ledger
+        self.items = items  # the items, by index (those that did not complete are None)
+        self.backend = backend
+        self.concurrency = concurrency
+
+
+class _Job:
+    """One compensation to run: a completed step's, or a map item's."""
+
+    __slots__ = ("label", "step", "group", "backend", "value", "sr", "ledger", "item", "index", "key")
+
+    def __init__(self, label: str, step: Step, group: str | None, backend: Backend, value: Any) -> None:
+        self.label = label
+        self.step = step
+        self.group = group
+        self.backend = backend
+        self.value = value
+        self.sr: StepRun | None = None
+        self.ledger: MapLedger | None = None
+        self.item: Any = None
+        self.index: int | None = None
+        self.key: str | int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The event fields naming what is compensated."""
+        if self.index is None:
+            return {"step": self.step.name, "group": self.group}
+        return {"step": self.step.name, "group": None, "item": self.key, "index": self.index}
 
 
 class Compensator:
     """The compensations of one run."""
 
-    __slots__ = ("clock", "inbox", "timers", "scope", "pending", "done", "compensated", "not_compensated")
+    __slots__ = (
+        "clock",
+        "inbox",
+        "timers",
+        "scope",
+        "pending",
+        "maps",
+        "concurrency",
+        "done",
+        "compensated",
+        "not_compensated",
+        "records",
+    )
 
     def __init__(self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope) -> None:
         self.clock = clock
@@ -41,10 +114,16 @@ class Compensator:
         self.scope = scope
         #: Completed steps that have a compensation, in any order.
         self.pending: list[StepRun] = []
+        #: Maps with completed items that have a compensation.
+        self.maps: list[MapCompensation] = []
+        #: Group name → its ``compensate_concurrency`` (1 when absent).
+        self.concurrency: dict[str, int] = {}
         #: Steps whose compensation finished before a resumed run's process died.
         self.done: set[str] = set()
         self.compensated: list[str] = []
         self.not_compensated: list[str] = []
+        #: The run's step records, where each compensation's outcome is written.
+        self.records: dict[str, StepResult] = {}
 
     def run_all(
         self,
@@ -53,72 +132,264 @@ class Compensator:
         events: EventSink,
         context: Callable[[str, int], Context],
     ) -> None:
-        """Run the pending compensations, latest step first; a second Ctrl-C abandons the rest.
+        """Run the pending compensations, latest stage first; a second Ctrl-C abandons the rest.
 
-        Each outcome is written into ``records`` (and the journal) as it comes.
+        Each outcome is written into ``records`` (or the map's ledger) and the
+        journal as it comes.
         """
+        self.records = records
         pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
+        done = self.done
         if recorder.enabled:
             pending = [sr for sr in pending if sr.step.name not in self.done]
-        for position, sr in enumerate(pending):
-            if self.scope.interrupts >= 2:
-                self.abandon(pending[position:], records)
-                return
-            recorder.compensation_started(sr.step.name)
-            try:
-                outcome = self.compensate(sr, events, context)
-            except KeyboardInterrupt:
-                recorder.compensation_finished(sr.step.name, None, None)
-                self.abandon(pending[position:], records)
-                events.emit(
-                    "compensation_finished",
-                    self.clock.now(),
-                    step=sr.step.name,
-                    group=sr.group,
-                    status="abandoned",
-                )
-                return
-            record = sr.record
-            assert record is not None
-            records[sr.step.name] = with_compensation(record, outcome)
-            recorder.compensation_finished(sr.step.name, outcome, len(self.compensated) + len(self.not_compensated))
-            if outcome.ok:
-                self.compensated.append(sr.step.name)
+        # (position, concurrency, jobs) per stage; a stage's steps are consecutive in ``pending``.
+        stages: list[tuple[int, int, Iterator[_Job]]] = []
+        for _, members in itertools.groupby(pending, key=lambda sr: sr.group or sr.step.name):
+            runs = list(members)
+            first = runs[0]
+            k = self.concurrency.get(first.group, 1) if first.group is not None else 1
+            stages.append((first.index, k, (self._step_job(sr) for sr in runs)))
+        for m in self.maps:
+            stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
+        stages.sort(key=lambda stage: stage[0], reverse=True)
+
+        def finished(job: _Job, outcome: CompensationResult) -> None:
+            if job.sr is not None:
+                record = job.sr.record
+                assert record is not None
+                records[job.step.name] = with_compensation(record, outcome)
+            elif job.ledger is not None and job.index is not None:
+                job.ledger.compensations[job.index] = outcome
+            position = len(self.compensated) + len(self.not_compensated)
+            recorder.compensation_finished(job.label, outcome, position)
+            (self.compensated if outcome.ok else self.not_compensated).append(job.label)
+
+        for number, (_, k, jobs) in enumerate(stages):
+            if k > 1:
+                completed = self.run_together(jobs, k, recorder, events, context, finished)
             else:
-                self.not_compensated.append(sr.step.name)
+                completed = self.run_in_turn(jobs, recorder, events, context, finished)
+            if not completed:
+                for _, _, rest in stages[number + 1 :]:
+                    for job in rest:
+                        self.give_up(job)
+                return
 
-    def abandon(self, rest: list[StepRun], records: dict[str, StepResult]) -> None:
-        """A second Ctrl-C stopped the compensations: ``rest`` never ran (or was cut short)."""
-        for sr in rest:
-            self.not_compensated.append(sr.step.name)
-            record = sr.record
-            if record is not None:
-                records[sr.step.name] = with_compensation(record, CompensationResult("abandoned"))
+    def give_up(self, job: _Job) -> None:
+        """A second Ctrl-C stopped the compensations before ``job``'s ended: it is abandoned."""
+        abandoned = CompensationResult("abandoned")
+        sr = job.sr
+        if sr is not None and sr.record is not None:
+            self.records[job.step.name] = with_compensation(sr.record, abandoned)
+        elif job.ledger is not None and job.index is not None:
+            job.ledger.compensations[job.index] = abandoned
+        self.not_compensated.append(job.label)
 
-    def compensate(self, sr: StepRun, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
-        """Run ``sr``'s compensation, with its retries (on the step's value, or on the late
-        value of a timed-out attempt that returned after it was abandoned)."""
-        step = sr.step
-        compensate = step.compensate
+    @staticmethod
+    def _step_job(sr: StepRun) -> _Job:
         record = sr.record
-        assert compensate is not None and record is not None
-        value = record.value if record.ok else record.late_value
+        assert record is not None
+        # A timed-out step whose abandoned attempt returned later is undone on that late value.
+        job = _Job(sr.step.name, sr.step, sr.group, sr.backend, record.value if record.ok else record.late_value)
+        job.sr = sr
+        return job
+
+    @staticmethod
+    def _item_jobs(m: MapCompensation, done: set[str]) -> Iterator[_Job]:
+        from ._maps import COMPLETED_CODE, item_label
+
+        ledger = m.ledger
+        codes = ledger.codes
+        for index in range(len(codes) - 1, -1, -1):
+            if codes[index] != COMPLETED_CODE:
+                continue
+            key = ledger.key_of(index)
+            label = item_label(m.name, key)
+            if label in done:
+                continue  # a resumed run: this item's compensation finished before the process died
+            job = _Job(label, m.step, None, m.backend, ledger.values[index])
+            job.ledger = ledger
+            job.item = m.items[index] if index < len(m.items) else None
+            job.index = index
+            job.key = key
+            yield job
+
+    def run_in_turn(
+        self,
+        jobs: Iterator[_Job],
+        recorder: RunRecorder,
+        events: EventSink,
+        context: Callable[[str, int], Context],
+        finished: Callable[[_Job, CompensationResult], None],
+    ) -> bool:
+        """One stage's compensations one at a time; False if a second Ctrl-C abandoned the rest."""
+        for job in jobs:
+            if self.scope.interrupts >= 2:
+                self.give_up(job)
+                for rest in jobs:
+                    self.give_up(rest)
+                return False
+            recorder.compensation_started(job.label)
+            try:
+                outcome = self.compensate(job, events, context)
+            except KeyboardInterrupt:
+                recorder.compensation_finished(job.label, None, None)
+                self.give_up(job)
+                for rest in jobs:
+                    self.give_up(rest)
+                events.emit("compensation_finished", self.clock.now(), status="abandoned", **job.fields())
+                return False
+            finished(job, outcome)
+        return True
+
+    def run_together(
+        self,
+        jobs: Iterator[_Job],
+        k: int,
+        recorder: RunRecorder,
+        events: EventSink,
+        context: Callable[[str, int], Context],
+        finished: Callable[[_Job, CompensationResult], None],
+    ) -> bool:
+        """One stage's compensations, up to ``k`` at once on their backends; each retried
+        per ``compensate_retries`` after a backoff that holds no worker. False if a
+        second Ctrl-C abandoned the rest."""
+        running: dict[Attempt, tuple[_Job, float | None]] = {}  # attempt → (job, deadline)
+        retries: list[tuple[float, int, _Job, int]] = []  # (when, sequence, job, next attempt number)
+        sequence = itertools.count()
+        exhausted = False
+        clock = self.clock
+        while True:
+            if self.scope.interrupts >= 2:
+                for attempt, (job, _) in running.items():
+                    attempt.settled = True
+                    tell_cancel(job.backend, attempt, "the compensations were abandoned (second Ctrl-C)")
+                    job.backend.stop(attempt)
+                    events.emit("compensation_finished", clock.now(), status="abandoned", **job.fields())
+                    recorder.compensation_finished(job.label, None, None)
+                    self.give_up(job)
+                for _, _, job, _ in sorted(retries):
+                    self.give_up(job)
+                for job in jobs:
+                    self.give_up(job)
+                return False
+            now = clock.now()
+            while len(running) < k:
+                if retries and retries[0][0] <= now:
+                    _, _, job, number = heapq.heappop(retries)
+                elif not exhausted:
+                    next_job = next(jobs, None)
+                    if next_job is None:
+                        exhausted = True
+                        continue
+                    job, number = next_job, 1
+                    recorder.compensation_started(job.label)
+                else:
+                    break
+                events.emit("compensation_started", now, attempt=number, **job.fields())
+                running[self.submit(job, number, context)] = (job, None)
+            if not running and not retries and exhausted:
+                return True
+            for attempt, (job, deadline) in list(running.items()):
+                if deadline is not None and deadline <= now:
+                    del running[attempt]
+                    attempt.settled = True
+                    timeout = job.step.compensate_timeout
+                    assert timeout is not None
+                    tell_cancel(job.backend, attempt, f"its timeout of {timeout:g} s passed")
+                    job.backend.stop(attempt)
+                    error = StepTimeoutError(job.step.name, timeout, attempt.number)
+                    self._attempt_ended(job, attempt, False, error, events, retries, sequence, finished)
+            wake = [deadline for _, deadline in running.values() if deadline is not None]
+            if retries:
+                wake.append(retries[0][0])
+            received = self.timers.wait(self.inbox, min(wake) if wake else None, now)
+            if received is None:
+                continue
+            kind, item = received
+            entry = running.get(item) if isinstance(item, Attempt) else None
+            if entry is None:
+                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
+            job, deadline = entry
+            timeout = job.step.compensate_timeout
+            if kind == STARTED and timeout is not None and item.started_at is not None:
+                running[item] = (job, item.started_at + timeout)
+            elif kind == DONE:
+                del running[item]
+                item.settled = True
+                self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
+
+    def _attempt_ended(
+        self,
+        job: _Job,
+        attempt: Attempt,
+        ok: bool,
+        error: BaseException | None,
+        events: EventSink,
+        retries: list[tuple[float, int, _Job, int]],
+        sequence: Iterator[int],
+        finished: Callable[[_Job, CompensationResult], None],
+    ) -> None:
+        now = self.clock.now()
+        number = attempt.number
+        events.emit(
+            "compensation_finished",
+            now,
+            attempt=number,
+            status="compensated" if ok else "failed",
+            error=error,
+            started_at=attempt.started_at,
+            **job.fields(),
+        )
+        if ok:
+            finished(job, CompensationResult("compensated", None, number))
+        elif number <= job.step.compensate_retries:
+            heapq.heappush(retries, (now + backoff_delay(number), next(sequence), job, number + 1))
+        else:
+            finished(job, CompensationResult("failed", error, number))
+
+    def submit(self, job: _Job, number: int, context: Callable[[str, int], Context]) -> Attempt:
+        """Hand one compensation attempt of ``job`` to its backend."""
+        compensate = job.step.compensate
+        assert compensate is not None
+        ctx = self._context(job, number, context)
+        fn: Callable[..., Any] = compensate
+        args: tuple[Any, ...] = (job.value,)
+        if job.index is not None and not job.backend.in_process:
+            fn, args = ItemCall(compensate), (job.value, job.item, job.index, job.key)
+        attempt = Attempt(job.step.name, number, fn, args, ctx, self.inbox, self.clock, True, owner=None)
+        ctx._scope = attempt
+        job.backend.submit(attempt)
+        return attempt
+
+    @staticmethod
+    def _context(job: _Job, number: int, context: Callable[[str, int], Context]) -> Context:
+        ctx = context(job.step.name, number)
+        if job.index is not None:
+            ctx.item, ctx.index, ctx.key = job.item, job.index, job.key
+        return ctx
+
+    def compensate(self, job: _Job, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
+        """Run ``job``'s compensation, with its retries."""
+        step = job.step
+        compensate = step.compensate
+        assert compensate is not None
         error: BaseException | None = None
         tries = step.compensate_retries + 1
+        fields = job.fields()
         for number in range(1, tries + 1):
             started = self.clock.now()
-            events.emit("compensation_started", started, step=step.name, group=sr.group, attempt=number)
-            ok, error = self.call(sr, compensate, value, context(step.name, number))
+            events.emit("compensation_started", started, attempt=number, **fields)
+            ok, error = self.call(job, compensate, number, context)
             finished = self.clock.now()
             events.emit(
                 "compensation_finished",
                 finished,
-                step=step.name,
-                group=sr.group,
                 attempt=number,
                 status="compensated" if ok else "failed",
                 error=error,
                 started_at=started,
+                **fields,
             )
             if ok:
                 return CompensationResult("compensated", None, number)
@@ -127,26 +398,24 @@ class Compensator:
         return CompensationResult("failed", error, tries)
 
     def call(
-        self, sr: StepRun, compensate: Callable[..., Any], value: Any, ctx: Context
+        self, job: _Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]
     ) -> tuple[bool, BaseException | None]:
         """One compensation attempt: ``(ok, error)``."""
-        step = sr.step
-        number = ctx.attempt
-        backend = sr.backend
+        step = job.step
+        backend = job.backend
         if backend.in_process and step.compensate_timeout is None:
+            ctx = self._context(job, number, context)
             self.scope.interruptible = True
             token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
             try:  # in the caller's thread, one at a time
-                compensate(ctx, value)
+                compensate(ctx, job.value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run
                 return False, error
             finally:
                 logcontext.leave(token)
                 self.scope.interruptible = False
             return True, None
-        attempt = Attempt(step.name, number, compensate, (value,), ctx, self.inbox, self.clock, True, owner=None)
-        ctx._scope = attempt
-        backend.submit(attempt)
+        attempt = self.submit(job, number, context)
         timeout = step.compensate_timeout
         deadline: float | None = None  # armed when the attempt starts
         while True:

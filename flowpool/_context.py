@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from ._errors import StepCancelledError
 
-__all__ = ["CancelScope", "Context"]
+__all__ = ["CancelScope", "Context", "ItemCall"]
 
 
 class CancelScope(Protocol):
@@ -28,11 +28,14 @@ class Context:
         attempt: 1 for the first attempt, 2 for the first retry, …
         results: read-only mapping of step name → value for every step that
             completed in an earlier stage (for a compensation: in the whole run).
+        item: the item, in a map's step or compensation; else None.
+        index: the item's 0-based index in its map; else None.
+        key: the item's key (its index unless the map has a ``key``); else None.
         outcome: in an always-stage, the flow's status so far (a ``FlowStatus``);
             None elsewhere.
     """
 
-    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "outcome", "_scope")
+    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "item", "index", "key", "outcome", "_scope")
 
     input: Any
     flow: str
@@ -40,6 +43,9 @@ class Context:
     step: str
     attempt: int
     results: Mapping[str, Any]
+    item: Any
+    index: int | None
+    key: str | int | None
     outcome: Any
 
     def __init__(
@@ -60,6 +66,9 @@ class Context:
         self.step = step
         self.attempt = attempt
         self.results = results
+        self.item: Any = None
+        self.index: int | None = None
+        self.key: str | int | None = None
         self.outcome = outcome
         self._scope = scope
 
@@ -84,4 +93,23 @@ class Context:
             raise StepCancelledError(self.step, reason)
 
     def __repr__(self) -> str:
-        return f"Context(flow={self.flow!r}, step={self.step!r}, attempt={self.attempt}, run_id={self.run_id!r})"
+        item = "" if self.index is None else f", key={self.key!r}, index={self.index}"
+        return f"Context(flow={self.flow!r}, step={self.step!r}{item}, attempt={self.attempt}, run_id={self.run_id!r})"
+
+
+class ItemCall:
+    """A map's step (or compensation) for a backend that runs it elsewhere (a worker
+    process, Dask): the item, its index and key travel as its last arguments and are
+    put back on the context there."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, ctx: Context, *args: Any) -> Any:
+        *rest, ctx.item, ctx.index, ctx.key = args
+        return self.fn(ctx, *rest)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ItemCall, (self.fn,))

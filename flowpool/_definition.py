@@ -7,12 +7,43 @@ argument, so nothing invalid ever reaches a run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import FlowDefinitionError
+from ._options import (
+    _MISSING,
+    ExecutorName,
+    Option,
+    _check_bool,
+    _check_callable_or_none,
+    _check_compensate_concurrency,
+    _check_count,
+    _check_executor,
+    _check_fail_fast,
+    _check_max_concurrency,
+    _check_min_successes,
+    _check_retry_on,
+    _check_retrying,
+    _check_seconds,
+    _check_tolerated_failures,
+    _describe_retry_on,
+    _describe_retrying,
+    _fail,
+    _given,
+    _plan_compensate,
+    _plan_compensate_concurrency,
+    _plan_retries,
+    _plan_retry_on,
+    _show_retry_on,
+    _slotted_by_options,
+    _tolerance_rule,
+    callable_name,
+    check_name,
+    group_option,
+    option,
+)
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -23,243 +54,15 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._results import FlowResult
 
-__all__ = ["Always", "Flow", "Group", "Step", "describe_structure", "group_plan_phrases", "group_rule", "plan_phrases"]
-
-ExecutorName = Literal["thread", "process"]
-EXECUTOR_NAMES: tuple[str, ...] = ("thread", "process")
-
-_MISSING: Any = object()
-
-
-def _fail(problem: str, flow: str | None, step: str | None, argument: str | None) -> FlowDefinitionError:
-    return FlowDefinitionError(problem, flow=flow, step=step, argument=argument)
-
-
-def check_name(name: object, *, flow: str | None, what: str) -> str:
-    """Return ``name`` if it is a non-empty string, else raise naming ``what`` it names."""
-    if not isinstance(name, str):
-        raise _fail(f"a {what} name must be a string, not {type(name).__name__}", flow, None, "name")
-    if not name.strip():
-        raise _fail(f"a {what} name must be a non-empty string", flow, None, "name")
-    return name
-
-
-def callable_name(fn: Any) -> str:
-    """How a function is named in plans and reprs: its qualified name when it has one."""
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
-
-
-# ── checks: check(value, argument, flow, step) returns the value to keep or raises ──
-
-
-def _check_count(value: object, argument: str, flow: str | None, step: str | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(f"must be an int >= 0, not {value!r}", flow, step, argument)
-    if value < 0:
-        raise _fail(f"must be an int >= 0, not {value}", flow, step, argument)
-    return value
-
-
-def _check_seconds(value: object, argument: str, flow: str | None, step: str | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"must be a number of seconds > 0 or None, not {value!r}", flow, step, argument)
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float
-        raise _fail("must be a finite number of seconds > 0, not a number that large", flow, step, argument) from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise _fail(f"must be a finite number of seconds > 0, not {value!r}", flow, step, argument)
-    return seconds
-
-
-def _check_retrying(value: object, argument: str, flow: str | None, step: str | None) -> Any:
-    if value is None:
-        return None
-    import tenacity  # only paid for by flows that use it
-
-    if not isinstance(value, tenacity.BaseRetrying) or isinstance(value, tenacity.AsyncRetrying):
-        raise _fail(f"must be a tenacity.Retrying (or None), not {type(value).__name__}", flow, step, argument)
-    return value
-
-
-def _check_callable_or_none(value: object, argument: str, flow: str | None, step: str | None) -> Any:
-    if value is not None and not callable(value):
-        raise _fail(f"must be callable or None, not {type(value).__name__}", flow, step, argument)
-    return value
-
-
-def _check_bool(value: object, argument: str, flow: str | None, step: str | None) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(f"must be True or False, not {value!r}", flow, step, argument)
-    return value
-
-
-def _is_exception_class(value: object) -> bool:
-    return isinstance(value, type) and issubclass(value, BaseException)
-
-
-def _check_retry_on(value: object, argument: str, flow: str | None, step: str | None) -> Any:
-    if value is None or _is_exception_class(value):
-        return value
-    if isinstance(value, tuple):
-        if value and all(_is_exception_class(kind) for kind in value):
-            return value
-        raise _fail(f"a tuple must hold exception classes only (and at least one), not {value!r}", flow, step, argument)
-    if callable(value):
-        return value  # a predicate: callable(exc) -> bool
-    raise _fail(
-        f"must be an exception class, a tuple of them, or a predicate callable(exc) -> bool, not {value!r}",
-        flow,
-        step,
-        argument,
-    )
-
-
-def _describe_retry_on(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, tuple):
-        return [kind.__qualname__ for kind in value]
-    return value.__qualname__ if _is_exception_class(value) else "predicate"
-
-
-def _name_retry_on(value: Any) -> str:
-    described = _describe_retry_on(value)
-    return ", ".join(described) if isinstance(described, list) else str(described)
-
-
-def _show_retry_on(value: Any) -> str | None:
-    return None if value is None else f"retry_on={_name_retry_on(value)}"
-
-
-def _plan_retry_on(value: Any, step: Any) -> str | None:
-    return None if value is None else f"retried only on {_name_retry_on(value)}"
-
-
-def _check_executor(value: object, argument: str, flow: str | None, step: str | None) -> ExecutorName | None:
-    if value is not None and (not isinstance(value, str) or value not in EXECUTOR_NAMES):
-        raise _fail(f"unknown executor {value!r}; use 'thread', 'process' or None", flow, step, argument)
-    return cast("ExecutorName | None", value)
-
-
-# ── the option declaration ──────────────────────────────────────────────────────
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-_SHOW_UNLESS_DEFAULT: Any = object()
-
-
-class Option:
-    """One step or group option, declared once as a ``Step`` class attribute through
-    ``option()`` or a ``Group`` field through ``group_option()``.
-
-    ``Step`` derives everything else from its options, in declaration order: the
-    slots, the keywords that ``Step``, ``Flow.step`` and group mappings accept, the
-    checks, ``options()``, ``repr``, the structure the journal fingerprints and the
-    phrases ``flowpool show`` prints.
-
-    Args:
-        default: the value when the option is not given (not checked).
-        check: ``check(value, argument, flow, step)``: the value to keep, or raise
-            through ``_fail`` naming ``argument``.
-        excludes: options that may not be passed at all (even as their default)
-            while this one is given, that is passed as neither ``None`` nor ``False``.
-            ``options()`` gives back this option when it is given, the excluded ones
-            when it is not.
-        fingerprint: the option's part of the definition's fingerprint, from its
-            value; ``None`` leaves it out.
-        fingerprint_default: ``False`` leaves the option out of the fingerprint while
-            it holds its default. Use it for every option added from now on, so that
-            runs journaled before the option existed still resume unforced.
-        show: the ``repr`` fragment for a value (``None``: never shown); by default
-            ``name=value!r`` unless the value is the default.
-        plan: ``plan(value, step)``: the phrase ``flowpool show`` prints, or None.
-        rule: for group options, see ``group_option``.
-    """
-
-    __slots__ = ("check", "default", "excludes", "fingerprint", "fingerprint_default", "name", "plan", "rule", "show")
-
-    def __init__(
-        self,
-        default: Any,
-        check: Callable[..., Any],
-        *,
-        excludes: tuple[str, ...] = (),
-        fingerprint: Callable[[Any], Any] | None = _same,
-        fingerprint_default: bool = True,
-        show: Callable[[Any], str | None] | None = _SHOW_UNLESS_DEFAULT,
-        plan: Callable[[Any, Any], str | None] | None = None,
-        rule: Callable[[Any, Any], tuple[str, str] | None] | None = None,
-    ) -> None:
-        self.name = ""  # set by __set_name__
-        self.default = default
-        self.check = check
-        self.excludes = excludes
-        self.fingerprint = fingerprint
-        self.fingerprint_default = fingerprint_default
-        self.show = self._show_unless_default if show is _SHOW_UNLESS_DEFAULT else show
-        self.plan = plan
-        self.rule = rule
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def _show_unless_default(self, value: Any) -> str | None:
-        return None if value is self.default or value == self.default else f"{self.name}={value!r}"
-
-    def __repr__(self) -> str:
-        return f"<step option {self.name!r}>"
-
-
-def option(default: Any, check: Callable[[Any, str, str | None, str | None], Any], **spec: Any) -> Any:
-    """``Option(default, check, **spec)``, typed ``Any`` so that ``retries: int = option(...)`` type-checks."""
-    return Option(default, check, **spec)
-
-
-_T = TypeVar("_T")
-
-
-def _slotted_by_options(cls: type[_T]) -> type[_T]:
-    """Rebuild ``cls`` with a slot per ``name``/``fn`` and per ``Option`` (as attrs and
-    ``dataclass(slots=True)`` do): the options move to the ``OPTIONS`` tuple."""
-    options = tuple(value for value in vars(cls).values() if isinstance(value, Option))
-    namespace = {
-        key: value
-        for key, value in vars(cls).items()
-        if not isinstance(value, Option) and key not in ("__dict__", "__weakref__")
-    }
-    namespace["__slots__"] = ("name", "fn", *(o.name for o in options))
-    namespace["OPTIONS"] = options
-    return cast("type[_T]", type(cls.__name__, cls.__bases__, namespace))
-
-
-def _given(options: Mapping[str, Any], name: str) -> bool:
-    return name in options and options[name] is not None and options[name] is not False
-
-
-def _plan_retries(value: int, step: Any) -> str | None:
-    return f"retries {value}" if value else None
-
-
-def _plan_compensate(value: Any, step: Any) -> str | None:
-    if value is None:
-        return None
-    undo = f"compensate {callable_name(value)}"
-    if step.compensate_retries:
-        undo += f" (retries {step.compensate_retries})"
-    if step.compensate_timeout is not None:
-        undo += f" (timeout {step.compensate_timeout:g} s)"
-    return undo
-
-
-def _describe_retrying(value: Any) -> Any:
-    # Its strategies' kinds, not their parameters: a longer wait is the same definition.
-    return None if value is None else [type(getattr(value, part, None)).__name__ for part in ("stop", "wait", "retry")]
+__all__ = [
+    "Always",
+    "Flow",
+    "Group",
+    "Map",
+    "Step",
+    "group_plan_phrases",
+    "group_rule",
+]
 
 
 @_slotted_by_options
@@ -418,66 +221,6 @@ class Always(Step):
         return "Always" + super().__repr__().removeprefix("Step")
 
 
-def plan_phrases(step: Step) -> list[str]:
-    """Short phrases for a step's options, e.g. ``["retries 2", "timeout 5 s"]``."""
-    phrases = (spec.plan(getattr(step, spec.name), step) for spec in step.OPTIONS if spec.plan is not None)
-    return [phrase for phrase in phrases if phrase is not None]
-
-
-def _option_structure(holder: Step | Group, options: tuple[Option, ...]) -> dict[str, Any]:
-    described: dict[str, Any] = {}
-    for spec in options:
-        value = getattr(holder, spec.name)
-        if spec.fingerprint is not None and (spec.fingerprint_default or value != spec.default):
-            described[spec.name] = spec.fingerprint(value)
-    return described
-
-
-def _step_structure(step: Step) -> dict[str, Any]:
-    return {"name": step.name, **_option_structure(step, step.OPTIONS)}
-
-
-# ── group options: checks get the group's checked members and all its raw options ──
-
-
-def _check_fail_fast(
-    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
-) -> bool:
-    return _check_bool(value, argument, flow, group)
-
-
-def _check_min_successes(
-    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
-) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(f"must be an int or None, not {value!r}", flow, group, argument)
-    if not 1 <= value <= len(members):
-        raise _fail(f"must be between 1 and the number of members ({len(members)}), not {value}", flow, group, argument)
-    if options["fail_fast"]:
-        raise _fail(
-            "cannot be combined with fail_fast=True (fail fast already needs every member)", flow, group, argument
-        )
-    return value
-
-
-def _check_max_concurrency(
-    value: object, argument: str, flow: str, group: str, members: tuple[Step, ...], options: Mapping[str, Any]
-) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _fail(f"must be an int >= 1 or None, not {value!r}", flow, group, argument)
-    return value
-
-
-def group_option(default: Any, check: Callable[..., Any], **spec: Any) -> Any:
-    """A ``Group`` field declaring a group option (see ``Option``; its ``check`` is
-    ``check(value, argument, flow, group, members, options)``, and ``rule``, if given,
-    is ``rule(value, group)``: the failure rule the option sets, as ``(short, long)``
-    phrases, or None when it sets none)."""
-    return field(default=default, metadata={"option": Option(default, check, **spec)})
-
-
 @dataclass(frozen=True, slots=True)
 class Group:
     """A parallel group: members started together under one failure policy."""
@@ -507,6 +250,16 @@ class Group:
     )
     max_concurrency: int | None = group_option(
         None, _check_max_concurrency, plan=lambda value, group: None if value is None else f"at most {value} at a time"
+    )
+    # Added after runs were journaled: left out of the fingerprint while at their default.
+    tolerated_failures: int | float | None = group_option(
+        None,
+        _check_tolerated_failures,
+        fingerprint_default=False,
+        rule=lambda value, group: _tolerance_rule(value, "members"),
+    )
+    compensate_concurrency: int = group_option(
+        1, _check_compensate_concurrency, fingerprint_default=False, plan=_plan_compensate_concurrency
     )
 
     @property
@@ -547,7 +300,95 @@ def group_plan_phrases(group: Group) -> list[str]:
     return [phrase for phrase in phrases if phrase is not None]
 
 
-Stage = Step | Group
+@dataclass(frozen=True, slots=True)
+class Map:
+    """A map stage: ``step`` (named as the map) runs once per item of ``items``.
+
+    ``items`` is an iterable or a callable ``items(ctx)`` returning one; ``key(item)``
+    names each item (default: its index). The policies are those of a group, plus
+    ``tolerated_failures``; ``step``'s options apply to every item.
+    """
+
+    name: str
+    step: Step
+    items: Any
+    key: Callable[[Any], Any] | None = None
+    fail_fast: bool = False
+    min_successes: int | None = None
+    tolerated_failures: int | float | None = None
+    max_concurrency: int | None = None
+    compensate_concurrency: int = 1
+
+    @property
+    def fn(self) -> Callable[[Context], Any]:
+        """The function run for each item."""
+        return self.step.fn
+
+    @property
+    def policy(self) -> str:
+        """A short description of the failure policy, e.g. ``"tolerates 5 failure(s)"``."""
+        return map_rule(self)[0]
+
+
+def map_rule(stage: Map) -> tuple[str, str]:
+    """The map's failure rule as ``(short, long)`` phrases."""
+    if stage.fail_fast:
+        return ("fail fast", "fail fast: stops and fails as soon as one item does not complete")
+    if stage.min_successes is not None:
+        return (
+            f"at least {stage.min_successes} item(s)",
+            f"quorum: fails when fewer than {stage.min_successes} items complete",
+        )
+    rule = _tolerance_rule(stage.tolerated_failures, "items")
+    return rule if rule is not None else ("fails only if all fail", "default: fails only when no item completes")
+
+
+def map_plan_phrases(stage: Map) -> list[str]:
+    """Short phrases for the map's options other than its failure rule."""
+    phrases = []
+    if stage.max_concurrency is not None:
+        phrases.append(f"at most {stage.max_concurrency} at a time")
+    if stage.key is not None:
+        phrases.append(f"key {callable_name(stage.key)}")
+    if stage.compensate_concurrency != 1:
+        phrases.append(f"compensates {stage.compensate_concurrency} at a time")
+    return phrases
+
+
+def _check_map(flow: str, name: str, items: object, key: object, policy: dict[str, Any]) -> dict[str, Any]:
+    """The map's checked policy arguments (``policy`` holds them as given)."""
+    if not callable(items) and (isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable)):
+        raise _fail(
+            f"must be an iterable (not a str, bytes or mapping) or a callable items(ctx), not {type(items).__name__}",
+            flow,
+            name,
+            "items",
+        )
+    _check_callable_or_none(key, "key", flow, name)
+    checked: dict[str, Any] = {"fail_fast": _check_bool(policy["fail_fast"], "fail_fast", flow, name)}
+    quorum = policy["min_successes"]
+    if quorum is not None:
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+            raise _fail(f"must be an int >= 1 or None, not {quorum!r}", flow, name, "min_successes")
+        if checked["fail_fast"]:
+            raise _fail(
+                "cannot be combined with fail_fast=True (fail fast already needs every item)",
+                flow,
+                name,
+                "min_successes",
+            )
+    checked["min_successes"] = quorum
+    none: tuple[Step, ...] = ()
+    checked["tolerated_failures"] = _check_tolerated_failures(
+        policy["tolerated_failures"], "tolerated_failures", flow, name, none, policy
+    )
+    checked["max_concurrency"] = _check_max_concurrency(
+        policy["max_concurrency"], "max_concurrency", flow, name, none, policy
+    )
+    checked["compensate_concurrency"] = _check_compensate_concurrency(
+        policy["compensate_concurrency"], "compensate_concurrency", flow, name, none, policy
+    )
+    return checked
 
 
 def _member(flow: str, group: str, position: int, member: object) -> Step:
@@ -577,28 +418,7 @@ def _member(flow: str, group: str, position: int, member: object) -> Step:
     )
 
 
-def describe_structure(flow: Flow) -> dict[str, Any]:
-    """The definition's structure as JSON-ready data: names, stage kinds and order,
-    options and policies, not the functions (nor the module they come from).
-
-    The journal fingerprints it, to tell whether a run can be resumed with this
-    definition.
-    """
-    stages: list[dict[str, Any]] = []
-    for stage in flow.stages:
-        if isinstance(stage, Group):
-            stages.append(
-                {
-                    "group": stage.name,
-                    **_option_structure(stage, GROUP_OPTIONS),
-                    "members": [_step_structure(member) for member in stage.members],
-                }
-            )
-        elif isinstance(stage, Always):
-            stages.append({"always": _step_structure(stage)})
-        else:
-            stages.append({"step": _step_structure(stage)})
-    return {"flow": flow.name, "stages": stages}
+Stage = Step | Group | Map
 
 
 class Flow:
@@ -623,14 +443,18 @@ class Flow:
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        """The stages in order: ``Step`` or ``Group`` records."""
+        """The stages in order: ``Step``, ``Group`` or ``Map`` records."""
         return self._stages
 
     def steps(self) -> tuple[Step, ...]:
-        """Every step of the flow in declaration order, group members included."""
+        """Every step of the flow in declaration order, group members included (a map's
+        items are not steps)."""
         out: list[Step] = []
         for stage in self._stages:
-            out.extend(stage.members if isinstance(stage, Group) else (stage,))
+            if isinstance(stage, Group):
+                out.extend(stage.members)
+            elif isinstance(stage, Step):
+                out.append(stage)
         return tuple(out)
 
     def _check_unique(self, names: Iterable[str]) -> None:
@@ -691,6 +515,8 @@ class Flow:
         fail_fast: bool = False,
         min_successes: int | None = None,
         max_concurrency: int | None = None,
+        tolerated_failures: int | float | None = None,
+        compensate_concurrency: int = 1,
     ) -> Flow:
         """Add a parallel group of independent steps. Returns the flow.
 
@@ -700,6 +526,10 @@ class Flow:
             fail_fast: fail the group as soon as one member does not complete.
             min_successes: fail the group when fewer than this many members complete.
             max_concurrency: run at most this many members at a time.
+            tolerated_failures: replaces the default rule: an int n fails the group when
+                more than n members do not complete, a float in (0, 1) when more than that
+                fraction of them do not (required members still fail it).
+            compensate_concurrency: run up to this many of the group's compensations at once.
         """
         flow = self._name
         name = check_name(name, flow=flow, what="group")
@@ -710,7 +540,13 @@ class Flow:
         checked = tuple(_member(flow, name, i, member) for i, member in enumerate(members))
         if not checked:
             raise _fail("a parallel group needs at least one member", flow, name, "members")
-        given = {"fail_fast": fail_fast, "min_successes": min_successes, "max_concurrency": max_concurrency}
+        given = {
+            "fail_fast": fail_fast,
+            "min_successes": min_successes,
+            "max_concurrency": max_concurrency,
+            "tolerated_failures": tolerated_failures,
+            "compensate_concurrency": compensate_concurrency,
+        }
         options = {
             spec.name: spec.check(given[spec.name], spec.name, flow, name, checked, given) for spec in GROUP_OPTIONS
         }
@@ -718,6 +554,60 @@ class Flow:
         group = Group(name, checked, **options)
         self._stages += (group,)
         self._names |= {name, *(m.name for m in checked)}
+        return self
+
+    def map(
+        self,
+        name: str,
+        fn: Callable[[Context], Any],
+        *,
+        items: Iterable[Any] | Callable[[Context], Iterable[Any]],
+        key: Callable[[Any], Any] | None = None,
+        fail_fast: bool = False,
+        min_successes: int | None = None,
+        tolerated_failures: int | float | None = None,
+        max_concurrency: int | None = None,
+        compensate_concurrency: int = 1,
+        **step_options: Any,
+    ) -> Flow:
+        """Add a map stage: ``fn`` runs once per item, as a group whose members come
+        from ``items``. Returns the flow.
+
+        Args:
+            name: the map's name (unique among steps, groups and maps).
+            fn: ``fn(ctx)``; ``ctx.item``, ``ctx.index`` and ``ctx.key`` name the item.
+            items: an iterable (not a str, bytes or mapping), or ``items(ctx)``
+                returning one when the stage starts; consumed lazily.
+            key: ``key(item)`` gives each item a stable ``str``/``int`` id (default:
+                its index).
+            fail_fast: fail (and stop taking items) as soon as one item does not complete.
+            min_successes: fail when fewer than this many items complete.
+            tolerated_failures: an int n or a float fraction in (0, 1): fail when more
+                items than that do not complete (replaces the default rule).
+            max_concurrency: run at most this many items at a time (default: the
+                run's worker count).
+            compensate_concurrency: run up to this many item compensations at once.
+            **step_options: the options of ``Step`` (not ``required``), for every item.
+        """
+        flow = self._name
+        name = check_name(name, flow=flow, what="map")
+        if "required" in step_options:
+            raise _fail("'required' applies only to members of a parallel group, not to a map", flow, name, "required")
+        try:
+            step = Step.checked(flow, name, fn, step_options)
+        except FlowDefinitionError as error:
+            raise error.with_flow(flow) from None
+        policy = {
+            "fail_fast": fail_fast,
+            "min_successes": min_successes,
+            "tolerated_failures": tolerated_failures,
+            "max_concurrency": max_concurrency,
+            "compensate_concurrency": compensate_concurrency,
+        }
+        checked = _check_map(flow, name, items, key, policy)
+        self._check_unique([name])
+        self._stages += (Map(name, step, items, key, **checked),)
+        self._names |= {name}
         return self
 
     def run(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowpool import Context, Flow, FlowResult, Step
+from flowpool import Context, Flow, FlowResult, Step, StepStatus
 
 from ._timeline import render_timeline
 
@@ -174,6 +174,43 @@ def saga_flow(ledger: _Ledger) -> Flow:
     )
 
 
+# ── scenario 5: a batch with a few bad rows, tolerated ───────────────────────────
+
+#: The demo batch: rows of an import, two of them malformed.
+ROWS: tuple[str, ...] = (
+    *(f"row-{n:02d},{n * 10}" for n in range(20) if n not in (7, 13)),
+    "row-07,seven",
+    "row-13",
+)
+
+
+def import_row(ctx: Context) -> int:
+    """Parse one ``name,amount`` row (a malformed one raises)."""
+    _work(0.01)
+    _, amount = ctx.item.split(",")
+    return int(amount)
+
+
+def total_rows(ctx: Context) -> int:
+    return sum(ctx.results["import-rows"].values())
+
+
+def batch_flow() -> Flow:
+    """A map over the rows that tolerates up to 3 bad ones, then a total of the good ones."""
+    return (
+        Flow("batch-demo")
+        .map(
+            "import-rows",
+            import_row,
+            items=lambda ctx: ROWS,
+            key=lambda row: row.split(",")[0],
+            tolerated_failures=3,
+            max_concurrency=4,
+        )
+        .step("total", total_rows)
+    )
+
+
 # ── running and explaining ───────────────────────────────────────────────────────
 
 
@@ -259,6 +296,19 @@ def _run_saga(on_event: Callable[[Any], None]) -> tuple[FlowResult, list[str], b
     )
 
 
+def _run_batch(on_event: Callable[[Any], None]) -> tuple[FlowResult, list[str], bool]:
+    result = batch_flow().run(on_event=on_event)
+    rows = result.maps["import-rows"]
+    bad = ", ".join(f"{item.key} ({_error(item.error)})" for item in rows.failed)
+    words = [
+        f"The map 'import-rows' took {rows.total} rows lazily, at most 4 at a time; "
+        f"{rows.counts[StepStatus.COMPLETED]} completed and {len(rows.failed)} failed: {bad}.",
+        f"With tolerated_failures=3 the map ended {rows.status.value.upper()} and the flow went on:",
+        f"'total' summed the values of the rows that completed ({result.values.get('total')!r}).",
+    ]
+    return result, words, result.ok and rows.status.value == "partial" and len(rows.failed) == 2
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "A parallel group with partial success",
@@ -279,6 +329,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "A failing flow, compensated",
         "Reserve a flight, book a hotel and a car in parallel, then charge the card - which is declined.",
         _run_saga,
+    ),
+    Scenario(
+        "A batch with a few bad rows, tolerated",
+        "Import 20 rows with a map that tolerates up to 3 bad ones, then total the good ones.",
+        _run_batch,
     ),
 )
 
@@ -305,5 +360,5 @@ def run_demo(write: Callable[[str], None], timeline: str | Path) -> bool:
             write("   (!) this is not what the demo expected: please report it to the flowpool developers.")
         write("")
     Path(timeline).write_text(render_timeline(events, title="flowpool demo"), encoding="utf-8")
-    write(f"Timeline of all four runs (open it in a browser): {timeline}")
+    write(f"Timeline of all {len(SCENARIOS)} runs (open it in a browser): {timeline}")
     return all_as_expected

@@ -23,6 +23,7 @@ __all__ = [
     "FlowTimeoutError",
     "FlowpoolError",
     "JournalError",
+    "MapItemsError",
     "NotStartedError",
     "StaleStoreError",
     "RemoteError",
@@ -184,6 +185,28 @@ class UnpicklableResultError(FlowpoolError):
 
 class JournalError(FlowpoolError):
     """A journal file is missing, not a journal, corrupt, or lacks a run."""
+
+
+class MapItemsError(FlowpoolError):
+    """A map's items could not be produced: ``items(ctx)`` or its iteration raised, or
+    an item's key was a duplicate or not a ``str``/``int``. The original is ``__cause__``.
+
+    Attributes:
+        flow: the flow's name.
+        map: the map's name.
+        taken: how many items had been taken before the problem.
+        detail: what went wrong.
+    """
+
+    def __init__(self, flow: str, map: str, taken: int, detail: str) -> None:
+        self.flow = flow
+        self.map = map
+        self.taken = taken
+        self.detail = detail
+        super().__init__(f"flow {flow!r}, map {map!r}: its items could not be produced after {taken} item(s): {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.flow, self.map, self.taken, self.detail))
 
 
 class FlowFailedError(FlowpoolError):

@@ -42,6 +42,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import JournalError
 from ._journal_records import RecordedRun, RecordedStep, build_result, fingerprint
@@ -138,7 +139,37 @@ class Journal:
                 "ORDER BY position IS NULL, position",
                 (run_id,),
             ).fetchall()
+            try:
+                item_rows = db.execute(
+                    f"SELECT map, idx, key, status, {value}, value_kept, {error}, attempts, started_at, finished_at "
+                    "FROM items WHERE run_id = ? ORDER BY map, idx",
+                    (run_id,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # a journal from before maps: no items table
+                item_rows = []
         load = load_error if unpickle else error_from_text
+        items: dict[str, list[tuple[Any, ...]]] = {}
+        for map_name, index, key_text, item_status, stored, kept, item_error, attempts, started, finished in item_rows:
+            loaded = None if unpickle else stored
+            usable = bool(kept)
+            if usable and unpickle:
+                try:
+                    loaded = pickle.loads(stored)
+                except Exception:  # noqa: BLE001 - a class that no longer imports: run the item again
+                    usable = False
+            items.setdefault(map_name, []).append(
+                (
+                    index,
+                    json.loads(key_text),
+                    StepStatus(item_status),
+                    loaded,
+                    usable,
+                    load(item_error),
+                    attempts,
+                    started,
+                    finished,
+                )
+            )
         flow, fp, input_data, status, phase, outcome, failed_stage, run_error = row
         recorded_steps: dict[str, RecordedStep] = {}
         for name, step_status, stored, kept, step_error, attempts, started, finished in steps:
@@ -171,6 +202,7 @@ class Journal:
             groups,
             {name: (state, load(err), attempts) for name, state, err, attempts in compensations},
             tuple(name for name, state, _, _ in compensations if state in ("compensated", "failed")),
+            items,
         )
 
     def result(self, run_id: str) -> FlowResult:

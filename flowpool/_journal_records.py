@@ -6,10 +6,11 @@ import hashlib
 import json
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._errors import StepCancelledError
+from ._maps import MapResult
 from ._results import (
     CompensationResult,
     FlowResult,
@@ -58,6 +59,8 @@ class RecordedRun:
     groups: Mapping[str, str]
     compensations: Mapping[str, tuple[str, BaseException | None, int]]
     compensation_order: tuple[str, ...] = ()
+    #: map name → rows ``(index, key, status, value, value_kept, error, attempts, started_at, finished_at)``.
+    items: Mapping[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 def fingerprint(flow: Flow) -> str:
@@ -67,7 +70,7 @@ def fingerprint(flow: Flow) -> str:
     known = _FINGERPRINTS.get(flow)
     if known is not None and known[0] is stages:
         return known[1]
-    from ._definition import describe_structure
+    from ._structure import describe_structure
 
     text = json.dumps(describe_structure(flow), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -104,7 +107,13 @@ def build_result(
     members: dict[str, list[str]] = {}
     compensated: list[str] = []
     not_compensated: list[str] = []
-    for name, group in layout:
+    maps: dict[str, MapResult] = {}
+    for entry in layout:
+        name, group = entry[0], entry[1]
+        if entry[2:] == ["map"]:
+            mapped = maps[name] = _recorded_map(name, recorded)
+            groups[name] = GroupResult(name, mapped.status, (), mapped.counts)
+            continue
         if group is not None:
             members.setdefault(group, []).append(name)
         record = recorded.steps.get(name)
@@ -150,6 +159,7 @@ def build_result(
         status=status,
         steps=steps,
         groups=groups,
+        maps=maps,
         error=error if status is not FlowStatus.COMPLETED else None,
         failed_stage=recorded.failed_stage,
         compensated=tuple(compensated),
@@ -161,3 +171,19 @@ def build_result(
     if isinstance(result.error, KeyboardInterrupt):
         result.error.result = result  # type: ignore[attr-defined]
     return result
+
+
+def _recorded_map(name: str, recorded: RecordedRun) -> MapResult:
+    """A map's ``MapResult`` from its recorded items and verdict (an unrecorded one is SKIPPED)."""
+    from ._maps import MapLedger
+
+    status = recorded.groups.get(name)
+    rows = recorded.items.get(name, [])
+    keyed = any(not isinstance(row[1], int) or row[1] != row[0] for row in rows)
+    ledger = MapLedger(name, keyed=keyed)
+    for index, key, item_status, value, _, item_error, attempts, started, finished in rows:
+        while len(ledger) < index:  # an item that never settled before the process died
+            ledger.take(f"\x00unsettled-{len(ledger)}" if keyed else None)
+        ledger.take(key if keyed else None)
+        ledger.settle(index, item_status, value, item_error, attempts, started, finished)
+    return MapResult(name, GroupStatus(status) if status else GroupStatus.SKIPPED, ledger)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._clock import SYSTEM_CLOCK
 from ._errors import FlowDefinitionError, JournalError
 from ._journal_records import RecordedRun, fingerprint
+from ._journal_schema import ITEMS_TABLE
 from ._journal_text import error_text, portable_error, value_text
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
 
@@ -54,6 +55,7 @@ class JournalRecorder:
         self._db = journal._db
         self._warned_values: set[str] = set()
         self._dirty = False
+        self._items_table = False
         # Insertion-ordered: statement kinds run in the order they were first recorded.
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
         # Starts of attempts not yet committed: one that ends before the next flush is
@@ -102,6 +104,9 @@ class JournalRecorder:
                 if ends:
                     db.executemany(_ATTEMPT_FINISHED, ends.values())
                 for sql, rows in pending.items():
+                    if sql is ITEMS_TABLE:
+                        db.execute(sql)
+                        continue
                     db.executemany(sql, rows)
                 db.execute("COMMIT")
                 self._open.update(starts)
@@ -221,6 +226,57 @@ class JournalRecorder:
                     stacklevel=4,
                 )
             return None
+
+    def item_finished(
+        self,
+        run_id: str,
+        map_name: str,
+        index: int,
+        key: str | int,
+        status: StepStatus,
+        value: Any,
+        error: BaseException | None,
+        attempts: int,
+        started_at: float | None,
+        finished_at: float | None,
+    ) -> None:
+        """A map's item settled: its status, and its value if it completed."""
+        if not self._items_table:
+            self._items_table = True
+            self._write(ITEMS_TABLE, ())
+        data: bytes | None = None
+        kept = 0
+        if status is StepStatus.COMPLETED:
+            try:
+                data = pickle.dumps(value)
+                kept = 1
+            except Exception as problem:  # noqa: BLE001 - the item completes; resume runs it again
+                if map_name not in self._warned_values:
+                    self._warned_values.add(map_name)
+                    warnings.warn(
+                        f"flowpool journal: a value of map {map_name!r} cannot be pickled ({problem}); "
+                        f"a resumed run will execute that item again",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        self._write(
+            "INSERT OR REPLACE INTO items (run_id, map, idx, key, status, value, value_kept, error, error_text, "
+            "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                map_name,
+                index,
+                json.dumps(key),
+                status.value,
+                data,
+                kept,
+                portable_error(error),
+                error_text(error),
+                attempts,
+                started_at,
+                finished_at,
+            ),
+        )
 
     def group_finished(self, run_id: str, group: str, status: str) -> None:
         self._write("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (run_id, group, status))

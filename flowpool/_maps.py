@@ -33,6 +33,8 @@ __all__ = ["ItemFeeder", "ItemResult", "MapLedger", "MapResult", "item_label"]
 _STATUSES: tuple[StepStatus, ...] = tuple(StepStatus)
 _CODE = {status: code for code, status in enumerate(_STATUSES, start=1)}
 _UNSETTLED = 0
+#: The status column's code of a completed item.
+COMPLETED_CODE = _CODE[StepStatus.COMPLETED]
 _NO_TIME = math.nan
 
 Key = str | int

@@ -11,8 +11,15 @@ import itertools
 import json
 from collections.abc import Callable
 
-from flowpool import Flow, Group, Step
-from flowpool._definition import Always, callable_name, group_plan_phrases, group_rule, plan_phrases
+from flowpool import Flow, Group, Map, Step
+from flowpool._definition import (
+    Always,
+    group_plan_phrases,
+    group_rule,
+    map_plan_phrases,
+    map_rule,
+)
+from flowpool._options import callable_name, plan_phrases
 
 __all__ = ["PLAN_FORMATS", "render_plan"]
 
@@ -51,9 +58,23 @@ def group_policy(group: Group) -> str:
     return "; ".join(phrases)
 
 
+def map_policy(stage: Map) -> str:
+    """The map's failure policy in words, with its concurrency caps and key."""
+    return "; ".join([map_rule(stage)[1], *map_plan_phrases(stage)])
+
+
 def compensation_order(flow: Flow) -> list[str]:
-    """Steps with a compensation, in the order they would be undone (reverse declaration)."""
-    return [step.name for step in reversed(flow.steps()) if step.compensate is not None]
+    """Steps (and maps) with a compensation, in the order they would be undone (reverse
+    declaration; a map's items latest first)."""
+    order: list[str] = []
+    for stage in reversed(flow.stages):
+        if isinstance(stage, Map):
+            if stage.step.compensate is not None:
+                order.append(f"{stage.name}[each item, latest first]")
+        else:
+            members = stage.members if isinstance(stage, Group) else (stage,)
+            order.extend(step.name for step in reversed(members) if step.compensate is not None)
+    return order
 
 
 # ── text ─────────────────────────────────────────────────────────────────────────
@@ -66,7 +87,9 @@ def _step_line(step: Step) -> str:
 
 
 def _text(flow: Flow) -> str:
-    lines = [f"flow {flow.name!r}: {len(flow.stages)} stage(s), {len(flow.steps())} step(s)"]
+    maps = sum(1 for stage in flow.stages if isinstance(stage, Map))
+    counted = f", {maps} map(s)" if maps else ""
+    lines = [f"flow {flow.name!r}: {len(flow.stages)} stage(s), {len(flow.steps())} step(s){counted}"]
     for number, stage in enumerate(flow.stages, start=1):
         if isinstance(stage, Group):
             lines.append(f"{number}. parallel group {stage.name} ({len(stage.members)} members)")
@@ -74,6 +97,9 @@ def _text(flow: Flow) -> str:
             for position, member in enumerate(stage.members):
                 branch = "`-" if position == len(stage.members) - 1 else "|-"
                 lines.append(f"   {branch} {_step_line(member)}")
+        elif isinstance(stage, Map):
+            lines.append(f"{number}. map {_step_line(stage.step)} over its items")
+            lines.append(f"     policy: {map_policy(stage)}")
         else:
             lines.append(f"{number}. step {_step_line(stage)}")
     order = compensation_order(flow)
@@ -87,13 +113,15 @@ def _text(flow: Flow) -> str:
 # ── graphs ───────────────────────────────────────────────────────────────────────
 
 
-def _graph(flow: Flow) -> tuple[list[tuple[str, Step | Group, list[tuple[str, Step]]]], list[tuple[str, str]]]:
+def _graph(
+    flow: Flow,
+) -> tuple[list[tuple[str, Step | Group | Map, list[tuple[str, Step]]]], list[tuple[str, str]]]:
     """Node ids per stage and the edges between stages.
 
     A group fans out to its members and back in; two groups in a row meet at a
     join point rather than with members x members edges.
     """
-    stages: list[tuple[str, Step | Group, list[tuple[str, Step]]]] = []
+    stages: list[tuple[str, Step | Group | Map, list[tuple[str, Step]]]] = []
     counter = 0
     in_run_order = [s for s in flow.stages if not isinstance(s, Always)] + [
         s for s in flow.stages if isinstance(s, Always)
@@ -106,6 +134,9 @@ def _graph(flow: Flow) -> tuple[list[tuple[str, Step | Group, list[tuple[str, St
                 members.append((f"n{counter}", member))
             counter += 1
             stages.append((f"g{counter}", stage, members))
+        elif isinstance(stage, Map):
+            counter += 1
+            stages.append((f"n{counter}", stage, [(f"n{counter}", stage.step)]))
         else:
             counter += 1
             stages.append((f"n{counter}", stage, [(f"n{counter}", stage)]))
@@ -125,6 +156,12 @@ def _label(step: Step) -> str:
     return step.name if not options else step.name + "\n" + "\n".join(options)
 
 
+def _stage_label(stage: Step | Group | Map, step: Step) -> str:
+    if isinstance(stage, Map):
+        return f"{_label(step)}\nmap: {map_policy(stage)}"
+    return _label(step)
+
+
 def _mermaid_text(text: str) -> str:
     # Mermaid labels are quoted; quotes and angle brackets need entity codes.
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;").replace("\n", "<br/>")
@@ -141,7 +178,7 @@ def _mermaid(flow: Flow) -> str:
                 lines.append(f'    {member_id}["{_mermaid_text(_label(member))}"]')
             lines.append("  end")
         else:
-            lines.append(f'  {node_id}["{_mermaid_text(_label(members[0][1]))}"]')
+            lines.append(f'  {node_id}["{_mermaid_text(_stage_label(stage, members[0][1]))}"]')
     joins = sorted({b for _, b in edges if b.startswith("j")})
     lines.extend(f'  {join}((" "))' for join in joins)
     lines.extend(f"  {a} --> {b}" for a, b in edges)
@@ -168,7 +205,7 @@ def _dot(flow: Flow) -> str:
                 lines.append(f"    {member_id} [label={_dot_text(_label(member))}];")
             lines.append("  }")
         else:
-            lines.append(f"  {node_id} [label={_dot_text(_label(members[0][1]))}];")
+            lines.append(f"  {node_id} [label={_dot_text(_stage_label(stage, members[0][1]))}];")
     joins = sorted({b for _, b in edges if b.startswith("j")})
     lines.extend(f'  {join} [shape=point, label=""];' for join in joins)
     lines.extend(f"  {a} -> {b};" for a, b in edges)

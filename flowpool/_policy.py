@@ -131,13 +131,35 @@ def stage_verdict(
             return None, stop_error or record.error or StepCancelledError(name, "not completed")
         return None, stop_error
     required = [member.required for member in group.members]
-    verdict = group_verdict(
-        [record.status for record in records],
-        required,
-        fail_fast=group.fail_fast,
-        min_successes=group.min_successes,
-        optional=[member.optional for member in group.members],
-    )
+    optional_members = [member.optional for member in group.members]
+    if group.tolerated_failures is not None:
+        # The tolerance replaces the default rule; required members still fail the group.
+        # Skipped members, and optional ones that did not complete, are left out.
+        counted = [
+            record
+            for record, is_optional in zip(records, optional_members, strict=True)
+            if record.status is not StepStatus.SKIPPED and (not is_optional or record.ok)
+        ]
+        missing_required = any(
+            is_required and not record.ok and record.status is not StepStatus.SKIPPED
+            for record, is_required in zip(records, required, strict=True)
+        )
+        if missing_required:
+            verdict = GroupStatus.FAILED
+        elif not counted:
+            skipped = all(record.status is StepStatus.SKIPPED for record in records)
+            verdict = GroupStatus.SKIPPED if skipped else GroupStatus.PARTIAL
+        else:
+            completed = sum(1 for record in counted if record.ok)
+            verdict = tally_verdict(completed, len(counted), tolerated_failures=group.tolerated_failures)
+    else:
+        verdict = group_verdict(
+            [record.status for record in records],
+            required,
+            fail_fast=group.fail_fast,
+            min_successes=group.min_successes,
+            optional=optional_members,
+        )
     if verdict is GroupStatus.FAILED:
         return verdict, stop_error or group_error(group.name, group.policy, records, required)
     return verdict, stop_error

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt
-from ._definition import Flow, Group
+from ._definition import Flow, Group, Step
 from ._results import CompensationResult, FlowResult, StepResult, StepStatus
 
 if TYPE_CHECKING:
@@ -66,6 +66,23 @@ class RunRecorder:
         if self.journal is not None:
             self.journal.step_finished(self.run_id, record)
 
+    def item_finished(
+        self,
+        map_name: str,
+        index: int,
+        key: str | int,
+        status: StepStatus,
+        value: Any,
+        error: BaseException | None,
+        attempts: int,
+        started_at: float | None,
+        finished_at: float | None,
+    ) -> None:
+        if self.journal is not None:
+            self.journal.item_finished(
+                self.run_id, map_name, index, key, status, value, error, attempts, started_at, finished_at
+            )
+
     def group_finished(self, group: str, status: str) -> None:
         if self.journal is not None:
             self.journal.group_finished(self.run_id, group, status)
@@ -96,6 +113,8 @@ def layout(flow: Flow) -> list[list[Any]]:
     for stage in flow.stages:
         if isinstance(stage, Group):
             out.extend([member.name, stage.name] for member in stage.members)
-        else:
+        elif isinstance(stage, Step):
             out.append([stage.name, None])
+        else:  # a map: its items are journaled in their own table
+            out.append([stage.name, None, "map"])
     return out

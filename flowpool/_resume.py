@@ -10,7 +10,7 @@ had failed and was compensating only runs its pending compensations
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._runner import _Run
 
-__all__ = ["open_journal", "preload_completed", "restore_compensation_phase", "resume_flow", "resume_from"]
+__all__ = [
+    "check_resumable",
+    "completed_items",
+    "open_journal",
+    "preload_completed",
+    "restore_compensation_phase",
+    "resume_flow",
+    "resume_from",
+]
 
 
 def resume_flow(
@@ -56,6 +64,8 @@ def resume_flow(
             )
         if recorded.status != "running":
             return book.result(run_id)
+        if recorded.phase != "compensating":
+            check_resumable(flow)
         return run_flow(
             flow,
             recorded.input,
@@ -92,6 +102,28 @@ def resume_from(run: _Run, recorded: RecordedRun) -> None:
     run.input = recorded.input
     run.events = EventSink(run.events._listener, run.name, run.run_id, run.wall_offset)
     run.recorder.run_id = run.run_id
+
+
+def completed_items(recorded: RecordedRun, map_name: str) -> dict[Any, tuple[Any, int, float | None, float | None]]:
+    """Key → (value, attempts, started_at, finished_at) of the map's items recorded as completed."""
+    return {
+        key: (value, attempts, started, finished)
+        for _, key, status, value, kept, _, attempts, started, finished in recorded.items.get(map_name, [])
+        if status is StepStatus.COMPLETED and kept
+    }
+
+
+def check_resumable(flow: Flow) -> None:
+    """A map whose ``items`` is a one-shot iterator cannot be taken again on resume."""
+    from ._definition import Map
+    from ._errors import FlowpoolError
+
+    for stage in flow.stages:
+        if isinstance(stage, Map) and not callable(stage.items) and iter(stage.items) is stage.items:
+            raise FlowpoolError(
+                f"flow {flow.name!r}, map {stage.name!r}: its items are a one-shot iterator, which cannot be "
+                f"read again to resume the run; give items as a callable items(ctx) or a re-iterable (a list)"
+            )
 
 
 def preload_completed(run: _Run, st: StageRun) -> None:
@@ -134,7 +166,9 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
     rebuilt = build_result(recorded, layout(run.flow), [], None, None)
     run.records.update(rebuilt.steps)
     run.groups.update(rebuilt.groups)
-    for index, step in enumerate(run.flow.steps()):
+    positions = _step_positions(run.flow)
+    for step in run.flow.steps():
+        index = positions[step.name]
         comp = recorded.compensations.get(step.name)
         if comp is not None and comp[0] in ("compensated", "failed"):
             run.compensator.done.add(step.name)
@@ -147,9 +181,60 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
             sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
             sr.record = record
             run.compensator.pending.append(sr)
+    _restore_maps(run, recorded, rebuilt.maps, positions)
     for name in recorded.compensation_order:  # in the order they ran before the death
         state = recorded.compensations[name][0]
         (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
     run.values_view = MappingProxyType(dict(run.values))
     run.error = recorded.error or StepCancelledError("", "the run failed before its process died")
     run.failed_stage = recorded.failed_stage
+
+
+def _step_positions(flow: Flow) -> dict[str, int]:
+    """Each step's and map's place in the compensation order, as ``_Run.execute`` counts them."""
+    from ._definition import Group, Map
+
+    positions: dict[str, int] = {}
+    index = 0
+    for stage in flow.stages:
+        if isinstance(stage, Map):
+            positions[stage.name] = index
+            index += 1
+            continue
+        members = stage.members if isinstance(stage, Group) else (stage,)
+        for offset, step in enumerate(members):
+            positions[step.name] = index + offset
+        index += len(members)
+    return positions
+
+
+def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], positions: dict[str, int]) -> None:
+    """The maps of a run that was compensating: their results, values and pending item compensations.
+
+    The items themselves are not journaled: a resumed item compensation sees ``ctx.item`` None
+    (its ``ctx.key``, ``ctx.index`` and value are restored).
+    """
+    from ._compensator import MapCompensation
+    from ._definition import Map
+    from ._maps import MapValues
+
+    for stage in run.flow.stages:
+        if not isinstance(stage, Map) or stage.name not in maps:
+            continue
+        result = maps[stage.name]
+        ledger = result._ledger
+        run.maps[stage.name] = result
+        run.values[stage.name] = MapValues(ledger)
+        if stage.step.compensate is not None and ledger.completed:
+            prefix = f"{stage.name}["
+            run.compensator.done.update(
+                name
+                for name, (state, _, _) in recorded.compensations.items()
+                if name.startswith(prefix) and state in ("compensated", "failed")
+            )
+            backend = run.backends.for_step(stage.step.executor)
+            run.compensator.maps.append(
+                MapCompensation(
+                    stage.name, positions[stage.name], stage.step, ledger, [], backend, stage.compensate_concurrency
+                )
+            )

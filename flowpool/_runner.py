@@ -4,7 +4,7 @@ How an attempt flows::
 
     _Run (caller's thread)                              backend (threads, lanes, Dask)
     ──────────────────────                              ──────────────────────────────
-    execute ─▶ run_stage ─▶ start_waiting ─▶ dispatch:
+    execute ─▶ _stages.run_stage ─▶ start_waiting ─▶ dispatch:
         StepRun.new_attempt(ctx) ───────── submit ────▶ worker runs fn(ctx)
          ▲                                                  │ (STARTED, attempt)  only if a
          │                                                  │                     timeout or a
@@ -16,19 +16,32 @@ How an attempt flows::
                                                            ├▶ retry: a WAKE timer ─▶ on_timer ─▶ dispatch
                                                            └▶ stop: finalize
     on_timer: TIMEOUT (an attempt), WAKE (a backoff), DEADLINE (the run's timeout), GRACE (the stop grace)
-    run_stage ends ─▶ settle_verdict (_policy.stage_verdict) ─▶ next stage, or compensate_all ─▶ finish
+    run_stage ends ─▶ settle_verdict (_policy.stage_verdict) ─▶ next stage
+    the last stage ─▶ await_abandoned ─▶ compensate_all ─▶ _always.run_always ─▶ finish
+
+A map stage (``_mapstage.run_map``) goes through the same dispatch, wait and outcome
+path, item by item: ``feed`` takes an item from its iterable only when a slot
+is free and dispatches it at once as a ``StepRun`` carrying the item;
+``finalize_item`` writes the settled item into the map's columnar ledger and
+drops its ``StepRun``, context and timeout timer, so the loop holds only the
+items in flight; ``settle_map`` gives the verdict (``_policy.tally_verdict``).
 
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
 alone decides what an outcome means; a late outcome of an attempt the loop has
-given up on (``attempt.settled``) is dropped.
+given up on (``attempt.settled``) changes no status: it is only noted, so
+that once the last stage settled ``_abandoned.await_abandoned`` can wait a
+little for it (a late completion of a timed-out step is compensated).
 
-The concerns around the loop live in their own modules: ``_timers`` (the heap
-and the one wait), ``_stop`` (why the run stops, the status it ends with),
-``_interrupts`` (Ctrl-C), ``_compensator``, ``_recorder`` (journal writes),
-``_resume`` (imported only for journaled runs), ``_policy`` (pure verdicts),
-``_state`` (the step and stage records) and ``_executors`` (the backends).
+The concerns around the loop live in their own modules: ``_stages`` (steps and
+groups: running, conditions, verdicts), ``_mapstage`` (maps), ``_always``
+(always-stages), ``_stopping`` (cancelling a stage, stopping the run, the stop
+grace), ``_abandoned`` (late completions), ``_timers`` (the heap and the one
+wait), ``_stop`` (why the run stops, the status it ends with), ``_interrupts``
+(Ctrl-C), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
+(imported only for journaled runs), ``_policy`` (pure verdicts), ``_state`` (the
+step and stage records) and ``_executors`` (the backends).
 """
 
 from __future__ import annotations
@@ -39,34 +52,38 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _logcontext as logcontext
-from ._abandoned import AbandonedAttempts
+from . import _always, _mapstage, _stages, _stopping
+from ._abandoned import AbandonedAttempts, await_abandoned
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Always, Flow, Group, Step, _check_seconds
+from ._definition import Always, Flow, Group, Map
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
-    StepCancelledError,
     StepTimeoutError,
 )
 from ._events import EventSink
 from ._executors import Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._policy import may_retry, retry_matches, stage_verdict, status_of, stops_group_early
+from ._maps import MapResult
+from ._options import _check_seconds
+from ._policy import (
+    may_retry,
+    retry_matches,
+    status_of,
+    stops_group_early,
+)
 from ._recorder import RunRecorder
 from ._results import (
     FlowResult,
     FlowStatus,
     GroupResult,
-    GroupStatus,
     StepResult,
     StepStatus,
-    count_statuses,
 )
-from ._state import StageRun, StepRun, StepState, tell_cancel, with_late_value
+from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
 
@@ -160,12 +177,18 @@ class _Run:
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
+        self.maps: dict[str, MapResult] = {}
         self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope)
+        self.compensator.concurrency = {
+            stage.name: stage.compensate_concurrency for stage in flow.stages if isinstance(stage, Group)
+        }
         self.stage: StageRun | None = None
         self.failed_stage: str | None = None
         self.error: BaseException | None = None
         self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
+        #: When journal writes waiting for a flush must be committed (map items).
+        self.flush_due = 0.0
         #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
         #: running when the loop gave up on them, and those of them that ended since.
         self.abandoned = AbandonedAttempts()
@@ -193,20 +216,28 @@ class _Run:
             else:
                 index = 0
                 for stage in self.flow.stages:
-                    members = stage.members if isinstance(stage, Group) else (stage,)
                     if isinstance(stage, Always):
                         index += 1  # runs last (run_always)
                         continue
                     if self.scope.interrupts and self.scope.reason is None:
-                        self.stop("the run was interrupted")  # Ctrl-C arrived between stages
-                    if self.error is not None or self.scope.reason is not None:
-                        self.skip_stage(stage, members)
+                        _stopping.stop(self, "the run was interrupted")  # Ctrl-C arrived between stages
+                    stopped = self.error is not None or self.scope.reason is not None
+                    if isinstance(stage, Map):
+                        if stopped:
+                            _mapstage.skip_map(self, stage)
+                        else:
+                            _mapstage.run_map(self, stage, index)
+                        index += 1  # a map takes one place in the compensation order
+                        continue
+                    members = stage.members if isinstance(stage, Group) else (stage,)
+                    if stopped:
+                        _stages.skip_stage(self, stage, members)
                     else:
-                        self.run_stage(stage, members, index)  # the one place a stage runs
+                        _stages.run_stage(self, stage, members, index)  # the one place a step or group runs
                     index += len(members)
-            self.await_abandoned()
+            await_abandoned(self)
             self.compensate_all()
-            self.run_always()
+            _always.run_always(self)
         finally:
             restore()
             self.backends.close()
@@ -224,6 +255,7 @@ class _Run:
             status=status,
             steps=steps,
             groups=self.groups,
+            maps=self.maps,
             error=error,
             failed_stage=self.failed_stage,
             compensated=tuple(self.compensator.compensated),
@@ -260,99 +292,7 @@ class _Run:
 
     # ── stages ──────────────────────────────────────────────────────────────────
 
-    def skip_stage(self, stage: Step | Group, members: tuple[Step, ...]) -> None:
-        group = stage.name if isinstance(stage, Group) else None
-        now = self.clock.now()
-        for step in members:
-            self.records[step.name] = StepResult(step.name, StepStatus.SKIPPED, group=group)
-            self.events.emit("step_finished", now, step=step.name, group=group, status=StepStatus.SKIPPED)
-        if isinstance(stage, Group):
-            names = tuple(m.name for m in members)
-            counts = {StepStatus.SKIPPED: len(members)}
-            self.groups[stage.name] = GroupResult(stage.name, GroupStatus.SKIPPED, names, counts)
-            self.events.emit("group_finished", now, group=stage.name, status=GroupStatus.SKIPPED)
-
-    def run_stage(self, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
-        group = stage if isinstance(stage, Group) else None
-        group_name = group.name if group is not None else None
-        runs = [
-            StepRun(step, index + offset, group_name, self.backends.for_step(step.executor))
-            for offset, step in enumerate(members)
-        ]
-        st = StageRun(stage.name, group, runs)
-        self.stage = st
-        if self.resumed is not None:
-            from ._resume import preload_completed
-
-            preload_completed(self, st)
-        for sr in runs:
-            if sr.step.when is not None and sr.state == _PENDING:
-                self.check_condition(st, sr)
-        while st.unsettled:
-            if st.waiting:
-                self.start_waiting(st)
-                if not st.unsettled:
-                    break
-            self.wait_once()
-        self.stage = None
-        self.settle_verdict(st)
-        if self.error is not None:  # journaled in the same transaction as the stage's verdict
-            self.recorder.run_failed(self.scope.failure_outcome(), self.failed_stage, self.error)
-        self.recorder.flush()  # before any later stage starts
-
-    def check_condition(self, st: StageRun, sr: StepRun) -> None:
-        """Evaluate a step's ``when`` as its stage starts: false skips it; raising fails it."""
-        step = sr.step
-        when = step.when
-        assert when is not None
-        ctx = self.context(step.name, 1)
-        token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1)
-        try:
-            go = bool(when(ctx))
-        except Exception as error:  # noqa: BLE001 - fails this step like an exception in the step
-            error.add_note(f"raised by the 'when' condition of step {step.name!r}")
-            self.finalize(st, sr, StepStatus.FAILED, None, error)
-            return
-        finally:
-            logcontext.leave(token)
-        if not go:
-            self.finalize(st, sr, StepStatus.SKIPPED, None, None)
-
-    def settle_verdict(self, st: StageRun) -> None:
-        records = [sr.record for sr in st.members if sr.record is not None]
-        if any(record.status is StepStatus.COMPLETED for record in records):
-            for record in records:
-                if record.status is StepStatus.COMPLETED:
-                    self.values[record.name] = record.value
-            # A fresh snapshot per stage: an abandoned attempt that still holds an older
-            # view never sees the values of its siblings or of later stages.
-            self.values_view = MappingProxyType(dict(self.values))
-        if st.group is None and isinstance(st.members[0].step, Always):
-            self.note_always_failure(records[0])  # never the flow's failure
-            return
-        optional = st.group is None and st.members[0].step.optional
-        verdict, error = stage_verdict(st.name, st.group, records, self.scope.stop_error(), optional=optional)
-        if st.group is not None and verdict is not None:
-            name = st.group.name
-            counts = count_statuses(record.status for record in records)
-            self.groups[name] = GroupResult(name, verdict, tuple(m.name for m in st.group.members), counts)
-            self.events.emit("group_finished", self.clock.now(), group=name, status=verdict)
-            self.recorder.group_finished(name, verdict.value)
-        if error is not None:
-            self.fail(st.name, error)
-
-    def start_waiting(self, st: StageRun) -> None:
-        cap = st.cap
-        waiting = st.waiting
-        while waiting and (cap is None or st.active < cap):
-            sr = waiting.popleft()
-            if sr.state != _PENDING:
-                continue
-            if st.cancel_reason is not None:
-                self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, st.cancel_reason))
-                continue
-            st.active += 1
-            self.dispatch(sr)
+    # ── maps ────────────────────────────────────────────────────────────────────
 
     def dispatch(self, sr: StepRun) -> None:
         step = sr.step
@@ -388,8 +328,10 @@ class _Run:
             for kind, target in timers.due(now):
                 self.on_timer(kind, target)
             return
-        if self.recorder.dirty and self.inbox.empty():
-            self.recorder.flush()  # what arrived together is committed together, before we wait
+        if self.recorder.dirty and (self.inbox.empty() or now >= self.flush_due):
+            # What arrived together is committed together, before we wait; a busy map's
+            # items are committed at least every FLUSH_WITHIN seconds.
+            self.recorder.flush()
         received = timers.wait(self.inbox, next_at, now)
         if received is None:
             return
@@ -400,7 +342,7 @@ class _Run:
             if not item.settled:
                 self.on_started(item)
         elif message == INTERRUPT:
-            self.on_interrupt()
+            _stopping.on_interrupt(self)
 
     def on_started(self, attempt: Attempt) -> None:
         sr: StepRun = attempt.owner
@@ -410,13 +352,19 @@ class _Run:
             self.announce_start(sr, attempt)
         timeout = sr.step.timeout
         if timeout is not None:
-            self.timers.push(started + timeout, _TIMEOUT, attempt)
+            sr.timer = self.timers.push(started + timeout, _TIMEOUT, attempt)
 
     def announce_start(self, sr: StepRun, attempt: Attempt) -> None:
         started = attempt.started_at
         assert started is not None
         if sr.first_started is None:
             sr.first_started = started
+        if sr.item_index is not None:
+            if self.events.enabled:
+                self.events.emit(
+                    "step_started", started, step=sr.step.name, attempt=attempt.number, item=sr.key, index=sr.item_index
+                )
+            return
         self.events.emit("step_started", started, step=sr.step.name, group=sr.group, attempt=attempt.number)
         self.recorder.attempt_started(sr.step.name, attempt.number)
 
@@ -429,7 +377,7 @@ class _Run:
         if attempt.never_started and attempt.quiet_start:  # cancelled while queued on a worker
             st = self.stage
             assert st is not None
-            self.withdrawn(st, sr, attempt, attempt.cancel_reason or "cancelled")
+            _stopping.withdrawn(self, st, sr, attempt, attempt.cancel_reason or "cancelled")
             return
         attempt.settled = True
         if attempt.quiet_start and attempt.started_at is not None:
@@ -451,6 +399,7 @@ class _Run:
             assert timeout is not None
             attempt.settled = True
             attempt.finished_at = self.clock.now()
+            sr.timer = None  # popped: nothing to drop
             tell_cancel(sr.backend, attempt, f"its timeout of {timeout:g} s passed")
             hung = sr.backend.where_it_hung(attempt)  # before stop(), which kills a worker process
             sr.backend.stop(attempt)
@@ -465,11 +414,11 @@ class _Run:
         elif kind == _DEADLINE:
             if self.scope.reason is None and not self.scope.compensating and self.always_from is None:
                 self.scope.timed_out = True
-                self.stop(f"the run's timeout of {self.timeout:g} s passed")
+                _stopping.stop(self, f"the run's timeout of {self.timeout:g} s passed")
         elif kind == _GRACE:
             if self.always_from is not None and self.scope.interrupts <= self.always_from:
                 return  # the grace of a stop before the always-stages: they run on
-            self.abandon_running()
+            _stopping.abandon_running(self)
 
     def on_outcome(
         self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
@@ -479,7 +428,11 @@ class _Run:
         step = sr.step
         sr.last_status = status
         sr.last_error = error
-        self.recorder.attempt_finished(attempt, status)
+        if sr.timer is not None:  # the attempt ended: its timeout no longer holds it
+            self.timers.drop(sr.timer)
+            sr.timer = None
+        if sr.item_index is None:
+            self.recorder.attempt_finished(attempt, status)
         custom = step.retry is not None
         if status is StepStatus.COMPLETED and not custom:
             self.finalize(st, sr, status, value, None)
@@ -507,17 +460,19 @@ class _Run:
         decision = sr.decide(status, value, error, is_real_time(self.clock))
         if decision.retry:
             now = self.clock.now()
-            self.events.emit(
-                "step_retrying",
-                attempt.finished_at if attempt.finished_at is not None else now,
-                step=step.name,
-                group=sr.group,
-                attempt=attempt.number,
-                status=status,
-                error=error,
-                started_at=attempt.started_at,
-                delay=decision.delay,
-            )
+            if self.events.enabled:
+                self.events.emit(
+                    "step_retrying",
+                    attempt.finished_at if attempt.finished_at is not None else now,
+                    step=step.name,
+                    group=sr.group,
+                    attempt=attempt.number,
+                    status=status,
+                    error=error,
+                    started_at=attempt.started_at,
+                    delay=decision.delay,
+                    **({} if sr.item_index is None else {"item": sr.key, "index": sr.item_index}),
+                )
             sr.state = _BACKOFF
             # From the attempt's end, so time spent deciding (tenacity's first import) is
             # not added to the backoff.
@@ -531,6 +486,10 @@ class _Run:
             self.finalize(st, sr, final_status, None, final_error)
 
     def finalize(self, st: StageRun, sr: StepRun, status: StepStatus, value: Any, error: BaseException | None) -> None:
+        if sr.item_index is not None:
+            assert isinstance(st, MapRun)
+            _mapstage.finalize_item(self, st, sr, status, value, error)
+            return
         st.settle(sr)
         attempt = sr.attempt
         finished = attempt.finished_at if attempt is not None else None
@@ -554,147 +513,13 @@ class _Run:
                 started_at=attempt.started_at if attempt is not None and sr.attempts else None,
             )
         if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast, optional=step.optional):
-            self.cancel_stage(st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
+            _stopping.cancel_stage(self, st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
 
     # ── cancellation, stopping, interrupts ──────────────────────────────────────
 
-    def cancel_stage(self, st: StageRun, reason: str) -> None:
-        """No new work in this stage; running attempts see ``ctx.cancelled``."""
-        st.cancel_reason = reason
-        for sr in st.members:
-            if sr.state == _PENDING:
-                self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
-            elif sr.state == _BACKOFF:
-                self.finalize(st, sr, sr.last_status, None, sr.last_error)
-            elif sr.state == _RUNNING:
-                attempt = sr.attempt
-                assert attempt is not None
-                tell_cancel(sr.backend, attempt, reason)
-                if sr.backend.withdraw(attempt):
-                    self.withdrawn(st, sr, attempt, reason)
-
-    def withdrawn(self, st: StageRun, sr: StepRun, attempt: Attempt, reason: str) -> None:
-        """``attempt`` never started and never will: it does not count as an attempt."""
-        attempt.settled = True
-        sr.attempts -= 1
-        if sr.attempts:
-            self.finalize(st, sr, sr.last_status, None, sr.last_error)
-        else:
-            self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
-
-    def stop(self, reason: str) -> None:
-        """Stop the run: nothing new starts, running work is killed or told to stop."""
-        self.scope.reason = reason
-        st = self.stage
-        if st is None:
-            return
-        if st.cancel_reason is None:
-            self.cancel_stage(st, reason)
-        else:
-            for sr in st.members:
-                if sr.state == _RUNNING and sr.attempt is not None:
-                    tell_cancel(sr.backend, sr.attempt, reason)
-        soft = False
-        for sr in st.members:
-            if sr.state != _RUNNING:
-                continue
-            if sr.backend.kills:
-                self.abandon(st, sr, reason)
-            else:
-                soft = True
-        if soft and not self.scope.grace_armed:
-            self.scope.grace_armed = True
-            self.scope.grace_started = now = self.clock.now()
-            self.timers.push(now + STOP_GRACE, _GRACE, None)
-
-    def abandon(self, st: StageRun, sr: StepRun, reason: str) -> None:
-        attempt = sr.attempt
-        assert attempt is not None
-        tell_cancel(sr.backend, attempt, reason)
-        if sr.backend.withdraw(attempt):
-            self.withdrawn(st, sr, attempt, reason)
-            return
-        attempt.settled = True
-        sr.backend.stop(attempt)
-        self.abandoned.left_running(sr, attempt)
-        if attempt.finished_at is None:
-            attempt.finished_at = self.clock.now()
-        self.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
-
-    def abandon_running(self) -> None:
-        st = self.stage
-        if st is None or self.scope.reason is None:
-            return
-        for sr in st.members:
-            if sr.state == _RUNNING:
-                self.abandon(st, sr, self.scope.reason)
-
-    def on_interrupt(self) -> None:
-        if self.scope.reason is None:
-            self.stop("the run was interrupted")
-        else:
-            self.abandon_running()  # a second Ctrl-C: no more grace
-
     # ── always-stages ───────────────────────────────────────────────────────────
 
-    def run_always(self) -> None:
-        """Run the always-stages, in declaration order, after everything else and after
-        the compensations, whatever the outcome; a second Ctrl-C abandons them."""
-        positions = [(index, stage) for index, stage in enumerate(self.flow.steps()) if isinstance(stage, Always)]
-        if not positions:
-            return
-        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        self.outcome = self.scope.final_status(self.error, resumed_outcome)
-        self.always_from = self.scope.interrupts
-        self.scope.compensating = False  # a Ctrl-C is the loop's to handle again
-        for index, step in positions:
-            if self.scope.interrupts >= 2:
-                error = StepCancelledError(step.name, "the always-stages were abandoned (second Ctrl-C)")
-                self.records[step.name] = StepResult(step.name, StepStatus.CANCELLED, error=error)
-                self.events.emit("step_finished", self.clock.now(), step=step.name, status=StepStatus.CANCELLED)
-                continue
-            self.run_stage(step, (step,), index)
-
-    def note_always_failure(self, record: StepResult) -> None:
-        if record.ok:
-            return
-        import logging  # only when an always-stage did not complete
-
-        logging.getLogger("flowpool").warning(
-            "flowpool: always-stage %r of flow %r ended %s: %s",
-            record.name,
-            self.name,
-            record.status.value,
-            record.error,
-        )
-
     # ── abandoned attempts: late completions ────────────────────────────────────
-
-    def await_abandoned(self) -> None:
-        """Once the last stage settled, and before any compensation, give abandoned
-        attempts up to the stop grace to end (SPEC §16). A late completion becomes its
-        step's ``late_value`` (and is compensated if the run failed)."""
-        abandoned = self.abandoned
-        abandoned.await_end(self.inbox, self.timers, self.clock, self.scope)
-        failed = self.error is not None or bool(self.scope.interrupts)
-        for sr, value in abandoned.late_completions():
-            record = sr.record
-            assert record is not None
-            sr.record = self.records[record.name] = with_late_value(record, value)
-            if failed and sr.step.compensate is not None:
-                self.compensator.pending.append(sr)
-        abandoned.ended.clear()
-        self.still_running = abandoned.still_running()
-        if self.still_running:
-            import logging  # only when something is left running
-
-            logging.getLogger("flowpool").warning(
-                "flowpool: run %s of %r: abandoned attempt(s) of %s still running after the stop grace; "
-                "their side effects may still happen (use executor='process' to stop them for real)",
-                self.run_id,
-                self.name,
-                ", ".join(map(repr, self.still_running)),
-            )
 
     # ── compensation ────────────────────────────────────────────────────────────
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 import dataclasses
 import queue
 from collections import deque
+from collections.abc import Collection
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt, Message
 from ._clock import Clock
-from ._context import Context
-from ._definition import Group, Step
+from ._context import Context, ItemCall
+from ._definition import Group, Map, Step
 from ._executors import Backend
 from ._results import CompensationResult, StepResult, StepStatus
 from ._retry import Decision, RetryDriver, default_retrying
 
-__all__ = ["StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation", "with_late_value"]
+if TYPE_CHECKING:
+    from ._maps import ItemFeeder, MapLedger
+
+__all__ = ["MapRun", "StageRun", "StepRun", "StepState", "tell_cancel", "with_compensation", "with_late_value"]
 
 
 class StepState(IntEnum):
@@ -51,6 +55,11 @@ class StepRun:
         "last_status",
         "last_error",
         "record",
+        "timer",
+        "item",
+        "item_index",
+        "key",
+        "call",
     )
 
     def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
@@ -66,13 +75,26 @@ class StepRun:
         self.last_status = StepStatus.CANCELLED
         self.last_error: BaseException | None = None
         self.record: StepResult | None = None
+        self.timer: list[Any] | None = None  # the current attempt's timeout, while armed
+        # A map's item (item_index is None for a step): what its context and events name.
+        self.item: Any = None
+        self.item_index: int | None = None
+        self.key: str | int | None = None
+        self.call: ItemCall | None = None  # how the item travels to a backend elsewhere
 
     def new_attempt(
         self, ctx: Context, inbox: queue.SimpleQueue[Message], clock: Clock, notify_start: bool, may_queue: bool
     ) -> Attempt:
         """The attempt numbered ``ctx.attempt``, now this step's current one."""
         step = self.step
-        attempt = Attempt(step.name, ctx.attempt, step.fn, (), ctx, inbox, clock, notify_start, owner=self)
+        fn: Any = step.fn
+        args: tuple[Any, ...] = ()
+        index = self.item_index
+        if index is not None:
+            ctx.item, ctx.index, ctx.key = self.item, index, self.key
+            if self.call is not None:
+                fn, args = self.call, (self.item, index, self.key)
+        attempt = Attempt(step.name, ctx.attempt, fn, args, ctx, inbox, clock, notify_start, owner=self)
         ctx._scope = attempt
         attempt.may_queue = may_queue
         self.attempt = attempt
@@ -119,6 +141,8 @@ class StageRun:
         "may_queue",
     )
 
+    members: Collection[StepRun]
+
     def __init__(self, name: str, group: Group | None, members: list[StepRun]) -> None:
         self.name = name
         self.group = group
@@ -137,6 +161,53 @@ class StageRun:
             self.active -= 1
         sr.state = StepState.FINAL
         self.unsettled -= 1
+
+
+class MapRun(StageRun):
+    """A map stage being settled. ``members`` holds only the items in flight (in a
+    dict, so that a settled one leaves in O(1)); what settled items did is in
+    ``ledger``. Items are taken from ``feeder`` only while fewer than ``cap`` are
+    in flight, so none is ever taken and left unstarted by the loop itself."""
+
+    __slots__ = (
+        "stage",
+        "position",
+        "ledger",
+        "feeder",
+        "problem",
+        "size",
+        "failed",
+        "stopped_early",
+        "items",
+        "backend",
+        "call",
+        "restored",
+    )
+
+    members: dict[StepRun, None]
+    cap: int
+
+    def __init__(self, stage: Map, position: int, ledger: MapLedger, limit: int, backend: Backend) -> None:
+        super().__init__(stage.name, None, [])
+        self.members = {}
+        self.stage = stage
+        self.position = position
+        self.ledger = ledger
+        self.cap = limit
+        self.feeder: ItemFeeder | None = None
+        #: What went wrong producing the items (``items(ctx)``, iteration, a key), if anything.
+        self.problem: BaseException | None = None
+        self.size: int | None = None
+        self.failed = 0
+        self.stopped_early = False
+        # Kept only for a map with a compensation: the compensation's ctx.item.
+        self.items: list[Any] | None = [] if stage.step.compensate is not None else None
+        self.backend = backend
+        self.call = None if backend.in_process else ItemCall(stage.step.fn)
+        #: A resumed run: key → (value, attempts, started_at, finished_at) of items recorded completed.
+        self.restored: dict[Any, tuple[Any, int, float | None, float | None]] | None = None
+        may_stop = stage.fail_fast or stage.tolerated_failures is not None
+        self.may_queue = not may_stop and stage.step.timeout is None
 
 
 def with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:

@@ -33,17 +33,35 @@ class TimerKind(IntEnum):
 class Timers:
     """A heap of ``(when, sequence, kind, target)``; the sequence keeps equal times in order."""
 
-    __slots__ = ("_heap", "_sequence", "clock", "signal_poll")
+    __slots__ = ("_heap", "_sequence", "_dropped", "clock", "signal_poll")
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._heap: list[tuple[float, int, TimerKind, Any]] = []
+        self._heap: list[list[Any]] = []
         self._sequence = itertools.count()
+        self._dropped = 0
         #: Longest single wait, or None; set while the run owns Ctrl-C.
         self.signal_poll: float | None = None
 
-    def push(self, when: float, kind: TimerKind, target: Any) -> None:
-        heapq.heappush(self._heap, (when, next(self._sequence), kind, target))
+    def push(self, when: float, kind: TimerKind, target: Any) -> list[Any]:
+        """Arm a timer; the returned entry can be passed to ``drop``."""
+        entry = [when, next(self._sequence), kind, target]
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def drop(self, entry: list[Any]) -> None:
+        """Forget a timer that is no longer needed (it releases its target now). The heap
+        is rebuilt once dropped entries outnumber live ones, so it holds at most twice
+        the live timers however many items per second times timeout there are."""
+        if entry[3] is None:
+            return
+        entry[3] = None
+        self._dropped += 1
+        heap = self._heap
+        if self._dropped > 64 and self._dropped * 2 > len(heap):
+            heap[:] = [e for e in heap if e[3] is not None]
+            heapq.heapify(heap)
+            self._dropped = 0
 
     def next_at(self) -> float | None:
         """When the earliest timer is due, or None if there is none."""
@@ -55,6 +73,9 @@ class Timers:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, kind, target = heapq.heappop(heap)
+            if target is None and kind == TimerKind.TIMEOUT:
+                self._dropped -= 1
+                continue  # dropped
             yield kind, target
 
     def wait(self, inbox: queue.SimpleQueue[Message], deadline: float | None, now: float) -> Message | None:

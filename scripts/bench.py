@@ -13,8 +13,8 @@ against its targets.
 
 Workloads: W1 thread-mode overhead · W2 sleep fan-out · W3 CPU on 2 processes ·
 W4 scale to 100,000 steps · W5 timeout latency · W6 process-mode overhead ·
-W7 start-up · W10 journaled against plain (``--only W10``) · W11 process mode after large
-earlier values. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
+W7 start-up · W9 a map of many items · W10 journaled against plain (``--only W10``) · W11 process
+mode after large earlier values. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from _bench_peers import burn, burn_step, hang_on_event, noop, noop_step, sleep_
 import flowpool
 from flowpool import Flow, Step
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W10", "W11")
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W5", "W6", "W7", "W11")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9", "W10", "W11")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W5", "W6", "W7", "W9", "W11")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -154,7 +154,7 @@ def make_config(quick: bool, reps: int | None, peers: bool) -> Config:
     if quick:
         config = Config(
             quick=True,
-            reps={"W1": 5, "W2": 3, "W3": 3, "W4": 2, "W5": 3, "W6": 3, "W7": 3, "W11": 3},
+            reps={"W1": 5, "W2": 3, "W3": 3, "W4": 2, "W5": 3, "W6": 3, "W7": 3, "W9": 3, "W11": 3},
             w1_steps=2000,
             w2_steps=50,
             w2_sleep=0.1,
@@ -167,7 +167,7 @@ def make_config(quick: bool, reps: int | None, peers: bool) -> Config:
     else:
         config = Config(
             quick=False,
-            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 3, "W5": 9, "W6": 9, "W7": 9, "W11": 5},
+            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 3, "W5": 9, "W6": 9, "W7": 9, "W9": 5, "W11": 5},
             w1_steps=2000,
             w2_steps=50,
             w2_sleep=0.1,
@@ -704,6 +704,87 @@ def w11(report: Report, config: Config) -> None:
     )
 
 
+# ── W9: a map of many items ─────────────────────────────────────────────────────
+
+W9_ITEMS = 50_000
+W9_SCALE = (10_000, 200_000)
+W9_MEMORY = 100_000
+W9_WORKERS = 4
+
+
+def noop_item(ctx: Any) -> None:
+    return None
+
+
+def noop_call(item: int) -> None:
+    return None
+
+
+def w9(report: Report, config: Config) -> None:
+    import concurrent.futures
+
+    items = W9_ITEMS // 5 if config.quick else W9_ITEMS
+
+    def run_map(n: int) -> dict[str, float]:
+        flow = Flow("w9").map("m", noop_item, items=range(n))
+        holder: list[Any] = []
+        seconds = timed(lambda: holder.append(flow.run(max_workers=W9_WORKERS)))
+        holder[0].raise_for_status()
+        holder.clear()
+        return {"per_item": seconds / n * 1e6}
+
+    def run_raw() -> dict[str, float]:
+        with concurrent.futures.ThreadPoolExecutor(W9_WORKERS) as pool:
+            seconds = timed(lambda: list(pool.map(noop_call, range(items))))
+        return {"per_item": seconds / items * 1e6}
+
+    sides = [Side(f"flowpool map, {items:,} items", lambda: run_map(items)), Side("ThreadPoolExecutor.map", run_raw)]
+    samples = alternate("W9", sides, config.reps["W9"])
+    rows_from(report, "W9", samples, "per_item", f"µs/item (no-ops, {W9_WORKERS} threads)", "µs")
+    ratios = paired(samples[sides[0].runner].get("per_item", []), samples[sides[1].runner].get("per_item", []), ratio)
+    report.add(Row("W9", "flowpool map / ThreadPoolExecutor.map", "per-item ratio (paired)", "x", ratios))
+    report.checks.append(
+        Check(
+            "W9",
+            "per item ≤ 1.5x ThreadPoolExecutor.map",
+            statistics.median(ratios) if ratios else None,
+            1.5,
+            "<=",
+            "x",
+        )
+    )
+    small, large = (size // 5 for size in W9_SCALE) if config.quick else W9_SCALE
+    scale = [Side(f"flowpool map, {n:,} items", lambda n=n: run_map(n)) for n in (small, large)]
+    scaled = alternate("W9", scale, max(1, config.reps["W9"] // 2))
+    rows_from(report, "W9", scaled, "per_item", "µs/item (no-ops, scale)", "µs")
+    growth = paired(scaled[scale[1].runner].get("per_item", []), scaled[scale[0].runner].get("per_item", []), ratio)
+    report.add(Row("W9", f"{large:,} vs {small:,} items", "per-item cost ratio (paired)", "x", growth))
+    report.checks.append(
+        Check(
+            "W9",
+            f"per-item cost at {large:,} ≤ 1.2x at {small:,}",
+            statistics.median(growth) if growth else None,
+            1.2,
+            "<=",
+            "x",
+        )
+    )
+    n = W9_MEMORY // 5 if config.quick else W9_MEMORY
+    flow = Flow("w9-memory").map("m", noop_item, items=range(n))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = flow.run(max_workers=W9_WORKERS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    result.raise_for_status()
+    del result
+    report.add(Row("W9", f"flowpool map, {n:,} items", "peak traced memory / item", "B", [peak / n], "tracemalloc"))
+    report.checks.append(Check("W9", "peak memory ≤ 200 B per item", peak / n, 200.0, "<=", "B"))
+
+
 # ── W10: a journaled run against the same run without a journal ─────────────────
 
 W10_STEPS = 2000
@@ -746,6 +827,7 @@ RUNNERS: dict[str, Callable[[Report, Config], None]] = {
     "W5": w5,
     "W6": w6,
     "W7": w7,
+    "W9": w9,
     "W10": w10,
     "W11": w11,
 }

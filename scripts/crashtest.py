@@ -5,7 +5,8 @@ compensations log every execution), kills it at a random moment (in a stage,
 in a group, or during compensation), resumes the run from its journal, and
 checks: the run ends completed or failed and fully compensated; no step
 recorded completed before the kill executes again; no compensation runs twice
-or goes missing.
+or goes missing. The "map" scenario kills a journaled map of 40 items (4 at a
+time) at a random item and checks that no item recorded completed runs again.
 
     python scripts/crashtest.py --kills 50 [--seed N]
 """
@@ -13,9 +14,13 @@ or goes missing.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,7 +40,7 @@ def main() -> int:
 
     started = time.monotonic()
     failures: list[str] = []
-    scenarios = {"saga-slow": 0, "saga-fail-slow": 0}
+    scenarios = {"saga-slow": 0, "saga-fail-slow": 0, "map": 0}
     with tempfile.TemporaryDirectory(prefix="flowpool-crashtest-") as tmp:
         for number in range(args.kills):
             run_dir = Path(tmp) / f"run{number}"
@@ -43,7 +48,10 @@ def main() -> int:
             scenario = rng.choice(sorted(scenarios))
             scenarios[scenario] += 1
             try:
-                check_one_crash(run_dir, rng, scenario)
+                if scenario == "map":
+                    check_one_map_crash(run_dir, rng)
+                else:
+                    check_one_crash(run_dir, rng, scenario)
             except AssertionError as error:
                 failures.append(f"kill {number} ({scenario}): {error}")
             except Exception as error:
@@ -54,6 +62,64 @@ def main() -> int:
     for failure in failures:
         print(f"  - {failure}")
     return 1 if failures else 0
+
+
+MAP_ITEMS = 40
+
+MAP_FLOW = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+    KILL_AT = int(os.environ.get("KILL_AT", "-1"))
+
+    def work(ctx):
+        with open(HERE / "ran.log", "a") as log:
+            log.write(f"{ctx.key}\\n")
+        if ctx.index == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ctx.index
+
+    flow = Flow("crash-map").map(
+        "m", work, items=lambda ctx: range(40), key=lambda n: f"item-{n}", max_concurrency=4
+    )
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+def check_one_map_crash(run_dir: Path, rng: random.Random) -> None:
+    """Kill a journaled map at a random item, resume it, and check no completed item ran twice."""
+    from flowpool import Flow, Journal
+
+    script = run_dir / "map_flow.py"
+    script.write_text(MAP_FLOW)
+    journal = run_dir / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "KILL_AT": str(rng.randrange(MAP_ITEMS))}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL, f"the run was not killed (exit {done.returncode})"
+    book = Journal(journal)
+    try:
+        (run,) = book.runs()
+        recorded = book.recorder.recorded(run.run_id)
+        completed = {row[1] for row in recorded.items.get("m", []) if row[2].value == "completed"}
+    finally:
+        book.close()
+    before = len((run_dir / "ran.log").read_text().split())
+    namespace: dict[str, object] = {"__file__": str(script)}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    flow = namespace["flow"]
+    assert isinstance(flow, Flow)
+    os.environ.pop("KILL_AT", None)
+    result = flow.resume(run.run_id, journal=journal)
+    assert result.ok, f"resumed run ended {result.status.value}: {result.error}"
+    assert result.maps["m"].total == MAP_ITEMS, result.maps["m"]
+    again = set((run_dir / "ran.log").read_text().split()[before:]) & completed
+    assert not again, f"items recorded completed ran again: {sorted(again)}"
 
 
 if __name__ == "__main__":

@@ -561,7 +561,8 @@ def test_a_step_without_options_holds_every_default() -> None:
 
 @pytest.mark.parametrize("name", list(SAMPLE_OPTION_VALUES))
 def test_each_option_is_kept_given_back_and_described(name: str) -> None:
-    from flowpool._definition import describe_structure, plan_phrases
+    from flowpool._options import plan_phrases
+    from flowpool._structure import describe_structure
 
     value = SAMPLE_OPTION_VALUES[name]
     extra = {"compensate": undo} if name.startswith("compensate_") else {}
@@ -594,7 +595,7 @@ def test_repr_shows_the_options_that_are_set() -> None:
 
 
 def test_fingerprint_structure_of_a_step() -> None:
-    from flowpool._definition import describe_structure
+    from flowpool._structure import describe_structure
 
     step = Step("a", ok, retry=tenacity.Retrying(stop=tenacity.stop_after_attempt(2)), compensate=undo)
     assert describe_structure(Flow("f").parallel("g", [step], fail_fast=True)) == {
@@ -663,8 +664,14 @@ def test_group_options_are_declared_once_on_group() -> None:
     from flowpool import Group
     from flowpool._definition import GROUP_OPTIONS
 
-    assert [spec.name for spec in GROUP_OPTIONS] == ["fail_fast", "min_successes", "max_concurrency"]
-    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None]
+    assert [spec.name for spec in GROUP_OPTIONS] == [
+        "fail_fast",
+        "min_successes",
+        "max_concurrency",
+        "tolerated_failures",
+        "compensate_concurrency",
+    ]
+    assert [spec.default for spec in GROUP_OPTIONS] == [False, None, None, None, 1]
     # Still a plain record with the positional constructor it always had.
     group = Group("g", (Step("a", ok),), True, None, 3)
     assert (group.fail_fast, group.min_successes, group.max_concurrency) == (True, None, 3)
@@ -696,7 +703,81 @@ def test_group_policy_phrases_follow_the_declared_options(options: dict[str, Any
 
 @pytest.mark.parametrize("options", [{"fail_fast": True}, {"min_successes": 1}, {"max_concurrency": 1}])
 def test_each_group_option_is_fingerprinted(options: dict[str, Any]) -> None:
-    from flowpool._definition import describe_structure
+    from flowpool._structure import describe_structure
 
     plain = describe_structure(Flow("f").parallel("g", [Step("a", ok)]))
     assert describe_structure(Flow("f").parallel("g", [Step("a", ok)], **options)) != plain
+
+
+# ── maps ────────────────────────────────────────────────────────────────────────
+
+
+def _undo(ctx: object, value: object) -> None:
+    pass
+
+
+def test_a_map_is_a_stage_with_its_policy_and_not_a_step() -> None:
+    flow = Flow("f").step("a", ok).map("m", ok, items=[1, 2], tolerated_failures=0.05, max_concurrency=4)
+    stage = flow.stages[1]
+    assert (stage.name, stage.step.name, stage.max_concurrency, stage.policy) == ("m", "m", 4, "tolerates 5% failed")
+    assert [step.name for step in flow.steps()] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"items": "abc"}, "items"),
+        ({"items": b"abc"}, "items"),
+        ({"items": {"a": 1}}, "items"),
+        ({"items": 3}, "items"),
+        ({"items": [1], "key": "id"}, "key"),
+        ({"items": [1], "required": True}, "required"),
+        ({"items": [1], "required": False}, "required"),
+        ({"items": [1], "tolerated_failures": 2, "fail_fast": True}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": 2, "min_successes": 1}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": True}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": 1.0}, "tolerated_failures"),
+        ({"items": [1], "tolerated_failures": -1}, "tolerated_failures"),
+        ({"items": [1], "min_successes": 0}, "min_successes"),
+        ({"items": [1], "min_successes": 2, "fail_fast": True}, "min_successes"),
+        ({"items": [1], "max_concurrency": 0}, "max_concurrency"),
+        ({"items": [1], "compensate_concurrency": 0}, "compensate_concurrency"),
+        ({"items": [1], "compensate_concurrency": True}, "compensate_concurrency"),
+        ({"items": [1], "retries": -1}, "retries"),
+        ({"items": [1], "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_map_arguments_name_the_flow_the_map_and_the_argument(kwargs: dict[str, Any], argument: str) -> None:
+    with pytest.raises(FlowDefinitionError) as raised:
+        Flow("f").map("m", ok, **kwargs)
+    assert (raised.value.flow, raised.value.step, raised.value.argument) == ("f", "m", argument)
+
+
+def test_map_names_are_unique_across_the_flow() -> None:
+    with pytest.raises(FlowDefinitionError, match="already used"):
+        Flow("f").step("m", ok).map("m", ok, items=[1])
+    with pytest.raises(FlowDefinitionError, match="already used"):
+        Flow("f").map("m", ok, items=[1]).parallel("g", [Step("m", ok)])
+
+
+def test_maps_and_new_group_options_keep_existing_fingerprints() -> None:
+    from flowpool._structure import describe_structure
+
+    flow = Flow("f").step("a", ok).parallel("g", [Step("b", ok), Step("c", ok)], fail_fast=True)
+    assert "tolerated_failures" not in str(describe_structure(flow))
+    assert "compensate_concurrency" not in str(describe_structure(flow))
+    tolerant = Flow("f").step("a", ok).parallel("g", [Step("b", ok), Step("c", ok)], tolerated_failures=1)
+    assert describe_structure(tolerant) != describe_structure(flow)
+    mapped = Flow("f").map("m", ok, items=[1], compensate=_undo)
+    assert describe_structure(mapped)["stages"][0]["map"] == "m"
+
+
+def test_show_lists_a_map_with_its_policy() -> None:
+    from flowpool._plan import render_plan
+
+    flow = Flow("f").map("m", ok, items=[1], tolerated_failures=3, compensate=_undo, compensate_concurrency=2)
+    text = render_plan(flow)
+    assert "1. map m (ok)" in text
+    assert "policy: tolerance: fails when more than 3 of the items fail; compensates 2 at a time" in text
+    assert "m[each item, latest first]" in text
+    assert "map: tolerance" in render_plan(flow, "mermaid") and "map: tolerance" in render_plan(flow, "dot")

@@ -96,6 +96,16 @@ class Backends:
             self._open[key] = backend
         return backend
 
+    def worker_count(self, step_executor: str | None) -> int:
+        """How many attempts the backend of such a step runs at once: ``max_workers``,
+        else the executor's own size (a map's default limit)."""
+        backend = self.for_step(step_executor)
+        for holder in (backend, getattr(backend, "_executor", None)):
+            count = getattr(holder, "_max_workers", None)
+            if isinstance(count, int) and not isinstance(count, bool) and count >= 1:
+                return min(count, 10_000)  # an unknown Dask cluster size is not a look-ahead
+        return self._max_workers or default_workers("thread")
+
     def close(self) -> None:
         for backend in self._open.values():
             try:
