@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, Attempt, Message
 from ._clock import Clock
+from ._maps import item_label
 from ._results import StepStatus
 from ._state import StepRun, with_late_value
 from ._stop import STOP_GRACE, StopScope
@@ -72,7 +73,7 @@ class AbandonedAttempts:
 
     def still_running(self) -> tuple[str, ...]:
         """The steps whose abandoned attempts have not ended, in the order they were left."""
-        return tuple(dict.fromkeys(sr.step.name for sr in self.running.values()))
+        return tuple(dict.fromkeys(_label(sr) for sr in self.running.values()))
 
 
 def await_abandoned(run: _Run) -> None:
@@ -100,3 +101,8 @@ def await_abandoned(run: _Run) -> None:
             run.name,
             ", ".join(map(repr, run.still_running)),
         )
+
+
+def _label(sr: StepRun) -> str:
+    """A step's name, or ``"{map}[{key!r}]"`` for a map's item."""
+    return sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key if sr.key is not None else 0)

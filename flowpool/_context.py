@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from ._errors import StepCancelledError
 
-__all__ = ["CancelScope", "Context", "ItemCall"]
+__all__ = ["CancelScope", "Context", "ItemCall", "OutcomeCall"]
 
 
 class CancelScope(Protocol):
@@ -113,3 +113,20 @@ class ItemCall:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ItemCall, (self.fn,))
+
+
+class OutcomeCall:
+    """An always-stage's step for a backend that runs it elsewhere: the flow's outcome
+    travels as its last argument and is put back on the context there."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, ctx: Context, *args: Any) -> Any:
+        *rest, ctx.outcome = args
+        return self.fn(ctx, *rest)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OutcomeCall, (self.fn,))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import _logcontext as logcontext
 from . import _stopping
 from ._compensator import MapCompensation
 from ._definition import Map
@@ -39,10 +40,37 @@ def skip_map(run: _Run, stage: Map) -> None:
     run.events.emit("group_finished", run.clock.now(), group=name, status=GroupStatus.SKIPPED)
 
 
+def condition_holds(run: _Run, stage: Map) -> bool:
+    """Evaluate a map's ``when`` as the stage starts. False: the map is SKIPPED. An
+    exception fails the map (and the flow, unless the map is optional)."""
+    when = stage.step.when
+    assert when is not None
+    name = stage.name
+    token = logcontext.enter(run.run_id, run.name, name, 1)
+    try:
+        go = bool(when(run.context(name, 1)))
+    except Exception as error:  # noqa: BLE001 - fails the map like an exception in its items' source
+        error.add_note(f"raised by the 'when' condition of map {name!r}")
+        run.maps[name] = MapResult(name, GroupStatus.FAILED, error=error)
+        run.groups[name] = GroupResult(name, GroupStatus.FAILED, ())
+        run.events.emit("group_finished", run.clock.now(), group=name, status=GroupStatus.FAILED, error=error)
+        run.recorder.group_finished(name, GroupStatus.FAILED.value)
+        if not stage.step.optional:
+            run.fail(name, error)
+        return False
+    finally:
+        logcontext.leave(token)
+    if not go:
+        skip_map(run, stage)
+    return go
+
+
 def run_map(run: _Run, stage: Map, position: int) -> None:
     """Run a map stage: items are taken lazily, at most ``cap`` in flight at once,
     and each settled item leaves only its columns in the ledger."""
     step = stage.step
+    if step.when is not None and not condition_holds(run, stage):
+        return
     backend = run.backends.for_step(step.executor)
     limit = stage.max_concurrency or run.backends.worker_count(step.executor)
     st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
@@ -236,7 +264,8 @@ def settle_map(run: _Run, st: MapRun) -> None:
             MapCompensation(name, st.position, stage.step, ledger, items, st.backend, stage.compensate_concurrency)
         )
     stop_error = run.scope.stop_error()
-    error = stop_error or (map_error if verdict is GroupStatus.FAILED else None)
+    # An optional map records its failure but never fails the flow (SPEC §16).
+    error = stop_error or (map_error if verdict is GroupStatus.FAILED and not stage.step.optional else None)
     if error is not None:
         run.fail(name, error)
 

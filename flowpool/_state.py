@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt, Message
 from ._clock import Clock
-from ._context import Context, ItemCall
+from ._context import Context, ItemCall, OutcomeCall
 from ._definition import Group, Map, Step
 from ._executors import Backend
 from ._results import CompensationResult, StepResult, StepStatus
@@ -94,6 +94,8 @@ class StepRun:
             ctx.item, ctx.index, ctx.key = self.item, index, self.key
             if self.call is not None:
                 fn, args = self.call, (self.item, index, self.key)
+        if ctx.outcome is not None and not self.backend.in_process:
+            fn, args = OutcomeCall(fn), (*args, ctx.outcome)  # an always-stage's ctx.outcome
         attempt = Attempt(step.name, ctx.attempt, fn, args, ctx, inbox, clock, notify_start, owner=self)
         ctx._scope = attempt
         attempt.may_queue = may_queue

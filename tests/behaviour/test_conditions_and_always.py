@@ -153,6 +153,13 @@ def test_always_stages_run_after_the_compensations_of_a_failed_flow(tmp_path):
     assert list(order) == ["undo a", ("unlock", FlowStatus.FAILED), ("report", FlowStatus.FAILED)]
 
 
+def test_an_always_stage_sees_the_outcome_on_every_executor(run_kw):
+    flow = Flow("f").step("boom", fail(RuntimeError("x"))).always("report", lambda ctx: str(ctx.outcome))
+    result = flow.run(**run_kw)
+    assert result.status is FlowStatus.FAILED
+    assert result.steps["report"].value == "failed"
+
+
 def test_a_failing_always_stage_is_recorded_but_does_not_change_the_status(run_kw, caplog):
     flow = Flow("f").step("a", value(1)).always("report", fail(OSError("smtp down")))
     with caplog.at_level("WARNING", logger="flowpool"):
