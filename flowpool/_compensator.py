@@ -394,8 +394,21 @@ class Compensator:
             if ok:
                 return CompensationResult("compensated", None, number)
             if number < tries:
-                self.clock.sleep(backoff_delay(number))
+                self.back_off(backoff_delay(number))
         return CompensationResult("failed", error, tries)
+
+    def back_off(self, seconds: float) -> None:
+        """Wait before a compensation's retry; a second Ctrl-C ends the wait and abandons
+        the compensations (``KeyboardInterrupt``), as it does a running compensation."""
+        if self.scope.interrupts >= 2:
+            raise KeyboardInterrupt
+        self.scope.interruptible = True
+        try:
+            self.clock.sleep(seconds)
+        finally:
+            self.scope.interruptible = False
+        if self.scope.interrupts >= 2:
+            raise KeyboardInterrupt
 
     def call(
         self, job: _Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]

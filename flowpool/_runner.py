@@ -238,6 +238,13 @@ class _Run:
             await_abandoned(self)
             self.compensate_all()
             _always.run_always(self)
+        except BaseException:
+            # Leaving abnormally (a KeyboardInterrupt from a SIGINT handler of the
+            # program's own, a listener that raised one, a journal that cannot be
+            # written): what this run started must not keep running behind the caller.
+            self.scope.reason = self.scope.reason or "the run ended abnormally"
+            _stopping.abandon_running(self)
+            raise
         finally:
             restore()
             self.backends.close()

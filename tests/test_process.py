@@ -19,6 +19,7 @@ from faults import steps
 from processes import pid_alive, stray_children, wait_for_file, wait_until_gone
 
 from flowpool import (
+    Event,
     Flow,
     FlowpoolError,
     RemoteError,
@@ -776,3 +777,22 @@ def test_a_spool_file_another_run_holds_is_kept_though_its_pid_is_not_visible(
         assert os.path.exists(owner.path)
     finally:
         owner.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_ends_abnormally_leaves_no_step_running(tmp_path: Path) -> None:
+    """A KeyboardInterrupt that does not come through flowpool's Ctrl-C routing (here
+    raised by a listener; a program's own SIGINT handler does the same) must not leave
+    the running step's worker behind the caller."""
+    pid_file = tmp_path / "worker.pid"
+
+    def listener(event: Event) -> None:
+        if event.kind == "step_started":
+            wait_for_file(pid_file)
+            raise KeyboardInterrupt
+
+    flow = Flow("abnormal").step("hang", steps.write_pid_and_hang, timeout=60.0)
+    with pytest.raises(KeyboardInterrupt):
+        flow.run(str(pid_file), executor="process", max_workers=1, on_event=listener)
+    pid = int(pid_file.read_text())
+    assert wait_until_gone([pid], within=15.0) == [], "the step's worker outlived the run"

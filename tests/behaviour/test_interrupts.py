@@ -125,3 +125,40 @@ def test_a_second_ctrl_c_abandons_the_remaining_compensations(run_kw, executors,
     for name in result.not_compensated:  # SPEC §16: every not_compensated step says why
         compensation = result.steps[name].compensation
         assert compensation is not None and compensation.status == "abandoned", name
+
+
+@pytest.mark.modes("thread", reason="the compensation's retries wait in the caller's thread")
+@pytest.mark.timeout(30, method="thread")  # see _interrupt_run
+def test_a_second_ctrl_c_during_a_compensations_backoff_ends_its_retries(run_kw, gates, tmp_path):
+    from flowpool._clock import Clock
+
+    release = gates.new()
+    tries = Log(tmp_path)
+    main_pid = os.getpid()
+
+    class CtrlCWhileBackingOff(Clock):
+        """The real clock, except that the second Ctrl-C lands while a compensation backs off."""
+
+        def sleep(self, seconds: float) -> None:
+            press_ctrl_c(main_pid)
+            super().sleep(seconds)
+
+    def undo(ctx: Context, v: Any) -> None:
+        tries.add(ctx.attempt)
+        raise RuntimeError("still broken")
+
+    def stopper(ctx: Context) -> None:
+        press_ctrl_c(main_pid)
+        until_cancelled(ctx, release=release)
+        ctx.raise_if_cancelled()
+
+    flow = Flow("f").step("a", value(1), compensate=undo, compensate_retries=8).step("stopper", stopper)
+    started = time.monotonic()
+    interrupted = _interrupt_run(flow, {**run_kw, "clock": CtrlCWhileBackingOff()})
+    result = interrupted.result
+    assert result is not None
+    assert list(tries) == [1]  # no retry after the second Ctrl-C (all 8 would take about 7 s)
+    assert time.monotonic() - started < 5.0
+    assert result.not_compensated == ("a",)
+    compensation = result.steps["a"].compensation
+    assert compensation is not None and compensation.status == "abandoned"

@@ -21,6 +21,12 @@ def write_pid_and_wait(ctx: Context) -> None:
         time.sleep(0.01)
 
 
+def write_pid_and_hang(ctx: Context) -> None:
+    """Record this worker's pid, then ignore cancellation for a minute: only a kill stops this."""
+    Path(ctx.input).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
 def hang(ctx: Context) -> None:
     """Ignore cancellation: only a kill stops this."""
     time.sleep(60)
