@@ -15,12 +15,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._definition import Flow
-from ._errors import FlowDefinitionError, StepCancelledError
+from ._errors import FlowDefinitionError, JournalError, StepCancelledError
 from ._events import EventSink
 from ._journal import Journal, RecordedRun, build_result, fingerprint
 from ._recorder import layout
-from ._results import FlowResult, StepResult, StepStatus
-from ._state import StageRun, StepRun
+from ._results import CompensationResult, FlowResult, StepResult, StepStatus
+from ._state import StageRun, StepRun, with_compensation
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -157,6 +157,10 @@ def preload_completed(run: _Run, st: StageRun) -> None:
             record.group,
         )
         run.recorder.step_finished(sr.record)  # keep the recorded times
+    if settled:
+        # Restoring is over: a member that runs again (its value could not be journaled)
+        # must start, not be cancelled by the marker that kept restoring from failing fast.
+        st.cancel_reason = None
 
 
 def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
@@ -176,6 +180,16 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
         if rec is None or rec.status is not StepStatus.COMPLETED:
             continue
         run.values[step.name] = rec.value
+        if step.compensate is not None and step.name not in run.compensator.done and not rec.value_kept:
+            # Its value could not be journaled: undoing it with None would be a lie.
+            error = JournalError(
+                f"step {step.name!r} was not compensated on resume: its value could not be recorded in the journal"
+            )
+            record = with_compensation(rebuilt.steps[step.name], CompensationResult("failed", error, 0))
+            run.records[step.name] = record
+            run.compensator.not_compensated.append(step.name)
+            run.compensator.done.add(step.name)
+            continue
         if step.compensate is not None:
             record = rebuilt.steps[step.name]
             sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
