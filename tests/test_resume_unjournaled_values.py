@@ -26,9 +26,8 @@ def _run(script: Path, *args: str, crash: bool) -> subprocess.CompletedProcess[s
     env.pop("CRASH", None)
     if crash:
         env["CRASH"] = "1"
-    return subprocess.run(
-        [sys.executable, str(script), *args], cwd=script.parent, env=env, capture_output=True, text=True, timeout=100
-    )
+    command = [sys.executable, str(script), *args]
+    return subprocess.run(command, check=False, cwd=script.parent, env=env, capture_output=True, text=True, timeout=100)
 
 
 def test_a_member_whose_value_was_not_journaled_runs_again_without_flipping_its_groups_verdict(tmp_path: Path) -> None:
