@@ -8,8 +8,8 @@ builds this tree, starting and finishing every span from the caller's thread::
     flowpool.run <flow>                     start_run(flow, run_id)
     └── flowpool.stage <stage>              start_stage(stage, parent=run span or a subflow's attempt)
         ├── flowpool.attempt <step>         start_attempt(stage span, step, n, item)
-        │   └── the step's own spans        thread: ``with span.activate(): fn(ctx)`` in the worker thread
-        │                                   process/Dask: span.carrier() ─▶ ``with attached(carrier): fn(ctx)``
+        │   └── the step's own spans        thread: ``partial(span.call, fn)`` runs fn with the span current
+        │                                   process/Dask: ``partial(call_attached, span.carrier(), fn)``
         └── flowpool.compensation <step>    start_compensation(stage span, step, n, item)
 
 An attempt's span is started when the loop hands the attempt over (its id must
@@ -213,6 +213,14 @@ class Span:
             yield
         finally:
             context.detach(token)
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` with this span current, in the calling thread.
+
+        For thread-mode attempts: ``functools.partial(span.call, fn)`` in place of ``fn``.
+        """
+        with self.activate():
+            return fn(*args, **kwargs)
 
     def carrier(self) -> dict[str, str]:
         """This span's context as W3C headers (``traceparent``, maybe ``tracestate``,

@@ -386,6 +386,20 @@ def test_a_span_the_step_starts_inside_activate_is_a_child_of_the_attempt(export
     assert ids(spans["query"])[0] == ids(spans["flowpool.attempt fetch-user"])[0]
 
 
+def test_spans_of_a_step_called_through_the_attempt_span_are_its_children(exporter: InMemorySpanExporter) -> None:
+    _, _, attempt = tree(tracer_for())
+
+    def step(name: str, *, kind: str) -> str:
+        with otel_trace.get_tracer("user").start_as_current_span(name):
+            return kind
+
+    assert in_thread(lambda: attempt.call(step, "query", kind="sql")) == "sql"
+    attempt.finish(StepStatus.COMPLETED)
+
+    spans = finished(exporter)
+    assert parent_id(spans["query"]) == ids(spans["flowpool.attempt fetch-user"])[1]
+
+
 def test_the_carrier_is_a_w3c_traceparent_of_the_attempt(exporter: InMemorySpanExporter) -> None:
     _, _, attempt = tree(tracer_for())
     carrier = attempt.carrier()
