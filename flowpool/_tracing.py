@@ -49,9 +49,8 @@ def run_tracer(clock: Clock = SYSTEM_CLOCK) -> RunTracer | None:
     """A tracer for one run, or None when the program does not trace.
 
     Tracing is on when the program has imported ``opentelemetry`` and its global
-    tracer provider is a real one (not the API's proxy or no-op provider).
-    Otherwise this costs a dict lookup (and a type check when OpenTelemetry is
-    imported without a provider) and imports nothing.
+    tracer provider is a real one (not the API's proxy or no-op provider). When the
+    program has not imported it, this is one dict lookup and imports nothing.
     """
     if "opentelemetry" not in sys.modules:
         return None
@@ -74,7 +73,8 @@ class RunTracer:
         self._tracer = tracer
         self._clock = clock
         # Spans want wall-clock nanoseconds; the loop measures monotonic seconds. One
-        # offset per run keeps every duration exact (a wall clock may step mid-run).
+        # offset per run keeps every duration exact (a wall clock may step mid-run);
+        # the wall clock is read here, not in _clock, as the journal reads it for its rows.
         self._offset_ns = time.time_ns() - round(clock.now() * 1e9)
 
     def start_run(self, flow: str, run_id: str, *, start_time: float | None = None) -> Span:
