@@ -38,6 +38,7 @@ from ._timers import Timers
 
 if TYPE_CHECKING:
     from ._maps import MapLedger
+    from ._tracing import RunTracer, Span
 
 __all__ = ["Compensator", "MapCompensation"]
 
@@ -105,6 +106,7 @@ class Compensator:
         "compensated",
         "not_compensated",
         "records",
+        "spans",
     )
 
     def __init__(self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope) -> None:
@@ -124,6 +126,8 @@ class Compensator:
         self.not_compensated: list[str] = []
         #: The run's step records, where each compensation's outcome is written.
         self.records: dict[str, StepResult] = {}
+        #: ``(tracer, stage name → stage span)`` when the program traces (``_tracing``).
+        self.spans: tuple[RunTracer, dict[str, Span]] | None = None
 
     def run_all(
         self,
@@ -380,8 +384,11 @@ class Compensator:
         for number in range(1, tries + 1):
             started = self.clock.now()
             events.emit("compensation_started", started, attempt=number, **fields)
+            span = self.start_span(job, number, started)
             ok, error = self.call(job, compensate, number, context)
             finished = self.clock.now()
+            if span is not None:
+                span.finish("compensated" if ok else "failed", error, end_time=finished)
             events.emit(
                 "compensation_finished",
                 finished,
@@ -396,6 +403,16 @@ class Compensator:
             if number < tries:
                 self.back_off(backoff_delay(number))
         return CompensationResult("failed", error, tries)
+
+    def start_span(self, job: _Job, number: int, started: float) -> Span | None:
+        """A compensation attempt's span, under its stage's, when the program traces."""
+        if self.spans is None:
+            return None
+        tracer, stage_spans = self.spans
+        parent = stage_spans.get(job.group or job.step.name)
+        if parent is None:
+            return None
+        return tracer.start_compensation(parent, job.step.name, number, job.key, start_time=started)
 
     def back_off(self, seconds: float) -> None:
         """Wait before a compensation's retry; a second Ctrl-C ends the wait and abandons

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
-from . import _stopping
+from . import _stages, _stopping
 from ._compensator import MapCompensation
 from ._definition import Map
 from ._errors import FlowpoolError, MapItemsError, StepCancelledError
@@ -75,6 +75,7 @@ def run_map(run: _Run, stage: Map, position: int) -> None:
     limit = stage.max_concurrency or run.backends.worker_count(step.executor)
     st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
     run.stage = st
+    _stages.start_stage_span(run, stage.name)
     if run.resumed is not None:
         from ._resume import completed_items
 
@@ -100,6 +101,7 @@ def run_map(run: _Run, stage: Map, position: int) -> None:
         st.feeder = None
     run.stage = None
     settle_map(run, st)
+    _stages.end_stage_span(run, stage.name, run.groups[stage.name].status)
     if run.error is not None:
         run.recorder.run_failed(run.scope.failure_outcome(), run.failed_stage, run.error)
     run.recorder.flush()

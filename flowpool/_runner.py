@@ -46,6 +46,7 @@ step and stage records) and ``_executors`` (the backends).
 
 from __future__ import annotations
 
+import functools
 import queue
 import uuid
 from collections.abc import Callable, Mapping
@@ -86,6 +87,7 @@ from ._results import (
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._timers import TimerKind, Timers
+from ._tracing import Span, run_tracer
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -192,6 +194,11 @@ class _Run:
         #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
         #: running when the loop gave up on them, and those of them that ended since.
         self.abandoned = AbandonedAttempts()
+        #: OpenTelemetry spans, only when the program traces (``_tracing.run_tracer``).
+        self.tracer = run_tracer(clock)
+        self.run_span: Span | None = None
+        self.stage_spans: dict[str, Span] = {}
+        self.spans: dict[Attempt, Span] = {}
         #: The flow's status so far, once its always-stages run (their ``ctx.outcome``).
         self.outcome: FlowStatus | None = None
         #: Ctrl-Cs counted when the always-stages began: an older stop grace no longer applies.
@@ -202,6 +209,9 @@ class _Run:
 
     def execute(self) -> FlowResult:
         self.started_at = self.clock.now()
+        if self.tracer is not None:
+            self.run_span = self.tracer.start_run(self.name, self.run_id, start_time=self.started_at)
+            self.compensator.spans = (self.tracer, self.stage_spans)
         self.backends.open_run_backend()
         restore = route_interrupts(self.scope, self.inbox, self.timers, self.clock)
         try:
@@ -273,6 +283,10 @@ class _Run:
             still_running=self.still_running,
         )
         self.recorder.end(result)
+        if self.run_span is not None:
+            self.run_span.finish(
+                status.value, error if status is not FlowStatus.COMPLETED else None, end_time=finished_at
+            )
         self.events.emit("flow_finished", finished_at, status=status, error=error)
         if status is FlowStatus.CANCELLED and self.scope.interrupts:
             assert isinstance(error, FlowInterrupted)
@@ -322,7 +336,26 @@ class _Run:
         # late; keep that to stages where nothing cancels or kills attempts early.
         may_queue = st is None or st.may_queue
         notify_start = self.events.enabled or step.timeout is not None
-        backend.submit(sr.new_attempt(self.context(step.name, number), self.inbox, self.clock, notify_start, may_queue))
+        attempt = sr.new_attempt(self.context(step.name, number), self.inbox, self.clock, notify_start, may_queue)
+        if self.tracer is not None:
+            self.trace_attempt(sr, attempt)
+        backend.submit(attempt)
+
+    def trace_attempt(self, sr: StepRun, attempt: Attempt) -> None:
+        """Start the attempt's span under its stage's; a thread-mode step runs with it current."""
+        stage = self.stage
+        parent = self.stage_spans.get(stage.name) if stage is not None else None
+        if self.tracer is None or parent is None:
+            return
+        span = self.tracer.start_attempt(parent, sr.step.name, attempt.number, sr.key)
+        self.spans[attempt] = span
+        if sr.backend.in_process:
+            attempt.fn = functools.partial(span.call, attempt.fn)
+
+    def end_attempt_span(self, attempt: Attempt, status: StepStatus, error: BaseException | None) -> None:
+        span = self.spans.pop(attempt, None)
+        if span is not None:
+            span.finish(status.value, error, started_at=attempt.started_at, end_time=attempt.finished_at)
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
@@ -435,6 +468,8 @@ class _Run:
         step = sr.step
         sr.last_status = status
         sr.last_error = error
+        if self.spans:
+            self.end_attempt_span(attempt, status, error)
         if sr.timer is not None:  # the attempt ended: its timeout no longer holds it
             self.timers.drop(sr.timer)
             sr.timer = None

@@ -47,6 +47,7 @@ def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: 
     ]
     st = StageRun(stage.name, group, runs)
     run.stage = st
+    start_stage_span(run, stage.name)
     if run.resumed is not None:
         from ._resume import preload_completed
 
@@ -62,6 +63,7 @@ def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: 
         run.wait_once()
     run.stage = None
     settle_verdict(run, st)
+    end_stage_span(run, stage.name, run.groups[stage.name].status if group is not None else None)
     if run.error is not None:  # journaled in the same transaction as the stage's verdict
         run.recorder.run_failed(run.scope.failure_outcome(), run.failed_stage, run.error)
     run.recorder.flush()  # before any later stage starts
@@ -136,3 +138,17 @@ def note_always_failure(run: _Run, record: StepResult) -> None:
         record.status.value,
         record.error,
     )
+
+
+def start_stage_span(run: _Run, name: str) -> None:
+    """The stage's span, under the run's, when the program traces."""
+    if run.tracer is not None and run.run_span is not None:
+        run.stage_spans[name] = run.tracer.start_stage(name, run.run_span)
+
+
+def end_stage_span(run: _Run, name: str, verdict: GroupStatus | None) -> None:
+    """End the stage's span with its verdict (a single step's: its status)."""
+    span = run.stage_spans.get(name)
+    if span is not None:
+        status = verdict.value if verdict is not None else run.records[name].status.value
+        span.finish(status, run.error if run.failed_stage == name else None)

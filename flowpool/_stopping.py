@@ -46,6 +46,8 @@ def withdrawn(run: _Run, st: StageRun, sr: StepRun, attempt: Attempt, reason: st
     """``attempt`` never started and never will: it does not count as an attempt."""
     attempt.settled = True
     sr.attempts -= 1
+    if run.spans:
+        run.end_attempt_span(attempt, StepStatus.CANCELLED, None)
     if sr.attempts:
         run.finalize(st, sr, sr.last_status, None, sr.last_error)
     else:
@@ -90,6 +92,8 @@ def abandon(run: _Run, st: StageRun, sr: StepRun, reason: str) -> None:
     run.abandoned.left_running(sr, attempt)
     if attempt.finished_at is None:
         attempt.finished_at = run.clock.now()
+    if run.spans:
+        run.end_attempt_span(attempt, StepStatus.CANCELLED, StepCancelledError(sr.step.name, reason))
     run.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
 
 

@@ -561,3 +561,59 @@ def test_a_worker_process_whose_environment_names_a_provider_joins_the_trace(
     )
     trace_id, span_id = ids(finished(exporter)["flowpool.attempt fetch-user"])
     assert json.loads(done.stdout) == {"trace_id": trace_id, "parent_id": span_id}
+
+
+# ── spans of real runs ──────────────────────────────────────────────────────────
+
+
+def test_a_run_traces_its_stages_attempts_and_compensations(exporter: InMemorySpanExporter) -> None:
+    from flowpool import Flow, Step
+    from flowpool import FlowStatus as Status
+
+    user_tracer = otel_trace.get_tracer("user")
+    tries = {"n": 0}
+
+    def flaky(ctx: Any) -> str:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise OSError("once")
+        with user_tracer.start_as_current_span("user work"):
+            return "ok"
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("boom")
+
+    flow = (
+        Flow("traced")
+        .step("load", lambda ctx: 1, compensate=lambda ctx, v: None)
+        .parallel("g", [Step("flaky", flaky, retries=1), Step("quick", lambda ctx: 2)])
+        .step("boom", boom)
+    )
+    result = flow.run()
+    assert result.status is Status.FAILED
+    spans = exporter.get_finished_spans()
+    by_name: dict[str, list[ReadableSpan]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    (run,) = by_name["flowpool.run traced"]
+    assert run.attributes is not None and run.attributes["flowpool.run_id"] == result.run_id
+    assert run.status.status_code is StatusCode.ERROR
+    stages = {span.name: span for span in spans if span.name.startswith("flowpool.stage ")}
+    assert set(stages) == {"flowpool.stage load", "flowpool.stage g", "flowpool.stage boom"}
+    assert all(parent_id(stage) == ids(run)[1] for stage in stages.values())
+    flaky_attempts = sorted(by_name["flowpool.attempt flaky"], key=lambda s: s.attributes["flowpool.attempt"])  # type: ignore[index]
+    assert [s.attributes["flowpool.attempt"] for s in flaky_attempts] == [1, 2]  # type: ignore[index]
+    assert [s.attributes["flowpool.status"] for s in flaky_attempts] == ["failed", "completed"]  # type: ignore[index]
+    assert flaky_attempts[0].status.status_code is StatusCode.ERROR
+    assert all(parent_id(s) == ids(stages["flowpool.stage g"])[1] for s in flaky_attempts)
+    (user,) = by_name["user work"]
+    assert parent_id(user) == ids(flaky_attempts[1])[1]  # a user span nests under its attempt
+    (undo,) = by_name["flowpool.compensation load"]
+    assert parent_id(undo) == ids(stages["flowpool.stage load"])[1]
+    assert undo.attributes is not None and undo.attributes["flowpool.status"] == "compensated"
+
+
+def test_a_run_without_a_provider_makes_no_span(no_provider: None) -> None:
+    from flowpool import Flow
+
+    assert Flow("plain").step("a", lambda ctx: 1).run().ok
