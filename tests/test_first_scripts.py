@@ -252,6 +252,7 @@ class _Shop:
     def __init__(self) -> None:
         self.undone: list[tuple[str, Any]] = []
         self.email_may_return = threading.Event()
+        self.email_returned = threading.Event()
         self.emails_sent: list[str] = []
 
     def reserve(self, ctx: Context) -> str:
@@ -263,10 +264,13 @@ class _Shop:
     def slow_email(self, ctx: Context) -> str:
         # The mail server answers only after the step's timeout: the test releases it once
         # flowpool has reported the step timed out.
-        if not self.email_may_return.wait(timeout=30):
-            raise AssertionError("the email was never released")
-        self.emails_sent.append(ctx.input)
-        return f"email to {ctx.input}"
+        try:
+            if not self.email_may_return.wait(timeout=30):
+                raise AssertionError("the email was never released")
+            self.emails_sent.append(ctx.input)
+            return f"email to {ctx.input}"
+        finally:
+            self.email_returned.set()
 
     def failing_email(self, ctx: Context) -> str:
         raise ConnectionRefusedError("smtp server down")
@@ -318,6 +322,34 @@ def test_saga_compensates_an_email_that_was_sent_after_its_timeout() -> None:
     assert result.not_compensated == ()
     assert all(result.steps[name].compensation.status == "compensated" for name in result.compensated)  # type: ignore[union-attr]
     assert result.to_dict()["steps"]["email"]["late_value"] == "email to alice"
+    # The timeout's note shows the user's line that was stuck, not flowpool's internals.
+    assert "in slow_email" in "\n".join(getattr(email.error, "__notes__", []))
+
+
+@pytest.mark.timeout(60)
+def test_saga_reports_an_email_still_running_after_the_wait() -> None:
+    shop = _Shop()
+    try:
+        result = shop.flow(shop.slow_email, timeout=0.3).run("carol", executor="thread")
+        assert shop.emails_sent == []
+    finally:
+        shop.email_may_return.set()
+
+    assert result.status is FlowStatus.FAILED
+    email = result.steps["email"]
+    assert email.status is StepStatus.TIMED_OUT
+    assert email.late_value is None
+    # Nothing to undo yet, so the email is not compensated, but the result says it may
+    # still happen instead of staying silent.
+    assert result.still_running == ("email",)
+    assert result.not_compensated == ()
+    assert email.compensation is None
+    assert result.compensated == ("charge", "reserve")
+    assert shop.undone == [("charge", "charge of carol"), ("reserve", "reservation for carol")]
+    assert result.to_dict()["still_running"] == ["email"]
+    # ...and it does: the abandoned attempt sends the email once released.
+    assert shop.email_returned.wait(timeout=10)
+    assert shop.emails_sent == ["carol"]
 
 
 @pytest.mark.timeout(60)
