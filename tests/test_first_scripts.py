@@ -143,7 +143,7 @@ def test_api_batch_retries_only_transient_failures_and_cuts_hung_requests(api: _
         fetch,
         items=paths,
         key=lambda path: path,
-        timeout=1.0,
+        timeout=2.0,
         retries=2,
         retry_on=transient,
         tolerated_failures=25,
@@ -153,7 +153,7 @@ def test_api_batch_retries_only_transient_failures_and_cuts_hung_requests(api: _
     elapsed = time.monotonic() - started
 
     # Without flowpool's timeout the hanging requests would never end; with it, each hung
-    # attempt is cut after 1 s and retried twice (generous bound for a loaded machine).
+    # attempt is cut after 2 s and retried twice (generous bound for a loaded machine).
     assert elapsed < 60
     assert result.status is FlowStatus.COMPLETED
     batch = result.maps["fetch"]
