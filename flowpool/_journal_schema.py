@@ -24,6 +24,23 @@ _VERSION = 3
 # Journals of these versions are upgraded in place when opened; older ones are refused.
 _UPGRADES = {2: ("ALTER TABLE runs ADD COLUMN wall_offset REAL",)}
 
+#: Journals made before maps existed gain the items table when a run first records an item.
+ITEMS_TABLE = """CREATE TABLE IF NOT EXISTS items (
+    run_id TEXT NOT NULL,
+    map TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    value BLOB,
+    value_kept INTEGER NOT NULL,
+    error BLOB,
+    error_text TEXT,
+    attempts INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, map, idx)
+)"""
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
@@ -84,39 +101,8 @@ CREATE TABLE compensations (
     position INTEGER,
     PRIMARY KEY (run_id, step)
 );
-CREATE TABLE IF NOT EXISTS items (
-    run_id TEXT NOT NULL,
-    map TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    status TEXT NOT NULL,
-    value BLOB,
-    value_kept INTEGER NOT NULL,
-    error BLOB,
-    error_text TEXT,
-    attempts INTEGER NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    PRIMARY KEY (run_id, map, idx)
-);
 """
-
-#: Journals made before maps existed gain the items table when a run first records an item.
-ITEMS_TABLE = """CREATE TABLE IF NOT EXISTS items (
-    run_id TEXT NOT NULL,
-    map TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    status TEXT NOT NULL,
-    value BLOB,
-    value_kept INTEGER NOT NULL,
-    error BLOB,
-    error_text TEXT,
-    attempts INTEGER NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    PRIMARY KEY (run_id, map, idx)
-)"""
+_SCHEMA += ITEMS_TABLE + ";\n"
 
 
 def create_private(path: str) -> None:
