@@ -21,10 +21,9 @@ from typing import Any, overload
 from ._results import (
     CompensationResult,
     GroupStatus,
+    Outcome,
     StepStatus,
     describe_error,
-    iso_time,
-    jsonable,
 )
 
 __all__ = ["ItemFeeder", "ItemResult", "MapLedger", "MapResult", "item_label"]
@@ -53,7 +52,7 @@ def check_key(key: object) -> Key:
 
 
 @dataclass(frozen=True, slots=True)
-class ItemResult:
+class ItemResult(Outcome):
     """The final record of one map item (built on access from the map's columns)."""
 
     index: int
@@ -67,33 +66,12 @@ class ItemResult:
     compensation: CompensationResult | None = None
     subflow: Any = None
 
-    @property
-    def ok(self) -> bool:
-        """True when the item completed."""
-        return self.status is StepStatus.COMPLETED
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from the first attempt's start to the last attempt's end."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view."""
         return {
             "index": self.index,
             "key": self.key,
-            "status": self.status.value,
-            "value": jsonable(self.value),
-            "error": describe_error(self.error),
-            "attempts": self.attempts,
-            "started": iso_time(self.started_at, wall_offset),
-            "finished": iso_time(self.finished_at, wall_offset),
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration": self.duration,
-            "compensation": None if self.compensation is None else self.compensation.to_dict(),
+            **self.outcome_dict(wall_offset),
         }
 
 

@@ -76,8 +76,50 @@ class CompensationResult:
         return {"status": self.status, "error": describe_error(self.error), "attempts": self.attempts}
 
 
+class Outcome:
+    """What a step's and a map item's final records share: their status, value, error,
+    attempts, times and compensation, and how those look in ``to_dict()``."""
+
+    __slots__ = ()
+
+    status: StepStatus
+    value: Any
+    error: BaseException | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    compensation: CompensationResult | None
+
+    @property
+    def ok(self) -> bool:
+        """True when it completed."""
+        return self.status is StepStatus.COMPLETED
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the last attempt's end."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def outcome_dict(self, wall_offset: float | None) -> dict[str, Any]:
+        """The JSON-serialisable fields every outcome has (``wall_offset``: see ``iso_time``)."""
+        return {
+            "status": self.status.value,
+            "value": jsonable(self.value),
+            "error": describe_error(self.error),
+            "attempts": self.attempts,
+            "started": iso_time(self.started_at, wall_offset),
+            "finished": iso_time(self.finished_at, wall_offset),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": self.duration,
+            "compensation": None if self.compensation is None else self.compensation.to_dict(),
+        }
+
+
 @dataclass(frozen=True, slots=True)
-class StepResult:
+class StepResult(Outcome):
     """The final record of one step. ``started_at``/``finished_at`` are monotonic seconds
     of its first attempt's start and last attempt's end (None when it never ran)."""
 
@@ -92,37 +134,18 @@ class StepResult:
     compensation: CompensationResult | None = None
     late_value: Any = None
 
-    @property
-    def ok(self) -> bool:
-        """True when the step completed."""
-        return self.status is StepStatus.COMPLETED
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from the first attempt's start to the last attempt's end."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view (values that JSON cannot hold become their ``repr``).
 
         ``wall_offset`` (epoch seconds minus the run's monotonic clock, as kept by
         ``FlowResult``) turns ``started_at``/``finished_at`` into ISO 8601 times.
         """
+        outcome = self.outcome_dict(wall_offset)
         return {
             "name": self.name,
-            "status": self.status.value,
+            "status": outcome.pop("status"),
             "group": self.group,
-            "value": jsonable(self.value),
-            "error": describe_error(self.error),
-            "attempts": self.attempts,
-            "started": iso_time(self.started_at, wall_offset),
-            "finished": iso_time(self.finished_at, wall_offset),
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration": self.duration,
-            "compensation": None if self.compensation is None else self.compensation.to_dict(),
+            **outcome,
             "late_value": jsonable(self.late_value),
         }
 
