@@ -307,6 +307,7 @@ class Compensator:
         the innermost first (each result is held by its parent's)."""
         units, self.units = self.units, []
         for child, put_back in reversed(units):
+            child.compensator.refresh_units()  # the subflows it holds, first
             result = child.result
             assert result is not None
             compensator = child.compensator
