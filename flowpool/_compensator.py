@@ -219,7 +219,7 @@ class Compensator:
         stages = self.plan(False)
         try:
             for number, (_, k, jobs) in enumerate(stages):
-                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.note)
+                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.journaled)
                 completed = yield from in_frame(run, waits)
                 if not completed:
                     for _, _, rest in stages[number + 1 :]:
@@ -246,6 +246,12 @@ class Compensator:
             stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
         stages.sort(key=lambda stage: stage[0], reverse=True)
         return stages
+
+    def journaled(self, job: _Job, outcome: CompensationResult) -> None:
+        """A subflow frame's compensation finished: note it and journal it."""
+        self.note(job, outcome)
+        position = len(self.compensated) + len(self.not_compensated) - 1
+        self.run.recorder.compensation_finished(job.label, outcome, position)
 
     def note(self, job: _Job, outcome: CompensationResult) -> None:
         """Write a finished compensation's outcome where its step's (or item's) record is."""

@@ -78,7 +78,7 @@ def run_map(run: _Run, stage: Map, position: int) -> Iterator[None]:
     st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
     run.stage = st
     _stages.start_stage_span(run, stage.name)
-    if run.resumed is not None:
+    if run.resumed is not None and stage.subflow is None:  # a subflow's item restores inside it
         from ._resume import completed_items
 
         st.restored = completed_items(run.resumed, stage.name)

@@ -138,6 +138,8 @@ def preload_completed(run: _Run, st: StageRun) -> None:
         if recorded is None:
             continue
         completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
+        if completed and sr.step.subflow is not None:
+            continue  # runs again: its child restores its own completed steps (and can be undone)
         if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
             continue  # it runs (again): at least once
         sr.attempts = recorded.attempts

@@ -70,7 +70,7 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backend, Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._maps import MapResult
+from ._maps import MapResult, item_label
 from ._options import _check_seconds
 from ._policy import (
     may_retry,
@@ -88,7 +88,7 @@ from ._results import (
 )
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
-from ._subflows import SubflowBackend, advance
+from ._subflows import ScopedRecorder, SubflowBackend, advance, scoped_view
 from ._timers import TimerKind, Timers
 from ._tracing import Span, run_tracer
 
@@ -225,6 +225,8 @@ class _Run:
         self.attempt: Attempt | None = None
         self.result: FlowResult | None = None
         self.verdict = StepStatus.COMPLETED
+        #: A resumed run: the subflows whose first attempt restored what they had recorded.
+        self.restoring: set[str] = set()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -299,7 +301,16 @@ class _Run:
         path = (*self.events.prefix, sr.step.name)
         tags = None if sr.item_index is None else {"item": sr.key, "index": sr.item_index}
         child.events = self.events.nested(path, tags or self.events.tags)
-        child.recorder = RunRecorder(None, self.run_id)
+        journal = self.recorder.journal
+        if journal is not None:  # the child's records go to the run's journal, under its path
+            label = sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key or 0)
+            prefix = f"{getattr(self.recorder, 'prefix', '')}{label}/"
+            child.recorder = ScopedRecorder(journal, self.run_id, prefix)
+            if self.resumed is not None and prefix not in self.restoring:
+                self.restoring.add(prefix)  # a resumed run's first attempt of it continues inside it
+                child.resumed = scoped_view(self.resumed, prefix)
+        else:
+            child.recorder = RunRecorder(None, self.run_id)
         if self.tracer is not None:
             child.run_span = self.spans.get(attempt)  # the child's stages nest under the attempt
             child.spans = self.spans

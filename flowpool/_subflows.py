@@ -19,6 +19,7 @@ compensations run as a unit at its place (``_compensator``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,14 +27,17 @@ from . import _logcontext as logcontext
 from . import _stopping
 from ._attempt import DONE, STARTED, Attempt
 from ._errors import StepCancelledError, StepTimeoutError
-from ._results import FlowStatus, StepStatus
+from ._recorder import RunRecorder
+from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
 from ._timers import TimerKind
 
 if TYPE_CHECKING:
+    from ._journal import RecordedRun
+    from ._journal_writer import JournalRecorder
     from ._runner import _Run
     from ._state import StepRun
 
-__all__ = ["SubflowBackend", "advance", "in_frame"]
+__all__ = ["ScopedRecorder", "SubflowBackend", "advance", "in_frame", "scoped_view"]
 
 
 class SubflowBackend:
@@ -169,3 +173,66 @@ def in_frame(frame: _Run, waits: Generator[float | None, None, Any]) -> Generato
             wake = next(waits)
     except StopIteration as stop:
         return stop.value
+
+
+class ScopedRecorder(RunRecorder):
+    """A subflow's journal writes: its steps, groups, maps and compensations named under
+    its path from the top (``"sub/x"``, ``"orders['k']/x"``), in the run's journal. The
+    run's own records (its start, failure and end) are the top run's to write."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, journal: JournalRecorder, run_id: str, prefix: str) -> None:
+        super().__init__(journal, run_id)
+        self.prefix = prefix
+        self.failure_recorded = True  # a child's failure is its step's, not the run's
+
+    def attempt_started(self, step: str, attempt: int) -> None:
+        super().attempt_started(self.prefix + step, attempt)
+
+    def attempt_finished(self, attempt: Attempt, status: StepStatus) -> None:
+        journal = self.journal
+        if journal is not None:
+            started, finished = attempt.started_at, attempt.finished_at
+            seconds = finished - started if started is not None and finished is not None else None
+            journal.attempt_finished(self.run_id, self.prefix + attempt.step, attempt.number, status.value, seconds)
+
+    def step_finished(self, record: StepResult) -> None:
+        super().step_finished(dataclasses.replace(record, name=self.prefix + record.name, subflow=None))
+
+    def item_finished(self, map_name: str, *row: Any) -> None:
+        super().item_finished(self.prefix + map_name, *row)
+
+    def group_finished(self, group: str, status: str) -> None:
+        super().group_finished(self.prefix + group, status)
+
+    def compensation_started(self, step: str) -> None:
+        super().compensation_started(self.prefix + step)
+
+    def compensation_finished(self, step: str, outcome: CompensationResult | None, position: int | None) -> None:
+        super().compensation_finished(self.prefix + step, outcome, position)
+
+    def end(self, result: FlowResult) -> None:
+        return None
+
+
+def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
+    """What the journal recorded inside the subflow at ``prefix``, named as the child names
+    it: a resumed run's child restores its completed steps and items instead of running
+    them again. Steps the child had undone (it failed and compensated itself) run again."""
+    size = len(prefix)
+    undone = {name for name, (state, _, _) in recorded.compensations.items() if state == "compensated"}
+    return dataclasses.replace(
+        recorded,
+        phase="running",
+        outcome=None,
+        failed_stage=None,
+        error=None,
+        steps={
+            name[size:]: step for name, step in recorded.steps.items() if name.startswith(prefix) and name not in undone
+        },
+        groups={name[size:]: status for name, status in recorded.groups.items() if name.startswith(prefix)},
+        compensations={},
+        compensation_order=(),
+        items={name[size:]: rows for name, rows in recorded.items.items() if name.startswith(prefix)},
+    )
