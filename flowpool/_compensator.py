@@ -602,7 +602,7 @@ class Compensator:
         if backend.in_process and step.compensate_timeout is None:
             ctx = self._context(job, number, context)
             self.scope.interruptible = True
-            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
+            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, ctx.key, ctx._path)
             try:  # in the caller's thread, one at a time
                 compensate(ctx, job.value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run

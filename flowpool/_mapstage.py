@@ -47,7 +47,7 @@ def condition_holds(run: _Run, stage: Map) -> bool:
     when = stage.step.when
     assert when is not None
     name = stage.name
-    token = logcontext.enter(run.run_id, run.name, name, 1)
+    token = logcontext.enter(run.run_id, run.name, name, 1, None, (*run.events.prefix, name))
     try:
         go = bool(when(run.context(name, 1)))
     except Exception as error:  # noqa: BLE001 - fails the map like an exception in its items' source

@@ -378,7 +378,7 @@ class _Run:
 
     def context(self, step: str, attempt: int) -> Context:
         """The context of one attempt (or compensation attempt) of ``step``."""
-        return Context(
+        ctx = Context(
             input=self.input,
             flow=self.name,
             run_id=self.run_id,
@@ -387,6 +387,10 @@ class _Run:
             results=self.values_view,
             outcome=self.outcome,
         )
+        prefix = self.events.prefix
+        if prefix:
+            ctx._path = (*prefix, step)
+        return ctx
 
     def fail(self, stage: str | None, error: BaseException) -> None:
         if self.error is None:

@@ -91,7 +91,7 @@ def _child_input(parent: _Run, sr: StepRun, attempt: Attempt) -> Any:
     make = sr.step.input
     if make is not None:
         ctx = attempt.ctx
-        token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, sr.key)
+        token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, sr.key, ctx._path)
         try:
             return make(ctx)
         finally:
