@@ -593,7 +593,7 @@ class _Run:
         elif kind == _GRACE:
             if self.always_from is not None and self.scope.interrupts <= self.always_from:
                 return  # the grace of a stop before the always-stages: they run on
-            _stopping.abandon_running(self)
+            _stopping.abandon_running(self, subflows=False)
 
     def on_outcome(
         self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
