@@ -26,6 +26,13 @@ is free and dispatches it at once as a ``StepRun`` carrying the item;
 drops its ``StepRun``, context and timeout timer, so the loop holds only the
 items in flight; ``settle_map`` gives the verdict (``_policy.tally_verdict``).
 
+A subflow (``_subflows``) is a frame of the same loop: a child ``_Run`` that
+shares the inbox, timers and backends, whose life (``frame_body``) is a
+generator. ``wait_once`` hands each message and timer to the frame it concerns
+(an attempt's owner names its frame) and then resumes the frames concerned, so
+children progress side by side, in the caller's thread, without holding a
+worker. The top run's own stages are driven the same way (``run_stages``).
+
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
@@ -39,7 +46,7 @@ groups: running, conditions, verdicts), ``_mapstage`` (maps), ``_always``
 (always-stages), ``_stopping`` (cancelling a stage, stopping the run, the stop
 grace), ``_abandoned`` (late completions), ``_timers`` (the heap and the one
 wait), ``_stop`` (why the run stops, the status it ends with), ``_interrupts``
-(Ctrl-C), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
+(Ctrl-C), ``_subflows`` (child frames), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
 (imported only for journaled runs), ``_policy`` (pure verdicts), ``_state`` (the
 step and stage records) and ``_executors`` (the backends).
 """
