@@ -57,17 +57,17 @@ import functools
 import queue
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _always, _mapstage, _stages, _stopping
+from . import _always, _mapstage, _stopping
 from ._abandoned import AbandonedAttempts, await_abandoned
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Always, Flow, Group, Map, Step
+from ._definition import Flow, Group, Step
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
@@ -77,7 +77,7 @@ from ._errors import (
 from ._events import EventSink
 from ._executors import Backend, Backends, describe_executor
 from ._interrupts import route_interrupts
-from ._maps import MapResult, item_label
+from ._maps import MapResult
 from ._options import _check_seconds
 from ._policy import (
     may_retry,
@@ -93,9 +93,10 @@ from ._results import (
     StepResult,
     StepStatus,
 )
+from ._sequence import run_stages
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
-from ._subflows import ScopedRecorder, SubflowBackend, advance, scoped_view
+from ._subflows import SubflowBackend, advance
 from ._timers import TimerKind, Timers
 from ._tracing import Span, run_tracer
 
@@ -254,7 +255,7 @@ class _Run:
 
                 restore_compensation_phase(self, self.resumed)
             else:
-                for _ in self.run_stages():
+                for _ in run_stages(self):
                     self.wait_once()
             await_abandoned(self)
             self.compensate_all()
@@ -272,72 +273,7 @@ class _Run:
             self.backends.close()
         return self.finish()
 
-    def run_stages(self) -> Iterator[None]:
-        """Run the stages in order (not the always-stages), yielding whenever the loop must
-        wait; a stage after a failure or a stop is skipped."""
-        index = 0
-        for stage in self.flow.stages:
-            if isinstance(stage, Always):
-                index += 1  # runs last (run_always)
-                continue
-            if self.scope.interrupts and self.scope.reason is None:
-                _stopping.stop(self, "the run was interrupted")  # Ctrl-C arrived between stages
-            stopped = self.error is not None or self.scope.reason is not None
-            if isinstance(stage, Map):
-                if stopped:
-                    _mapstage.skip_map(self, stage)
-                else:
-                    yield from _mapstage.run_map(self, stage, index)
-                index += 1  # a map takes one place in the compensation order
-                continue
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            if stopped:
-                _stages.skip_stage(self, stage, members)
-            else:
-                yield from _stages.run_stage(self, stage, members, index)  # the one place a step or group runs
-            index += len(members)
-
     # ── subflow frames ──────────────────────────────────────────────────────────
-
-    def child(self, sr: StepRun, attempt: Attempt, child_input: Any) -> _Run:
-        """A frame for one attempt of the subflow step ``sr``."""
-        flow = sr.step.subflow
-        assert flow is not None
-        child = _Run(flow, child_input, None, None, sr.step.timeout, None, self.clock, parent=self)
-        child.unit, child.attempt = sr, attempt
-        path = (*self.events.prefix, sr.step.name)
-        tags = None if sr.item_index is None else {"item": sr.key, "index": sr.item_index}
-        child.events = self.events.nested(path, tags or self.events.tags)
-        journal = self.recorder.journal
-        if journal is not None:  # the child's records go to the run's journal, under its path
-            label = sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key or 0)
-            prefix = f"{getattr(self.recorder, 'prefix', '')}{label}/"
-            child.recorder = ScopedRecorder(journal, self.run_id, prefix)
-            if self.resumed is not None and prefix not in self.restoring:
-                self.restoring.add(prefix)  # a resumed run's first attempt of it continues inside it
-                child.resumed = scoped_view(self.resumed, prefix)
-        else:
-            child.recorder = RunRecorder(None, self.run_id)
-        if self.tracer is not None:
-            child.run_span = self.spans.get(attempt)  # the child's stages nest under the attempt
-            child.spans = self.spans
-        return child
-
-    def start(self) -> None:
-        """Start a subflow frame: it runs until it first waits."""
-        self.started_at = self.clock.now()
-        if self.timeout is not None:
-            self.timers.push(self.started_at + self.timeout, _DEADLINE, self)
-        self.body = self.frame_body()
-        advance(self)
-
-    def frame_body(self) -> Generator[None, None, None]:
-        """A subflow's whole life: its stages, its own compensations, its always-stages."""
-        yield from self.run_stages()
-        if self.error is not None:
-            self.scope.compensating = True
-            yield from self.compensator.run_in_frame()
-        yield from _always.run_always(self)
 
     def build_result(self) -> FlowResult:
         """The run's result as it stands (a subflow's steps it never reached: cancelled)."""

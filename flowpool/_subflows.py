@@ -23,12 +23,14 @@ import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
+from . import _always, _stopping
 from . import _logcontext as logcontext
-from . import _stopping
 from ._attempt import DONE, STARTED, Attempt
 from ._errors import StepCancelledError, StepTimeoutError
+from ._maps import item_label
 from ._recorder import RunRecorder
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
+from ._sequence import run_stages
 from ._timers import TimerKind
 
 if TYPE_CHECKING:
@@ -60,10 +62,10 @@ class SubflowBackend:
             error.add_note(f"raised by the 'input' of subflow step {sr.step.name!r}")
             attempt.fail_unstarted(error)
             return
-        child = parent.child(sr, attempt, child_input)
+        child = new_child(parent, sr, attempt, child_input)
         attempt.handle = child
         sr.child = child
-        child.start()
+        start(child)
 
     def withdraw(self, attempt: Attempt) -> bool:
         return False  # a child starts as soon as it is submitted
@@ -84,6 +86,49 @@ class SubflowBackend:
 
     def close(self) -> None:
         return None
+
+
+def new_child(parent: _Run, sr: StepRun, attempt: Attempt, child_input: Any) -> _Run:
+    """A frame for one attempt of the subflow step ``sr``."""
+    flow = sr.step.subflow
+    assert flow is not None
+    child = type(parent)(flow, child_input, None, None, sr.step.timeout, None, parent.clock, parent=parent)
+    child.unit, child.attempt = sr, attempt
+    path = (*parent.events.prefix, sr.step.name)
+    tags = None if sr.item_index is None else {"item": sr.key, "index": sr.item_index}
+    child.events = parent.events.nested(path, tags or parent.events.tags)
+    journal = parent.recorder.journal
+    if journal is not None:  # the child's records go to the run's journal, under its path
+        label = sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key or 0)
+        prefix = f"{getattr(parent.recorder, 'prefix', '')}{label}/"
+        child.recorder = ScopedRecorder(journal, parent.run_id, prefix)
+        if parent.resumed is not None and prefix not in parent.restoring:
+            parent.restoring.add(prefix)  # a resumed run's first attempt of it continues inside it
+            child.resumed = scoped_view(parent.resumed, prefix)
+    else:
+        child.recorder = RunRecorder(None, parent.run_id)
+    if parent.tracer is not None:
+        child.run_span = parent.spans.get(attempt)  # the child's stages nest under the attempt
+        child.spans = parent.spans
+    return child
+
+
+def start(frame: _Run) -> None:
+    """Start a subflow frame: it runs until it first waits."""
+    frame.started_at = frame.clock.now()
+    if frame.timeout is not None:
+        frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
+    frame.body = frame_body(frame)
+    advance(frame)
+
+
+def frame_body(frame: _Run) -> Generator[None, None, None]:
+    """A subflow's whole life: its stages, its own compensations, its always-stages."""
+    yield from run_stages(frame)
+    if frame.error is not None:
+        frame.scope.compensating = True
+        yield from frame.compensator.run_in_frame()
+    yield from _always.run_always(frame)
 
 
 def _child_input(parent: _Run, sr: StepRun, attempt: Attempt) -> Any:
