@@ -71,11 +71,11 @@ from ._definition import Flow, Group, Step
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
-    StepCancelledError,
     StepTimeoutError,
 )
 from ._events import EventSink
 from ._executors import Backend, Backends, describe_executor
+from ._finish import finish
 from ._interrupts import route_interrupts
 from ._maps import MapResult
 from ._options import _check_seconds
@@ -271,53 +271,9 @@ class _Run:
         finally:
             restore()
             self.backends.close()
-        return self.finish()
+        return finish(self)
 
     # ── subflow frames ──────────────────────────────────────────────────────────
-
-    def build_result(self) -> FlowResult:
-        """The run's result as it stands (a subflow's steps it never reached: cancelled)."""
-        finished_at = self.clock.now()
-        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        status = self.scope.final_status(self.error, resumed_outcome)
-        steps = {
-            step.name: self.records.get(step.name)
-            or StepResult(step.name, StepStatus.CANCELLED, error=StepCancelledError(step.name, "the subflow ended"))
-            for step in self.flow.steps()
-        }
-        error = self.scope.final_error(status, self.error)
-        return FlowResult(
-            name=self.name,
-            run_id=self.run_id,
-            status=status,
-            steps=steps,
-            groups=self.groups,
-            maps=self.maps,
-            error=error,
-            failed_stage=self.failed_stage,
-            compensated=tuple(self.compensator.compensated),
-            not_compensated=tuple(self.compensator.not_compensated),
-            started_at=self.started_at,
-            finished_at=finished_at,
-            wall_offset=self.wall_offset,
-            still_running=self.still_running,
-        )
-
-    def finish(self) -> FlowResult:
-        result = self.build_result()
-        status, error, finished_at = result.status, result.error, result.finished_at
-        assert finished_at is not None
-        self.recorder.end(result)
-        if self.run_span is not None:
-            self.run_span.finish(
-                status.value, error if status is not FlowStatus.COMPLETED else None, end_time=finished_at
-            )
-        self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if status is FlowStatus.CANCELLED and self.scope.interrupts:
-            assert isinstance(error, FlowInterrupted)
-            error.result = result
-            raise error
-        return result
 
     def context(self, step: str, attempt: int) -> Context:
         """The context of one attempt (or compensation attempt) of ``step``."""

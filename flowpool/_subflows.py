@@ -27,6 +27,7 @@ from . import _always, _stopping
 from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt
 from ._errors import StepCancelledError, StepTimeoutError
+from ._finish import run_result
 from ._maps import item_label
 from ._recorder import RunRecorder
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
@@ -160,7 +161,7 @@ def advance(frame: _Run) -> None:
 
 def conclude(frame: _Run) -> None:
     """The child ended: its result becomes the outcome of the parent's attempt."""
-    result = frame.result = frame.build_result()
+    result = frame.result = run_result(frame)
     attempt = frame.attempt
     assert attempt is not None
     step = attempt.step
@@ -203,7 +204,7 @@ def abandon(frame: _Run) -> None:
     _stopping.abandon_running(frame)
     frame.body = None
     body.close()
-    frame.result = frame.build_result()
+    frame.result = run_result(frame)
 
 
 def in_frame(frame: _Run, waits: Generator[float | None, None, Any]) -> Generator[None, None, Any]:
