@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
 from . import _stages, _stopping
-from ._compensator import MapCompensation
 from ._definition import Map
 from ._errors import FlowpoolError, MapItemsError, StepCancelledError
 from ._maps import ItemFeeder, MapLedger, MapResult, MapValues
 from ._policy import cannot_pass, tally_verdict
 from ._results import GroupResult, GroupStatus, StepStatus
 from ._state import MapRun, StepRun
+from ._undo_plan import MapCompensation
 
 if TYPE_CHECKING:
     from ._runner import _Run

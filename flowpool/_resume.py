@@ -230,9 +230,9 @@ def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], pos
     The items themselves are not journaled: a resumed item compensation sees ``ctx.item`` None
     (its ``ctx.key``, ``ctx.index`` and value are restored).
     """
-    from ._compensator import MapCompensation
     from ._definition import Map
     from ._maps import MapValues
+    from ._undo_plan import MapCompensation
 
     for stage in run.flow.stages:
         if not isinstance(stage, Map) or stage.name not in maps:
