@@ -1,7 +1,7 @@
 """The ``flowpool`` command: ``run``, ``show``, ``demo`` and ``timeline``.
 
 It uses only flowpool's public API (plus its own modules: ``_target`` loads a
-TARGET, ``_terminal`` draws progress and the summary, ``_plan`` and ``_timeline``
+TARGET, ``_terminal`` draws progress, ``_summary`` the summary, ``_plan`` and ``_timeline``
 render plans and timelines), so what the command can do, a user's script can do
 too. Exit statuses: 0 the flow completed, 1 it failed, 2 bad usage / unloadable
 target / bad definition, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
@@ -42,18 +42,9 @@ from flowpool import (
 from ._demo import run_demo
 from ._plan import PLAN_FORMATS, render_plan
 from ._stdio import StdoutToStderr
+from ._summary import counts_line, not_completed, still_running_lines, summary_table
 from ._target import _fail, load_target, script_argv
-from ._terminal import (
-    Progress,
-    RunLogs,
-    _live_ok,
-    _printable,
-    _seconds,
-    counts_line,
-    not_completed,
-    still_running_lines,
-    summary_table,
-)
+from ._terminal import Progress, RunLogs, _live_ok, _printable, _seconds
 from ._timeline import Timeline, read_events, render_timeline
 
 __all__ = ["load_target", "main"]
