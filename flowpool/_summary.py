@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowpool import FlowResult, GroupStatus, StepStatus
+from flowpool import Flow, FlowResult, Group, GroupStatus, Map, StepResult, StepStatus
+from flowpool._definition import Always
 
+from ._reasons import skip_reasons
 from ._terminal import _COLOURS, FAILED_ITEMS_SHOWN, _error_line, _printable, _seconds
 
 __all__ = ["counts_line", "not_completed", "still_running_lines", "summary_table", "tally"]
@@ -85,33 +87,34 @@ def _listed(names: tuple[str, ...], limit: int = 20) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def summary_table(result: FlowResult, *, colour: bool = False) -> str:
-    """The end-of-run table: one row per step, then the flow's outcome and compensations."""
-    header = ("step", "group", "status", "attempts", "duration", "error", "compensation")
+def summary_table(result: FlowResult, *, colour: bool = False, flow: Flow | None = None) -> str:
+    """The end-of-run table: one row per step, then the flow's outcome and compensations.
+
+    Given the run's ``flow``, the rows follow its stages, always-stages last (marked
+    in the group column), and a skipped step or map says why (``_reasons``); a
+    result read back from a journal has no definition beside it.
+    """
+    header = ("step", "group", "status", "attempts", "duration", "error / reason", "compensation")
     rows: list[tuple[str, ...]] = []
     not_compensated = set(result.not_compensated)
-    for step in result.steps.values():
-        if step.compensation is not None:
-            undo = step.compensation.status
-            if not step.compensation.ok:
-                undo += f": {_error_line(step.compensation.error, 40)}"
-        elif step.name in not_compensated:
-            undo = "not run"
-        else:
-            undo = "-"
-        rows.append(
-            (
-                step.name,
-                step.group or "-",
-                step.status.value,
-                str(step.attempts),
-                _seconds(step.duration),
-                _error_line(step.error, 60) or "-",
-                undo,
-            )
-        )
-    for mapped in result.maps.values():
-        rows.extend(_map_rows(mapped))
+    reasons = skip_reasons(flow, result) if flow is not None else {}
+    if flow is None:
+        for step in result.steps.values():
+            rows.append(_step_row(step, not_compensated, reasons))
+        for mapped in result.maps.values():
+            rows.extend(_map_rows(mapped, reasons))
+    else:
+        last = [stage for stage in flow.stages if isinstance(stage, Always)]
+        for stage in [*(stage for stage in flow.stages if not isinstance(stage, Always)), *last]:
+            if isinstance(stage, Map):
+                if stage.name in result.maps:
+                    rows.extend(_map_rows(result.maps[stage.name], reasons))
+                continue
+            members = stage.members if isinstance(stage, Group) else (stage,)
+            for member in members:
+                if member.name in result.steps:
+                    always = isinstance(member, Always)
+                    rows.append(_step_row(result.steps[member.name], not_compensated, reasons, always=always))
     # Names may come from a journal written elsewhere: print nothing a terminal obeys.
     rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -135,7 +138,29 @@ def summary_table(result: FlowResult, *, colour: bool = False) -> str:
     return "\n".join(out)
 
 
-def _map_rows(mapped: Any) -> list[tuple[str, ...]]:
+def _step_row(
+    step: StepResult, not_compensated: set[str], reasons: dict[str, str], *, always: bool = False
+) -> tuple[str, ...]:
+    if step.compensation is not None:
+        undo = step.compensation.status
+        if not step.compensation.ok:
+            undo += f": {_error_line(step.compensation.error, 40)}"
+    elif step.name in not_compensated:
+        undo = "not run"
+    else:
+        undo = "-"
+    return (
+        step.name,
+        "(always)" if always else step.group or "-",
+        step.status.value,
+        str(step.attempts),
+        _seconds(step.duration),
+        _error_line(step.error, 60) or reasons.get(step.name, "-"),
+        undo,
+    )
+
+
+def _map_rows(mapped: Any, reasons: dict[str, str]) -> list[tuple[str, ...]]:
     """A map's row (its verdict and counts), then a row for each of its first failed items."""
     counts = mapped.counts
     parts = [f"{mapped.total} items: {counts[StepStatus.COMPLETED]} completed"]
@@ -143,6 +168,8 @@ def _map_rows(mapped: Any) -> list[tuple[str, ...]]:
     if mapped.stopped_early:
         parts.append("stopped early")
     described = ", ".join(parts)
+    if mapped.name in reasons:
+        described = reasons[mapped.name]
     if mapped.error is not None and mapped.status is GroupStatus.FAILED:
         described += f"; {_error_line(mapped.error, 60)}"
     rows: list[tuple[str, ...]] = [(mapped.name, "(map)", mapped.status.value, "-", "-", described, "-")]

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from flowpool import Event, Flow, Group, LogContextFilter, RemoteError
+from flowpool import Event, Flow, Group, LogContextFilter, Map, RemoteError
+from flowpool._definition import Always
 
 from ._logcontext import FIELDS as LOG_FIELDS
+from ._reasons import SkipReasons
 
 __all__ = ["FAILED_ITEMS_SHOWN", "Progress", "RunLogs"]
 
@@ -115,6 +117,9 @@ class Progress:
         # Maps are known by their item events; a map whose items have a len() gets a bar.
         self.maps: dict[str, _MapProgress] = {}
         self.map_sizes = {stage.name: size for stage in flow.stages if (size := _items_size(stage)) is not None}
+        self.map_names = {stage.name for stage in flow.stages if isinstance(stage, Map)}
+        self.always = {stage.name for stage in flow.stages if isinstance(stage, Always)}
+        self.skips = SkipReasons(flow)
         self.drawn = 0
         self.stopped = threading.Event()
         self.ticker: threading.Thread | None = None
@@ -221,11 +226,10 @@ class Progress:
         kind = event.kind
         step = event.step or ""
         status = str(event.status) if event.status is not None else ""
-        where = f" [{event.group}]" if event.group else ""
+        where = f" [{event.group}]" if event.group else " [always]" if step in self.always else ""
         error = _error_line(event.error)
-        if kind == "group_finished" and event.group in self.maps:
-            board = self.maps.pop(event.group or "")
-            return [f"{stamp}map         {board.name}: " + self._paint(status, status) + f" ({board.summary()})"]
+        if kind == "group_finished":
+            return self._group_lines(event, stamp, status)
         if kind == "flow_started":
             return [f"{stamp}flow {event.flow!r} started (run {event.run_id})"]
         if kind == "flow_finished":
@@ -246,6 +250,9 @@ class Progress:
         if kind == "step_finished":
             self.running.pop(step, None)
             self.waiting.pop(step, None)
+            if status == "skipped":
+                error = self.skips.reason(step)
+            self.skips.saw(step, status, stage=event.group is None)
             if event.group in self.done:
                 counts = self.done[event.group or ""]
                 counts[status] = counts.get(status, 0) + 1
@@ -257,9 +264,6 @@ class Progress:
             reason = f": {error}" if error else ""
             label = self._paint(f"{status:<11}", status)
             return [f"{stamp}{label} {step}{where}{took}{reason}"]
-        if kind == "group_finished":
-            self.done.pop(event.group or "", None)  # its bar has served
-            return [f"{stamp}group       {event.group}: " + self._paint(status, status)]
         if kind == "compensation_started":
             return [] if self.live else [f"{stamp}undoing     {step}"]
         if kind == "compensation_finished":
@@ -268,6 +272,18 @@ class Progress:
             reason = f": {error}" if error else ""
             return [f"{stamp}{self._paint('undo failed', 'failed')} {step} ({status}){reason}"]
         return [f"{stamp}{kind} {step}"]
+
+    def _group_lines(self, event: Event, stamp: str, status: str) -> list[str]:
+        """A group's or a map's verdict; a skipped one says why."""
+        name = event.group or ""
+        why = f": {self.skips.reason(name)}" if status == "skipped" else ""
+        self.skips.saw(name, status)
+        self.done.pop(name, None)  # its bar has served
+        board = self.maps.pop(name, None)
+        if board is not None:
+            return [f"{stamp}map         {name}: " + self._paint(status, status) + f" ({board.summary()})"]
+        kind = "map  " if name in self.map_names else "group"
+        return [f"{stamp}{kind}       {name}: " + self._paint(status, status) + why]
 
     def _item_lines(self, event: Event) -> list[str]:
         """A map's item events feed its bar; only its first failures get a line each."""

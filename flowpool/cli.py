@@ -29,6 +29,7 @@ import click
 
 from flowpool import (
     Event,
+    Flow,
     FlowDefinitionError,
     FlowInterrupted,
     FlowpoolError,
@@ -352,7 +353,7 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
         _fail(f"cannot write --log-file {request.log_path}: {error.strerror or error}")
     # Started last: nothing below can fail before the finally that closes it.
     progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
-    timeline = Timeline() if request.timeline_path is not None else None
+    timeline = Timeline(flow) if request.timeline_path is not None else None
 
     def on_event(event: Event) -> None:
         if events_file is not None or timeline is not None:
@@ -419,17 +420,17 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
     missing = not_completed(result) if request.strict and code == EXIT_COMPLETED else ""
     if missing:
         code = EXIT_FAILED
-    _report(request, result, code, missing)
+    _report(request, flow, result, code, missing)
     if redirect is not None:
         redirect.write_document(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
     return code
 
 
-def _report(request: _Request, result: FlowResult, code: int, missing: str) -> None:
+def _report(request: _Request, flow: Flow, result: FlowResult, code: int, missing: str) -> None:
     """The summary on stderr, warnings that hold even under --quiet, what --strict
     found missing, then the outcome and the counts line (stdout, or stderr under --json)."""
     if not request.quiet:
-        click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
+        click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr), flow=flow), err=True)
         if request.timeline_path is not None:
             click.echo(f"timeline: {request.timeline_path}", err=True)
         if request.log_path is not None:
