@@ -235,7 +235,10 @@ def option_verdict(opts: Mapping[Any, Any], *, in_group: bool) -> Verdict:
 def step_verdict(name: Any, fn: Any, opts: Mapping[Any, Any], *, in_group: bool) -> Verdict:
     v = option_verdict(opts, in_group=in_group)
     v.add("name", name_state(name))
-    v.add("fn", "ok" if callable(fn) else "bad")
+    subflow = isinstance(fn, Flow)
+    v.add("fn", "ok" if callable(fn) or subflow else "bad")
+    if subflow and opts.get("compensate") is not None:
+        v.add("compensate", "bad")  # a subflow compensates itself
     return v
 
 
