@@ -1,8 +1,9 @@
 """A flow's plan as text, Mermaid or Graphviz dot, without running it.
 
 ``flowpool show`` prints what a run would do: the stages in order, each
-group's failure policy, every step's retries, timeouts and compensation, and
-the order compensations would run in if the flow failed.
+group's failure policy, every step's retries, timeouts, condition and
+compensation, each subflow's own stages nested under it, the order
+compensations would run in if the flow failed, and the always-stages after it.
 """
 
 from __future__ import annotations
@@ -62,15 +63,25 @@ def map_policy(stage: Map) -> str:
 
 def compensation_order(flow: Flow) -> list[str]:
     """Steps (and maps) with a compensation, in the order they would be undone (reverse
-    declaration; a map's items latest first)."""
+    declaration; a map's items latest first). A subflow is undone as a unit at its
+    place, its own steps in its reverse order: ``pay(refund, release)``."""
     order: list[str] = []
     for stage in reversed(flow.stages):
         if isinstance(stage, Map):
-            if stage.step.compensate is not None:
+            child = stage.subflow
+            inner = compensation_order(child) if child is not None else []
+            if inner:
+                order.append(f"{stage.name}[each item, latest first]({', '.join(inner)})")
+            elif stage.step.compensate is not None:
                 order.append(f"{stage.name}[each item, latest first]")
-        else:
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            order.extend(step.name for step in reversed(members) if step.compensate is not None)
+            continue
+        for step in reversed(stage.members if isinstance(stage, Group) else (stage,)):
+            child = step.subflow
+            inner = compensation_order(child) if child is not None else []
+            if inner:
+                order.append(f"{step.name}({', '.join(inner)})")
+            elif step.compensate is not None:
+                order.append(step.name)
     return order
 
 
@@ -80,6 +91,9 @@ def compensation_order(flow: Flow) -> list[str]:
 def _step_line(step: Step) -> str:
     options = step_options(step)
     suffix = f"  [{', '.join(options)}]" if options else ""
+    child = step.subflow
+    if child is not None:
+        return f"{step.name}: subflow {child.name!r}{suffix}"
     return f"{step.name} ({callable_name(step.fn)}){suffix}"
 
 
@@ -95,19 +109,7 @@ def _text(flow: Flow) -> str:
     counted = f" and {len(always)} always-stage(s)" if always else ""
     counted += f", {len(flow.steps())} step(s)"
     counted += f", {maps} map(s)" if maps else ""
-    lines = [f"flow {flow.name!r}: {len(stages)} stage(s){counted}"]
-    for number, stage in enumerate(stages, start=1):
-        if isinstance(stage, Group):
-            lines.append(f"{number}. parallel group {stage.name} ({len(stage.members)} members)")
-            lines.append(f"     policy: {group_policy(stage)}")
-            for position, member in enumerate(stage.members):
-                branch = "`-" if position == len(stage.members) - 1 else "|-"
-                lines.append(f"   {branch} {_step_line(member)}")
-        elif isinstance(stage, Map):
-            lines.append(f"{number}. map {_step_line(stage.step)} over its items")
-            lines.append(f"     policy: {map_policy(stage)}")
-        else:
-            lines.append(f"{number}. step {_step_line(stage)}")
+    lines = [f"flow {flow.name!r}: {len(stages)} stage(s){counted}", *_stage_lines(flow, "", "")]
     order = compensation_order(flow)
     if order:
         lines.append(f"if the flow fails, completed steps are compensated in this order: {', '.join(order)}")
@@ -115,9 +117,54 @@ def _text(flow: Flow) -> str:
         lines.append("no step has a compensation")
     if always:
         lines.append("then, whatever the outcome (completed, failed, timed out or interrupted):")
-        for number, step in enumerate(always, start=len(stages) + 1):
-            lines.append(f"{number}. always {_step_line(step)}")
+        lines.extend(_always_lines(always, "", len(stages) + 1))
     return "\n".join(lines) + "\n"
+
+
+def _always_lines(always: list[Always], number: str, first: int) -> list[str]:
+    return [f"{number}{position}. always {_step_line(step)}" for position, step in enumerate(always, start=first)]
+
+
+def _stage_lines(flow: Flow, number: str, indent: str) -> list[str]:
+    """The stages of ``flow``, numbered ``{number}1.``, ``{number}2.`` and so on, each
+    subflow's own stages nested under it (numbered ``2.1.`` under stage 2)."""
+    stages, _ = _split(flow)
+    lines: list[str] = []
+    for position, stage in enumerate(stages, start=1):
+        here = f"{number}{position}"
+        if isinstance(stage, Group):
+            lines.append(f"{indent}{here}. parallel group {stage.name} ({len(stage.members)} members)")
+            lines.append(f"{indent}     policy: {group_policy(stage)}")
+            for place, member in enumerate(stage.members):
+                last = place == len(stage.members) - 1
+                lines.append(f"{indent}   {'`-' if last else '|-'} {_step_line(member)}")
+                lines.extend(_child_lines(member, f"{here}.{place + 1}.", f"{indent}   {'  ' if last else '| '}   "))
+        elif isinstance(stage, Map):
+            lines.append(f"{indent}{here}. map {_step_line(stage.step)} over its items")
+            lines.append(f"{indent}     policy: {map_policy(stage)}")
+            lines.extend(_child_lines(stage.step, f"{here}.", f"{indent}     ", each=True))
+        else:
+            lines.append(f"{indent}{here}. step {_step_line(stage)}")
+            lines.extend(_child_lines(stage, f"{here}.", f"{indent}     "))
+    return lines
+
+
+def _child_lines(step: Step, number: str, indent: str, *, each: bool = False) -> list[str]:
+    """A subflow's own stages, compensation and always-stages, under its step."""
+    child = step.subflow
+    if child is None:
+        return []
+    stages, always = _split(child)
+    runs = "each item runs" if each else "runs"
+    lines = [f"{indent}{runs} flow {child.name!r}: {len(stages)} stage(s)"]
+    lines.extend(_stage_lines(child, number, indent))
+    order = compensation_order(child)
+    if order:
+        lines.append(f"{indent}if {child.name!r} fails, it compensates itself in this order: {', '.join(order)}")
+    if always:
+        lines.append(f"{indent}then, whatever the outcome of {child.name!r}:")
+        lines.extend(indent + line for line in _always_lines(always, number, len(stages) + 1))
+    return lines
 
 
 # ── graphs ───────────────────────────────────────────────────────────────────────
@@ -135,11 +182,12 @@ class _Node:
 
 @dataclass(frozen=True, slots=True)
 class _Cluster:
-    """A box around boxes: a parallel group."""
+    """A box around boxes: a parallel group, or a subflow's stages."""
 
     id: str
     title: str
     items: tuple[_Node | _Cluster, ...]
+    conditional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,36 +202,48 @@ class _Graph:
 
     Stages follow each other in run order, then the compensations (when a step
     has one: the arrow to them is taken only when the flow fails), then the
-    always-stages, reached either way. A group fans out to its members and back in; two groups in a
-    row meet at a join point rather than with members x members edges.
+    always-stages, reached either way. A group fans out to its members and back
+    in; two groups in a row meet at a join point rather than with members x
+    members edges. A subflow is a box around its own stages (and always-stages),
+    entered by its first stage and left by its last.
     """
 
     def __init__(self, flow: Flow) -> None:
         self.count = 0
         self.edges: list[_Edge] = []
         self.joins: list[str] = []
+        self.items, _, _ = self._flow(flow, undo=compensation_order(flow))
+
+    def _flow(self, flow: Flow, *, undo: list[str]) -> tuple[list[_Node | _Cluster], list[str], list[str]]:
+        """A flow's boxes, and the ids that arrows enter and leave it by."""
         stages, always = _split(flow)
-        self.items: list[_Node | _Cluster] = []
+        items: list[_Node | _Cluster] = []
+        entries: list[str] = []
         exits: list[str] = []
         for stage in stages:
-            item, entries, ends = self._stage(stage)
-            self.items.append(item)
-            self._link(exits, entries)
-            exits = ends
-        order = compensation_order(flow)
-        undo: _Node | None = None
-        if order:
-            undo = _Node(self._id("c"), f"if the flow fails, compensate in this order: {', '.join(order)}", "undo")
-            self.items.append(undo)
-            self.edges.extend(_Edge(end, undo.id, "on failure") for end in exits)
+            item, ins, outs = self._stage(stage)
+            items.append(item)
+            if not ins:
+                continue  # a subflow with no stages: nothing to pass through
+            self._link(exits, ins)
+            entries = entries or ins
+            exits = outs
+        compensations: _Node | None = None
+        if undo:
+            label = f"if the flow fails, compensate in this order: {', '.join(undo)}"
+            compensations = _Node(self._id("c"), label, "undo")
+            items.append(compensations)
+            self.edges.extend(_Edge(end, compensations.id, "on failure") for end in exits)
         for step in always:
             node = _Node(self._id("n"), _label(step, "always: runs last, whatever the outcome"), "always")
-            self.items.append(node)
+            items.append(node)
             self._link(exits, [node.id])
-            if undo is not None:
-                self.edges.append(_Edge(undo.id, node.id, "after"))
-                undo = None
+            if compensations is not None:
+                self.edges.append(_Edge(compensations.id, node.id, "after"))
+                compensations = None
+            entries = entries or [node.id]
             exits = [node.id]
+        return items, entries, exits
 
     def _id(self, prefix: str) -> str:
         self.count += 1
@@ -193,14 +253,21 @@ class _Graph:
         """The stage's box, and the ids that arrows enter and leave it by."""
         if isinstance(stage, Group):
             members = [self._step(member) for member in stage.members]
-            cluster = _Cluster(self._id("g"), f"{stage.name} ({group_policy(stage)})", tuple(members))
-            ids = [member.id for member in members]
-            return cluster, ids, ids
-        node = self._step(stage.step, f"map: {map_policy(stage)}") if isinstance(stage, Map) else self._step(stage)
-        return node, [node.id], [node.id]
+            cluster = _Cluster(self._id("g"), f"{stage.name} ({group_policy(stage)})", tuple(m[0] for m in members))
+            return cluster, [i for m in members for i in m[1]], [o for m in members for o in m[2]]
+        if isinstance(stage, Map):
+            return self._step(stage.step, f"map: {map_policy(stage)}", each=True)
+        return self._step(stage)
 
-    def _step(self, step: Step, *more: str) -> _Node:
-        return _Node(self._id("n"), _label(step, *more), "step", conditional=step.when is not None)
+    def _step(self, step: Step, *more: str, each: bool = False) -> tuple[_Node | _Cluster, list[str], list[str]]:
+        child = step.subflow
+        if child is None:
+            node = _Node(self._id("n"), _label(step, *more), "step", conditional=step.when is not None)
+            return node, [node.id], [node.id]
+        runs = "each item runs flow" if each else "subflow"
+        title = "\n".join([f"{step.name}: {runs} {child.name!r}", *step_options(step), *more])
+        items, ins, outs = self._flow(child, undo=[])
+        return _Cluster(self._id("s"), title, tuple(items), conditional=step.when is not None), ins, outs
 
     def _link(self, exits: list[str], entries: list[str]) -> None:
         if len(exits) > 1 and len(entries) > 1:
@@ -233,6 +300,8 @@ def _mermaid_items(items: tuple[_Node | _Cluster, ...] | list[_Node | _Cluster],
             lines.append(f'{indent}subgraph {item.id}["{_mermaid_text(item.title)}"]')
             lines.extend(_mermaid_items(item.items, indent + "  "))
             lines.append(f"{indent}end")
+            if item.conditional:
+                lines.append(f"{indent}style {item.id} stroke-dasharray: 5 5")
             continue
         opening, closing = _MERMAID_SHAPES[item.kind]
         styled = ":::when" if item.conditional else ""
@@ -255,6 +324,7 @@ def _mermaid(flow: Flow) -> str:
 
 
 def _conditional(item: _Node | _Cluster) -> bool:
+    """Whether a node inside (a dashed cluster is styled on its own) has a condition."""
     if isinstance(item, _Cluster):
         return any(_conditional(inner) for inner in item.items)
     return item.conditional
@@ -276,6 +346,8 @@ def _dot_items(items: tuple[_Node | _Cluster, ...] | list[_Node | _Cluster], ind
         if isinstance(item, _Cluster):
             lines.append(f"{indent}subgraph cluster_{item.id} {{")
             lines.append(f"{indent}  label={_dot_text(item.title)};")
+            if item.conditional:
+                lines.append(f"{indent}  style=dashed;")
             lines.extend(_dot_items(item.items, indent + "  "))
             lines.append(f"{indent}}}")
             continue
