@@ -15,10 +15,13 @@ once, and all of them end before an earlier stage's compensations start.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import heapq
 import itertools
 import queue
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
@@ -38,7 +41,11 @@ from ._timers import Timers
 
 if TYPE_CHECKING:
     from ._maps import MapLedger
+    from ._runner import _Run
     from ._tracing import RunTracer, Span
+
+#: What a stage's compensations are: (its position, how many may run at once, its jobs).
+Plan = list[tuple[int, int, Iterator["_Job"]]]
 
 __all__ = ["Compensator", "MapCompensation"]
 
@@ -46,7 +53,7 @@ __all__ = ["Compensator", "MapCompensation"]
 class MapCompensation:
     """A map whose completed items have a compensation: what undoing them needs."""
 
-    __slots__ = ("name", "position", "step", "ledger", "items", "backend", "concurrency")
+    __slots__ = ("name", "position", "step", "ledger", "items", "backend", "concurrency", "context", "units")
 
     def __init__(
         self,
@@ -65,12 +72,33 @@ class MapCompensation:
         self.items = items  # the items, by index (those that did not complete are None)
         self.backend = backend
         self.concurrency = concurrency
+        #: The context of the map's run (or subflow frame).
+        self.context: Callable[[str, int], Context] | None = None
+        #: A map of subflows: index → the frame of each completed item with something to undo.
+        self.units: dict[int, Any] = {}
 
 
 class _Job:
-    """One compensation to run: a completed step's, or a map item's."""
+    """One compensation to run: a completed step's, or a map item's.
 
-    __slots__ = ("label", "step", "group", "backend", "value", "sr", "ledger", "item", "index", "key")
+    A job of a step inside a completed subflow (compensated as a unit) belongs to
+    that subflow's ``frame``; ``chain`` lists each enclosing subflow frame below the
+    compensating run with the job's label as that frame names it."""
+
+    __slots__ = (
+        "label",
+        "step",
+        "group",
+        "backend",
+        "value",
+        "sr",
+        "ledger",
+        "item",
+        "index",
+        "key",
+        "context",
+        "chain",
+    )
 
     def __init__(self, label: str, step: Step, group: str | None, backend: Backend, value: Any) -> None:
         self.label = label
@@ -83,6 +111,8 @@ class _Job:
         self.item: Any = None
         self.index: int | None = None
         self.key: str | int | None = None
+        self.context: Callable[[str, int], Context] | None = None
+        self.chain: list[tuple[_Run, str]] = []
 
     def fields(self) -> dict[str, Any]:
         """The event fields naming what is compensated."""
@@ -107,9 +137,14 @@ class Compensator:
         "not_compensated",
         "records",
         "spans",
+        "run",
+        "mailbox",
+        "units",
     )
 
-    def __init__(self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope) -> None:
+    def __init__(
+        self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope, run: _Run
+    ) -> None:
         self.clock = clock
         self.inbox = inbox
         self.timers = timers
@@ -128,6 +163,16 @@ class Compensator:
         self.records: dict[str, StepResult] = {}
         #: ``(tracer, stage name → stage span)`` when the program traces (``_tracing``).
         self.spans: tuple[RunTracer, dict[str, Span]] | None = None
+        #: The run (or subflow frame) these compensations belong to.
+        self.run = run
+        #: A subflow frame's compensation messages, routed here by the loop.
+        self.mailbox: deque[Message] = deque()
+        #: Completed subflows compensated as units, with how to put back their new result.
+        self.units: list[tuple[_Run, Callable[[Any], None]]] = []
+
+    def undoable(self) -> bool:
+        """Whether a completed run (a subflow) has anything to undo."""
+        return bool(self.pending or self.maps)
 
     def run_all(
         self,
@@ -142,68 +187,144 @@ class Compensator:
         journal as it comes.
         """
         self.records = records
+        stages = self.plan(recorder.enabled)
+
+        def finished(job: _Job, outcome: CompensationResult) -> None:
+            self.note(job, outcome)
+            position = len(self.compensated) + len(self.not_compensated) - 1
+            recorder.compensation_finished(job.label, outcome, position)
+
+        try:
+            for number, (_, k, jobs) in enumerate(stages):
+                if k > 1:
+                    completed = self.run_together(jobs, k, recorder, events, context, finished)
+                else:
+                    completed = self.run_in_turn(jobs, recorder, events, context, finished)
+                if not completed:
+                    for _, _, rest in stages[number + 1 :]:
+                        for job in rest:
+                            self.give_up(job)
+                    return
+        finally:
+            self.refresh_units()
+
+    def run_in_frame(self) -> Generator[None, None, None]:
+        """A subflow frame's own compensations, latest stage first: every one is handed
+        to its backend (never run in the caller's thread, which the frame shares with the
+        rest of the run), up to the stage's ``compensate_concurrency`` at once."""
+        from ._subflows import in_frame  # the subflow module imports the runner's pieces
+
+        run = self.run
+        self.records = run.records
+        stages = self.plan(False)
+        try:
+            for number, (_, k, jobs) in enumerate(stages):
+                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.note)
+                completed = yield from in_frame(run, waits)
+                if not completed:
+                    for _, _, rest in stages[number + 1 :]:
+                        for job in rest:
+                            self.give_up(job)
+                    return
+        finally:
+            self.refresh_units()
+
+    def plan(self, journaled: bool) -> Plan:
+        """The pending compensations as stages, latest first: ``(position, concurrency, jobs)``."""
         pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
         done = self.done
-        if recorder.enabled:
+        if journaled:
             pending = [sr for sr in pending if sr.step.name not in self.done]
-        # (position, concurrency, jobs) per stage; a stage's steps are consecutive in ``pending``.
-        stages: list[tuple[int, int, Iterator[_Job]]] = []
+        # A stage's steps are consecutive in ``pending``.
+        stages: Plan = []
         for _, members in itertools.groupby(pending, key=lambda sr: sr.group or sr.step.name):
             runs = list(members)
             first = runs[0]
             k = self.concurrency.get(first.group, 1) if first.group is not None else 1
-            stages.append((first.index, k, (self._step_job(sr) for sr in runs)))
+            stages.append((first.index, k, itertools.chain.from_iterable(self._step_jobs(sr) for sr in runs)))
         for m in self.maps:
             stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
         stages.sort(key=lambda stage: stage[0], reverse=True)
+        return stages
 
-        def finished(job: _Job, outcome: CompensationResult) -> None:
-            if job.sr is not None:
-                record = job.sr.record
-                assert record is not None
-                records[job.step.name] = with_compensation(record, outcome)
-            elif job.ledger is not None and job.index is not None:
-                job.ledger.compensations[job.index] = outcome
-            position = len(self.compensated) + len(self.not_compensated)
-            recorder.compensation_finished(job.label, outcome, position)
-            (self.compensated if outcome.ok else self.not_compensated).append(job.label)
-
-        for number, (_, k, jobs) in enumerate(stages):
-            if k > 1:
-                completed = self.run_together(jobs, k, recorder, events, context, finished)
-            else:
-                completed = self.run_in_turn(jobs, recorder, events, context, finished)
-            if not completed:
-                for _, _, rest in stages[number + 1 :]:
-                    for job in rest:
-                        self.give_up(job)
-                return
+    def note(self, job: _Job, outcome: CompensationResult) -> None:
+        """Write a finished compensation's outcome where its step's (or item's) record is."""
+        sr = job.sr
+        if sr is not None:
+            record = sr.record
+            assert record is not None
+            sr.record = sr.run.records[job.step.name] = with_compensation(record, outcome)
+        elif job.ledger is not None and job.index is not None:
+            job.ledger.compensations[job.index] = outcome
+        ok = outcome.ok
+        (self.compensated if ok else self.not_compensated).append(job.label)
+        for frame, label in job.chain:
+            (frame.compensator.compensated if ok else frame.compensator.not_compensated).append(label)
 
     def give_up(self, job: _Job) -> None:
         """A second Ctrl-C stopped the compensations before ``job``'s ended: it is abandoned."""
         abandoned = CompensationResult("abandoned")
         sr = job.sr
         if sr is not None and sr.record is not None:
-            self.records[job.step.name] = with_compensation(sr.record, abandoned)
+            sr.record = sr.run.records[job.step.name] = with_compensation(sr.record, abandoned)
         elif job.ledger is not None and job.index is not None:
             job.ledger.compensations[job.index] = abandoned
         self.not_compensated.append(job.label)
+        for frame, label in job.chain:
+            frame.compensator.not_compensated.append(label)
 
-    @staticmethod
-    def _step_job(sr: StepRun) -> _Job:
+    def _step_jobs(self, sr: StepRun) -> Iterator[_Job]:
+        """A completed step's compensation; for a completed subflow, its steps' as a unit."""
+        child = sr.child
+        if child is not None:
+
+            def put_back(result: Any) -> None:
+                record = sr.record
+                assert record is not None
+                sr.record = sr.run.records[sr.step.name] = dataclasses.replace(record, subflow=result)
+
+            yield from self._unit_jobs(child, sr.step.name, put_back)
+            return
         record = sr.record
         assert record is not None
         # A timed-out step whose abandoned attempt returned later is undone on that late value.
         job = _Job(sr.step.name, sr.step, sr.group, sr.backend, record.value if record.ok else record.late_value)
         job.sr = sr
-        return job
+        job.context = sr.run.context
+        yield job
 
-    @staticmethod
-    def _item_jobs(m: MapCompensation, done: set[str]) -> Iterator[_Job]:
+    def _unit_jobs(self, child: _Run, label: str, put_back: Callable[[Any], None]) -> Iterator[_Job]:
+        """The jobs of a completed subflow, in its own reverse order, named under ``label``."""
+        self.units.append((child, put_back))
+        for _, _, jobs in child.compensator.plan(False):
+            for job in jobs:
+                job.chain.append((child, job.label))
+                job.label = f"{label}/{job.label}"
+                yield job
+
+    def refresh_units(self) -> None:
+        """Give the subflows compensated as units their results with those compensations,
+        the innermost first (each result is held by its parent's)."""
+        units, self.units = self.units, []
+        for child, put_back in reversed(units):
+            child.compensator.refresh_units()  # the subflows it holds, first
+            result = child.result
+            assert result is not None
+            compensator = child.compensator
+            child.result = dataclasses.replace(
+                result,
+                steps={name: child.records.get(name, record) for name, record in result.steps.items()},
+                compensated=tuple(compensator.compensated),
+                not_compensated=tuple(compensator.not_compensated),
+            )
+            put_back(child.result)
+
+    def _item_jobs(self, m: MapCompensation, done: set[str]) -> Iterator[_Job]:
         from ._maps import COMPLETED_CODE, item_label
 
         ledger = m.ledger
         codes = ledger.codes
+        units = m.units
         for index in range(len(codes) - 1, -1, -1):
             if codes[index] != COMPLETED_CODE:
                 continue
@@ -211,7 +332,13 @@ class Compensator:
             label = item_label(m.name, key)
             if label in done:
                 continue  # a resumed run: this item's compensation finished before the process died
+            if units:
+                child = units.get(index)
+                if child is not None:
+                    yield from self._unit_jobs(child, label, functools.partial(ledger.subflows.__setitem__, index))
+                continue
             job = _Job(label, m.step, None, m.backend, ledger.values[index])
+            job.context = m.context
             job.ledger = ledger
             job.item = m.items[index] if index < len(m.items) else None
             job.index = index
@@ -255,9 +382,33 @@ class Compensator:
         context: Callable[[str, int], Context],
         finished: Callable[[_Job, CompensationResult], None],
     ) -> bool:
+        """One stage's compensations, up to ``k`` at once on their backends, waiting on the
+        run's inbox; False if a second Ctrl-C abandoned the rest."""
+        waits = self.together(jobs, k, recorder, events, context, finished)
+        try:
+            wake = next(waits)
+            while True:
+                received = self.timers.wait(self.inbox, wake, self.clock.now())
+                if received is not None:
+                    self.mailbox.append(received)
+                wake = next(waits)
+        except StopIteration as stop:
+            completed: bool = stop.value
+            return completed
+
+    def together(
+        self,
+        jobs: Iterator[_Job],
+        k: int,
+        recorder: RunRecorder,
+        events: EventSink,
+        context: Callable[[str, int], Context],
+        finished: Callable[[_Job, CompensationResult], None],
+    ) -> Generator[float | None, None, bool]:
         """One stage's compensations, up to ``k`` at once on their backends; each retried
-        per ``compensate_retries`` after a backoff that holds no worker. False if a
-        second Ctrl-C abandoned the rest."""
+        per ``compensate_retries`` after a backoff that holds no worker. Yields the time
+        it next needs waking at (or None) whenever it waits for ``mailbox``; returns
+        False if a second Ctrl-C abandoned the rest."""
         running: dict[Attempt, tuple[_Job, float | None]] = {}  # attempt → (job, deadline)
         retries: list[tuple[float, int, _Job, int]] = []  # (when, sequence, job, next attempt number)
         sequence = itertools.count()
@@ -307,21 +458,28 @@ class Compensator:
             wake = [deadline for _, deadline in running.values() if deadline is not None]
             if retries:
                 wake.append(retries[0][0])
-            received = self.timers.wait(self.inbox, min(wake) if wake else None, now)
-            if received is None:
-                continue
-            kind, item = received
-            entry = running.get(item) if isinstance(item, Attempt) else None
-            if entry is None:
-                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
-            job, deadline = entry
-            timeout = job.step.compensate_timeout
-            if kind == STARTED and timeout is not None and item.started_at is not None:
-                running[item] = (job, item.started_at + timeout)
-            elif kind == DONE:
-                del running[item]
-                item.settled = True
-                self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
+            try:
+                yield min(wake) if wake else None
+            except GeneratorExit:  # the frame was abandoned: so are its running compensations
+                for attempt, (job, _) in running.items():
+                    attempt.settled = True
+                    tell_cancel(job.backend, attempt, "the subflow was abandoned")
+                    job.backend.stop(attempt)
+                raise
+            mailbox = self.mailbox
+            while mailbox:
+                kind, item = mailbox.popleft()
+                entry = running.get(item) if isinstance(item, Attempt) else None
+                if entry is None:
+                    continue  # a late outcome from the stages, or an interrupt (handled by the handler)
+                job, deadline = entry
+                timeout = job.step.compensate_timeout
+                if kind == STARTED and timeout is not None and item.started_at is not None:
+                    running[item] = (job, item.started_at + timeout)
+                elif kind == DONE:
+                    del running[item]
+                    item.settled = True
+                    self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
 
     def _attempt_ended(
         self,
@@ -361,14 +519,16 @@ class Compensator:
         args: tuple[Any, ...] = (job.value,)
         if job.index is not None and not job.backend.in_process:
             fn, args = ItemCall(compensate), (job.value, job.item, job.index, job.key)
-        attempt = Attempt(job.step.name, number, fn, args, ctx, self.inbox, self.clock, True, owner=None)
+        # A subflow frame's compensation messages are routed back here by the loop.
+        owner = self if self.run.top is not self.run else None
+        attempt = Attempt(job.step.name, number, fn, args, ctx, self.inbox, self.clock, True, owner=owner)
         ctx._scope = attempt
         job.backend.submit(attempt)
         return attempt
 
     @staticmethod
     def _context(job: _Job, number: int, context: Callable[[str, int], Context]) -> Context:
-        ctx = context(job.step.name, number)
+        ctx = (job.context or context)(job.step.name, number)
         if job.index is not None:
             ctx.item, ctx.index, ctx.key = job.item, job.index, job.key
         return ctx

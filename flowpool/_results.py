@@ -133,6 +133,8 @@ class StepResult(Outcome):
     group: str | None = None
     compensation: CompensationResult | None = None
     late_value: Any = None
+    #: The child's ``FlowResult`` when the step is a subflow (its last attempt's); else None.
+    subflow: FlowResult | None = None
 
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view (values that JSON cannot hold become their ``repr``).
@@ -147,6 +149,7 @@ class StepResult(Outcome):
             "group": self.group,
             **outcome,
             "late_value": jsonable(self.late_value),
+            "subflow": None if self.subflow is None else self.subflow.to_dict(),
         }
 
 

@@ -192,7 +192,7 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
             continue
         if step.compensate is not None:
             record = rebuilt.steps[step.name]
-            sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
+            sr = StepRun(step, index, record.group, run.backend_for(step), run)
             sr.record = record
             run.compensator.pending.append(sr)
     _restore_maps(run, recorded, rebuilt.maps, positions)

@@ -9,6 +9,7 @@ them; ``settle_verdict`` then applies the group's policy (``_policy``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -38,12 +39,12 @@ def skip_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...]) -> Non
         run.events.emit("group_finished", now, group=stage.name, status=GroupStatus.SKIPPED)
 
 
-def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: int) -> Iterator[None]:
+    """Run a step or group stage to its verdict, yielding whenever the loop must wait."""
     group = stage if isinstance(stage, Group) else None
     group_name = group.name if group is not None else None
     runs = [
-        StepRun(step, index + offset, group_name, run.backends.for_step(step.executor))
-        for offset, step in enumerate(members)
+        StepRun(step, index + offset, group_name, run.backend_for(step), run) for offset, step in enumerate(members)
     ]
     st = StageRun(stage.name, group, runs)
     run.stage = st
@@ -60,7 +61,7 @@ def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: 
             start_waiting(run, st)
             if not st.unsettled:
                 break
-        run.wait_once()
+        yield
     run.stage = None
     settle_verdict(run, st)
     end_stage_span(run, stage.name, run.groups[stage.name].status if group is not None else None)

@@ -77,7 +77,7 @@ def stop(run: _Run, reason: str) -> None:
     if soft and not run.scope.grace_armed:
         run.scope.grace_armed = True
         run.scope.grace_started = now = run.clock.now()
-        run.timers.push(now + STOP_GRACE, TimerKind.GRACE, None)
+        run.timers.push(now + STOP_GRACE, TimerKind.GRACE, run)
 
 
 def abandon(run: _Run, st: StageRun, sr: StepRun, reason: str) -> None:
