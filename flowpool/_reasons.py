@@ -13,14 +13,53 @@ result (``skip_reasons``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flowpool import Flow, FlowResult, GroupStatus, Map, Step, StepStatus
 from flowpool._definition import Always, Group
 from flowpool._options import callable_name
 
-__all__ = ["SkipReasons", "condition_reason", "skip_reasons"]
+__all__ = ["PATH_SEPARATOR", "SkipReasons", "condition_reason", "definition_at", "skip_reasons", "subflow_at"]
+
+#: Between the names of an event's path on screen (a single right-pointing angle quote):
+#: a step inside the subflow ``orders`` is ``orders \u203a charge``.
+PATH_SEPARATOR = " \u203a "
 
 # A top-level step that ends like this stops the flow (unless it is optional).
 _STOPPING = frozenset({StepStatus.FAILED.value, StepStatus.TIMED_OUT.value, StepStatus.CANCELLED.value})
+
+
+def definition_at(flow: Flow, path: Sequence[str]) -> Step | Group | Map | None:
+    """What an event's ``path`` names in ``flow``'s definition: the step, group or map
+    at its end, found through the subflows along it; None when there is no such path."""
+    found: Step | Group | Map | None = None
+    current: Flow | None = flow
+    for name in path:
+        if current is None:
+            return None
+        found = _named(current, name)
+        current = found.subflow if isinstance(found, Step | Map) else None
+    return found
+
+
+def subflow_at(flow: Flow, path: Sequence[str]) -> Flow | None:
+    """The flow whose stages an event at ``path + (name,)`` belongs to: ``flow`` itself
+    for ``()``, else the subflow named by ``path``; None when there is none."""
+    if not path:
+        return flow
+    found = definition_at(flow, path)
+    return found.subflow if isinstance(found, Step | Map) else None
+
+
+def _named(flow: Flow, name: str) -> Step | Group | Map | None:
+    for stage in flow.stages:
+        if stage.name == name:
+            return stage
+        if isinstance(stage, Group):
+            for member in stage.members:
+                if member.name == name:
+                    return member
+    return None
 
 
 def condition_reason(step: Step) -> str:

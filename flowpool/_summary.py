@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowpool import Flow, FlowResult, Group, GroupStatus, Map, StepResult, StepStatus
+from flowpool import Flow, FlowResult, Group, GroupStatus, Map, Step, StepResult, StepStatus
 from flowpool._definition import Always
 
 from ._reasons import skip_reasons
@@ -92,29 +92,11 @@ def summary_table(result: FlowResult, *, colour: bool = False, flow: Flow | None
 
     Given the run's ``flow``, the rows follow its stages, always-stages last (marked
     in the group column), and a skipped step or map says why (``_reasons``); a
-    result read back from a journal has no definition beside it.
+    result read back from a journal has no definition beside it. A subflow's steps
+    come indented under it (and under each failed item listed for a map of subflows).
     """
     header = ("step", "group", "status", "attempts", "duration", "error / reason", "compensation")
-    rows: list[tuple[str, ...]] = []
-    not_compensated = set(result.not_compensated)
-    reasons = skip_reasons(flow, result) if flow is not None else {}
-    if flow is None:
-        for step in result.steps.values():
-            rows.append(_step_row(step, not_compensated, reasons))
-        for mapped in result.maps.values():
-            rows.extend(_map_rows(mapped, reasons))
-    else:
-        last = [stage for stage in flow.stages if isinstance(stage, Always)]
-        for stage in [*(stage for stage in flow.stages if not isinstance(stage, Always)), *last]:
-            if isinstance(stage, Map):
-                if stage.name in result.maps:
-                    rows.extend(_map_rows(result.maps[stage.name], reasons))
-                continue
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            for member in members:
-                if member.name in result.steps:
-                    always = isinstance(member, Always)
-                    rows.append(_step_row(result.steps[member.name], not_compensated, reasons, always=always))
+    rows = _rows(result, flow, "")
     # Names may come from a journal written elsewhere: print nothing a terminal obeys.
     rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -138,8 +120,39 @@ def summary_table(result: FlowResult, *, colour: bool = False, flow: Flow | None
     return "\n".join(out)
 
 
+def _rows(result: FlowResult, flow: Flow | None, indent: str) -> list[tuple[str, ...]]:
+    """The rows of one flow's result (the top one, or a subflow's, further indented)."""
+    not_compensated = set(result.not_compensated)
+    reasons = skip_reasons(flow, result) if flow is not None else {}
+    rows: list[tuple[str, ...]] = []
+
+    def step_rows(step: StepResult, definition: Step | None) -> None:
+        always = isinstance(definition, Always)
+        rows.append(_step_row(step, not_compensated, reasons, indent, always=always))
+        if step.subflow is not None:
+            child = definition.subflow if definition is not None else None
+            rows.extend(_rows(step.subflow, child, indent + "  "))
+
+    if flow is None:
+        for step in result.steps.values():
+            step_rows(step, None)
+        for mapped in result.maps.values():
+            rows.extend(_map_rows(mapped, reasons, None, indent))
+        return rows
+    last = [stage for stage in flow.stages if isinstance(stage, Always)]
+    for stage in [*(stage for stage in flow.stages if not isinstance(stage, Always)), *last]:
+        if isinstance(stage, Map):
+            if stage.name in result.maps:
+                rows.extend(_map_rows(result.maps[stage.name], reasons, stage.subflow, indent))
+            continue
+        for member in stage.members if isinstance(stage, Group) else (stage,):
+            if member.name in result.steps:
+                step_rows(result.steps[member.name], member)
+    return rows
+
+
 def _step_row(
-    step: StepResult, not_compensated: set[str], reasons: dict[str, str], *, always: bool = False
+    step: StepResult, not_compensated: set[str], reasons: dict[str, str], indent: str, *, always: bool = False
 ) -> tuple[str, ...]:
     if step.compensation is not None:
         undo = step.compensation.status
@@ -150,7 +163,7 @@ def _step_row(
     else:
         undo = "-"
     return (
-        step.name,
+        indent + step.name,
         "(always)" if always else step.group or "-",
         step.status.value,
         str(step.attempts),
@@ -160,8 +173,9 @@ def _step_row(
     )
 
 
-def _map_rows(mapped: Any, reasons: dict[str, str]) -> list[tuple[str, ...]]:
-    """A map's row (its verdict and counts), then a row for each of its first failed items."""
+def _map_rows(mapped: Any, reasons: dict[str, str], child: Flow | None, indent: str) -> list[tuple[str, ...]]:
+    """A map's row (its verdict and counts), then a row for each of its first failed
+    items, each followed by its subflow's rows in a map of subflows."""
     counts = mapped.counts
     parts = [f"{mapped.total} items: {counts[StepStatus.COMPLETED]} completed"]
     parts.extend(f"{counts[status]} {word}" for status, word in _COUNTED if counts[status])
@@ -172,13 +186,13 @@ def _map_rows(mapped: Any, reasons: dict[str, str]) -> list[tuple[str, ...]]:
         described = reasons[mapped.name]
     if mapped.error is not None and mapped.status is GroupStatus.FAILED:
         described += f"; {_error_line(mapped.error, 60)}"
-    rows: list[tuple[str, ...]] = [(mapped.name, "(map)", mapped.status.value, "-", "-", described, "-")]
+    rows: list[tuple[str, ...]] = [(indent + mapped.name, "(map)", mapped.status.value, "-", "-", described, "-")]
     failed = mapped.failed
     for item in failed[:FAILED_ITEMS_SHOWN]:
         undo = "-" if item.compensation is None else item.compensation.status
         rows.append(
             (
-                f"  {mapped.name}[{item.key!r}]",
+                f"{indent}  {mapped.name}[{item.key!r}]",
                 mapped.name,
                 item.status.value,
                 str(item.attempts),
@@ -187,6 +201,8 @@ def _map_rows(mapped: Any, reasons: dict[str, str]) -> list[tuple[str, ...]]:
                 undo,
             )
         )
+        if item.subflow is not None:
+            rows.extend(_rows(item.subflow, child, indent + "    "))
     if len(failed) > FAILED_ITEMS_SHOWN:
-        rows.append((f"  ... {len(failed) - FAILED_ITEMS_SHOWN} more", mapped.name, "", "", "", "", ""))
+        rows.append((f"{indent}  ... {len(failed) - FAILED_ITEMS_SHOWN} more", mapped.name, "", "", "", "", ""))
     return rows

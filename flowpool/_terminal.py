@@ -22,7 +22,7 @@ from flowpool import Event, Flow, Group, LogContextFilter, Map, RemoteError
 from flowpool._definition import Always
 
 from ._logcontext import FIELDS as LOG_FIELDS
-from ._reasons import SkipReasons
+from ._reasons import PATH_SEPARATOR, SkipReasons, definition_at, subflow_at
 
 __all__ = ["FAILED_ITEMS_SHOWN", "Progress", "RunLogs"]
 
@@ -117,9 +117,10 @@ class Progress:
         # Maps are known by their item events; a map whose items have a len() gets a bar.
         self.maps: dict[str, _MapProgress] = {}
         self.map_sizes = {stage.name: size for stage in flow.stages if (size := _items_size(stage)) is not None}
-        self.map_names = {stage.name for stage in flow.stages if isinstance(stage, Map)}
-        self.always = {stage.name for stage in flow.stages if isinstance(stage, Always)}
-        self.skips = SkipReasons(flow)
+        self.flow = flow
+        # Why steps were skipped, per flow being run: () for the top, a subflow's path
+        # for each child running now (dropped when it ends, so a long run does not grow).
+        self.skips: dict[tuple[str, ...], SkipReasons] = {(): SkipReasons(flow)}
         self.drawn = 0
         self.stopped = threading.Event()
         self.ticker: threading.Thread | None = None
@@ -213,20 +214,35 @@ class Progress:
             if event.item is not None or event.index is not None:
                 # A map may send thousands of these a second: most only move its bar,
                 # which the ticker redraws.
-                lines = self._item_lines(event)
+                inside = self._inside_item(event.path)
+                lines = self._item_lines(event) if inside is None else self._item_child_lines(event, inside)
                 if lines:
                     self._draw(lines)
                 return
             self._draw(self._lines(event))
+
+    def _skips(self, path: tuple[str, ...]) -> SkipReasons | None:
+        """Why-skipped for the flow the step at ``path`` belongs to (None: not in the definition)."""
+        prefix = path[:-1]
+        found = self.skips.get(prefix)
+        if found is None:
+            child = subflow_at(self.flow, prefix)
+            if child is None:
+                return None
+            found = self.skips[prefix] = SkipReasons(child)
+        return found
 
     def _lines(self, event: Event) -> list[str]:
         if self.start is None:
             self.start = event.time
         stamp = f"[{event.time - self.start:8.3f}s] "
         kind = event.kind
-        step = event.step or ""
+        path = _path(event)
+        step = _label(path)  # a step inside a subflow is named by its path
         status = str(event.status) if event.status is not None else ""
-        where = f" [{event.group}]" if event.group else " [always]" if step in self.always else ""
+        where = f" [{event.group}]" if event.group else ""
+        if kind.startswith("step_") and not where and isinstance(definition_at(self.flow, path), Always):
+            where = " [always]"
         error = _error_line(event.error)
         if kind == "group_finished":
             return self._group_lines(event, stamp, status)
@@ -235,6 +251,7 @@ class Progress:
         if kind == "flow_finished":
             return [f"{stamp}flow {event.flow!r} " + self._paint(status, status)]
         if kind == "step_started":
+            self.skips.pop(path, None)  # a subflow starting (again): its child's stops start afresh
             self.waiting.pop(step, None)
             self.running[step] = (event.group, event.attempt or 1, self._now())
             if self.live:
@@ -250,10 +267,13 @@ class Progress:
         if kind == "step_finished":
             self.running.pop(step, None)
             self.waiting.pop(step, None)
-            if status == "skipped":
-                error = self.skips.reason(step)
-            self.skips.saw(step, status, stage=event.group is None)
-            if event.group in self.done:
+            skips = self._skips(path)
+            if skips is not None:
+                if status == "skipped":
+                    error = skips.reason(path[-1])
+                skips.saw(path[-1], status, stage=event.group is None)
+            self.skips.pop(path, None)  # a subflow's child has ended
+            if event.group in self.done and len(path) == 1:
                 counts = self.done[event.group or ""]
                 counts[status] = counts.get(status, 0) + 1
                 if self.live and status == "completed":
@@ -275,22 +295,54 @@ class Progress:
 
     def _group_lines(self, event: Event, stamp: str, status: str) -> list[str]:
         """A group's or a map's verdict; a skipped one says why."""
-        name = event.group or ""
-        why = f": {self.skips.reason(name)}" if status == "skipped" else ""
-        self.skips.saw(name, status)
-        self.done.pop(name, None)  # its bar has served
+        path = _path(event)
+        name = _label(path)
+        skips = self._skips(path)
+        why = f": {skips.reason(path[-1])}" if status == "skipped" and skips is not None else ""
+        if skips is not None:
+            skips.saw(path[-1], status)
+        if len(path) == 1:
+            self.done.pop(name, None)  # its bar has served
         board = self.maps.pop(name, None)
         if board is not None:
             return [f"{stamp}map         {name}: " + self._paint(status, status) + f" ({board.summary()})"]
-        kind = "map  " if name in self.map_names else "group"
+        kind = "map  " if isinstance(definition_at(self.flow, path), Map) else "group"
         return [f"{stamp}{kind}       {name}: " + self._paint(status, status) + why]
+
+    def _inside_item(self, path: tuple[str, ...]) -> int | None:
+        """How many names of ``path`` lead to the map whose item this event happened
+        inside (a map of subflows), or None when the event is about an item itself."""
+        for depth in range(1, len(path)):
+            if _label(path[:depth]) in self.maps:
+                return depth
+        return None
+
+    def _item_child_lines(self, event: Event, depth: int) -> list[str]:
+        """Inside one item of a map of subflows: only what went wrong, and what was
+        undone, while the map's failed items are still being listed."""
+        board = self.maps[_label(event.path[:depth])]
+        if board.shown >= FAILED_ITEMS_SHOWN or self.start is None:
+            return []
+        stamp = f"[{event.time - self.start:8.3f}s] "
+        status = str(event.status) if event.status is not None else ""
+        key = event.item if event.item is not None else event.index
+        where = _printable(f"{board.name}[{key!r}]{PATH_SEPARATOR}{_label(event.path[depth:])}")
+        error = _error_line(event.error)
+        reason = f": {error}" if error else ""
+        if event.kind == "step_finished" and status not in ("completed", "skipped"):
+            return [f"{stamp}{self._paint(f'{status:<11}', status)} {where}{reason}"]
+        if event.kind == "compensation_finished":
+            if status == "compensated":
+                return [f"{stamp}{self._paint('compensated', 'compensated')} {where}"]
+            return [f"{stamp}{self._paint('undo failed', 'failed')} {where} ({status}){reason}"]
+        return []
 
     def _item_lines(self, event: Event) -> list[str]:
         """A map's item events feed its bar; only its first failures get a line each."""
         if self.start is None:
             self.start = event.time
         stamp = f"[{event.time - self.start:8.3f}s] "
-        name = event.step or ""
+        name = _label(_path(event))
         board = self.maps.get(name)
         if board is None:
             board = self.maps[name] = _MapProgress(name, self.map_sizes.get(name), self._now())
@@ -316,6 +368,17 @@ class Progress:
             label = _printable(f"{name}[{key!r}]")
             return [f"{stamp}{self._paint(f'{status:<11}', status)} {label}{reason}"]
         return []  # a retry of one item among many: its final status is what counts
+
+
+def _path(event: Event) -> tuple[str, ...]:
+    """The event's path from the top (a step's name alone in an event without one)."""
+    return event.path or ((event.step or event.group or ""),)
+
+
+def _label(path: tuple[str, ...]) -> str:
+    """How a step is named on screen: its path, e.g. ``("orders", "charge")`` as
+    ``orders \u203a charge``."""
+    return PATH_SEPARATOR.join(path)
 
 
 def _items_size(stage: Any) -> int | None:

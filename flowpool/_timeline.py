@@ -7,7 +7,8 @@ loading, so even a hostile log cannot make the page run or fetch anything.
 It is built from event dictionaries (``Event.to_dict()``, one per line of
 ``--events``), so a live run and a saved log draw the same page::
 
-    events ──> runs by run_id ──> rows (groups, then their members) ──> SVG bars
+    events ──> runs by run_id ──> rows (groups, then their members; subflows, then their
+               child's rows) ──> SVG bars
 
 Each attempt is one bar from its ``started_at`` to its end event's ``time``;
 backoff waits are dashed lines between attempts; compensations are bars of
@@ -16,7 +17,10 @@ how many of its items ran over time, with the items that did not complete
 marked above it (events about items carry ``item``/``index``). A skipped step
 has a mark where it was skipped, and says why when the run's ``Flow`` is given
 (``_reasons``: its condition was false, or the flow had stopped); with the flow,
-always-stages are outlined and set apart below the rest. Hovering shows
+always-stages are outlined and set apart below the rest. A subflow's row has
+its child's rows nested beneath it (events carry the ``path`` from the top); a
+map of subflows stays one row, the steps inside its items are not drawn one by
+one. Hovering shows
 details through SVG ``<title>``. ``Timeline`` takes events one at a time and
 keeps a few numbers per map attempt, not the events, so a live run of a
 large map does not hold its event log in memory.
@@ -33,7 +37,8 @@ from typing import Any
 
 from flowpool import Flow
 
-from ._timeline_model import EventModel, _Bar, _MapRow, _Row, _RunModel, read_events
+from ._reasons import PATH_SEPARATOR
+from ._timeline_model import EventModel, _Bar, _MapRow, _Row, _RunModel, flatten, read_events
 
 __all__ = ["STATUS_COLOURS", "Timeline", "read_events", "render_timeline"]
 
@@ -64,6 +69,7 @@ _BAR = 16
 _AXIS_TOP = 50  # one line of legend above; each further line moves the axis down
 _FIRST_ROW = 74
 _LEGEND_LINE = 18
+_INDENT = 16  # a group's members, and a subflow's steps, are indented this much under it
 _MAP_ROWS = 2  # a map's row is this many rows high
 _MAP_BUCKETS = 215  # time slices of a map's band (4 px each): the page's size does not grow with items
 
@@ -116,20 +122,11 @@ def _svg(run: _RunModel) -> str:
     def x(t: float) -> float:
         return _LABEL_WIDTH + max(0.0, t - t0) * scale
 
-    rows: list[tuple[str, Any]] = []  # ("group", _GroupInfo), ("step", _Row) or ("map", _MapRow)
-    for kind, name in run.order:
-        if kind == "group":
-            info = run.groups[name]
-            rows.append(("group", info))
-            rows.extend(("step", run.rows[s]) for s in info.steps)
-        elif kind == "map":
-            rows.append(("map", run.maps[name]))
-        else:
-            rows.append(("step", run.rows[name]))
+    rows = flatten(run)  # ("group", _GroupInfo), ("step", _Row) or ("map", _MapRow), with depth
     width = _LABEL_WIDTH + _PLOT_WIDTH + _RIGHT_PAD
     legend, lines = _legend(run, width)
     below = _LEGEND_LINE * (lines - 1)
-    tall = sum(_MAP_ROWS if kind == "map" else 1 for kind, _ in rows)
+    tall = sum(_MAP_ROWS if kind == "map" else 1 for kind, _, _ in rows)
     height = _FIRST_ROW + below + _ROW * max(tall, 1) + 10
     out = [
         f'<svg class="timeline" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -150,29 +147,31 @@ def _svg(run: _RunModel) -> str:
     y = _FIRST_ROW + below - _ROW
     high = _ROW
     ruled = False
-    for position, (kind, item) in enumerate(rows):
+    for position, (kind, item, depth) in enumerate(rows):
         y += high
         high = _ROW * (_MAP_ROWS if kind == "map" else 1)
         if position % 2 == 0:
             out.append(f'<rect x="0" y="{y}" width="{width}" height="{high}" class="stripe"/>')
-        if kind == "step" and item.always and not ruled:
+        indent = 8 + _INDENT * depth
+        if kind == "step" and item.always and not ruled and depth == 0:
             # Always-stages run after everything else and after the compensations.
             ruled = True
             out.append(f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" class="always-rule"/>')
         if kind == "map":
-            out.extend(_map_band(item, y, high, t0, span))
+            out.extend(_map_band(item, y, high, t0, span, indent))
             continue
         if kind == "group":
             verdict = f" - {item.status}" if item.status else ""
             out.append(
-                f'<text x="8" y="{y + 17}" class="group-label" data-group="{_esc(item.name)}">'
+                f'<text x="{indent}" y="{y + 17}" class="group-label" data-group="{_esc(item.name)}">'
                 f"group {_esc(item.name)}{_esc(verdict)}</text>"
             )
             continue
         row: _Row = item
-        indent = 24 if row.group is not None else 8
         final = f" ({row.status})" if row.status and row.status != "completed" else ""
         marked = ' data-always="1"' if row.always else ""
+        if len(row.path) > 1:  # inside a subflow: the whole path, as events give it
+            marked += f' data-path="{_esc(PATH_SEPARATOR.join(row.path))}"'
         out.append(
             f'<text x="{indent}" y="{y + 17}" class="step-label" data-step="{_esc(row.step)}"{marked}>'
             f"{'always: ' if row.always else ''}{_esc(row.step)}{_esc(final)}</text>"
@@ -249,7 +248,7 @@ def _skip_mark(name: str, reason: str | None, at: float, y: int) -> list[str]:
     ]
 
 
-def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[str]:
+def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float, indent: int = 8) -> list[str]:
     """A map's row: how many of its items ran in each slice of time, as one filled path,
     and a mark over each slice in which items ended without completing."""
     slices = _MAP_BUCKETS
@@ -299,9 +298,9 @@ def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[s
         at = _LABEL_WIDTH + max(0.0, row.skipped_at - t0) / span * _PLOT_WIDTH
         skipped = _skip_mark(row.name, row.reason, at, y)
     out = [
-        f'<text x="8" y="{y + 17}" class="group-label" data-map="{_esc(row.name)}">'
+        f'<text x="{indent}" y="{y + 17}" class="group-label" data-map="{_esc(row.name)}">'
         f"map {_esc(row.name)}{_esc(verdict)}</text>",
-        f'<text x="8" y="{y + 35}" class="legend">{_esc(counted_line)}</text>',
+        f'<text x="{indent}" y="{y + 35}" class="legend">{_esc(counted_line)}</text>',
         f'<path class="band" data-map="{_esc(row.name)}" data-peak="{max(peaks)}" d="{"".join(points)}" '
         f'fill="{STATUS_COLOURS["running"]}"><title>{_esc(about)}</title></path>',
     ]

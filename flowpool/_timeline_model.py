@@ -17,9 +17,9 @@ from typing import Any
 from flowpool import Flow
 from flowpool._definition import Always
 
-from ._reasons import SkipReasons
+from ._reasons import SkipReasons, definition_at, subflow_at
 
-__all__ = ["EventModel", "read_events"]
+__all__ = ["EventModel", "RowPath", "flatten", "read_events"]
 
 _FARTHEST = 1e12  # seconds; monotonic and epoch times are far below
 
@@ -63,10 +63,15 @@ class _Bar:
     delay: float | None = None  # backoff planned after this attempt
 
 
+#: Where a row is: the names from the top of the run down to it (an event's ``path``).
+RowPath = tuple[str, ...]
+
+
 @dataclass
 class _Row:
     step: str
     group: str | None
+    path: RowPath = ()
     status: str | None = None
     attempts: dict[int, _Bar] = field(default_factory=dict)
     compensations: dict[int, _Bar] = field(default_factory=dict)
@@ -79,7 +84,7 @@ class _Row:
 class _GroupInfo:
     name: str
     status: str | None = None
-    steps: list[str] = field(default_factory=list)
+    steps: list[RowPath] = field(default_factory=list)
 
 
 @dataclass
@@ -105,14 +110,30 @@ class _RunModel:
     error: str | None = None
     start: float | None = None
     end: float | None = None
-    order: list[tuple[str, str]] = field(default_factory=list)  # ("step"|"group", name)
-    rows: dict[str, _Row] = field(default_factory=dict)
-    groups: dict[str, _GroupInfo] = field(default_factory=dict)
-    maps: dict[str, _MapRow] = field(default_factory=dict)
+    #: Under each path (() for the top, a subflow's path for its child), what comes in
+    #: order: ("step" | "group" | "map", the path of its row).
+    order: dict[RowPath, list[tuple[str, RowPath]]] = field(default_factory=dict)
+    rows: dict[RowPath, _Row] = field(default_factory=dict)
+    groups: dict[RowPath, _GroupInfo] = field(default_factory=dict)
+    maps: dict[RowPath, _MapRow] = field(default_factory=dict)
     first: float | None = None
     last: float | None = None
-    skips: SkipReasons | None = None  # with the run's definition: why steps were skipped
-    always: frozenset[str] = frozenset()  # the always-stages' names, when the flow is known
+    definition: Flow | None = None  # the run's flow, when known: always-stages, why skipped
+    #: Why-skipped per flow being run: () for the top, a subflow's path for its child.
+    skips: dict[RowPath, SkipReasons] = field(default_factory=dict)
+
+    def skip_reasons(self, path: RowPath) -> SkipReasons | None:
+        """Why-skipped for the flow the step (or group, or map) at ``path`` is in."""
+        if self.definition is None:
+            return None
+        prefix = path[:-1]
+        found = self.skips.get(prefix)
+        if found is None:
+            child = subflow_at(self.definition, prefix)
+            if child is None:
+                return None
+            found = self.skips[prefix] = SkipReasons(child)
+        return found
 
 
 def _error_text(error: Any) -> str | None:
@@ -162,12 +183,19 @@ class EventModel:
             run = self._runs[run_id] = _RunModel(run_id)
             flow = self._flow
             if flow is not None and event.get("flow") == flow.name:
-                run.skips = SkipReasons(flow)
-                run.always = frozenset(stage.name for stage in flow.stages if isinstance(stage, Always))
+                run.definition = flow
         run.first = time if run.first is None else min(run.first, time)
         run.last = time if run.last is None else max(run.last, time)
         run.flow = str(event.get("flow") or run.flow)
         _take(run, event, time)
+
+
+def _path(event: Mapping[str, Any], name: str | None) -> RowPath | None:
+    """The event's path from the top of the run; a name alone in a log without paths."""
+    path = event.get("path")
+    if isinstance(path, list | tuple) and path and all(isinstance(part, str) for part in path):
+        return tuple(path)
+    return (name,) if name is not None else None
 
 
 def _take(run: _RunModel, event: Mapping[str, Any], time: float) -> None:
@@ -188,39 +216,34 @@ def _take(run: _RunModel, event: Mapping[str, Any], time: float) -> None:
         run.status = status
         run.error = _error_text(event.get("error"))
         return
+    path = _path(event, group if kind == "group_finished" else step if isinstance(step, str) else None)
+    if path is None:
+        return
+    item = event.get("index") if event.get("index") is not None else event.get("item")
+    if item is not None and any(path[:depth] in run.maps for depth in range(1, len(path))):
+        return  # inside one item of a map of subflows: the map's band counts its items
     if kind == "group_finished":
-        if group is None:
-            return
-        if group in run.groups:
-            run.groups[group].status = status
-        else:
-            # A group's members end before it does: a name not seen yet is a map
-            # that ran no item (skipped, empty, or its items could not be produced).
-            mapped = _map_row(run, group)
-            mapped.status = status
-            if status == "skipped":
-                mapped.skipped_at = time
-                mapped.reason = run.skips.reason(group) if run.skips is not None else None
-        if run.skips is not None and status is not None:
-            run.skips.saw(group, status)
+        _take_verdict(run, path, status, time)
         return
     if not isinstance(step, str):
         return
-    item = event.get("index") if event.get("index") is not None else event.get("item")
     if item is not None:
-        _take_item(run, step, item, kind, attempt, status, time, started_at)
+        _take_item(run, path, item, kind, attempt, status, time, started_at)
         return
-    row = _row(run, step, group)
+    row = _row(run, path, group)
     if kind == "step_started":
+        run.skips.pop(path, None)  # a subflow starting (again): its child's stops start afresh
         bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
         bar.start = time
     elif kind in ("step_retrying", "step_finished"):
         if kind == "step_finished":
             row.status = status
-            if run.skips is not None and status is not None:
+            skips = run.skip_reasons(path)
+            if skips is not None and status is not None:
                 if status == "skipped":
-                    row.reason = run.skips.reason(step)
-                run.skips.saw(step, status, stage=group is None)
+                    row.reason = skips.reason(path[-1])
+                skips.saw(path[-1], status, stage=group is None)
+            run.skips.pop(path, None)  # a subflow's child has ended
         if started_at is None and attempt not in row.attempts:
             if status == "skipped":
                 row.skipped_at = time
@@ -245,9 +268,27 @@ def _take(run: _RunModel, event: Mapping[str, Any], time: float) -> None:
             bar.error = _error_text(event.get("error"))
 
 
+def _take_verdict(run: _RunModel, path: RowPath, status: str | None, time: float) -> None:
+    """A group's or a map's ``group_finished``."""
+    if path in run.groups:
+        run.groups[path].status = status
+    else:
+        # A group's members end before it does: a path not seen yet is a map that
+        # ran no item (skipped, empty, or its items could not be produced).
+        mapped = _map_row(run, path)
+        mapped.status = status
+        if status == "skipped" and not mapped.starts and not mapped.running:
+            mapped.skipped_at = time
+            skips = run.skip_reasons(path)
+            mapped.reason = skips.reason(path[-1]) if skips is not None else None
+    skips = run.skip_reasons(path)
+    if skips is not None and status is not None:
+        skips.saw(path[-1], status)
+
+
 def _take_item(
     run: _RunModel,
-    name: str,
+    path: RowPath,
     item: Any,
     kind: Any,
     attempt: int,
@@ -255,8 +296,8 @@ def _take_item(
     time: float,
     started_at: float | None,
 ) -> None:
-    """An event about one item of the map ``name``: it only moves the map's numbers."""
-    row = _map_row(run, name)
+    """An event about one item of the map at ``path``: it only moves the map's numbers."""
+    row = _map_row(run, path)
     key = (item if isinstance(item, str | int) else repr(item), attempt)
     if kind == "step_started":
         row.running[key] = time
@@ -275,28 +316,48 @@ def _take_item(
             row.failures.append(time)
 
 
-def _map_row(run: _RunModel, name: str) -> _MapRow:
-    row = run.maps.get(name)
+def _map_row(run: _RunModel, path: RowPath) -> _MapRow:
+    row = run.maps.get(path)
     if row is None:
-        row = run.maps[name] = _MapRow(name)
-        run.order.append(("map", name))
+        row = run.maps[path] = _MapRow(path[-1])
+        run.order.setdefault(path[:-1], []).append(("map", path))
     return row
 
 
-def _group(run: _RunModel, name: str) -> _GroupInfo:
-    info = run.groups.get(name)
+def _group(run: _RunModel, path: RowPath) -> _GroupInfo:
+    info = run.groups.get(path)
     if info is None:
-        info = run.groups[name] = _GroupInfo(name)
-        run.order.append(("group", name))
+        info = run.groups[path] = _GroupInfo(path[-1])
+        run.order.setdefault(path[:-1], []).append(("group", path))
     return info
 
 
-def _row(run: _RunModel, step: str, group: str | None) -> _Row:
-    row = run.rows.get(step)
+def _row(run: _RunModel, path: RowPath, group: str | None) -> _Row:
+    row = run.rows.get(path)
     if row is None:
-        row = run.rows[step] = _Row(step, group, always=step in run.always)
+        always = run.definition is not None and isinstance(definition_at(run.definition, path), Always)
+        row = run.rows[path] = _Row(path[-1], group, path, always=always)
         if group is None:
-            run.order.append(("step", step))
+            run.order.setdefault(path[:-1], []).append(("step", path))
         else:
-            _group(run, group).steps.append(step)
+            _group(run, (*path[:-1], group)).steps.append(path)
     return row
+
+
+def flatten(run: _RunModel, parent: RowPath = (), depth: int = 0) -> list[tuple[str, Any, int]]:
+    """The run's rows top to bottom, each with its depth: a group's members under it,
+    a subflow's child rows under the subflow's own row."""
+    rows: list[tuple[str, Any, int]] = []
+    for kind, path in run.order.get(parent, ()):
+        if kind == "group":
+            info = run.groups[path]
+            rows.append(("group", info, depth))
+            for member in info.steps:
+                rows.append(("step", run.rows[member], depth + 1))
+                rows.extend(flatten(run, member, depth + 2))
+        elif kind == "map":
+            rows.append(("map", run.maps[path], depth))
+        else:
+            rows.append(("step", run.rows[path], depth))
+            rows.extend(flatten(run, path, depth + 1))
+    return rows
