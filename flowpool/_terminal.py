@@ -121,6 +121,8 @@ class Progress:
         # Why steps were skipped, per flow being run: () for the top, a subflow's path
         # for each child running now (dropped when it ends, so a long run does not grow).
         self.skips: dict[tuple[str, ...], SkipReasons] = {(): SkipReasons(flow)}
+        #: Every map seen, by its path's label: an event under one happened inside an item.
+        self.map_labels: set[str] = set()
         self.drawn = 0
         self.stopped = threading.Event()
         self.ticker: threading.Thread | None = None
@@ -313,15 +315,17 @@ class Progress:
         """How many names of ``path`` lead to the map whose item this event happened
         inside (a map of subflows), or None when the event is about an item itself."""
         for depth in range(1, len(path)):
-            if _label(path[:depth]) in self.maps:
+            if _label(path[:depth]) in self.map_labels:
                 return depth
         return None
 
     def _item_child_lines(self, event: Event, depth: int) -> list[str]:
         """Inside one item of a map of subflows: only what went wrong, and what was
         undone, while the map's failed items are still being listed."""
-        board = self.maps[_label(event.path[:depth])]
-        if board.shown >= FAILED_ITEMS_SHOWN or self.start is None:
+        board = self.maps.get(_label(event.path[:depth]))
+        if board is None or board.shown >= FAILED_ITEMS_SHOWN or self.start is None:
+            # The map has settled: its items' children undone later (the flow failed
+            # after it) are summed up by the summary, as a plain map's items are.
             return []
         stamp = f"[{event.time - self.start:8.3f}s] "
         status = str(event.status) if event.status is not None else ""
@@ -345,7 +349,10 @@ class Progress:
         name = _label(_path(event))
         board = self.maps.get(name)
         if board is None:
+            if name in self.map_labels and event.kind.startswith("compensation"):
+                return []  # its items undone after the map settled: not drawn one by one
             board = self.maps[name] = _MapProgress(name, self.map_sizes.get(name), self._now())
+            self.map_labels.add(name)
         index = event.index if event.index is not None else event.item
         kind = event.kind
         status = str(event.status) if event.status is not None else ""

@@ -298,3 +298,22 @@ def test_a_child_compensated_as_a_unit_later_is_drawn_on_the_childs_rows() -> No
     assert [(x, path) for x, path, _ in labels(page)] == [(8, "sub"), (24, f"sub{SEP}inner"), (8, "boom")]
     (undo_bar,) = re.findall(r'<rect class="bar compensation" data-step="(\w+)"', page)
     assert undo_bar == "inner"
+
+
+def test_items_undone_after_their_map_settled_bring_back_no_bar() -> None:
+    # The flow fails after the map: its completed items (a plain map's, and a map of
+    # subflows' children) are undone then, and are summed up by the summary.
+    flow = (
+        Flow("late")
+        .map("plain", work, items=[1, 2], compensate=undo)
+        .map("sagas", order(), items=[1, 3])
+        .step("boom", capture)
+    )
+    stream = io.StringIO()
+    progress = Progress(stream, flow, live=True)
+    try:
+        result = flow.run(2, on_event=progress.event)
+        assert not result.ok and result.compensated
+        assert progress.maps == {}  # no bar came back for either map
+    finally:
+        progress.close()
