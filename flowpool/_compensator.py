@@ -15,8 +15,6 @@ once, and all of them end before an earlier stage's compensations start.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import heapq
 import itertools
 import queue
@@ -28,97 +26,22 @@ from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
 from ._context import Context, ItemCall
-from ._definition import Step
 from ._errors import StepTimeoutError
 from ._events import EventSink
-from ._executors import Backend
 from ._recorder import RunRecorder
 from ._results import CompensationResult, StepResult
 from ._retry import backoff_delay
 from ._state import StepRun, tell_cancel, with_compensation
 from ._stop import StopScope
 from ._timers import Timers
+from ._undo_plan import Job, MapCompensation, plan, refresh_units
 
 if TYPE_CHECKING:
-    from ._maps import MapLedger
     from ._runner import _Run
     from ._tracing import RunTracer, Span
 
-#: What a stage's compensations are: (its position, how many may run at once, its jobs).
-Plan = list[tuple[int, int, Iterator["_Job"]]]
 
-__all__ = ["Compensator", "MapCompensation"]
-
-
-class MapCompensation:
-    """A map whose completed items have a compensation: what undoing them needs."""
-
-    __slots__ = ("name", "position", "step", "ledger", "items", "backend", "concurrency", "context", "units")
-
-    def __init__(
-        self,
-        name: str,
-        position: int,
-        step: Step,
-        ledger: MapLedger,
-        items: list[Any],
-        backend: Backend,
-        concurrency: int,
-    ) -> None:
-        self.name = name
-        self.position = position
-        self.step = step
-        self.ledger = ledger
-        self.items = items  # the items, by index (those that did not complete are None)
-        self.backend = backend
-        self.concurrency = concurrency
-        #: The context of the map's run (or subflow frame).
-        self.context: Callable[[str, int], Context] | None = None
-        #: A map of subflows: index → the frame of each completed item with something to undo.
-        self.units: dict[int, Any] = {}
-
-
-class _Job:
-    """One compensation to run: a completed step's, or a map item's.
-
-    A job of a step inside a completed subflow (compensated as a unit) belongs to
-    that subflow's ``frame``; ``chain`` lists each enclosing subflow frame below the
-    compensating run with the job's label as that frame names it."""
-
-    __slots__ = (
-        "label",
-        "step",
-        "group",
-        "backend",
-        "value",
-        "sr",
-        "ledger",
-        "item",
-        "index",
-        "key",
-        "context",
-        "chain",
-    )
-
-    def __init__(self, label: str, step: Step, group: str | None, backend: Backend, value: Any) -> None:
-        self.label = label
-        self.step = step
-        self.group = group
-        self.backend = backend
-        self.value = value
-        self.sr: StepRun | None = None
-        self.ledger: MapLedger | None = None
-        self.item: Any = None
-        self.index: int | None = None
-        self.key: str | int | None = None
-        self.context: Callable[[str, int], Context] | None = None
-        self.chain: list[tuple[_Run, str]] = []
-
-    def fields(self) -> dict[str, Any]:
-        """The event fields naming what is compensated."""
-        if self.index is None:
-            return {"step": self.step.name, "group": self.group}
-        return {"step": self.step.name, "group": None, "item": self.key, "index": self.index}
+__all__ = ["Compensator"]
 
 
 class Compensator:
@@ -187,9 +110,9 @@ class Compensator:
         journal as it comes.
         """
         self.records = records
-        stages = self.plan(recorder.enabled)
+        stages = plan(self, recorder.enabled)
 
-        def finished(job: _Job, outcome: CompensationResult) -> None:
+        def finished(job: Job, outcome: CompensationResult) -> None:
             self.note(job, outcome)
             position = len(self.compensated) + len(self.not_compensated) - 1
             recorder.compensation_finished(job.label, outcome, position)
@@ -206,7 +129,7 @@ class Compensator:
                             self.give_up(job)
                     return
         finally:
-            self.refresh_units()
+            refresh_units(self)
 
     def run_in_frame(self) -> Generator[None, None, None]:
         """A subflow frame's own compensations, latest stage first: every one is handed
@@ -216,10 +139,10 @@ class Compensator:
 
         run = self.run
         self.records = run.records
-        stages = self.plan(False)
+        stages = plan(self, False)
         try:
             for number, (_, k, jobs) in enumerate(stages):
-                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.note)
+                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.journaled)
                 completed = yield from in_frame(run, waits)
                 if not completed:
                     for _, _, rest in stages[number + 1 :]:
@@ -227,27 +150,15 @@ class Compensator:
                             self.give_up(job)
                     return
         finally:
-            self.refresh_units()
+            refresh_units(self)
 
-    def plan(self, journaled: bool) -> Plan:
-        """The pending compensations as stages, latest first: ``(position, concurrency, jobs)``."""
-        pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
-        done = self.done
-        if journaled:
-            pending = [sr for sr in pending if sr.step.name not in self.done]
-        # A stage's steps are consecutive in ``pending``.
-        stages: Plan = []
-        for _, members in itertools.groupby(pending, key=lambda sr: sr.group or sr.step.name):
-            runs = list(members)
-            first = runs[0]
-            k = self.concurrency.get(first.group, 1) if first.group is not None else 1
-            stages.append((first.index, k, itertools.chain.from_iterable(self._step_jobs(sr) for sr in runs)))
-        for m in self.maps:
-            stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
-        stages.sort(key=lambda stage: stage[0], reverse=True)
-        return stages
+    def journaled(self, job: Job, outcome: CompensationResult) -> None:
+        """A subflow frame's compensation finished: note it and journal it."""
+        self.note(job, outcome)
+        position = len(self.compensated) + len(self.not_compensated) - 1
+        self.run.recorder.compensation_finished(job.label, outcome, position)
 
-    def note(self, job: _Job, outcome: CompensationResult) -> None:
+    def note(self, job: Job, outcome: CompensationResult) -> None:
         """Write a finished compensation's outcome where its step's (or item's) record is."""
         sr = job.sr
         if sr is not None:
@@ -261,7 +172,7 @@ class Compensator:
         for frame, label in job.chain:
             (frame.compensator.compensated if ok else frame.compensator.not_compensated).append(label)
 
-    def give_up(self, job: _Job) -> None:
+    def give_up(self, job: Job) -> None:
         """A second Ctrl-C stopped the compensations before ``job``'s ended: it is abandoned."""
         abandoned = CompensationResult("abandoned")
         sr = job.sr
@@ -273,85 +184,13 @@ class Compensator:
         for frame, label in job.chain:
             frame.compensator.not_compensated.append(label)
 
-    def _step_jobs(self, sr: StepRun) -> Iterator[_Job]:
-        """A completed step's compensation; for a completed subflow, its steps' as a unit."""
-        child = sr.child
-        if child is not None:
-
-            def put_back(result: Any) -> None:
-                record = sr.record
-                assert record is not None
-                sr.record = sr.run.records[sr.step.name] = dataclasses.replace(record, subflow=result)
-
-            yield from self._unit_jobs(child, sr.step.name, put_back)
-            return
-        record = sr.record
-        assert record is not None
-        # A timed-out step whose abandoned attempt returned later is undone on that late value.
-        job = _Job(sr.step.name, sr.step, sr.group, sr.backend, record.value if record.ok else record.late_value)
-        job.sr = sr
-        job.context = sr.run.context
-        yield job
-
-    def _unit_jobs(self, child: _Run, label: str, put_back: Callable[[Any], None]) -> Iterator[_Job]:
-        """The jobs of a completed subflow, in its own reverse order, named under ``label``."""
-        self.units.append((child, put_back))
-        for _, _, jobs in child.compensator.plan(False):
-            for job in jobs:
-                job.chain.append((child, job.label))
-                job.label = f"{label}/{job.label}"
-                yield job
-
-    def refresh_units(self) -> None:
-        """Give the subflows compensated as units their results with those compensations,
-        the innermost first (each result is held by its parent's)."""
-        units, self.units = self.units, []
-        for child, put_back in reversed(units):
-            child.compensator.refresh_units()  # the subflows it holds, first
-            result = child.result
-            assert result is not None
-            compensator = child.compensator
-            child.result = dataclasses.replace(
-                result,
-                steps={name: child.records.get(name, record) for name, record in result.steps.items()},
-                compensated=tuple(compensator.compensated),
-                not_compensated=tuple(compensator.not_compensated),
-            )
-            put_back(child.result)
-
-    def _item_jobs(self, m: MapCompensation, done: set[str]) -> Iterator[_Job]:
-        from ._maps import COMPLETED_CODE, item_label
-
-        ledger = m.ledger
-        codes = ledger.codes
-        units = m.units
-        for index in range(len(codes) - 1, -1, -1):
-            if codes[index] != COMPLETED_CODE:
-                continue
-            key = ledger.key_of(index)
-            label = item_label(m.name, key)
-            if label in done:
-                continue  # a resumed run: this item's compensation finished before the process died
-            if units:
-                child = units.get(index)
-                if child is not None:
-                    yield from self._unit_jobs(child, label, functools.partial(ledger.subflows.__setitem__, index))
-                continue
-            job = _Job(label, m.step, None, m.backend, ledger.values[index])
-            job.context = m.context
-            job.ledger = ledger
-            job.item = m.items[index] if index < len(m.items) else None
-            job.index = index
-            job.key = key
-            yield job
-
     def run_in_turn(
         self,
-        jobs: Iterator[_Job],
+        jobs: Iterator[Job],
         recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> bool:
         """One stage's compensations one at a time; False if a second Ctrl-C abandoned the rest."""
         for job in jobs:
@@ -375,12 +214,12 @@ class Compensator:
 
     def run_together(
         self,
-        jobs: Iterator[_Job],
+        jobs: Iterator[Job],
         k: int,
         recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> bool:
         """One stage's compensations, up to ``k`` at once on their backends, waiting on the
         run's inbox; False if a second Ctrl-C abandoned the rest."""
@@ -398,19 +237,19 @@ class Compensator:
 
     def together(
         self,
-        jobs: Iterator[_Job],
+        jobs: Iterator[Job],
         k: int,
         recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> Generator[float | None, None, bool]:
         """One stage's compensations, up to ``k`` at once on their backends; each retried
         per ``compensate_retries`` after a backoff that holds no worker. Yields the time
         it next needs waking at (or None) whenever it waits for ``mailbox``; returns
         False if a second Ctrl-C abandoned the rest."""
-        running: dict[Attempt, tuple[_Job, float | None]] = {}  # attempt → (job, deadline)
-        retries: list[tuple[float, int, _Job, int]] = []  # (when, sequence, job, next attempt number)
+        running: dict[Attempt, tuple[Job, float | None]] = {}  # attempt → (job, deadline)
+        retries: list[tuple[float, int, Job, int]] = []  # (when, sequence, job, next attempt number)
         sequence = itertools.count()
         exhausted = False
         clock = self.clock
@@ -483,14 +322,14 @@ class Compensator:
 
     def _attempt_ended(
         self,
-        job: _Job,
+        job: Job,
         attempt: Attempt,
         ok: bool,
         error: BaseException | None,
         events: EventSink,
-        retries: list[tuple[float, int, _Job, int]],
+        retries: list[tuple[float, int, Job, int]],
         sequence: Iterator[int],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> None:
         now = self.clock.now()
         number = attempt.number
@@ -510,7 +349,7 @@ class Compensator:
         else:
             finished(job, CompensationResult("failed", error, number))
 
-    def submit(self, job: _Job, number: int, context: Callable[[str, int], Context]) -> Attempt:
+    def submit(self, job: Job, number: int, context: Callable[[str, int], Context]) -> Attempt:
         """Hand one compensation attempt of ``job`` to its backend."""
         compensate = job.step.compensate
         assert compensate is not None
@@ -527,13 +366,13 @@ class Compensator:
         return attempt
 
     @staticmethod
-    def _context(job: _Job, number: int, context: Callable[[str, int], Context]) -> Context:
+    def _context(job: Job, number: int, context: Callable[[str, int], Context]) -> Context:
         ctx = (job.context or context)(job.step.name, number)
         if job.index is not None:
             ctx.item, ctx.index, ctx.key = job.item, job.index, job.key
         return ctx
 
-    def compensate(self, job: _Job, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
+    def compensate(self, job: Job, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
         """Run ``job``'s compensation, with its retries."""
         step = job.step
         compensate = step.compensate
@@ -564,7 +403,7 @@ class Compensator:
                 self.back_off(backoff_delay(number))
         return CompensationResult("failed", error, tries)
 
-    def start_span(self, job: _Job, number: int, started: float) -> Span | None:
+    def start_span(self, job: Job, number: int, started: float) -> Span | None:
         """A compensation attempt's span, under its stage's, when the program traces."""
         if self.spans is None:
             return None
@@ -588,7 +427,7 @@ class Compensator:
             raise KeyboardInterrupt
 
     def call(
-        self, job: _Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]
+        self, job: Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]
     ) -> tuple[bool, BaseException | None]:
         """One compensation attempt: ``(ok, error)``."""
         step = job.step
@@ -596,7 +435,7 @@ class Compensator:
         if backend.in_process and step.compensate_timeout is None:
             ctx = self._context(job, number, context)
             self.scope.interruptible = True
-            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
+            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, ctx.key, ctx._path)
             try:  # in the caller's thread, one at a time
                 compensate(ctx, job.value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run

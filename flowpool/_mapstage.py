@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
 from . import _stages, _stopping
-from ._compensator import MapCompensation
 from ._definition import Map
 from ._errors import FlowpoolError, MapItemsError, StepCancelledError
 from ._maps import ItemFeeder, MapLedger, MapResult, MapValues
 from ._policy import cannot_pass, tally_verdict
 from ._results import GroupResult, GroupStatus, StepStatus
 from ._state import MapRun, StepRun
+from ._undo_plan import MapCompensation
 
 if TYPE_CHECKING:
     from ._runner import _Run
@@ -47,7 +47,7 @@ def condition_holds(run: _Run, stage: Map) -> bool:
     when = stage.step.when
     assert when is not None
     name = stage.name
-    token = logcontext.enter(run.run_id, run.name, name, 1)
+    token = logcontext.enter(run.run_id, run.name, name, 1, None, (*run.events.prefix, name))
     try:
         go = bool(when(run.context(name, 1)))
     except Exception as error:  # noqa: BLE001 - fails the map like an exception in its items' source
@@ -78,7 +78,7 @@ def run_map(run: _Run, stage: Map, position: int) -> Iterator[None]:
     st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
     run.stage = st
     _stages.start_stage_span(run, stage.name)
-    if run.resumed is not None:
+    if run.resumed is not None and stage.subflow is None:  # a subflow's item restores inside it
         from ._resume import completed_items
 
         st.restored = completed_items(run.resumed, stage.name)

@@ -26,6 +26,13 @@ is free and dispatches it at once as a ``StepRun`` carrying the item;
 drops its ``StepRun``, context and timeout timer, so the loop holds only the
 items in flight; ``settle_map`` gives the verdict (``_policy.tally_verdict``).
 
+A subflow (``_subflows``) is a frame of the same loop: a child ``_Run`` that
+shares the inbox, timers and backends, whose life (``frame_body``) is a
+generator. ``wait_once`` hands each message and timer to the frame it concerns
+(an attempt's owner names its frame) and then resumes the frames concerned, so
+children progress side by side, in the caller's thread, without holding a
+worker. The top run's own stages are driven the same way (``run_stages``).
+
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
@@ -39,7 +46,7 @@ groups: running, conditions, verdicts), ``_mapstage`` (maps), ``_always``
 (always-stages), ``_stopping`` (cancelling a stage, stopping the run, the stop
 grace), ``_abandoned`` (late completions), ``_timers`` (the heap and the one
 wait), ``_stop`` (why the run stops, the status it ends with), ``_interrupts``
-(Ctrl-C), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
+(Ctrl-C), ``_subflows`` (child frames), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
 (imported only for journaled runs), ``_policy`` (pure verdicts), ``_state`` (the
 step and stage records) and ``_executors`` (the backends).
 """
@@ -50,25 +57,25 @@ import functools
 import queue
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _always, _mapstage, _stages, _stopping
+from . import _always, _mapstage, _stopping
 from ._abandoned import AbandonedAttempts, await_abandoned
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Always, Flow, Group, Map, Step
+from ._definition import Flow, Group, Step
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
-    StepCancelledError,
     StepTimeoutError,
 )
 from ._events import EventSink
 from ._executors import Backend, Backends, describe_executor
+from ._finish import finish
 from ._interrupts import route_interrupts
 from ._maps import MapResult
 from ._options import _check_seconds
@@ -86,6 +93,7 @@ from ._results import (
     StepResult,
     StepStatus,
 )
+from ._sequence import run_stages
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._subflows import SubflowBackend, advance
@@ -225,6 +233,8 @@ class _Run:
         self.attempt: Attempt | None = None
         self.result: FlowResult | None = None
         self.verdict = StepStatus.COMPLETED
+        #: A resumed run: the subflows whose first attempt restored what they had recorded.
+        self.restoring: set[str] = set()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -245,7 +255,7 @@ class _Run:
 
                 restore_compensation_phase(self, self.resumed)
             else:
-                for _ in self.run_stages():
+                for _ in run_stages(self):
                     self.wait_once()
             await_abandoned(self)
             self.compensate_all()
@@ -261,113 +271,13 @@ class _Run:
         finally:
             restore()
             self.backends.close()
-        return self.finish()
-
-    def run_stages(self) -> Iterator[None]:
-        """Run the stages in order (not the always-stages), yielding whenever the loop must
-        wait; a stage after a failure or a stop is skipped."""
-        index = 0
-        for stage in self.flow.stages:
-            if isinstance(stage, Always):
-                index += 1  # runs last (run_always)
-                continue
-            if self.scope.interrupts and self.scope.reason is None:
-                _stopping.stop(self, "the run was interrupted")  # Ctrl-C arrived between stages
-            stopped = self.error is not None or self.scope.reason is not None
-            if isinstance(stage, Map):
-                if stopped:
-                    _mapstage.skip_map(self, stage)
-                else:
-                    yield from _mapstage.run_map(self, stage, index)
-                index += 1  # a map takes one place in the compensation order
-                continue
-            members = stage.members if isinstance(stage, Group) else (stage,)
-            if stopped:
-                _stages.skip_stage(self, stage, members)
-            else:
-                yield from _stages.run_stage(self, stage, members, index)  # the one place a step or group runs
-            index += len(members)
+        return finish(self)
 
     # ── subflow frames ──────────────────────────────────────────────────────────
 
-    def child(self, sr: StepRun, attempt: Attempt, child_input: Any) -> _Run:
-        """A frame for one attempt of the subflow step ``sr``."""
-        flow = sr.step.subflow
-        assert flow is not None
-        child = _Run(flow, child_input, None, None, sr.step.timeout, None, self.clock, parent=self)
-        child.unit, child.attempt = sr, attempt
-        path = (*self.events.prefix, sr.step.name)
-        tags = None if sr.item_index is None else {"item": sr.key, "index": sr.item_index}
-        child.events = self.events.nested(path, tags or self.events.tags)
-        child.recorder = RunRecorder(None, self.run_id)
-        if self.tracer is not None:
-            child.run_span = self.spans.get(attempt)  # the child's stages nest under the attempt
-            child.spans = self.spans
-        return child
-
-    def start(self) -> None:
-        """Start a subflow frame: it runs until it first waits."""
-        self.started_at = self.clock.now()
-        if self.timeout is not None:
-            self.timers.push(self.started_at + self.timeout, _DEADLINE, self)
-        self.body = self.frame_body()
-        advance(self)
-
-    def frame_body(self) -> Generator[None, None, None]:
-        """A subflow's whole life: its stages, its own compensations, its always-stages."""
-        yield from self.run_stages()
-        if self.error is not None:
-            self.scope.compensating = True
-            yield from self.compensator.run_in_frame()
-        yield from _always.run_always(self)
-
-    def build_result(self) -> FlowResult:
-        """The run's result as it stands (a subflow's steps it never reached: cancelled)."""
-        finished_at = self.clock.now()
-        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        status = self.scope.final_status(self.error, resumed_outcome)
-        steps = {
-            step.name: self.records.get(step.name)
-            or StepResult(step.name, StepStatus.CANCELLED, error=StepCancelledError(step.name, "the subflow ended"))
-            for step in self.flow.steps()
-        }
-        error = self.scope.final_error(status, self.error)
-        return FlowResult(
-            name=self.name,
-            run_id=self.run_id,
-            status=status,
-            steps=steps,
-            groups=self.groups,
-            maps=self.maps,
-            error=error,
-            failed_stage=self.failed_stage,
-            compensated=tuple(self.compensator.compensated),
-            not_compensated=tuple(self.compensator.not_compensated),
-            started_at=self.started_at,
-            finished_at=finished_at,
-            wall_offset=self.wall_offset,
-            still_running=self.still_running,
-        )
-
-    def finish(self) -> FlowResult:
-        result = self.build_result()
-        status, error, finished_at = result.status, result.error, result.finished_at
-        assert finished_at is not None
-        self.recorder.end(result)
-        if self.run_span is not None:
-            self.run_span.finish(
-                status.value, error if status is not FlowStatus.COMPLETED else None, end_time=finished_at
-            )
-        self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if status is FlowStatus.CANCELLED and self.scope.interrupts:
-            assert isinstance(error, FlowInterrupted)
-            error.result = result
-            raise error
-        return result
-
     def context(self, step: str, attempt: int) -> Context:
         """The context of one attempt (or compensation attempt) of ``step``."""
-        return Context(
+        ctx = Context(
             input=self.input,
             flow=self.name,
             run_id=self.run_id,
@@ -376,6 +286,10 @@ class _Run:
             results=self.values_view,
             outcome=self.outcome,
         )
+        prefix = self.events.prefix
+        if prefix:
+            ctx._path = (*prefix, step)
+        return ctx
 
     def fail(self, stage: str | None, error: BaseException) -> None:
         if self.error is None:
@@ -578,7 +492,7 @@ class _Run:
         elif kind == _GRACE:
             if self.always_from is not None and self.scope.interrupts <= self.always_from:
                 return  # the grace of a stop before the always-stages: they run on
-            _stopping.abandon_running(self)
+            _stopping.abandon_running(self, subflows=False)
 
     def on_outcome(
         self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None

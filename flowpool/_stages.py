@@ -76,7 +76,7 @@ def check_condition(run: _Run, st: StageRun, sr: StepRun) -> None:
     when = step.when
     assert when is not None
     ctx = run.context(step.name, 1)
-    token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1)
+    token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1, None, ctx._path)
     try:
         go = bool(when(ctx))
     except Exception as error:  # noqa: BLE001 - fails this step like an exception in the step

@@ -19,21 +19,28 @@ compensations run as a unit at its place (``_compensator``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
+from . import _always, _stopping
 from . import _logcontext as logcontext
-from . import _stopping
 from ._attempt import DONE, STARTED, Attempt
 from ._errors import StepCancelledError, StepTimeoutError
-from ._results import FlowStatus, StepStatus
+from ._finish import run_result
+from ._maps import item_label
+from ._recorder import RunRecorder
+from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
+from ._sequence import run_stages
 from ._timers import TimerKind
 
 if TYPE_CHECKING:
+    from ._journal import RecordedRun
+    from ._journal_writer import JournalRecorder
     from ._runner import _Run
     from ._state import StepRun
 
-__all__ = ["SubflowBackend", "advance", "in_frame"]
+__all__ = ["ScopedRecorder", "SubflowBackend", "advance", "in_frame", "scoped_view"]
 
 
 class SubflowBackend:
@@ -56,10 +63,10 @@ class SubflowBackend:
             error.add_note(f"raised by the 'input' of subflow step {sr.step.name!r}")
             attempt.fail_unstarted(error)
             return
-        child = parent.child(sr, attempt, child_input)
+        child = new_child(parent, sr, attempt, child_input)
         attempt.handle = child
         sr.child = child
-        child.start()
+        start(child)
 
     def withdraw(self, attempt: Attempt) -> bool:
         return False  # a child starts as soon as it is submitted
@@ -82,12 +89,55 @@ class SubflowBackend:
         return None
 
 
+def new_child(parent: _Run, sr: StepRun, attempt: Attempt, child_input: Any) -> _Run:
+    """A frame for one attempt of the subflow step ``sr``."""
+    flow = sr.step.subflow
+    assert flow is not None
+    child = type(parent)(flow, child_input, None, None, sr.step.timeout, None, parent.clock, parent=parent)
+    child.unit, child.attempt = sr, attempt
+    path = (*parent.events.prefix, sr.step.name)
+    tags = None if sr.item_index is None else {"item": sr.key, "index": sr.item_index}
+    child.events = parent.events.nested(path, tags or parent.events.tags)
+    journal = parent.recorder.journal
+    if journal is not None:  # the child's records go to the run's journal, under its path
+        label = sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key or 0)
+        prefix = f"{getattr(parent.recorder, 'prefix', '')}{label}/"
+        child.recorder = ScopedRecorder(journal, parent.run_id, prefix)
+        if parent.resumed is not None and prefix not in parent.restoring:
+            parent.restoring.add(prefix)  # a resumed run's first attempt of it continues inside it
+            child.resumed = scoped_view(parent.resumed, prefix)
+    else:
+        child.recorder = RunRecorder(None, parent.run_id)
+    if parent.tracer is not None:
+        child.run_span = parent.spans.get(attempt)  # the child's stages nest under the attempt
+        child.spans = parent.spans
+    return child
+
+
+def start(frame: _Run) -> None:
+    """Start a subflow frame: it runs until it first waits."""
+    frame.started_at = frame.clock.now()
+    if frame.timeout is not None:
+        frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
+    frame.body = frame_body(frame)
+    advance(frame)
+
+
+def frame_body(frame: _Run) -> Generator[None, None, None]:
+    """A subflow's whole life: its stages, its own compensations, its always-stages."""
+    yield from run_stages(frame)
+    if frame.error is not None:
+        frame.scope.compensating = True
+        yield from frame.compensator.run_in_frame()
+    yield from _always.run_always(frame)
+
+
 def _child_input(parent: _Run, sr: StepRun, attempt: Attempt) -> Any:
     """``input(ctx)`` when the step gives one, else the map's item, else the parent's input."""
     make = sr.step.input
     if make is not None:
         ctx = attempt.ctx
-        token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, sr.key)
+        token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, sr.key, ctx._path)
         try:
             return make(ctx)
         finally:
@@ -111,7 +161,7 @@ def advance(frame: _Run) -> None:
 
 def conclude(frame: _Run) -> None:
     """The child ended: its result becomes the outcome of the parent's attempt."""
-    result = frame.result = frame.build_result()
+    result = frame.result = run_result(frame)
     attempt = frame.attempt
     assert attempt is not None
     step = attempt.step
@@ -154,7 +204,7 @@ def abandon(frame: _Run) -> None:
     _stopping.abandon_running(frame)
     frame.body = None
     body.close()
-    frame.result = frame.build_result()
+    frame.result = run_result(frame)
 
 
 def in_frame(frame: _Run, waits: Generator[float | None, None, Any]) -> Generator[None, None, Any]:
@@ -169,3 +219,66 @@ def in_frame(frame: _Run, waits: Generator[float | None, None, Any]) -> Generato
             wake = next(waits)
     except StopIteration as stop:
         return stop.value
+
+
+class ScopedRecorder(RunRecorder):
+    """A subflow's journal writes: its steps, groups, maps and compensations named under
+    its path from the top (``"sub/x"``, ``"orders['k']/x"``), in the run's journal. The
+    run's own records (its start, failure and end) are the top run's to write."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, journal: JournalRecorder, run_id: str, prefix: str) -> None:
+        super().__init__(journal, run_id)
+        self.prefix = prefix
+        self.failure_recorded = True  # a child's failure is its step's, not the run's
+
+    def attempt_started(self, step: str, attempt: int) -> None:
+        super().attempt_started(self.prefix + step, attempt)
+
+    def attempt_finished(self, attempt: Attempt, status: StepStatus) -> None:
+        journal = self.journal
+        if journal is not None:
+            started, finished = attempt.started_at, attempt.finished_at
+            seconds = finished - started if started is not None and finished is not None else None
+            journal.attempt_finished(self.run_id, self.prefix + attempt.step, attempt.number, status.value, seconds)
+
+    def step_finished(self, record: StepResult) -> None:
+        super().step_finished(dataclasses.replace(record, name=self.prefix + record.name, subflow=None))
+
+    def item_finished(self, map_name: str, *row: Any) -> None:
+        super().item_finished(self.prefix + map_name, *row)
+
+    def group_finished(self, group: str, status: str) -> None:
+        super().group_finished(self.prefix + group, status)
+
+    def compensation_started(self, step: str) -> None:
+        super().compensation_started(self.prefix + step)
+
+    def compensation_finished(self, step: str, outcome: CompensationResult | None, position: int | None) -> None:
+        super().compensation_finished(self.prefix + step, outcome, position)
+
+    def end(self, result: FlowResult) -> None:
+        return None
+
+
+def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
+    """What the journal recorded inside the subflow at ``prefix``, named as the child names
+    it: a resumed run's child restores its completed steps and items instead of running
+    them again. Steps the child had undone (it failed and compensated itself) run again."""
+    size = len(prefix)
+    undone = {name for name, (state, _, _) in recorded.compensations.items() if state == "compensated"}
+    return dataclasses.replace(
+        recorded,
+        phase="running",
+        outcome=None,
+        failed_stage=None,
+        error=None,
+        steps={
+            name[size:]: step for name, step in recorded.steps.items() if name.startswith(prefix) and name not in undone
+        },
+        groups={name[size:]: status for name, status in recorded.groups.items() if name.startswith(prefix)},
+        compensations={},
+        compensation_order=(),
+        items={name[size:]: rows for name, rows in recorded.items.items() if name.startswith(prefix)},
+    )

@@ -350,3 +350,32 @@ def test_compensate_on_a_subflow_and_input_on_a_plain_step_are_definition_errors
         Flow("p").step("plain", value(1), input=lambda ctx: 1)
     with pytest.raises(FlowDefinitionError, match="always-stage"):
         Flow("p").always("sub", child)
+
+
+@pytest.mark.modes("thread", "user-threadpool", reason="records logged in this process's threads")
+def test_log_records_inside_a_child_name_its_step_and_path(run_kw):
+    import logging
+
+    from flowpool import LogContextFilter
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(LogContextFilter())
+    logger = logging.getLogger("test_subflows.child")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    def charge(ctx: Context) -> None:
+        logger.info("charging %s", ctx.input)
+
+    try:
+        child = Flow("order").step("charge", charge)
+        Flow("shop").map("orders", child, items=["k"], key=str).run(**run_kw)
+    finally:
+        logger.removeHandler(handler)
+    (record,) = records
+    assert record.getMessage() == "charging k"
+    attributes = record.__dict__
+    assert (attributes["flowpool_flow"], attributes["flowpool_step"]) == ("order", "charge")
+    assert attributes["flowpool_path"] == ("orders", "charge")
