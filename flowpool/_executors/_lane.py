@@ -8,9 +8,13 @@ process it started, and closing it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
+import pickle
+import select
+import signal
 import tempfile
 import threading
 import weakref
@@ -22,7 +26,7 @@ from . import _lanestore, _logs, _sweep, _worker
 if TYPE_CHECKING:
     from ._process import LanePool, ProcessBackend
 
-__all__ = ["CLOSE_WAIT", "Lane", "LaneTicket", "in_background", "closing_threads"]
+__all__ = ["CLOSE_WAIT", "INLINE_MAX", "Lane", "LaneTicket", "Reply", "closing_threads", "in_background"]
 
 
 def _flag_dir() -> str | None:
@@ -41,12 +45,33 @@ def _sweep_flags() -> None:
     _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*")
 
 
+class Reply:
+    """What came back for one message sent to a lane: the worker's answer, or why there is none."""
+
+    __slots__ = ("data", "crash")
+
+    def __init__(self, data: bytes | None, crash: str | None) -> None:
+        self.data = data  # the answer (an attempt's envelope), None if the worker died first
+        self.crash = crash  # what happened to the worker, when it died or gave up
+
+
+#: A message up to this big is written by the thread that sends it; a bigger one (or any
+#: message behind one still being written) by the lane's writer thread. Whatever the
+#: worker does meanwhile, the few small messages a lane holds fit in its socket's buffer,
+#: so neither the settle loop nor the lane's reader ever blocks on a send.
+INLINE_MAX = 32 * 1024
+
+
 class Lane:
-    """One single-worker loky executor, its worker's pid and its cancel flag."""
+    """One worker process, its two-way pipe, its reader thread and its cancel flag.
+
+    Messages go out in order from whichever thread sends them (``send_attempt``,
+    ``send_forget``); the worker answers each attempt (and ping) in order, so the
+    reader thread matches answers to a FIFO of callbacks. When the worker dies the
+    reader calls every callback still waiting with the reason (``Reply.crash``).
+    """
 
     def __init__(self, pool: LanePool, number: int) -> None:
-        import loky
-
         self.pool = pool
         self.number = number
         _sweep_flags()
@@ -59,19 +84,46 @@ class Lane:
             os.close(fd)
             raise
         self._flag_fd = [fd]  # popped by the first close(): close() may run on two threads
-        self.executor = loky.ProcessPoolExecutor(
-            max_workers=1,
-            initializer=_worker.init_worker,
-            initargs=(os.getpid(), number, _logs.receiver().address),
-        )
         self.ready = False
         self.broken = False
         self.requester: weakref.ref[ProcessBackend] | None = None
-        self.processes: list[Any] = []  # loky's process objects, to close their pipes
         self.idle_since = 0.0
         self.tokens = 0
         self.store = _lanestore.LaneStore()  # what the worker holds: a new lane starts empty
         self._kill_claim = [True]  # popped by the first kill()
+        self._process: Any = None
+        self._pid: int | None = None
+        self._conn: Any = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._pending: collections.deque[Callable[[Reply], None]] = collections.deque()
+        self._backlog: collections.deque[bytes] = collections.deque()  # for the writer thread
+        self._writer: threading.Thread | None = None
+        self._wake_writer = threading.Event()
+        self._dead = False  # the reader saw the worker go: nothing more is sent
+
+    def start(self, on_ready: Callable[[Reply], None]) -> None:
+        """Start the worker; ``on_ready`` is called (from another thread) once it answers."""
+        try:
+            from loky.backend.context import get_context
+
+            context = get_context("loky")  # a fresh interpreter (fork + exec): safe with threads
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(
+                target=_worker.lane_main,
+                args=(theirs, os.getpid(), self.number, _logs.receiver().address, self.flag_path),
+                name=f"flowpool-lane-{self.number}",
+            )
+            process.start()
+            theirs.close()
+        except Exception as error:  # noqa: BLE001 - told to the requester, off this thread
+            self._dead = True
+            in_background(on_ready, "flowpool-lane-failed", Reply(None, f"{type(error).__name__}: {error}"))
+            return
+        self._process, self._pid, self._conn = process, process.pid, ours
+        self._reader = threading.Thread(target=self._read, name=f"flowpool-lane-{self.number}", daemon=True)
+        self._reader.start()
+        self._send(_worker.PING, on_ready)
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -85,11 +137,42 @@ class Lane:
             return 1 << 62
 
     def pids(self) -> list[int]:
-        return list(getattr(self.executor, "_processes", {}).keys())
+        """The worker's pid while it has not been reaped."""
+        pid = self._pid
+        return [] if pid is None or self._dead else [pid]
 
     def payload(self, call: _lanestore.Call) -> bytes:
         """What to send this lane's worker for ``call``: only what it does not hold yet."""
         return self.store.payload(call)
+
+    def send_attempt(self, payload: bytes, token: int, queued: bool, on_reply: Callable[[Reply], None]) -> None:
+        """Send one attempt's payload; ``on_reply`` gets its envelope. Raises ``OSError``
+        if the worker is gone (the attempt was then not sent)."""
+        self._send(_worker.run_message(payload, token, queued), on_reply)
+
+    def send_call(self, fn: Callable[..., Any], args: tuple[Any, ...], on_reply: Callable[[Reply], None]) -> None:
+        """Have the worker run ``fn(*args)`` after everything sent before; ``on_reply``
+        gets the pickled result (for tests: the worker dies if ``fn`` raises)."""
+        import cloudpickle
+
+        self._send(_worker.CALL + cloudpickle.dumps((fn, args)), on_reply)
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """``fn(*args)`` in the worker, after everything sent before (for tests)."""
+        answered = threading.Event()
+        replies: list[Reply] = []
+
+        def on_reply(reply: Reply) -> None:
+            replies.append(reply)
+            answered.set()
+
+        self.send_call(fn, args, on_reply)
+        if not answered.wait(timeout):
+            raise TimeoutError(f"lane {self.number} did not answer within {timeout:g} s")
+        reply = replies[0]
+        if reply.data is None:
+            raise OSError(f"lane {self.number}'s worker died: {reply.crash}")
+        return pickle.loads(reply.data)
 
     def send_forgotten(self) -> None:
         """Have an idle worker drop the values of runs that ended now, not with its next
@@ -99,15 +182,109 @@ class Lane:
             return
         sessions = self.store.take_forgotten()
         if sessions:
-            with contextlib.suppress(Exception):  # a dead worker holds nothing
-                self.executor.submit(_worker.forget_sessions, self.store.key, sessions)
+            with contextlib.suppress(OSError):  # a dead worker holds nothing
+                self._send(_worker.FORGET + pickle.dumps((self.store.key, sessions)), None)
+
+    def _send(self, message: bytes, on_reply: Callable[[Reply], None] | None) -> None:
+        with self._send_lock:
+            if self._dead or self._conn is None:
+                raise BrokenPipeError(f"lane {self.number}'s worker is gone")
+            if on_reply is not None:
+                self._pending.append(on_reply)
+            if self._backlog or len(message) > INLINE_MAX:
+                self._backlog.append(message)
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write, name=f"flowpool-lane-{self.number}-writer", daemon=True
+                    )
+                    self._writer.start()
+                else:
+                    self._wake_writer.set()
+                return
+            try:
+                self._conn.send_bytes(message)
+            except OSError:
+                if on_reply is not None:
+                    self._pending.pop()  # never sent: the reader will not answer it
+                raise
+
+    def _write(self) -> None:
+        wake = self._wake_writer
+        while True:
+            with self._send_lock:
+                if self._dead:
+                    self._backlog.clear()
+                    return
+                if not self._backlog:
+                    wake.clear()
+                    message = None
+                else:
+                    message = self._backlog[0]
+            if message is None:
+                wake.wait()
+                continue
+            try:
+                self._conn.send_bytes(message)  # may block until the worker reads: only this thread waits
+            except OSError:
+                return  # the worker died: the reader answers what is pending
+            with self._send_lock:
+                self._backlog.popleft()
+
+    def _read(self) -> None:
+        """The reader thread: answers in order, until the worker is gone."""
+        conn, process = self._conn, self._process
+        poller = select.poll()
+        fd = conn.fileno()
+        poller.register(fd, select.POLLIN)
+        poller.register(process.sentinel, select.POLLIN)
+        pending = self._pending
+        crash: str | None = None
+        while True:
+            try:
+                ready = poller.poll()
+            except InterruptedError:
+                continue
+            if not any(got == fd for got, _ in ready):
+                break  # only the sentinel: the worker exited and left nothing unread
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            if not data:  # the worker gives up (it cannot serve this lane): why, then it exits
+                with contextlib.suppress(EOFError, OSError):
+                    crash = conn.recv_bytes().decode("utf-8", "replace")
+                break
+            try:
+                callback = pending.popleft()
+            except IndexError:
+                continue  # nothing asked for it
+            _answer(callback, Reply(data, None))
+        with self._send_lock:
+            self._dead = True
+            self.broken = True
+            waiting = list(pending)
+            pending.clear()
+            self._wake_writer.set()
+        process.join(1.0)
+        if process.exitcode is None:  # it closed its end but lingers: it is done all the same
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.join()
+        crash = crash or _exit_detail(process.exitcode)
+        with contextlib.suppress(Exception):
+            conn.close()
+        with contextlib.suppress(Exception):
+            process.close()  # its sentinel
+        for callback in waiting:
+            _answer(callback, Reply(None, crash))
 
     def kill(self, wait: bool = False) -> None:
         """Kill the worker and every process it started; the lane is done.
 
-        The SIGKILLs go out before this returns; loky's clean-up (which reaps the
-        worker and releases its semaphores) finishes on a background thread so the
-        settle loop is not held, unless ``wait``. Only the first call kills.
+        The SIGKILLs go out before this returns; the clean-up (waiting for the step's
+        own processes, then for the lane's reader to reap the worker) finishes on a
+        background thread so the settle loop is not held, unless ``wait``. Only the
+        first call kills.
         """
         self.broken = True
         try:
@@ -128,8 +305,7 @@ class Lane:
         for victim in (*workers, *descendants):
             with contextlib.suppress(psutil.Error):
                 victim.kill()
-        # Only the descendants are waited for here: reaping the worker ourselves would
-        # leave loky polling for an exit code it can no longer read.
+        # Only the descendants are waited for here: the lane's reader reaps the worker.
         if wait:
             self._finish_kill(descendants)
             return
@@ -142,22 +318,49 @@ class Lane:
             psutil.wait_procs(descendants, timeout=2.0)
         self.close(wait=True)
 
-    def close(self, wait: bool = False) -> None:
+    def ask_to_stop(self) -> None:
+        """Tell the worker to exit once it has done what it was sent."""
         self.broken = True
-        processes = self.processes or list(getattr(self.executor, "_processes", {}).values())
-        with contextlib.suppress(Exception):
-            self.executor.shutdown(wait=wait, kill_workers=not wait)
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.join(timeout=1.0 if wait else 0)
-                if process.exitcode is not None:
-                    _release_sentinel(process)
+        with contextlib.suppress(OSError):
+            self._send(_worker.STOP, None)
+
+    def close(self, wait: bool = False) -> None:
+        """Tell the worker to exit (it ends after what it was sent); with ``wait``, wait
+        for it, killing it if it does not end within a second."""
+        self.ask_to_stop()
+        reader = self._reader
+        if wait and reader is not None and reader is not threading.current_thread():
+            reader.join(1.0)
+            if reader.is_alive():
+                for pid in self.pids():
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                reader.join(2.0)
         with contextlib.suppress(Exception):
             self.flag.close()
         with contextlib.suppress(OSError):
             os.unlink(self.flag_path)
         with contextlib.suppress(IndexError, OSError):
             os.close(self._flag_fd.pop())  # lets go of the flag's lock (see ``_sweep``)
+
+
+def _answer(callback: Callable[[Reply], None], reply: Reply) -> None:
+    try:
+        callback(reply)
+    except Exception:  # noqa: BLE001 - a bug in a callback must not stop the lane's reader
+        import traceback
+
+        traceback.print_exc()
+
+
+def _exit_detail(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exit status {code}"
 
 
 class LaneTicket:
@@ -181,18 +384,3 @@ def in_background(target: Callable[..., None], name: str, *args: Any) -> None:
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     closing_threads.add(thread)
     thread.start()
-
-
-def _release_sentinel(process: Any) -> None:
-    """Close a dead loky worker's sentinel pipe now rather than whenever its objects are
-    collected (loky's Popen has no ``close``; it registers a finalizer that closes it)."""
-    from multiprocessing import util
-
-    popen = getattr(process, "_popen", None)
-    if popen is None:
-        return
-    registry = getattr(util, "_finalizer_registry", {})
-    for finalizer in list(registry.values()):
-        reference = getattr(finalizer, "_weakref", None)
-        if reference is not None and reference() is popen:
-            finalizer()  # runs once, then unregisters itself

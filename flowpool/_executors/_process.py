@@ -2,14 +2,14 @@
 
 When one worker of a loky (or stdlib) process pool dies, the whole pool
 breaks: every in-flight future fails and the other workers are killed. So
-flowpool gives each concurrency slot its own single-worker loky executor, a
-*lane*, and sends at most one attempt to a lane at a time::
+flowpool gives each concurrency slot its own worker process, a *lane* (``_lane``),
+and sends it one attempt at a time, plus one queued behind it when work waits::
 
     ProcessBackend (per run)          LanePool (per process, shared by runs)
     ────────────────────────          ──────────────────────────────────────
-    waiting attempts ── pump ──▶ acquire() ─▶ Lane: loky executor, 1 worker
-                                      ▲           │ run_attempt(payload) → envelope bytes
-    done-callback ◀───────────────────┼───────────┘
+    waiting attempts ── pump ──▶ acquire() ─▶ Lane: 1 worker, a socket pair to it
+                                      ▲           │ send_attempt: the payload, written by the sender
+    reader callback ◀─────────────────┼───────────┘ the worker: run_attempt → envelope bytes
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
                   (at a timeout, first ``where_it_hung``: the worker dumps its stack)
@@ -29,17 +29,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import re
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
 from . import _lanestore, _logs, _worker
-from ._lane import CLOSE_WAIT, Lane, LaneTicket, closing_threads, in_background
+from ._lane import CLOSE_WAIT, Lane, LaneTicket, Reply, closing_threads, in_background
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -88,29 +86,20 @@ class LanePool:
         return None
 
     def _start_lane(self, number: int, requester: ProcessBackend) -> None:
-        if number == 1:
-            # loky starts multiprocessing's resource tracker the first time a worker
-            # dies; start it with the first lane so its pipe is there from the start.
-            from multiprocessing import resource_tracker
-
-            with contextlib.suppress(Exception):
-                resource_tracker.ensure_running()
         lane = Lane(self, number)
         lane.requester = weakref.ref(requester)
         with self._lock:
             self._all.add(lane)
             self._ensure_reaper()
-        future = lane.executor.submit(_worker.ping)
-        lane.processes = list(getattr(lane.executor, "_processes", {}).values())  # spawned by submit
-        future.add_done_callback(lambda f: self._on_ping(lane, f))
+        lane.start(lambda reply: self._on_ping(lane, reply))
 
-    def _on_ping(self, lane: Lane, future: Any) -> None:
+    def _on_ping(self, lane: Lane, reply: Reply) -> None:
         requester = lane.requester() if lane.requester is not None else None
         lane.requester = None
-        if future.cancelled() or future.exception() is not None:
+        if reply.crash is not None:
             self.discard(lane)
             if requester is not None:
-                requester.lane_failed("cancelled" if future.cancelled() else repr(future.exception()))
+                requester.lane_failed(reply.crash)
             return
         lane.ready = True
         if requester is not None and requester.offer(lane, requested=True):
@@ -137,7 +126,7 @@ class LanePool:
             self._all.discard(lane)
             with contextlib.suppress(ValueError):
                 self._idle.remove(lane)
-        # Waiting lets loky reap the worker so its pipes can be closed: off this thread.
+        # Waiting for the worker to exit (its reader reaps it): off this thread.
         in_background(lane.close, "flowpool-lane-close", True)
 
     def waiting(self, backend: ProcessBackend, waits: bool) -> None:
@@ -177,15 +166,17 @@ class LanePool:
             self._idle.clear()
             self._reaper_stop.set()
             reaper = self._reaper
+        clean = [lane for lane in lanes if lane in idle and lane.ready]
+        for lane in clean:
+            lane.ask_to_stop()  # all of them first: they exit side by side
         for lane in lanes:
-            if lane in idle and lane.ready:
-                lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
+            if lane in clean:
+                lane.close(wait=True)  # an idle worker exits cleanly (its interpreter's own clean-up runs)
             else:
                 lane.kill(wait=True)
         # Lanes killed or discarded earlier are still being cleaned up on background threads.
         # Let them finish: at interpreter exit a daemon thread is frozen wherever it is, and
-        # one frozen between unlinking a loky semaphore and telling the resource tracker
-        # makes the tracker warn of "leaked semlock objects" (issue 17, item 10).
+        # one frozen before its worker is reaped or its flag file removed leaves them behind.
         # (A clean-up may start another: a kill's ends the lane's attempt, whose callback discards it.)
         deadline = _now() + CLOSE_WAIT
         if reaper is not None and reaper is not threading.current_thread():
@@ -231,8 +222,8 @@ def shutdown_workers() -> None:
     _POOL.shutdown()
 
 
-# Register before loky registers its own exit hook, which joins workers that still run a
-# task: ours kills them first, so a hung step never delays interpreter exit.
+# Runs before multiprocessing's exit hook (an ``atexit`` one), which joins child processes
+# that still run: ours kills them first, so a hung step never delays interpreter exit.
 threading._register_atexit(shutdown_workers)  # type: ignore[attr-defined]
 
 
@@ -337,7 +328,7 @@ class ProcessBackend:
             hook = on_payload
             if hook is not None:
                 hook(call.step, lane.number, len(payload))
-            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token, bool(held))
+            lane.send_attempt(payload, token, bool(held), lambda reply: self._finished(attempt, lane, reply))
         except Exception:  # noqa: BLE001 - the lane broke (its worker died): this attempt never started
             lane.broken = True
             if not held:
@@ -352,7 +343,6 @@ class ProcessBackend:
             self._mark_running(attempt)
         if attempt.cancel_reason is not None:
             _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
-        future.add_done_callback(lambda f: self._finished(attempt, lane, f))
 
     @staticmethod
     def _mark_running(attempt: Attempt) -> None:
@@ -362,9 +352,10 @@ class ProcessBackend:
         if attempt.notify_start:
             attempt.inbox.put((STARTED, attempt))
 
-    def _finished(self, attempt: Attempt, lane: Lane, future: Any) -> None:
-        error = None if future.cancelled() else future.exception()
-        crashed = future.cancelled() or error is not None
+    def _finished(self, attempt: Attempt, lane: Lane, reply: Reply) -> None:
+        # Called by the lane's reader thread; ``reply.data`` is None if the worker died.
+        envelope = reply.data
+        crashed = envelope is None
         with self._lock:
             if self._lanes.get(attempt) is not lane:
                 return  # it never started there and was sent to another lane
@@ -403,10 +394,9 @@ class ProcessBackend:
                     self._own.pop(lane, None)
             idle = not held
         if not requeued:
-            if crashed:
-                attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
+            if envelope is None:
+                attempt.error = WorkerCrashedError(attempt.step, attempt.number, reply.crash or "it died")
             else:
-                envelope = future.result()
                 attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
                 attempt.never_started = isinstance(attempt.error, NotStartedError)
                 if attempt.ok:
@@ -489,11 +479,3 @@ class ProcessBackend:
         for lane, held in lanes:
             if any(attempt.settled for attempt in held):  # the loop gave up: leave nothing running
                 lane.kill()
-
-
-def _crash_detail(error: BaseException | None) -> str:
-    text = str(error or "")
-    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", text)
-    if codes:
-        return f"exit status {codes.group(1)}"
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

@@ -6,9 +6,10 @@ store is ``_lanestore``; log records and stack dumps travel through ``_logs``.
 
 The envelope: the worker catches every outcome and sends back bytes that the
 parent unpickles itself, so a value or an exception that cannot travel never
-breaks the pool (an exception whose ``__init__`` needs two arguments would
-otherwise fail to unpickle in loky's result thread and poison every in-flight
-future). Anything that cannot make the trip is described in plain data instead.
+breaks the lane (an exception whose ``__init__`` needs two arguments would
+otherwise fail to unpickle in the lane's reader thread). Anything that cannot
+make the trip is described in plain data instead. ``lane_main`` is the worker's
+loop: it answers the parent's messages in order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import mmap
 import os
 import pickle
 import signal
+import struct
 import threading
 import traceback
 from collections.abc import Iterator, Mapping
@@ -34,8 +36,10 @@ __all__ = [
     "CancelFlag",
     "decode",
     "init_worker",
+    "lane_main",
     "ping",
     "run_attempt",
+    "run_message",
     "hand_on",
     "run_dask_attempt",
 ]
@@ -52,20 +56,65 @@ OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR, WITHDRAWN = range(5)
 _flags: dict[str, mmap.mmap] = {}
 
 
+#: What the parent sends a lane's worker: the first byte says what it is.
+PING, RUN, FORGET, CALL, STOP = b"P", b"R", b"F", b"C", b"S"
+#: A RUN message: the kind, the attempt's token, whether it was queued, then its payload.
+_RUN_HEADER = struct.Struct("<cQ?")
+
+
+def run_message(payload: bytes, token: int, queued: bool) -> bytes:
+    """Parent side: the message that runs ``payload`` (see ``lane_main``)."""
+    return _RUN_HEADER.pack(RUN, token, queued) + payload
+
+
+def lane_main(conn: Any, parent_pid: int, lane: int, log_address: str | None, flag_path: str) -> None:
+    """A lane's worker process: answer the parent's messages, in order, until told to stop.
+
+    RUN answers with the attempt's envelope, PING with the pid, CALL (tests) with the
+    pickled result; FORGET and STOP are not answered. A RUN this worker cannot serve
+    (it does not hold what its lane was sent) is answered with an empty message and
+    the reason, and the worker exits: the parent counts the lane as crashed.
+    """
+    init_worker(parent_pid, lane, log_address)
+    recv, send = conn.recv_bytes, conn.send_bytes
+    header = _RUN_HEADER.size
+    while True:
+        try:
+            message = recv()
+        except (EOFError, OSError):  # the parent closed its end, or is gone
+            if os.getppid() != parent_pid:
+                _clean_up_for_dead_parent(log_address)
+            return
+        kind = message[:1]
+        if kind == RUN:
+            _, token, queued = _RUN_HEADER.unpack_from(message)
+            try:
+                answer = run_attempt(memoryview(message)[header:], flag_path, token, queued)
+            except BaseException as error:  # noqa: BLE001 - the lane is done: say why
+                send(b"")
+                send(f"{type(error).__name__}: {error}".encode())
+                return
+            send(answer)
+        elif kind == FORGET:
+            forget_sessions(*pickle.loads(message[1:]))
+        elif kind == PING:
+            send(pickle.dumps(os.getpid()))
+        elif kind == CALL:
+            fn, args = pickle.loads(message[1:])
+            send(pickle.dumps(fn(*args)))
+        elif kind == STOP:
+            return
+
+
 def init_worker(parent_pid: int, lane: int = 0, log_address: str | None = None, poll: float = 0.25) -> None:
-    """Loky initializer: ignore Ctrl-C (the parent decides), die with the parent, send
+    """A worker's start: ignore Ctrl-C (the parent decides), die with the parent, send
     log records and stack dumps to the parent's ``_logs.LogReceiver`` at ``log_address``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _logs.install_in_worker(lane, log_address, _run.__code__)
-    # loky quietly replaces a worker whose memory grew by 300 MB; this one holds the
-    # lane's values on purpose (``LaneStore``), and a replacement would not have them.
-    import loky.process_executor
-
-    loky.process_executor._MAX_MEMORY_LEAK_SIZE = 1 << 62
     stop = threading.Event()
 
     def watch_parent() -> None:
-        # PR_SET_PDEATHSIG is tied to the spawning thread (loky's manager), so poll instead.
+        # PR_SET_PDEATHSIG is tied to the thread that started this process, so poll instead.
         while not stop.wait(poll):
             if os.getppid() != parent_pid:
                 _clean_up_for_dead_parent(log_address)
@@ -326,7 +375,7 @@ def _usable(thing: Any) -> Any:
     return thing
 
 
-def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False) -> bytes:
+def run_attempt(payload: bytes | memoryview, flag_path: str, token: int, queued: bool = False) -> bytes:
     """Run one payload of a lane (see ``LaneStore``) and return its envelope.
 
     ``flag_path`` and ``token`` name the lane's flag, which backs ``ctx.cancelled``.
@@ -339,7 +388,7 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
     )
     if settings is not None:  # before anything is unpickled: the target may read sys.argv as it is imported
         _logs.apply_settings(settings)
-    _check_store(store_key, update)  # raised to loky: the lane is treated as crashed
+    _check_store(store_key, update)  # raised to ``lane_main``: the lane is treated as crashed
     flag = CancelFlag(flag_path, token)
     if queued:
         reason = flag.cancel_reason
