@@ -249,7 +249,7 @@ class ProcessBackend:
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
         self._calls: dict[Attempt, _lanestore.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir())
+        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir(), split_trace=True)
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:

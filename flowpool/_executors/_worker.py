@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .. import _logcontext
+from .. import _logcontext, _tracing
 from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
 from . import _logs
 from ._lanestore import ValueData
@@ -383,8 +383,8 @@ def run_attempt(payload: bytes | memoryview, flag_path: str, token: int, queued:
     cancelled before it could start; what it carried is kept all the same, since
     the lane's next payloads count on it.
     """
-    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings = pickle.loads(
-        payload
+    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings, carrier = (
+        pickle.loads(payload)
     )
     if settings is not None:  # before anything is unpickled: the target may read sys.argv as it is imported
         _logs.apply_settings(settings)
@@ -408,7 +408,7 @@ def run_attempt(payload: bytes | memoryview, flag_path: str, token: int, queued:
         return _envelope_error(error)
     _logs.running_token = token
     try:
-        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag, carrier)
     finally:
         _logs.running_token = 0
 
@@ -472,6 +472,7 @@ def _run(
     results: Any,
     args_data: bytes | None,
     flag: CancelFlag | None,
+    carrier: dict[str, str] | None = None,
 ) -> bytes:
     import cloudpickle
 
@@ -482,9 +483,13 @@ def _run(
         ctx = Context(
             input=run_input, flow=flow, run_id=run_id, step=step, attempt=attempt, results=results, scope=flag
         )
-        named = _logcontext.enter(run_id, flow, step, attempt, getattr(ctx, "key", None))
+        named = _logcontext.enter(run_id, flow, step, attempt, _item_key(fn, args))
         try:
-            value = fn(ctx, *args)
+            if carrier is None:
+                value = fn(ctx, *args)
+            else:
+                with _tracing.attached(carrier):  # the attempt's span is current: the step's spans join the trace
+                    value = fn(ctx, *args)
         finally:
             _logcontext.leave(named)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
@@ -494,6 +499,21 @@ def _run(
     except BaseException as error:  # noqa: BLE001 - a value that cannot travel fails its own step only
         return pickle.dumps((UNPICKLABLE_VALUE, f"{type(error).__name__}: {error}", type(value).__qualname__))
     return data
+
+
+def _item_key(fn: Any, args: tuple[Any, ...]) -> Any:
+    """The map item's key a call carries (``ItemCall``: item, index, key last), or None.
+
+    The log context names the item from the start: ``ItemCall`` puts the key on
+    ``ctx`` only once it runs."""
+    from .._context import ItemCall, OutcomeCall
+
+    _, fn = _tracing.split_attached(fn)  # (Dask: the trace carrier wraps the call)
+    if isinstance(fn, OutcomeCall):
+        fn, args = fn.fn, args[:-1]
+    if isinstance(fn, ItemCall) and len(args) >= 3:
+        return args[-1]
+    return None
 
 
 def _envelope_error(error: BaseException) -> bytes:
