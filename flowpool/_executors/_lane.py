@@ -66,7 +66,7 @@ class Lane:
     """One worker process, its two-way pipe, its reader thread and its cancel flag.
 
     Messages go out in order from whichever thread sends them (``send_attempt``,
-    ``send_forget``); the worker answers each attempt (and ping) in order, so the
+    ``send_forgotten``, …); the worker answers each attempt (and ping) in order, so the
     reader thread matches answers to a FIFO of callbacks. When the worker dies the
     reader calls every callback still waiting with the reason (``Reply.crash``).
     """
@@ -104,26 +104,31 @@ class Lane:
 
     def start(self, on_ready: Callable[[Reply], None]) -> None:
         """Start the worker; ``on_ready`` is called (from another thread) once it answers."""
-        try:
-            from loky.backend.context import get_context
+        from loky.backend.context import get_context
 
-            context = get_context("loky")  # a fresh interpreter (fork + exec): safe with threads
-            ours, theirs = context.Pipe(duplex=True)
+        context = get_context("loky")  # a fresh interpreter (fork + exec): safe with threads
+        ours, theirs = context.Pipe(duplex=True)
+        try:
             process = context.Process(
                 target=_worker.lane_main,
                 args=(theirs, os.getpid(), self.number, _logs.receiver().address, self.flag_path),
                 name=f"flowpool-lane-{self.number}",
             )
             process.start()
-            theirs.close()
         except Exception as error:  # noqa: BLE001 - told to the requester, off this thread
             self._dead = True
+            ours.close()
             in_background(on_ready, "flowpool-lane-failed", Reply(None, f"{type(error).__name__}: {error}"))
             return
+        finally:
+            theirs.close()
         self._process, self._pid, self._conn = process, process.pid, ours
         self._reader = threading.Thread(target=self._read, name=f"flowpool-lane-{self.number}", daemon=True)
         self._reader.start()
-        self._send(_worker.PING, on_ready)
+        try:
+            self._send(_worker.PING, on_ready)
+        except OSError as error:  # it died already, before the reader could be told to answer
+            in_background(on_ready, "flowpool-lane-failed", Reply(None, f"{type(error).__name__}: {error}"))
 
     def next_token(self) -> int:
         self.tokens += 1
@@ -271,6 +276,9 @@ class Lane:
                 os.kill(process.pid, signal.SIGKILL)
             process.join()
         crash = crash or _exit_detail(process.exitcode)
+        writer = self._writer
+        if writer is not None:
+            writer.join(5.0)  # its send fails at once now: the socket is closed only after it
         with contextlib.suppress(Exception):
             conn.close()
         with contextlib.suppress(Exception):
