@@ -281,8 +281,7 @@ class Lane:
             writer.join(5.0)  # its send fails at once now: the socket is closed only after it
         with contextlib.suppress(Exception):
             conn.close()
-        with contextlib.suppress(Exception):
-            process.close()  # its sentinel
+        _release_sentinel(process)
         for callback in waiting:
             _answer(callback, Reply(None, crash))
 
@@ -392,3 +391,18 @@ def in_background(target: Callable[..., None], name: str, *args: Any) -> None:
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     closing_threads.add(thread)
     thread.start()
+
+
+def _release_sentinel(process: Any) -> None:
+    """Close a dead worker's sentinel pipe now rather than whenever its objects are
+    collected (loky's Popen has no ``close``; it registers a finalizer that closes it)."""
+    from multiprocessing import util
+
+    popen = getattr(process, "_popen", None)
+    if popen is None:
+        return
+    registry = getattr(util, "_finalizer_registry", {})
+    for finalizer in list(registry.values()):
+        reference = getattr(finalizer, "_weakref", None)
+        if reference is not None and reference() is popen:
+            finalizer()  # runs once, then unregisters itself
