@@ -221,7 +221,8 @@ class FlowResult:
         object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "maps", MappingProxyType(dict(self.maps)))
         values = {name: step.value for name, step in self.steps.items() if step.ok}
-        values.update((name, result.values) for name, result in self.maps.items())
+        # A skipped map has no value, as later stages' ctx.results show (SPEC §13).
+        values.update((name, m.values) for name, m in self.maps.items() if m.status is not GroupStatus.SKIPPED)
         object.__setattr__(self, "_values", MappingProxyType(values))
 
     @property
@@ -231,7 +232,7 @@ class FlowResult:
 
     @property
     def values(self) -> Mapping[str, Any]:
-        """Step name → value, for every completed step; map name → the map's ``values``."""
+        """Step name → value, for every completed step; map name → the map's ``values`` (not for a skipped map)."""
         return self._values
 
     @property

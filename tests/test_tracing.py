@@ -711,3 +711,98 @@ def test_process_mode_sends_the_carrier_apart_from_the_function(exporter: InMemo
     assert calls[0].trace == attempt.carrier() and "traceparent" in calls[0].trace
     assert calls[0].function == calls[1].function  # the same key and bytes: sent to a lane once
     assert _lanestore.CallPacker(split_trace=True).prepare(len, ctx, ()).trace is None
+
+
+def compensation_spans(exporter: InMemorySpanExporter, step: str) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.name == f"flowpool.compensation {step}"]
+
+
+def test_compensations_that_run_together_each_have_a_span_under_their_stage(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from flowpool import Flow
+
+    def undo(ctx: Any, value: Any) -> None:
+        if ctx.key == "b" and ctx.attempt == 1:
+            raise OSError("not yet")
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("boom")
+
+    flow = (
+        Flow("together")
+        .map(
+            "items",
+            lambda ctx: ctx.item,
+            items=["a", "b", "c", "d"],
+            key=lambda item: item,
+            compensate=undo,
+            compensate_retries=1,
+            compensate_concurrency=3,
+        )
+        .step("boom", boom)
+    )
+    result = flow.run()
+    assert sorted(result.compensated) == ["items['a']", "items['b']", "items['c']", "items['d']"]
+    spans = compensation_spans(exporter, "items")
+    (stage,) = [span for span in exporter.get_finished_spans() if span.name == "flowpool.stage items"]
+    assert all(parent_id(span) == ids(stage)[1] for span in spans)
+    seen = sorted((span.attributes["flowpool.item"], span.attributes["flowpool.attempt"]) for span in spans)  # type: ignore[index]
+    assert seen == [("a", 1), ("b", 1), ("b", 2), ("c", 1), ("d", 1)]
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        assert set(attributes) == {
+            "flowpool.run_id",
+            "flowpool.step",
+            "flowpool.attempt",
+            "flowpool.item",
+            "flowpool.status",
+        }
+        assert attributes["flowpool.run_id"] == result.run_id
+        assert attributes["flowpool.step"] == "items"
+        failed = (attributes["flowpool.item"], attributes["flowpool.attempt"]) == ("b", 1)
+        assert attributes["flowpool.status"] == ("failed" if failed else "compensated")
+        assert span.status.status_code is (StatusCode.ERROR if failed else StatusCode.UNSET)
+        assert [event.name for event in span.events if event.name == "exception"] == (["exception"] if failed else [])
+
+
+def test_a_concurrent_compensation_that_times_out_ends_its_span_as_an_error(exporter: InMemorySpanExporter) -> None:
+    from flowpool import Flow, Step
+
+    release = threading.Event()
+
+    def stuck(ctx: Any, value: Any) -> None:
+        release.wait(WAIT)
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("boom")
+
+    try:
+        flow = (
+            Flow("stuck-undo")
+            .parallel(
+                "g",
+                [
+                    Step("slow", lambda ctx: 1, compensate=stuck, compensate_timeout=0.2),
+                    Step("fine", lambda ctx: 2, compensate=lambda ctx, v: None),
+                ],
+                compensate_concurrency=2,
+            )
+            .step("boom", boom)
+        )
+        result = flow.run()
+    finally:
+        release.set()
+    assert result.not_compensated == ("slow",)
+    (stage,) = [span for span in exporter.get_finished_spans() if span.name == "flowpool.stage g"]
+    (slow,) = compensation_spans(exporter, "slow")
+    (fine,) = compensation_spans(exporter, "fine")
+    assert parent_id(slow) == parent_id(fine) == ids(stage)[1]
+    assert slow.attributes is not None and slow.attributes["flowpool.status"] == "failed"
+    assert slow.status.status_code is StatusCode.ERROR
+    assert any(
+        event.name == "exception" and "StepTimeoutError" in str((event.attributes or {}).get("exception.type"))
+        for event in slow.events
+    )
+    assert fine.attributes is not None and fine.attributes["flowpool.status"] == "compensated"
+    assert "flowpool.item" not in fine.attributes
