@@ -8,7 +8,6 @@ argument, so nothing invalid ever reaches a run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import FlowDefinitionError
@@ -44,6 +43,7 @@ from ._options import (
     group_option,
     option,
 )
+from ._record import fields, record
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -221,7 +221,7 @@ class Always(Step):
         return "Always" + super().__repr__().removeprefix("Step")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Group:
     """A parallel group: members started together under one failure policy."""
 
@@ -300,7 +300,7 @@ def group_plan_phrases(group: Group) -> list[str]:
     return [phrase for phrase in phrases if phrase is not None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Map:
     """A map stage: ``step`` (named as the map) runs once per item of ``items``.
 
