@@ -139,6 +139,8 @@ class StepResult(Outcome):
     group: str | None = None
     compensation: CompensationResult | None = None
     late_value: Any = None
+    #: The child run's result when the step is a subflow (None for a plain function).
+    subflow: FlowResult | None = None
 
     def __init__(  # written out: one is built per step, and a generated one costs import time
         self,
@@ -152,6 +154,7 @@ class StepResult(Outcome):
         group: str | None = None,
         compensation: CompensationResult | None = None,
         late_value: Any = None,
+        subflow: FlowResult | None = None,
     ) -> None:
         _set = object.__setattr__
         _set(self, "name", name)
@@ -164,6 +167,7 @@ class StepResult(Outcome):
         _set(self, "group", group)
         _set(self, "compensation", compensation)
         _set(self, "late_value", late_value)
+        _set(self, "subflow", subflow)
 
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view (values that JSON cannot hold become their ``repr``).
@@ -178,6 +182,7 @@ class StepResult(Outcome):
             "group": self.group,
             **outcome,
             "late_value": jsonable(self.late_value),
+            "subflow": None if self.subflow is None else self.subflow.to_dict(),
         }
 
 

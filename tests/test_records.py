@@ -99,6 +99,13 @@ def test_records_pickle_copy_and_replace() -> None:
         fields(Twin)
 
 
+def test_a_pickle_made_before_a_field_was_added_gets_the_field_default() -> None:
+    step = StepResult("a", StepStatus.COMPLETED, 1, attempts=1)
+    old = StepResult.__new__(StepResult)
+    old.__setstate__(step.__getstate__()[:-1])  # the state a record without ``subflow`` pickled
+    assert old == step and old.subflow is None
+
+
 def test_a_hand_written_init_must_take_the_fields_with_their_defaults() -> None:
     with pytest.raises(TypeError, match="takes"):
 
@@ -146,6 +153,7 @@ _RECORDS: list[tuple[Any, tuple[str, ...]]] = [
             "group",
             "compensation",
             "late_value",
+            "subflow",
         ),
     ),
     (ItemResult(0, "k", StepStatus.COMPLETED), ItemResult.__match_args__),
@@ -187,3 +195,19 @@ def test_every_record_is_frozen_slotted_and_survives_pickling(built: Any, names:
         clone = pickle.loads(pickle.dumps(built))
         assert clone == built and repr(clone) == repr(built)
     assert replace(built) == built
+
+
+def test_step_result_keeps_its_dataclass_defaults_and_keywords() -> None:
+    step = StepResult(name="a", status=StepStatus.FAILED, error=ValueError("x"), attempts=2, group="g")
+    assert (step.value, step.started_at, step.finished_at, step.compensation, step.late_value, step.subflow) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert list(step.to_dict())[-2:] == ["late_value", "subflow"]
+    assert step.to_dict()["subflow"] is None
+    child = FlowResult("child", "r2", FlowStatus.COMPLETED, {}, {})
+    assert replace(step, subflow=child).to_dict()["subflow"] == child.to_dict()
