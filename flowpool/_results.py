@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "count_statuses",
+    "new_run_id",
 ]
 
 
@@ -359,6 +361,15 @@ class FlowResult:
                 dict(self.maps),
             ),
         )
+
+
+def new_run_id() -> str:
+    """A new ``FlowResult.run_id``: a random (version 4) UUID's 32 hex digits, what
+    ``uuid.uuid4().hex`` gives; ``uuid`` itself is not imported (it imports ``platform``)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def _rebuild_flow_result(*fields: Any) -> FlowResult:

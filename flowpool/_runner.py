@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -83,6 +82,7 @@ from ._results import (
     GroupResult,
     StepResult,
     StepStatus,
+    new_run_id,
 )
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
@@ -167,7 +167,7 @@ class _Run:
         self.input = input
         self.timeout = timeout
         self.clock = clock
-        self.run_id = uuid.uuid4().hex
+        self.run_id = new_run_id()
         #: Epoch seconds minus the run's clock: turns its monotonic times into wall-clock ones.
         self.wall_offset = clock.wall() - clock.now()
         self.events = EventSink(on_event, self.name, self.run_id, self.wall_offset)

@@ -211,3 +211,15 @@ def test_step_result_keeps_its_dataclass_defaults_and_keywords() -> None:
     assert step.to_dict()["subflow"] is None
     child = FlowResult("child", "r2", FlowStatus.COMPLETED, {}, {})
     assert replace(step, subflow=child).to_dict()["subflow"] == child.to_dict()
+
+
+def test_run_ids_are_what_uuid4_hex_gives() -> None:
+    import uuid
+
+    from flowpool._results import new_run_id
+
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    for run_id in ids:
+        parsed = uuid.UUID(hex=run_id)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, run_id)
