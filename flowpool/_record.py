@@ -121,7 +121,7 @@ def record(cls: type[T]) -> type[T]:
     namespace["__record_fields__"] = tuple(specs)
     namespace["__match_args__"] = names
     compared = tuple(spec.name for spec in specs if spec.compare)
-    namespace["_record_key"] = _tuple_getter(compared)
+    namespace["_record_key"] = staticmethod(_tuple_getter(compared))
     namespace["_record_shown"] = tuple(spec.name for spec in specs if spec.repr)
     if "__init__" in namespace:
         _check_written_init(cls.__qualname__, namespace["__init__"], specs)

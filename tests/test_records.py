@@ -66,6 +66,20 @@ def test_a_record_repr_eq_hash_and_slots_are_those_of_its_dataclass_twin() -> No
     assert Pair("a").extra == {} and Pair("a").extra is not Pair("a").extra  # a fresh default per record
 
 
+def test_records_of_one_field_or_none_compare_and_hash_like_dataclasses() -> None:
+    @record
+    class One:
+        only: int
+
+    @record
+    class Hidden:
+        secret: int = field(default=0, compare=False, repr=False)
+
+    assert One(1) == One(1) and One(1) != One(2) and hash(One(1)) == hash((1,))
+    assert Hidden(1) == Hidden(2) and hash(Hidden(1)) == hash(()) and repr(Hidden(1)).endswith(".Hidden()")
+    assert repr(One(3)).endswith(".One(only=3)")
+
+
 def test_a_record_refuses_assignment_and_deletion_with_frozen_instance_error() -> None:
     pair = Pair("a")
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'size'"):
