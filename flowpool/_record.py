@@ -20,15 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from typing import dataclass_transform
-else:
-
-    def dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:
-        return lambda decorated: decorated  # only type checkers read the marker
-
+from typing import Any, TypeVar, dataclass_transform
 
 __all__ = ["Field", "field", "fields", "record", "replace"]
 
@@ -233,6 +225,8 @@ def _setstate(self: Any, state: list[Any]) -> None:
             value = state[position]
         elif spec.default_factory is not None:
             value = spec.default_factory()
+        elif spec.required:
+            raise TypeError(f"a pickled {type(self).__qualname__} lacks its field {spec.name!r}")
         else:
             value = spec.default
         object.__setattr__(self, spec.name, value)
