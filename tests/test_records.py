@@ -199,7 +199,7 @@ _RECORDS: list[tuple[Any, tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("built, names", _RECORDS, ids=lambda r: type(r).__name__ if not isinstance(r, tuple) else "")
+@pytest.mark.parametrize("built, names", _RECORDS, ids=lambda r: "fields" if isinstance(r, tuple) else type(r).__name__)
 def test_every_record_is_frozen_slotted_and_survives_pickling(built: Any, names: tuple[str, ...]) -> None:
     assert tuple(spec.name for spec in fields(built)) == names == type(built).__match_args__
     assert not hasattr(built, "__dict__")
