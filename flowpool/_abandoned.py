@@ -86,7 +86,9 @@ def await_abandoned(run: _Run) -> None:
     for sr, value in abandoned.late_completions():
         record = sr.record
         assert record is not None
-        sr.record = run.records[record.name] = with_late_value(record, value)
+        sr.record = sr.run.records[record.name] = with_late_value(record, value)
+        if sr.run is not run:
+            continue  # a subflow's step: its frame has ended; the late value is only recorded
         if failed and sr.step.compensate is not None:
             run.compensator.pending.append(sr)
     abandoned.ended.clear()

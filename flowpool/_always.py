@@ -3,6 +3,7 @@ whatever the outcome, with ``ctx.outcome``; their failure never changes the flow
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from . import _stages
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
 __all__ = ["run_always"]
 
 
-def run_always(run: _Run) -> None:
+def run_always(run: _Run) -> Iterator[None]:
     """Run the always-stages, in declaration order, after everything else and after
-    the compensations, whatever the outcome; a second Ctrl-C abandons them."""
+    the compensations, whatever the outcome; a second Ctrl-C abandons them. Yields
+    whenever the loop must wait."""
     positions = [(index, stage) for index, stage in enumerate(run.flow.steps()) if isinstance(stage, Always)]
     if not positions:
         return
@@ -32,4 +34,4 @@ def run_always(run: _Run) -> None:
             run.records[step.name] = StepResult(step.name, StepStatus.CANCELLED, error=error)
             run.events.emit("step_finished", run.clock.now(), step=step.name, status=StepStatus.CANCELLED)
             continue
-        _stages.run_stage(run, step, (step,), index)
+        yield from _stages.run_stage(run, step, (step,), index)

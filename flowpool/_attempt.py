@@ -129,7 +129,7 @@ class Attempt:
         if self.notify_start:
             self.inbox.put((STARTED, self))
         ctx = self.ctx
-        named = _logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, getattr(ctx, "key", None))
+        named = _logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, getattr(ctx, "key", None), ctx._path)
         self.thread_ident = threading.get_ident()
         try:
             self.value = self.fn(ctx, *self.args)

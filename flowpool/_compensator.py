@@ -18,77 +18,30 @@ from __future__ import annotations
 import heapq
 import itertools
 import queue
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
 from ._attempt import DONE, STARTED, Attempt, Message
 from ._clock import Clock
 from ._context import Context, ItemCall
-from ._definition import Step
 from ._errors import StepTimeoutError
 from ._events import EventSink
-from ._executors import Backend
 from ._recorder import RunRecorder
 from ._results import CompensationResult, StepResult
 from ._retry import backoff_delay
 from ._state import StepRun, tell_cancel, with_compensation
 from ._stop import StopScope
 from ._timers import Timers
+from ._undo_plan import Job, MapCompensation, plan, refresh_units
 
 if TYPE_CHECKING:
-    from ._maps import MapLedger
+    from ._runner import _Run
     from ._tracing import RunTracer, Span
 
-__all__ = ["Compensator", "MapCompensation"]
 
-
-class MapCompensation:
-    """A map whose completed items have a compensation: what undoing them needs."""
-
-    __slots__ = ("name", "position", "step", "ledger", "items", "backend", "concurrency")
-
-    def __init__(
-        self,
-        name: str,
-        position: int,
-        step: Step,
-        ledger: MapLedger,
-        items: list[Any],
-        backend: Backend,
-        concurrency: int,
-    ) -> None:
-        self.name = name
-        self.position = position
-        self.step = step
-        self.ledger = ledger
-        self.items = items  # the items, by index (those that did not complete are None)
-        self.backend = backend
-        self.concurrency = concurrency
-
-
-class _Job:
-    """One compensation to run: a completed step's, or a map item's."""
-
-    __slots__ = ("label", "step", "group", "backend", "value", "sr", "ledger", "item", "index", "key")
-
-    def __init__(self, label: str, step: Step, group: str | None, backend: Backend, value: Any) -> None:
-        self.label = label
-        self.step = step
-        self.group = group
-        self.backend = backend
-        self.value = value
-        self.sr: StepRun | None = None
-        self.ledger: MapLedger | None = None
-        self.item: Any = None
-        self.index: int | None = None
-        self.key: str | int | None = None
-
-    def fields(self) -> dict[str, Any]:
-        """The event fields naming what is compensated."""
-        if self.index is None:
-            return {"step": self.step.name, "group": self.group}
-        return {"step": self.step.name, "group": None, "item": self.key, "index": self.index}
+__all__ = ["Compensator"]
 
 
 class Compensator:
@@ -107,9 +60,14 @@ class Compensator:
         "not_compensated",
         "records",
         "spans",
+        "run",
+        "mailbox",
+        "units",
     )
 
-    def __init__(self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope) -> None:
+    def __init__(
+        self, clock: Clock, inbox: queue.SimpleQueue[Message], timers: Timers, scope: StopScope, run: _Run
+    ) -> None:
         self.clock = clock
         self.inbox = inbox
         self.timers = timers
@@ -128,6 +86,16 @@ class Compensator:
         self.records: dict[str, StepResult] = {}
         #: ``(tracer, stage name → stage span)`` when the program traces (``_tracing``).
         self.spans: tuple[RunTracer, dict[str, Span]] | None = None
+        #: The run (or subflow frame) these compensations belong to.
+        self.run = run
+        #: A subflow frame's compensation messages, routed here by the loop.
+        self.mailbox: deque[Message] = deque()
+        #: Completed subflows compensated as units, with how to put back their new result.
+        self.units: list[tuple[_Run, Callable[[Any], None]]] = []
+
+    def undoable(self) -> bool:
+        """Whether a completed run (a subflow) has anything to undo."""
+        return bool(self.pending or self.maps)
 
     def run_all(
         self,
@@ -142,89 +110,87 @@ class Compensator:
         journal as it comes.
         """
         self.records = records
-        pending = sorted(self.pending, key=lambda sr: sr.index, reverse=True)
-        done = self.done
-        if recorder.enabled:
-            pending = [sr for sr in pending if sr.step.name not in self.done]
-        # (position, concurrency, jobs) per stage; a stage's steps are consecutive in ``pending``.
-        stages: list[tuple[int, int, Iterator[_Job]]] = []
-        for _, members in itertools.groupby(pending, key=lambda sr: sr.group or sr.step.name):
-            runs = list(members)
-            first = runs[0]
-            k = self.concurrency.get(first.group, 1) if first.group is not None else 1
-            stages.append((first.index, k, (self._step_job(sr) for sr in runs)))
-        for m in self.maps:
-            stages.append((m.position, m.concurrency, self._item_jobs(m, done)))
-        stages.sort(key=lambda stage: stage[0], reverse=True)
+        stages = plan(self, recorder.enabled)
 
-        def finished(job: _Job, outcome: CompensationResult) -> None:
-            if job.sr is not None:
-                record = job.sr.record
-                assert record is not None
-                records[job.step.name] = with_compensation(record, outcome)
-            elif job.ledger is not None and job.index is not None:
-                job.ledger.compensations[job.index] = outcome
-            position = len(self.compensated) + len(self.not_compensated)
+        def finished(job: Job, outcome: CompensationResult) -> None:
+            self.note(job, outcome)
+            position = len(self.compensated) + len(self.not_compensated) - 1
             recorder.compensation_finished(job.label, outcome, position)
-            (self.compensated if outcome.ok else self.not_compensated).append(job.label)
 
-        for number, (_, k, jobs) in enumerate(stages):
-            if k > 1:
-                completed = self.run_together(jobs, k, recorder, events, context, finished)
-            else:
-                completed = self.run_in_turn(jobs, recorder, events, context, finished)
-            if not completed:
-                for _, _, rest in stages[number + 1 :]:
-                    for job in rest:
-                        self.give_up(job)
-                return
+        try:
+            for number, (_, k, jobs) in enumerate(stages):
+                if k > 1:
+                    completed = self.run_together(jobs, k, recorder, events, context, finished)
+                else:
+                    completed = self.run_in_turn(jobs, recorder, events, context, finished)
+                if not completed:
+                    for _, _, rest in stages[number + 1 :]:
+                        for job in rest:
+                            self.give_up(job)
+                    return
+        finally:
+            refresh_units(self)
 
-    def give_up(self, job: _Job) -> None:
+    def run_in_frame(self) -> Generator[None, None, None]:
+        """A subflow frame's own compensations, latest stage first: every one is handed
+        to its backend (never run in the caller's thread, which the frame shares with the
+        rest of the run), up to the stage's ``compensate_concurrency`` at once."""
+        from ._subflows import in_frame  # the subflow module imports the runner's pieces
+
+        run = self.run
+        self.records = run.records
+        stages = plan(self, False)
+        try:
+            for number, (_, k, jobs) in enumerate(stages):
+                waits = self.together(jobs, k, run.recorder, run.events, run.context, self.journaled)
+                completed = yield from in_frame(run, waits)
+                if not completed:
+                    for _, _, rest in stages[number + 1 :]:
+                        for job in rest:
+                            self.give_up(job)
+                    return
+        finally:
+            refresh_units(self)
+
+    def journaled(self, job: Job, outcome: CompensationResult) -> None:
+        """A subflow frame's compensation finished: note it and journal it."""
+        self.note(job, outcome)
+        position = len(self.compensated) + len(self.not_compensated) - 1
+        self.run.recorder.compensation_finished(job.label, outcome, position)
+
+    def note(self, job: Job, outcome: CompensationResult) -> None:
+        """Write a finished compensation's outcome where its step's (or item's) record is."""
+        sr = job.sr
+        if sr is not None:
+            record = sr.record
+            assert record is not None
+            sr.record = sr.run.records[job.step.name] = with_compensation(record, outcome)
+        elif job.ledger is not None and job.index is not None:
+            job.ledger.compensations[job.index] = outcome
+        ok = outcome.ok
+        (self.compensated if ok else self.not_compensated).append(job.label)
+        for frame, label in job.chain:
+            (frame.compensator.compensated if ok else frame.compensator.not_compensated).append(label)
+
+    def give_up(self, job: Job) -> None:
         """A second Ctrl-C stopped the compensations before ``job``'s ended: it is abandoned."""
         abandoned = CompensationResult("abandoned")
         sr = job.sr
         if sr is not None and sr.record is not None:
-            self.records[job.step.name] = with_compensation(sr.record, abandoned)
+            sr.record = sr.run.records[job.step.name] = with_compensation(sr.record, abandoned)
         elif job.ledger is not None and job.index is not None:
             job.ledger.compensations[job.index] = abandoned
         self.not_compensated.append(job.label)
-
-    @staticmethod
-    def _step_job(sr: StepRun) -> _Job:
-        record = sr.record
-        assert record is not None
-        # A timed-out step whose abandoned attempt returned later is undone on that late value.
-        job = _Job(sr.step.name, sr.step, sr.group, sr.backend, record.value if record.ok else record.late_value)
-        job.sr = sr
-        return job
-
-    @staticmethod
-    def _item_jobs(m: MapCompensation, done: set[str]) -> Iterator[_Job]:
-        from ._maps import COMPLETED_CODE, item_label
-
-        ledger = m.ledger
-        codes = ledger.codes
-        for index in range(len(codes) - 1, -1, -1):
-            if codes[index] != COMPLETED_CODE:
-                continue
-            key = ledger.key_of(index)
-            label = item_label(m.name, key)
-            if label in done:
-                continue  # a resumed run: this item's compensation finished before the process died
-            job = _Job(label, m.step, None, m.backend, ledger.values[index])
-            job.ledger = ledger
-            job.item = m.items[index] if index < len(m.items) else None
-            job.index = index
-            job.key = key
-            yield job
+        for frame, label in job.chain:
+            frame.compensator.not_compensated.append(label)
 
     def run_in_turn(
         self,
-        jobs: Iterator[_Job],
+        jobs: Iterator[Job],
         recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> bool:
         """One stage's compensations one at a time; False if a second Ctrl-C abandoned the rest."""
         for job in jobs:
@@ -248,18 +214,42 @@ class Compensator:
 
     def run_together(
         self,
-        jobs: Iterator[_Job],
+        jobs: Iterator[Job],
         k: int,
         recorder: RunRecorder,
         events: EventSink,
         context: Callable[[str, int], Context],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> bool:
+        """One stage's compensations, up to ``k`` at once on their backends, waiting on the
+        run's inbox; False if a second Ctrl-C abandoned the rest."""
+        waits = self.together(jobs, k, recorder, events, context, finished)
+        try:
+            wake = next(waits)
+            while True:
+                received = self.timers.wait(self.inbox, wake, self.clock.now())
+                if received is not None:
+                    self.mailbox.append(received)
+                wake = next(waits)
+        except StopIteration as stop:
+            completed: bool = stop.value
+            return completed
+
+    def together(
+        self,
+        jobs: Iterator[Job],
+        k: int,
+        recorder: RunRecorder,
+        events: EventSink,
+        context: Callable[[str, int], Context],
+        finished: Callable[[Job, CompensationResult], None],
+    ) -> Generator[float | None, None, bool]:
         """One stage's compensations, up to ``k`` at once on their backends; each retried
-        per ``compensate_retries`` after a backoff that holds no worker. False if a
-        second Ctrl-C abandoned the rest."""
-        running: dict[Attempt, tuple[_Job, float | None]] = {}  # attempt → (job, deadline)
-        retries: list[tuple[float, int, _Job, int]] = []  # (when, sequence, job, next attempt number)
+        per ``compensate_retries`` after a backoff that holds no worker. Yields the time
+        it next needs waking at (or None) whenever it waits for ``mailbox``; returns
+        False if a second Ctrl-C abandoned the rest."""
+        running: dict[Attempt, tuple[Job, float | None]] = {}  # attempt → (job, deadline)
+        retries: list[tuple[float, int, Job, int]] = []  # (when, sequence, job, next attempt number)
         sequence = itertools.count()
         exhausted = False
         clock = self.clock
@@ -307,32 +297,39 @@ class Compensator:
             wake = [deadline for _, deadline in running.values() if deadline is not None]
             if retries:
                 wake.append(retries[0][0])
-            received = self.timers.wait(self.inbox, min(wake) if wake else None, now)
-            if received is None:
-                continue
-            kind, item = received
-            entry = running.get(item) if isinstance(item, Attempt) else None
-            if entry is None:
-                continue  # a late outcome from the stages, or an interrupt (handled by the handler)
-            job, deadline = entry
-            timeout = job.step.compensate_timeout
-            if kind == STARTED and timeout is not None and item.started_at is not None:
-                running[item] = (job, item.started_at + timeout)
-            elif kind == DONE:
-                del running[item]
-                item.settled = True
-                self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
+            try:
+                yield min(wake) if wake else None
+            except GeneratorExit:  # the frame was abandoned: so are its running compensations
+                for attempt, (job, _) in running.items():
+                    attempt.settled = True
+                    tell_cancel(job.backend, attempt, "the subflow was abandoned")
+                    job.backend.stop(attempt)
+                raise
+            mailbox = self.mailbox
+            while mailbox:
+                kind, item = mailbox.popleft()
+                entry = running.get(item) if isinstance(item, Attempt) else None
+                if entry is None:
+                    continue  # a late outcome from the stages, or an interrupt (handled by the handler)
+                job, deadline = entry
+                timeout = job.step.compensate_timeout
+                if kind == STARTED and timeout is not None and item.started_at is not None:
+                    running[item] = (job, item.started_at + timeout)
+                elif kind == DONE:
+                    del running[item]
+                    item.settled = True
+                    self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
 
     def _attempt_ended(
         self,
-        job: _Job,
+        job: Job,
         attempt: Attempt,
         ok: bool,
         error: BaseException | None,
         events: EventSink,
-        retries: list[tuple[float, int, _Job, int]],
+        retries: list[tuple[float, int, Job, int]],
         sequence: Iterator[int],
-        finished: Callable[[_Job, CompensationResult], None],
+        finished: Callable[[Job, CompensationResult], None],
     ) -> None:
         now = self.clock.now()
         number = attempt.number
@@ -352,7 +349,7 @@ class Compensator:
         else:
             finished(job, CompensationResult("failed", error, number))
 
-    def submit(self, job: _Job, number: int, context: Callable[[str, int], Context]) -> Attempt:
+    def submit(self, job: Job, number: int, context: Callable[[str, int], Context]) -> Attempt:
         """Hand one compensation attempt of ``job`` to its backend."""
         compensate = job.step.compensate
         assert compensate is not None
@@ -361,19 +358,21 @@ class Compensator:
         args: tuple[Any, ...] = (job.value,)
         if job.index is not None and not job.backend.in_process:
             fn, args = ItemCall(compensate), (job.value, job.item, job.index, job.key)
-        attempt = Attempt(job.step.name, number, fn, args, ctx, self.inbox, self.clock, True, owner=None)
+        # A subflow frame's compensation messages are routed back here by the loop.
+        owner = self if self.run.top is not self.run else None
+        attempt = Attempt(job.step.name, number, fn, args, ctx, self.inbox, self.clock, True, owner=owner)
         ctx._scope = attempt
         job.backend.submit(attempt)
         return attempt
 
     @staticmethod
-    def _context(job: _Job, number: int, context: Callable[[str, int], Context]) -> Context:
-        ctx = context(job.step.name, number)
+    def _context(job: Job, number: int, context: Callable[[str, int], Context]) -> Context:
+        ctx = (job.context or context)(job.step.name, number)
         if job.index is not None:
             ctx.item, ctx.index, ctx.key = job.item, job.index, job.key
         return ctx
 
-    def compensate(self, job: _Job, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
+    def compensate(self, job: Job, events: EventSink, context: Callable[[str, int], Context]) -> CompensationResult:
         """Run ``job``'s compensation, with its retries."""
         step = job.step
         compensate = step.compensate
@@ -404,7 +403,7 @@ class Compensator:
                 self.back_off(backoff_delay(number))
         return CompensationResult("failed", error, tries)
 
-    def start_span(self, job: _Job, number: int, started: float) -> Span | None:
+    def start_span(self, job: Job, number: int, started: float) -> Span | None:
         """A compensation attempt's span, under its stage's, when the program traces."""
         if self.spans is None:
             return None
@@ -428,7 +427,7 @@ class Compensator:
             raise KeyboardInterrupt
 
     def call(
-        self, job: _Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]
+        self, job: Job, compensate: Callable[..., Any], number: int, context: Callable[[str, int], Context]
     ) -> tuple[bool, BaseException | None]:
         """One compensation attempt: ``(ok, error)``."""
         step = job.step
@@ -436,7 +435,7 @@ class Compensator:
         if backend.in_process and step.compensate_timeout is None:
             ctx = self._context(job, number, context)
             self.scope.interruptible = True
-            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt)
+            token = logcontext.enter(ctx.run_id, ctx.flow, ctx.step, ctx.attempt, ctx.key, ctx._path)
             try:  # in the caller's thread, one at a time
                 compensate(ctx, job.value)
             except Exception as error:  # noqa: BLE001 - recorded; the other compensations still run

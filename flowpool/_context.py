@@ -35,7 +35,20 @@ class Context:
             None elsewhere.
     """
 
-    __slots__ = ("input", "flow", "run_id", "step", "attempt", "results", "item", "index", "key", "outcome", "_scope")
+    __slots__ = (
+        "input",
+        "flow",
+        "run_id",
+        "step",
+        "attempt",
+        "results",
+        "item",
+        "index",
+        "key",
+        "outcome",
+        "_scope",
+        "_path",
+    )
 
     input: Any
     flow: str
@@ -71,6 +84,8 @@ class Context:
         self.key: str | int | None = None
         self.outcome = outcome
         self._scope = scope
+        #: Inside a subflow: the stage names from the top (what log records name as ``flowpool_path``).
+        self._path: tuple[str, ...] | None = None
 
     @property
     def cancelled(self) -> bool:

@@ -8,42 +8,27 @@ argument, so nothing invalid ever reaches a run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from ._errors import FlowDefinitionError
 from ._options import (
-    _MISSING,
-    ExecutorName,
     Option,
     _check_bool,
     _check_callable_or_none,
     _check_compensate_concurrency,
-    _check_count,
-    _check_executor,
     _check_fail_fast,
     _check_max_concurrency,
     _check_min_successes,
-    _check_retry_on,
-    _check_retrying,
-    _check_seconds,
     _check_tolerated_failures,
-    _describe_retry_on,
-    _describe_retrying,
     _fail,
-    _given,
-    _plan_compensate,
     _plan_compensate_concurrency,
-    _plan_retries,
-    _plan_retry_on,
-    _show_retry_on,
-    _slotted_by_options,
     _tolerance_rule,
     callable_name,
     check_name,
     group_option,
-    option,
 )
 from ._record import fields, record
+from ._step import Always, Step
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -63,162 +48,6 @@ __all__ = [
     "group_plan_phrases",
     "group_rule",
 ]
-
-
-@_slotted_by_options
-class Step:
-    """One step: a name, a function ``fn(ctx) -> value`` and its options.
-
-    Args:
-        name: unique within the flow.
-        fn: a plain synchronous callable taking a ``Context``.
-        retries: extra attempts after the first, with a short exponential backoff.
-        retry: a ``tenacity.Retrying`` for full control (not together with ``retries``).
-        timeout: seconds allowed for one attempt, counted from when it starts running.
-        compensate: ``compensate(ctx, value)`` undoes the step once it completed.
-        compensate_retries: extra attempts for the compensation.
-        compensate_timeout: seconds allowed for one compensation attempt.
-        required: for group members: the group fails if this member does not complete.
-        retry_on: retry only failures that match: an exception class, a tuple of them
-            (``isinstance``), or a predicate ``callable(exc) -> bool``; default: every
-            ``Exception``. Not together with ``retry``.
-        optional: when the step does not complete, its status and error are recorded
-            but it never fails the flow, never triggers fail fast, and is left out of
-            its group's verdict. Not together with ``required``.
-        when: ``when(ctx) -> bool``, called in the caller's thread when the stage
-            starts: false leaves the step ``SKIPPED`` (never called, never failing the
-            flow, left out of its group's verdict); an exception fails the step.
-        executor: ``"thread"`` or ``"process"`` to run this step on another kind of
-            pool than the run's; ``None`` uses the run's.
-    """
-
-    # The step's options, in the order options are checked, shown and planned. Each
-    # declaration is the option's only home: see ``option()``.
-    retries: int = option(0, _check_count, plan=_plan_retries)
-    retry: Any = option(
-        None,
-        _check_retrying,
-        excludes=("retries",),
-        fingerprint=_describe_retrying,
-        show=lambda value: None if value is None else "retry=<tenacity>",
-        plan=lambda value, step: None if value is None else "custom tenacity retry policy",
-    )
-    timeout: float | None = option(
-        None,
-        _check_seconds,
-        show=lambda value: None if value is None else f"timeout={value:g}",
-        plan=lambda value, step: None if value is None else f"timeout {value:g} s",
-    )
-    compensate: Callable[[Context, Any], Any] | None = option(
-        None,
-        _check_callable_or_none,
-        fingerprint=lambda value: value is not None,
-        show=lambda value: None if value is None else "compensate=...",
-        plan=_plan_compensate,
-    )
-    compensate_retries: int = option(0, _check_count, show=None)  # planned with compensate
-    compensate_timeout: float | None = option(None, _check_seconds, show=None)  # planned with compensate
-    required: bool = option(False, _check_bool, plan=lambda value, step: "required" if value else None)
-    executor: ExecutorName | None = option(
-        None, _check_executor, plan=lambda value, step: None if value is None else f"on {value}"
-    )
-    retry_on: Any = option(
-        None,
-        _check_retry_on,
-        excludes=("retry",),
-        fingerprint=_describe_retry_on,
-        fingerprint_default=False,
-        show=_show_retry_on,
-        plan=_plan_retry_on,
-    )
-    optional: bool = option(
-        False,
-        _check_bool,
-        excludes=("required",),
-        fingerprint_default=False,
-        plan=lambda value, step: "optional" if value else None,
-    )
-    when: Callable[[Context], bool] | None = option(
-        None,
-        _check_callable_or_none,
-        fingerprint=lambda value: value is not None,
-        fingerprint_default=False,
-        show=lambda value: None if value is None else f"when={callable_name(value)}",
-        plan=lambda value, step: None if value is None else f"only when {callable_name(value)}",
-    )
-
-    OPTIONS: ClassVar[tuple[Option, ...]]
-    name: str
-    fn: Callable[[Context], Any]
-
-    def __init__(self, name: str, fn: Callable[[Context], Any], **options: Any) -> None:
-        self._build(None, name, fn, options)
-
-    @classmethod
-    def checked(cls, flow: str | None, name: object, fn: object, options: Mapping[str, Any]) -> Step:
-        """Build a step whose errors name ``flow``; ``options`` may hold only step options."""
-        step = cls.__new__(cls)
-        step._build(flow, name, fn, options)
-        return step
-
-    def _build(self, flow: str | None, name: object, fn: object, options: Mapping[str, Any]) -> None:
-        name = check_name(name, flow=flow, what="step")
-        unknown = sorted((key for key in options if key not in STEP_OPTIONS), key=repr)
-        if unknown:
-            raise _fail(
-                f"unknown option(s) {', '.join(map(repr, unknown))}; known options: {', '.join(STEP_OPTIONS)}",
-                flow,
-                name,
-                unknown[0],
-            )
-        if not callable(fn):
-            raise _fail(f"must be callable, not {type(fn).__name__}", flow, name, "fn")
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "fn", fn)
-        for spec in self.OPTIONS:
-            value = options.get(spec.name, _MISSING)
-            value = spec.default if value is _MISSING else spec.check(value, spec.name, flow, name)
-            if spec.excludes and _given(options, spec.name):
-                for other in spec.excludes:
-                    if other in options:
-                        raise _fail(f"give either {other!r} or {spec.name!r}, not both", flow, name, spec.name)
-            object.__setattr__(self, spec.name, value)
-
-    def __setattr__(self, attribute: str, value: object) -> None:
-        raise AttributeError(f"Step is immutable; cannot set {attribute!r}")
-
-    def options(self) -> dict[str, Any]:
-        """The step's options, as keyword arguments that rebuild it."""
-        options = {spec.name: getattr(self, spec.name) for spec in self.OPTIONS}
-        for spec in self.OPTIONS:
-            if not spec.excludes:
-                continue
-            if _given(options, spec.name):
-                for other in spec.excludes:
-                    options.pop(other, None)
-            else:
-                options.pop(spec.name, None)
-        return options
-
-    def __repr__(self) -> str:
-        shown = [f"{self.name!r}", getattr(self.fn, "__qualname__", repr(self.fn))]
-        fragments = (spec.show(getattr(self, spec.name)) for spec in self.OPTIONS if spec.show is not None)
-        shown.extend(fragment for fragment in fragments if fragment is not None)
-        return f"Step({', '.join(shown)})"
-
-
-#: The names of ``Step``'s options, in declaration order.
-STEP_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in Step.OPTIONS)
-
-
-class Always(Step):
-    """An always-stage (``Flow.always``): a step that runs after the rest of the flow
-    has finished, whatever its outcome, and after the compensations."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Always" + super().__repr__().removeprefix("Step")
 
 
 @record
@@ -321,8 +150,13 @@ class Map:
 
     @property
     def fn(self) -> Callable[[Context], Any]:
-        """The function run for each item."""
+        """The function (or ``Flow``) run for each item."""
         return self.step.fn
+
+    @property
+    def subflow(self) -> Flow | None:
+        """The child flow run for each item when ``fn`` is a ``Flow``; else None."""
+        return self.step.subflow
 
     @property
     def policy(self) -> str:
@@ -469,7 +303,38 @@ class Flow:
                 )
             seen.add(name)
 
-    def step(self, name: str, fn: Callable[[Context], Any], **options: Any) -> Flow:
+    def subflows(self) -> tuple[Flow, ...]:
+        """The flows this one runs as subflows (steps, group members and maps), in order."""
+        out: list[Flow] = []
+        for stage in self._stages:
+            steps = stage.members if isinstance(stage, Group) else (stage.step if isinstance(stage, Map) else stage,)
+            out.extend(step.subflow for step in steps if step.subflow is not None)
+        return tuple(out)
+
+    def contains(self, other: Flow) -> bool:
+        """Whether ``other`` is this flow or runs inside it, at any depth."""
+        seen: set[int] = set()
+        todo = [self]
+        while todo:
+            flow = todo.pop()
+            if flow is other:
+                return True
+            if id(flow) not in seen:
+                seen.add(id(flow))
+                todo.extend(flow.subflows())
+        return False
+
+    def _check_not_within(self, step: Step) -> None:
+        child = step.subflow
+        if child is not None and child.contains(self):
+            raise _fail(
+                f"subflow {child.name!r} contains flow {self._name!r} (a flow cannot run itself, at any depth)",
+                self._name,
+                step.name,
+                "fn",
+            )
+
+    def step(self, name: str, fn: Callable[[Context], Any] | Flow, **options: Any) -> Flow:
         """Add a stage of one step; see ``Step`` for the options. Returns the flow."""
         try:
             step = Step.checked(self._name, name, fn, options)
@@ -477,6 +342,7 @@ class Flow:
             raise error.with_flow(self._name) from None
         if step.required:
             raise _fail("'required' applies only to members of a parallel group", self._name, step.name, "required")
+        self._check_not_within(step)
         self._check_unique([step.name])
         self._stages += (step,)
         self._names |= {step.name}
@@ -502,6 +368,8 @@ class Flow:
             step = Always.checked(self._name, name, fn, options)
         except FlowDefinitionError as error:
             raise error.with_flow(self._name) from None
+        if step.subflow is not None:
+            raise _fail("an always-stage must be a function, not a Flow", self._name, step.name, "fn")
         self._check_unique([step.name])
         self._stages += (step,)
         self._names |= {step.name}
@@ -550,6 +418,8 @@ class Flow:
         options = {
             spec.name: spec.check(given[spec.name], spec.name, flow, name, checked, given) for spec in GROUP_OPTIONS
         }
+        for member in checked:
+            self._check_not_within(member)
         self._check_unique([name, *(m.name for m in checked)])
         group = Group(name, checked, **options)
         self._stages += (group,)
@@ -559,7 +429,7 @@ class Flow:
     def map(
         self,
         name: str,
-        fn: Callable[[Context], Any],
+        fn: Callable[[Context], Any] | Flow,
         *,
         items: Iterable[Any] | Callable[[Context], Iterable[Any]],
         key: Callable[[Any], Any] | None = None,
@@ -605,6 +475,7 @@ class Flow:
             "compensate_concurrency": compensate_concurrency,
         }
         checked = _check_map(flow, name, items, key, policy)
+        self._check_not_within(step)
         self._check_unique([name])
         self._stages += (Map(name, step, items, key, **checked),)
         self._names |= {name}

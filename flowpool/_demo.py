@@ -211,6 +211,48 @@ def batch_flow() -> Flow:
     )
 
 
+# ── scenario 6: a batch of orders, a saga per order ──────────────────────────────
+
+#: The demo's orders; the bank declines the card of "order-3".
+ORDERS: tuple[str, ...] = ("order-1", "order-2", "order-3", "order-4", "order-5")
+
+
+def _order_step(what: str) -> Callable[[Context], str]:
+    def act(ctx: Context) -> str:
+        _work(0.02)
+        return f"{ctx.input} {what}"
+
+    act.__qualname__ = what.replace(" ", "_")
+    return act
+
+
+def charge_order(ctx: Context) -> str:
+    """Charge the order's card; the bank declines one of them."""
+    _work(0.02)
+    if ctx.input == "order-3":
+        raise PermissionError(f"card of {ctx.input} declined by the bank")
+    return f"{ctx.input} charged"
+
+
+def order_flow(ledger: _Ledger) -> Flow:
+    """One order as a saga: reserve the stock, charge the card, ship; each undone on failure."""
+    return (
+        Flow("order")
+        .step("reserve-stock", _order_step("reserved"), compensate=ledger.undo("stock"))
+        .step("charge", charge_order, compensate=ledger.undo("charge"))
+        .step("ship", _order_step("shipped"), compensate=ledger.undo("shipment"))
+    )
+
+
+def orders_flow(ledger: _Ledger) -> Flow:
+    """A map over the orders where each item is the order saga, tolerating one failed order."""
+    return (
+        Flow("orders-demo")
+        .map("orders", order_flow(ledger), items=lambda ctx: ORDERS, key=str, tolerated_failures=1)
+        .step("count-shipped", lambda ctx: len(ctx.results["orders"]))
+    )
+
+
 # ── running and explaining ───────────────────────────────────────────────────────
 
 
@@ -309,6 +351,23 @@ def _run_batch(on_event: Callable[[Any], None]) -> tuple[FlowResult, list[str], 
     return result, words, result.ok and rows.status.value == "partial" and len(rows.failed) == 2
 
 
+def _run_orders(on_event: Callable[[Any], None]) -> tuple[FlowResult, list[str], bool]:
+    ledger = _Ledger()
+    result = orders_flow(ledger).run(on_event=on_event)
+    orders = result.maps["orders"]
+    declined = orders.failed[0] if orders.failed else None
+    child = declined.subflow if declined is not None else None
+    undone = ", ".join(child.compensated) if child is not None else "nothing"
+    words = [
+        f"Each of the {orders.total} orders ran as its own saga (a subflow), all driven by the same loop.",
+        f"{declined.key if declined else 'No order'} failed ({_error(declined.error if declined else None)});",
+        f"only that order was undone, in reverse order: {undone}. The other orders were shipped,",
+        f"and with tolerated_failures=1 the batch went on: {result.values.get('count-shipped')} orders shipped.",
+    ]
+    ok = result.ok and len(orders.failed) == 1 and ledger.undone == ["stock"]
+    return result, words, ok
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "A parallel group with partial success",
@@ -334,6 +393,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "A batch with a few bad rows, tolerated",
         "Import 20 rows with a map that tolerates up to 3 bad ones, then total the good ones.",
         _run_batch,
+    ),
+    Scenario(
+        "A batch of orders, a saga per order",
+        "Five orders, each reserved, charged and shipped by a subflow; the bank declines one card.",
+        _run_orders,
     ),
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._record import record
@@ -113,10 +113,16 @@ class Event:
 class EventSink:
     """Calls the run's listener; a listener that raises is logged and ignored."""
 
-    __slots__ = ("_listener", "_flow", "_run_id", "enabled", "wall_offset")
+    __slots__ = ("_listener", "_flow", "_run_id", "enabled", "wall_offset", "prefix", "tags")
 
     def __init__(
-        self, listener: Callable[[Event], Any] | None, flow: str, run_id: str, wall_offset: float = 0.0
+        self,
+        listener: Callable[[Event], Any] | None,
+        flow: str,
+        run_id: str,
+        wall_offset: float = 0.0,
+        prefix: tuple[str, ...] = (),
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         self._listener = listener
         self._flow = flow
@@ -124,6 +130,14 @@ class EventSink:
         self.enabled = listener is not None
         #: Epoch seconds minus the run's clock: turns an event's ``time`` into ``wall_time``.
         self.wall_offset = wall_offset
+        #: Inside a subflow: the stage names from the top down to the subflow's step.
+        self.prefix = prefix
+        #: Inside a map item's subflow: the item's ``item`` and ``index``.
+        self.tags = tags
+
+    def nested(self, prefix: tuple[str, ...], tags: Mapping[str, Any] | None) -> EventSink:
+        """The sink of a subflow whose step's path is ``prefix`` (and item ``tags``)."""
+        return EventSink(self._listener, self._flow, self._run_id, self.wall_offset, prefix, tags)
 
     def emit(self, kind: str, time: float, **fields: Any) -> None:
         """Send one event to the listener, if there is one."""
@@ -133,7 +147,12 @@ class EventSink:
         if "path" not in fields:
             # A top-level step's (or group's) path is its own name; the flow's is empty.
             name = fields.get("step") or fields.get("group")
-            fields["path"] = (name,) if name is not None else ()
+            fields["path"] = (*self.prefix, name) if name is not None else self.prefix
+        tags = self.tags
+        if tags is not None:
+            for tag, value in tags.items():
+                if fields.get(tag) is None:
+                    fields[tag] = value
         try:
             listener(Event(kind, self._flow, self._run_id, time, wall_time=time + self.wall_offset, **fields))
         except Exception:

@@ -140,8 +140,12 @@ class Journal:
                 (run_id,),
             ).fetchall()
             try:
+                # Items keep no text form of their values (it would cost every item): without
+                # ``unpickle`` an item's value is None.
+                item_value = "value" if unpickle else "NULL"
                 item_rows = db.execute(
-                    f"SELECT map, idx, key, status, {value}, value_kept, {error}, attempts, started_at, finished_at "
+                    f"SELECT map, idx, key, status, {item_value}, value_kept, {error}, attempts, started_at, "
+                    "finished_at "
                     "FROM items WHERE run_id = ? ORDER BY map, idx",
                     (run_id,),
                 ).fetchall()

@@ -97,6 +97,7 @@ class ItemResult(Outcome):
             "index": self.index,
             "key": self.key,
             **self.outcome_dict(wall_offset),
+            "subflow": None if self.subflow is None else self.subflow.to_dict(),
         }
 
 

@@ -10,18 +10,19 @@ item taken has settled, ``settle_map`` applies the map's policy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _logcontext as logcontext
 from . import _stages, _stopping
-from ._compensator import MapCompensation
 from ._definition import Map
 from ._errors import FlowpoolError, MapItemsError, StepCancelledError
 from ._maps import ItemFeeder, MapLedger, MapResult, MapValues
 from ._policy import cannot_pass, tally_verdict
 from ._results import GroupResult, GroupStatus, StepStatus
 from ._state import MapRun, StepRun
+from ._undo_plan import MapCompensation
 
 if TYPE_CHECKING:
     from ._runner import _Run
@@ -46,7 +47,7 @@ def condition_holds(run: _Run, stage: Map) -> bool:
     when = stage.step.when
     assert when is not None
     name = stage.name
-    token = logcontext.enter(run.run_id, run.name, name, 1)
+    token = logcontext.enter(run.run_id, run.name, name, 1, None, (*run.events.prefix, name))
     try:
         go = bool(when(run.context(name, 1)))
     except Exception as error:  # noqa: BLE001 - fails the map like an exception in its items' source
@@ -65,18 +66,19 @@ def condition_holds(run: _Run, stage: Map) -> bool:
     return go
 
 
-def run_map(run: _Run, stage: Map, position: int) -> None:
+def run_map(run: _Run, stage: Map, position: int) -> Iterator[None]:
     """Run a map stage: items are taken lazily, at most ``cap`` in flight at once,
-    and each settled item leaves only its columns in the ledger."""
+    and each settled item leaves only its columns in the ledger. Yields whenever the
+    loop must wait."""
     step = stage.step
     if step.when is not None and not condition_holds(run, stage):
         return
-    backend = run.backends.for_step(step.executor)
+    backend = run.backend_for(step)
     limit = stage.max_concurrency or run.backends.worker_count(step.executor)
     st = MapRun(stage, position, MapLedger(stage.name, keyed=stage.key is not None), limit, backend)
     run.stage = st
     _stages.start_stage_span(run, stage.name)
-    if run.resumed is not None:
+    if run.resumed is not None and stage.subflow is None:  # a subflow's item restores inside it
         from ._resume import completed_items
 
         st.restored = completed_items(run.resumed, stage.name)
@@ -93,7 +95,7 @@ def run_map(run: _Run, stage: Map, position: int) -> None:
             feed(run, st)
         if not st.unsettled:
             break
-        run.wait_once()
+        yield
     if st.feeder is not None:
         st.feeder.close()
         if st.problem is None:
@@ -126,7 +128,7 @@ def feed(run: _Run, st: MapRun) -> None:
         index, item = taken
         if st.restored is not None and restore_item(run, st, index, item):
             continue
-        sr = StepRun(step, st.position, None, st.backend)
+        sr = StepRun(step, st.position, None, st.backend, run)
         sr.item = item
         sr.item_index = index
         sr.key = ledger.key_of(index)
@@ -184,6 +186,11 @@ def finalize_item(
     started = sr.first_started if ran else None
     ended = finished if ran else None
     st.ledger.settle(index, status, value, error, sr.attempts, started, ended)
+    child = sr.child
+    if child is not None:  # a subflow's item: its child's result, and its frame if it may be undone
+        st.ledger.subflows[index] = child.result
+        if status is StepStatus.COMPLETED and child.compensator.undoable():
+            st.units[index] = child
     recorder = run.recorder
     if recorder.journal is not None:
         if not recorder.dirty:
@@ -260,11 +267,11 @@ def settle_map(run: _Run, st: MapRun) -> None:
     run.values_view = MappingProxyType(dict(run.values))
     run.events.emit("group_finished", run.clock.now(), group=name, status=verdict)
     run.recorder.group_finished(name, verdict.value)
-    if stage.step.compensate is not None and ledger.completed:
+    if (stage.step.compensate is not None and ledger.completed) or st.units:
         items = st.items if st.items is not None else []
-        run.compensator.maps.append(
-            MapCompensation(name, st.position, stage.step, ledger, items, st.backend, stage.compensate_concurrency)
-        )
+        undo = MapCompensation(name, st.position, stage.step, ledger, items, st.backend, stage.compensate_concurrency)
+        undo.context, undo.units = run.context, st.units
+        run.compensator.maps.append(undo)
     stop_error = run.scope.stop_error()
     # An optional map records its failure but never fails the flow (SPEC §16).
     error = stop_error or (map_error if verdict is GroupStatus.FAILED and not stage.step.optional else None)

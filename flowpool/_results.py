@@ -141,7 +141,7 @@ class StepResult(Outcome):
     group: str | None = None
     compensation: CompensationResult | None = None
     late_value: Any = None
-    #: The child run's result when the step is a subflow (None for a plain function).
+    #: The child's ``FlowResult`` when the step is a subflow (its last attempt's); else None.
     subflow: FlowResult | None = None
 
     def __init__(  # written out: one is built per step, and a generated one costs import time

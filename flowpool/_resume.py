@@ -138,6 +138,8 @@ def preload_completed(run: _Run, st: StageRun) -> None:
         if recorded is None:
             continue
         completed = recorded.status is StepStatus.COMPLETED and recorded.value_kept
+        if completed and sr.step.subflow is not None:
+            continue  # runs again: its child restores its own completed steps (and can be undone)
         if not completed and not (settled and recorded.status is not StepStatus.COMPLETED):
             continue  # it runs (again): at least once
         sr.attempts = recorded.attempts
@@ -192,7 +194,7 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
             continue
         if step.compensate is not None:
             record = rebuilt.steps[step.name]
-            sr = StepRun(step, index, record.group, run.backends.for_step(step.executor))
+            sr = StepRun(step, index, record.group, run.backend_for(step), run)
             sr.record = record
             run.compensator.pending.append(sr)
     _restore_maps(run, recorded, rebuilt.maps, positions)
@@ -228,9 +230,9 @@ def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], pos
     The items themselves are not journaled: a resumed item compensation sees ``ctx.item`` None
     (its ``ctx.key``, ``ctx.index`` and value are restored).
     """
-    from ._compensator import MapCompensation
     from ._definition import Map
     from ._maps import MapValues
+    from ._undo_plan import MapCompensation
 
     for stage in run.flow.stages:
         if not isinstance(stage, Map) or stage.name not in maps:

@@ -26,6 +26,13 @@ is free and dispatches it at once as a ``StepRun`` carrying the item;
 drops its ``StepRun``, context and timeout timer, so the loop holds only the
 items in flight; ``settle_map`` gives the verdict (``_policy.tally_verdict``).
 
+A subflow (``_subflows``) is a frame of the same loop: a child ``_Run`` that
+shares the inbox, timers and backends, whose life (``frame_body``) is a
+generator. ``wait_once`` hands each message and timer to the frame it concerns
+(an attempt's owner names its frame) and then resumes the frames concerned, so
+children progress side by side, in the caller's thread, without holding a
+worker. The top run's own stages are driven the same way (``run_stages``).
+
 Completions arrive through the inbox (workers or done-callbacks put them
 there), so the loop never polls and never scans pending work: each step costs
 the same whether its group has ten members or a hundred thousand. The loop
@@ -39,7 +46,7 @@ groups: running, conditions, verdicts), ``_mapstage`` (maps), ``_always``
 (always-stages), ``_stopping`` (cancelling a stage, stopping the run, the stop
 grace), ``_abandoned`` (late completions), ``_timers`` (the heap and the one
 wait), ``_stop`` (why the run stops, the status it ends with), ``_interrupts``
-(Ctrl-C), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
+(Ctrl-C), ``_subflows`` (child frames), ``_compensator``, ``_recorder`` (journal writes), ``_resume``
 (imported only for journaled runs), ``_policy`` (pure verdicts), ``_state`` (the
 step and stage records) and ``_executors`` (the backends).
 """
@@ -48,24 +55,26 @@ from __future__ import annotations
 
 import functools
 import queue
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _always, _mapstage, _stages, _stopping
+from . import _always, _mapstage, _stopping
 from ._abandoned import AbandonedAttempts, await_abandoned
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
 from ._context import Context
-from ._definition import Always, Flow, Group, Map
+from ._definition import Flow, Group, Step
 from ._errors import (
     FlowDefinitionError,
     FlowInterrupted,
     StepTimeoutError,
 )
 from ._events import EventSink
-from ._executors import Backends, describe_executor
+from ._executors import Backend, Backends, describe_executor
+from ._finish import finish
 from ._interrupts import route_interrupts
 from ._maps import MapResult
 from ._options import _check_seconds
@@ -84,8 +93,10 @@ from ._results import (
     StepStatus,
     new_run_id,
 )
+from ._sequence import run_stages
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
+from ._subflows import SubflowBackend, advance
 from ._timers import TimerKind, Timers
 from ._tracing import Span, run_tracer
 
@@ -161,26 +172,42 @@ class _Run:
         timeout: float | None,
         on_event: Callable[[Event], Any] | None,
         clock: Clock,
+        parent: _Run | None = None,
     ) -> None:
         self.flow = flow
         self.name = flow.name
         self.input = input
         self.timeout = timeout
         self.clock = clock
-        self.run_id = new_run_id()
-        #: Epoch seconds minus the run's clock: turns its monotonic times into wall-clock ones.
-        self.wall_offset = clock.wall() - clock.now()
-        self.events = EventSink(on_event, self.name, self.run_id, self.wall_offset)
-        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.timers = Timers(self.clock)
+        if parent is None:
+            self.run_id = new_run_id()
+            #: Epoch seconds minus the run's clock: turns its monotonic times into wall-clock ones.
+            self.wall_offset = clock.wall() - clock.now()
+            self.events = EventSink(on_event, self.name, self.run_id, self.wall_offset)
+            self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+            self.timers = Timers(self.clock)
+            self.backends = Backends(executor, max_workers)
+            self.subflows = SubflowBackend()
+            #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
+            #: running when the loop gave up on them, and those of them that ended since.
+            self.abandoned = AbandonedAttempts()
+            #: OpenTelemetry spans, only when the program traces (``_tracing.run_tracer``).
+            self.tracer = run_tracer(clock)
+            #: Subflow frames that a message, a timer or a stop concerned: to resume.
+            self.woken: deque[_Run] = deque()
+            self.top: _Run = self
+        else:  # a subflow's frame: the run's loop, inbox, timers, clock and backends
+            for shared in ("run_id", "wall_offset", "events", "inbox", "timers", "backends", "subflows"):
+                setattr(self, shared, getattr(parent, shared))
+            for shared in ("abandoned", "tracer", "woken", "top"):
+                setattr(self, shared, getattr(parent, shared))
         self.scope = StopScope(self.name, timeout)
-        self.backends = Backends(executor, max_workers)
         self.values: dict[str, Any] = {}
         self.values_view: Mapping[str, Any] = MappingProxyType({})
         self.records: dict[str, StepResult] = {}
         self.groups: dict[str, GroupResult] = {}
         self.maps: dict[str, MapResult] = {}
-        self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope)
+        self.compensator = Compensator(self.clock, self.inbox, self.timers, self.scope, self)
         self.compensator.concurrency = {
             stage.name: stage.compensate_concurrency for stage in flow.stages if isinstance(stage, Group)
         }
@@ -191,11 +218,6 @@ class _Run:
         self.resumed: RecordedRun | None = None
         #: When journal writes waiting for a flush must be committed (map items).
         self.flush_due = 0.0
-        #: Soft-stopped attempts (threads, Dask, a user's executor) that were still
-        #: running when the loop gave up on them, and those of them that ended since.
-        self.abandoned = AbandonedAttempts()
-        #: OpenTelemetry spans, only when the program traces (``_tracing.run_tracer``).
-        self.tracer = run_tracer(clock)
         self.run_span: Span | None = None
         self.stage_spans: dict[str, Span] = {}
         self.spans: dict[Attempt, Span] = {}
@@ -204,6 +226,15 @@ class _Run:
         #: Ctrl-Cs counted when the always-stages began: an older stop grace no longer applies.
         self.always_from: int | None = None
         self.still_running: tuple[str, ...] = ()
+        # A subflow's frame: its body (None once it ended), the parent's step run and
+        # attempt it is, its result, and the status the parent's step takes from it.
+        self.body: Generator[None, None, None] | None = None
+        self.unit: StepRun | None = None
+        self.attempt: Attempt | None = None
+        self.result: FlowResult | None = None
+        self.verdict = StepStatus.COMPLETED
+        #: A resumed run: the subflows whose first attempt restored what they had recorded.
+        self.restoring: set[str] = set()
 
     # ── the run ─────────────────────────────────────────────────────────────────
 
@@ -218,36 +249,18 @@ class _Run:
             self.recorder.begin(self.flow, self.input, resumed=self.resumed is not None)
             self.events.emit("flow_started", self.started_at)
             if self.timeout is not None:
-                self.timers.push(self.started_at + self.timeout, _DEADLINE, None)
+                self.timers.push(self.started_at + self.timeout, _DEADLINE, self)
             if self.resumed is not None and self.resumed.phase == "compensating":
                 from ._resume import restore_compensation_phase
 
                 restore_compensation_phase(self, self.resumed)
             else:
-                index = 0
-                for stage in self.flow.stages:
-                    if isinstance(stage, Always):
-                        index += 1  # runs last (run_always)
-                        continue
-                    if self.scope.interrupts and self.scope.reason is None:
-                        _stopping.stop(self, "the run was interrupted")  # Ctrl-C arrived between stages
-                    stopped = self.error is not None or self.scope.reason is not None
-                    if isinstance(stage, Map):
-                        if stopped:
-                            _mapstage.skip_map(self, stage)
-                        else:
-                            _mapstage.run_map(self, stage, index)
-                        index += 1  # a map takes one place in the compensation order
-                        continue
-                    members = stage.members if isinstance(stage, Group) else (stage,)
-                    if stopped:
-                        _stages.skip_stage(self, stage, members)
-                    else:
-                        _stages.run_stage(self, stage, members, index)  # the one place a step or group runs
-                    index += len(members)
+                for _ in run_stages(self):
+                    self.wait_once()
             await_abandoned(self)
             self.compensate_all()
-            _always.run_always(self)
+            for _ in _always.run_always(self):
+                self.wait_once()
         except BaseException:
             # Leaving abnormally (a KeyboardInterrupt from a SIGINT handler of the
             # program's own, a listener that raised one, a journal that cannot be
@@ -258,45 +271,13 @@ class _Run:
         finally:
             restore()
             self.backends.close()
-        return self.finish()
+        return finish(self)
 
-    def finish(self) -> FlowResult:
-        finished_at = self.clock.now()
-        resumed_outcome = self.resumed.outcome if self.resumed is not None else None
-        status = self.scope.final_status(self.error, resumed_outcome)
-        steps = {step.name: self.records[step.name] for step in self.flow.steps()}
-        error = self.scope.final_error(status, self.error)
-        result = FlowResult(
-            name=self.name,
-            run_id=self.run_id,
-            status=status,
-            steps=steps,
-            groups=self.groups,
-            maps=self.maps,
-            error=error,
-            failed_stage=self.failed_stage,
-            compensated=tuple(self.compensator.compensated),
-            not_compensated=tuple(self.compensator.not_compensated),
-            started_at=self.started_at,
-            finished_at=finished_at,
-            wall_offset=self.wall_offset,
-            still_running=self.still_running,
-        )
-        self.recorder.end(result)
-        if self.run_span is not None:
-            self.run_span.finish(
-                status.value, error if status is not FlowStatus.COMPLETED else None, end_time=finished_at
-            )
-        self.events.emit("flow_finished", finished_at, status=status, error=error)
-        if status is FlowStatus.CANCELLED and self.scope.interrupts:
-            assert isinstance(error, FlowInterrupted)
-            error.result = result
-            raise error
-        return result
+    # ── subflow frames ──────────────────────────────────────────────────────────
 
     def context(self, step: str, attempt: int) -> Context:
         """The context of one attempt (or compensation attempt) of ``step``."""
-        return Context(
+        ctx = Context(
             input=self.input,
             flow=self.name,
             run_id=self.run_id,
@@ -305,6 +286,10 @@ class _Run:
             results=self.values_view,
             outcome=self.outcome,
         )
+        prefix = self.events.prefix
+        if prefix:
+            ctx._path = (*prefix, step)
+        return ctx
 
     def fail(self, stage: str | None, error: BaseException) -> None:
         if self.error is None:
@@ -359,14 +344,38 @@ class _Run:
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
+    def backend_for(self, step: Step) -> Backend:
+        """Where ``step``'s attempts go: its executor's backend, or child frames for a subflow."""
+        if step.subflow is not None:
+            return self.subflows
+        return self.backends.for_step(step.executor)
+
     def wait_once(self) -> None:
-        """Handle due timers, or else the next message (waiting until the next timer)."""
+        """Handle due timers, or else the next message (waiting until the next timer), each
+        in the frame it concerns; then resume the subflow frames that were concerned."""
+        woken = self.woken
+        if woken:
+            self.resume_frames()
+            return
         timers = self.timers
         now = self.clock.now()
         next_at = timers.next_at()
         if next_at is not None and next_at <= now:
             for kind, target in timers.due(now):
-                self.on_timer(kind, target)
+                if kind == _TIMEOUT:
+                    frame = target.owner.run
+                elif kind == _WAKE:
+                    frame = target if isinstance(target, _Run) else target.run
+                    if frame is target:
+                        woken.append(frame)  # a frame's own wake-up (its compensations)
+                        continue
+                else:
+                    frame = target  # DEADLINE and GRACE name their run
+                frame.on_timer(kind, target)
+                if frame is not self:
+                    woken.append(frame)
+            if woken:
+                self.resume_frames()
             return
         if self.recorder.dirty and (self.inbox.empty() or now >= self.flush_due):
             # What arrived together is committed together, before we wait; a busy map's
@@ -376,13 +385,37 @@ class _Run:
         if received is None:
             return
         message, item = received
-        if message == DONE:
-            self.on_done(item)
-        elif message == STARTED:
-            if not item.settled:
-                self.on_started(item)
-        elif message == INTERRUPT:
+        if message == INTERRUPT:
             _stopping.on_interrupt(self)
+        else:
+            owner = item.owner
+            frame = self if owner is None else owner.run
+            if frame is self:
+                self.receive(message, item)
+            else:
+                frame.receive(message, item)
+                woken.append(frame)
+        if woken:
+            self.resume_frames()
+
+    def receive(self, message: int, attempt: Attempt) -> None:
+        """A message about one of this frame's attempts."""
+        if message == DONE:
+            if attempt.owner is self.compensator:
+                self.compensator.mailbox.append((message, attempt))
+            else:
+                self.on_done(attempt)
+        elif message == STARTED:
+            if attempt.owner is self.compensator:
+                self.compensator.mailbox.append((message, attempt))
+            elif not attempt.settled:
+                self.on_started(attempt)
+
+    def resume_frames(self) -> None:
+        """Resume each subflow frame something happened to, until none is left to resume."""
+        woken = self.woken
+        while woken:
+            advance(woken.popleft())
 
     def on_started(self, attempt: Attempt) -> None:
         sr: StepRun = attempt.owner
@@ -391,7 +424,7 @@ class _Run:
         if not attempt.quiet_start:
             self.announce_start(sr, attempt)
         timeout = sr.step.timeout
-        if timeout is not None:
+        if timeout is not None and sr.child is None:  # a subflow's timeout is its run's
             sr.timer = self.timers.push(started + timeout, _TIMEOUT, attempt)
 
     def announce_start(self, sr: StepRun, attempt: Attempt) -> None:
@@ -427,7 +460,8 @@ class _Run:
         if attempt.ok:
             self.on_outcome(sr, attempt, StepStatus.COMPLETED, attempt.value, None)
         else:
-            self.on_outcome(sr, attempt, status_of(attempt.error), None, attempt.error)
+            status = status_of(attempt.error) if sr.child is None else sr.child.verdict
+            self.on_outcome(sr, attempt, status, None, attempt.error)
 
     def on_timer(self, kind: TimerKind, target: Any) -> None:
         if kind == _TIMEOUT:
@@ -458,7 +492,7 @@ class _Run:
         elif kind == _GRACE:
             if self.always_from is not None and self.scope.interrupts <= self.always_from:
                 return  # the grace of a stop before the always-stages: they run on
-            _stopping.abandon_running(self)
+            _stopping.abandon_running(self, subflows=False)
 
     def on_outcome(
         self, sr: StepRun, attempt: Attempt, status: StepStatus, value: Any, error: BaseException | None
@@ -541,8 +575,10 @@ class _Run:
         sr.record = record = sr.result(status, value, error, finished)
         self.records[step.name] = record
         self.recorder.step_finished(record)
-        if status is StepStatus.COMPLETED and step.compensate is not None:
-            self.compensator.pending.append(sr)
+        if status is StepStatus.COMPLETED and (
+            step.compensate is not None or (sr.child is not None and sr.child.compensator.undoable())
+        ):
+            self.compensator.pending.append(sr)  # a completed subflow is undone as a unit
         if self.events.enabled:
             self.events.emit(
                 "step_finished",

@@ -8,6 +8,7 @@ them; ``settle_verdict`` then applies the group's policy (``_policy``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -37,12 +38,12 @@ def skip_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...]) -> Non
         run.events.emit("group_finished", now, group=stage.name, status=GroupStatus.SKIPPED)
 
 
-def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: int) -> None:
+def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: int) -> Iterator[None]:
+    """Run a step or group stage to its verdict, yielding whenever the loop must wait."""
     group = stage if isinstance(stage, Group) else None
     group_name = group.name if group is not None else None
     runs = [
-        StepRun(step, index + offset, group_name, run.backends.for_step(step.executor))
-        for offset, step in enumerate(members)
+        StepRun(step, index + offset, group_name, run.backend_for(step), run) for offset, step in enumerate(members)
     ]
     st = StageRun(stage.name, group, runs)
     run.stage = st
@@ -59,7 +60,7 @@ def run_stage(run: _Run, stage: Step | Group, members: tuple[Step, ...], index: 
             start_waiting(run, st)
             if not st.unsettled:
                 break
-        run.wait_once()
+        yield
     run.stage = None
     settle_verdict(run, st)
     end_stage_span(run, stage.name, run.groups[stage.name].status if group is not None else None)
@@ -74,7 +75,7 @@ def check_condition(run: _Run, st: StageRun, sr: StepRun) -> None:
     when = step.when
     assert when is not None
     ctx = run.context(step.name, 1)
-    token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1)
+    token = logcontext.enter(ctx.run_id, ctx.flow, step.name, 1, None, ctx._path)
     try:
         go = bool(when(ctx))
     except Exception as error:  # noqa: BLE001 - fails this step like an exception in the step

@@ -60,9 +60,11 @@ class StepRun:
         "item_index",
         "key",
         "call",
+        "run",
+        "child",
     )
 
-    def __init__(self, step: Step, index: int, group: str | None, backend: Backend) -> None:
+    def __init__(self, step: Step, index: int, group: str | None, backend: Backend, run: Any = None) -> None:
         self.step = step
         self.index = index
         self.group = group
@@ -81,6 +83,10 @@ class StepRun:
         self.item_index: int | None = None
         self.key: str | int | None = None
         self.call: ItemCall | None = None  # how the item travels to a backend elsewhere
+        #: The run (or subflow frame) this step belongs to: where its messages are handled.
+        self.run: Any = run
+        #: A subflow step's child run (its current or last attempt's), else None.
+        self.child: Any = None
 
     def new_attempt(
         self, ctx: Context, inbox: queue.SimpleQueue[Message], clock: Clock, notify_start: bool, may_queue: bool
@@ -124,6 +130,7 @@ class StepRun:
             self.first_started if ran else None,
             finished if ran else None,
             self.group,
+            subflow=self.child.result if self.child is not None else None,
         )
 
 
@@ -184,6 +191,7 @@ class MapRun(StageRun):
         "backend",
         "call",
         "restored",
+        "units",
     )
 
     members: dict[StepRun, None]
@@ -208,6 +216,8 @@ class MapRun(StageRun):
         self.call = None if backend.in_process else ItemCall(stage.step.fn)
         #: A resumed run: key → (value, attempts, started_at, finished_at) of items recorded completed.
         self.restored: dict[Any, tuple[Any, int, float | None, float | None]] | None = None
+        #: A map of subflows: index → the frame of each completed item that has something to undo.
+        self.units: dict[int, Any] = {}
         may_stop = stage.fail_fast or stage.tolerated_failures is not None
         self.may_queue = not may_stop and stage.step.timeout is None
 

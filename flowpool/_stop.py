@@ -31,6 +31,7 @@ class StopScope:
         "grace_started",
         "compensating",
         "interruptible",
+        "cancelled",
     )
 
     def __init__(self, flow: str, timeout: float | None) -> None:
@@ -50,6 +51,8 @@ class StopScope:
         self.compensating = False
         #: A compensation runs in the caller's thread, where a second Ctrl-C may interrupt it.
         self.interruptible = False
+        #: A subflow stopped by its parent (fail fast, a stop, Ctrl-C): it ends cancelled.
+        self.cancelled = False
 
     def stop_error(self) -> BaseException | None:
         """The error a stopped run fails with at the stage it was in; None if not stopping."""
@@ -63,7 +66,11 @@ class StopScope:
     def final_status(self, error: BaseException | None, resumed_outcome: str | None) -> FlowStatus:
         """The status the run ends with, given its first error and, for a resumed run,
         the outcome the journal recorded before its process died."""
-        if (self.interrupts and not self.timed_out) or (resumed_outcome == "cancelled" and not self.interrupts):
+        if (
+            (self.interrupts and not self.timed_out)
+            or (resumed_outcome == "cancelled" and not self.interrupts)
+            or (self.cancelled and not self.timed_out)
+        ):
             return FlowStatus.CANCELLED
         if error is not None:
             return FlowStatus.FAILED

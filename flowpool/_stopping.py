@@ -68,8 +68,8 @@ def stop(run: _Run, reason: str) -> None:
                 tell_cancel(sr.backend, sr.attempt, reason)
     soft = False
     for sr in tuple(st.members):
-        if sr.state != StepState.RUNNING:
-            continue
+        if sr.state != StepState.RUNNING or sr.child is not None:
+            continue  # a subflow stops itself, with a grace of its own for its soft work
         if sr.backend.kills:
             abandon(run, st, sr, reason)
         else:
@@ -77,7 +77,7 @@ def stop(run: _Run, reason: str) -> None:
     if soft and not run.scope.grace_armed:
         run.scope.grace_armed = True
         run.scope.grace_started = now = run.clock.now()
-        run.timers.push(now + STOP_GRACE, TimerKind.GRACE, None)
+        run.timers.push(now + STOP_GRACE, TimerKind.GRACE, run)
 
 
 def abandon(run: _Run, st: StageRun, sr: StepRun, reason: str) -> None:
@@ -97,12 +97,15 @@ def abandon(run: _Run, st: StageRun, sr: StepRun, reason: str) -> None:
     run.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
 
 
-def abandon_running(run: _Run) -> None:
+def abandon_running(run: _Run, subflows: bool = True) -> None:
+    """Give up on the stage's running attempts; running subflows too unless ``subflows``
+    is False (the stop grace passed: a subflow's own grace abandons its soft work, and it
+    still compensates itself)."""
     st = run.stage
     if st is None or run.scope.reason is None:
         return
     for sr in tuple(st.members):
-        if sr.state == StepState.RUNNING:
+        if sr.state == StepState.RUNNING and (subflows or sr.child is None):
             abandon(run, st, sr, run.scope.reason)
 
 

@@ -25,7 +25,11 @@ def _option_structure(holder: Step | Group, options: tuple[Option, ...]) -> dict
 
 
 def _step_structure(step: Step) -> dict[str, Any]:
-    return {"name": step.name, **_option_structure(step, step.OPTIONS)}
+    described = {"name": step.name, **_option_structure(step, step.OPTIONS)}
+    child = step.subflow
+    if child is not None:
+        described["subflow"] = describe_structure(child)
+    return described
 
 
 def _map_structure(stage: Map) -> dict[str, Any]:

@@ -532,11 +532,19 @@ SAMPLE_OPTION_VALUES: dict[str, Any] = {
     "retry_on": (OSError, ValueError),
     "optional": True,
     "when": bool,
+    "input": dict,  # only for a subflow (a Flow as fn)
 }
+
+#: The function each sample option is tried with: a subflow for ``input``.
+CHILD = Flow("child").step("c", lambda ctx: 1)
+
+
+def fn_for(option: str) -> Any:
+    return CHILD if option == "input" else ok
 
 
 def test_step_options_are_the_spec_list_in_order() -> None:
-    from flowpool._definition import STEP_OPTIONS
+    from flowpool._step import STEP_OPTIONS
 
     assert tuple(SAMPLE_OPTION_VALUES) == STEP_OPTIONS
     assert Step.__slots__ == ("name", "fn", *STEP_OPTIONS)
@@ -556,6 +564,7 @@ def test_a_step_without_options_holds_every_default() -> None:
         "required": False,
         "executor": None,
         "when": None,
+        "input": None,
     }
 
 
@@ -566,13 +575,14 @@ def test_each_option_is_kept_given_back_and_described(name: str) -> None:
 
     value = SAMPLE_OPTION_VALUES[name]
     extra = {"compensate": undo} if name.startswith("compensate_") else {}
-    step = Step("a", ok, **{name: value}, **extra)
+    fn = fn_for(name)
+    step = Step("a", fn, **{name: value}, **extra)
     assert getattr(step, name) == value
     assert step.options()[name] == value
-    rebuilt = Step("a", ok, **step.options())
+    rebuilt = Step("a", fn, **step.options())
     assert [getattr(rebuilt, n) for n in SAMPLE_OPTION_VALUES] == [getattr(step, n) for n in SAMPLE_OPTION_VALUES]
     # The fingerprint and the plan see the option.
-    plain = Step("a", ok, **extra)
+    plain = Step("a", fn, **extra)
     structure = describe_structure(Flow("f").parallel("g", [step]))
     assert structure != describe_structure(Flow("f").parallel("g", [plain]))
     assert plan_phrases(step) != plan_phrases(plain)

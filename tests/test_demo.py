@@ -79,3 +79,15 @@ def test_demo_flows_end_as_described() -> None:
     assert retry_flow().run().steps["call-flaky-api"].attempts == 3
     timed_out = timeout_flow().run()
     assert timed_out.steps["render-report"].status == "timed_out"
+
+
+def test_demo_orders_undo_only_the_declined_order() -> None:
+    from flowpool._demo import _Ledger, orders_flow
+
+    ledger = _Ledger()
+    result = orders_flow(ledger).run()
+    assert result.ok and result.values["count-shipped"] == 4
+    (declined,) = result.maps["orders"].failed
+    assert declined.key == "order-3" and declined.subflow is not None
+    assert declined.subflow.compensated == ("reserve-stock",)
+    assert ledger.undone == ["stock"]

@@ -162,3 +162,40 @@ def test_a_second_ctrl_c_during_a_compensations_backoff_ends_its_retries(run_kw,
     assert result.not_compensated == ("a",)
     compensation = result.steps["a"].compensation
     assert compensation is not None and compensation.status == "abandoned"
+
+
+@pytest.mark.timeout(30, method="thread")  # see _interrupt_run
+def test_ctrl_c_inside_a_subflow_stops_the_child_which_compensates_itself(run_kw, executor_mode, gates, tmp_path):
+    release = gates.new()
+    undone = Log(tmp_path)
+    main_pid = os.getpid()
+
+    def stopper(ctx: Context) -> None:
+        press_ctrl_c(main_pid)
+        until_cancelled(ctx, release=release)
+        ctx.raise_if_cancelled()
+
+    child = (
+        Flow("child")
+        .step("booked", value("b"), compensate=lambda ctx, v: undone.add(("child", ctx.step)))
+        .step("stopper", stopper)
+        .step("never", value(1))
+    )
+    flow = (
+        Flow("f")
+        .step("first", value("f"), compensate=lambda ctx, v: undone.add(("parent", ctx.step)))
+        .map("orders", child, items=["only"], key=str)
+        .step("after", value(1))
+    )
+    interrupted = _interrupt_run(flow, run_kw)
+    result = interrupted.result
+    assert isinstance(result, FlowResult)
+    assert result.status is FlowStatus.CANCELLED
+    (item,) = result.maps["orders"].items
+    assert item.status is StepStatus.CANCELLED
+    assert item.subflow is not None and item.subflow.status is FlowStatus.CANCELLED
+    assert item.subflow.steps["never"].status is StepStatus.SKIPPED
+    assert item.subflow.compensated == ("booked",)
+    assert result.steps["after"].status is StepStatus.SKIPPED
+    # The child undid its own step first; then the parent's compensations ran.
+    assert undone.items == [("child", "booked"), ("parent", "first")]

@@ -159,3 +159,17 @@ def test_a_map_killed_while_compensating_resumes_only_the_pending_item_compensat
     recorded = Journal(journal).result(run.run_id)
     assert recorded.compensated == result.compensated
     assert recorded.groups["m"].status is GroupStatus.COMPLETED
+
+
+def test_a_journaled_map_s_summary_counts_its_items_without_unpickling(executor, tmp_path):
+    journal = tmp_path / "runs.db"
+    flow = Flow("sums").map("m", lambda ctx: ctx.item * 2, items=[1, 2, 3], key=str)
+    flow.run(journal=journal, executor=executor)
+    book = Journal(journal)
+    try:
+        (run,) = book.runs()
+        summary = book.summary(run.run_id).maps["m"]
+    finally:
+        book.close()
+    assert (summary.total, summary.counts[StepStatus.COMPLETED]) == (3, 3)
+    assert [item.key for item in summary.items] == ["1", "2", "3"]
