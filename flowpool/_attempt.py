@@ -9,6 +9,7 @@ loop decides what an outcome means; workers just fill in the fields.
 
 from __future__ import annotations
 
+import gc
 import queue
 import sys
 import threading
@@ -145,7 +146,7 @@ class Attempt:
     def where_it_hung(self) -> str:
         """A note with the stack of the thread running this attempt in this process now."""
         ident = self.thread_ident
-        frame = sys._current_frames().get(ident) if ident is not None else None
+        frame = _current_frames().get(ident) if ident is not None else None
         if frame is None:
             return "Where it hung: unknown (the attempt was no longer running)"
         return hung_note(user_stack(frame, _EXECUTE))
@@ -166,6 +167,20 @@ class Attempt:
 
 
 _EXECUTE = Attempt.execute.__code__
+
+
+def _current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the garbage collector off meanwhile. On Python 3.11 it
+    makes frame objects while holding the runtime's thread-list lock; a collection they
+    trigger that frees a ``threading.local`` takes that lock again and the caller deadlocks
+    for good (CPython gh-106883, not fixed in 3.11; 3.12 collects only between bytecodes)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def hung_note(stack: str) -> str:

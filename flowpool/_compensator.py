@@ -249,6 +249,7 @@ class Compensator:
         it next needs waking at (or None) whenever it waits for ``mailbox``; returns
         False if a second Ctrl-C abandoned the rest."""
         running: dict[Attempt, tuple[Job, float | None]] = {}  # attempt → (job, deadline)
+        spans: dict[Attempt, Span] = {}  # attempt → its span, when the program traces
         retries: list[tuple[float, int, Job, int]] = []  # (when, sequence, job, next attempt number)
         sequence = itertools.count()
         exhausted = False
@@ -259,6 +260,7 @@ class Compensator:
                     attempt.settled = True
                     tell_cancel(job.backend, attempt, "the compensations were abandoned (second Ctrl-C)")
                     job.backend.stop(attempt)
+                    _finish_span(spans.pop(attempt, None), "abandoned", None, attempt, clock.now())
                     events.emit("compensation_finished", clock.now(), status="abandoned", **job.fields())
                     recorder.compensation_finished(job.label, None, None)
                     self.give_up(job)
@@ -281,7 +283,11 @@ class Compensator:
                 else:
                     break
                 events.emit("compensation_started", now, attempt=number, **job.fields())
-                running[self.submit(job, number, context)] = (job, None)
+                submitted = self.submit(job, number, context)
+                running[submitted] = (job, None)
+                span = self.start_span(job, number, now)
+                if span is not None:
+                    spans[submitted] = span
             if not running and not retries and exhausted:
                 return True
             for attempt, (job, deadline) in list(running.items()):
@@ -293,6 +299,7 @@ class Compensator:
                     tell_cancel(job.backend, attempt, f"its timeout of {timeout:g} s passed")
                     job.backend.stop(attempt)
                     error = StepTimeoutError(job.step.name, timeout, attempt.number)
+                    _finish_span(spans.pop(attempt, None), "failed", error, attempt, now)
                     self._attempt_ended(job, attempt, False, error, events, retries, sequence, finished)
             wake = [deadline for _, deadline in running.values() if deadline is not None]
             if retries:
@@ -304,6 +311,7 @@ class Compensator:
                     attempt.settled = True
                     tell_cancel(job.backend, attempt, "the subflow was abandoned")
                     job.backend.stop(attempt)
+                    _finish_span(spans.pop(attempt, None), "abandoned", None, attempt, clock.now())
                 raise
             mailbox = self.mailbox
             while mailbox:
@@ -318,6 +326,8 @@ class Compensator:
                 elif kind == DONE:
                     del running[item]
                     item.settled = True
+                    end = item.finished_at if item.finished_at is not None else clock.now()
+                    _finish_span(spans.pop(item, None), "compensated" if item.ok else "failed", item.error, item, end)
                     self._attempt_ended(job, item, item.ok, item.error, events, retries, sequence, finished)
 
     def _attempt_ended(
@@ -384,7 +394,12 @@ class Compensator:
             started = self.clock.now()
             events.emit("compensation_started", started, attempt=number, **fields)
             span = self.start_span(job, number, started)
-            ok, error = self.call(job, compensate, number, context)
+            try:
+                ok, error = self.call(job, compensate, number, context)
+            except KeyboardInterrupt:  # a second Ctrl-C abandoned it: its span still ends
+                if span is not None:
+                    span.finish("abandoned", end_time=self.clock.now())
+                raise
             finished = self.clock.now()
             if span is not None:
                 span.finish("compensated" if ok else "failed", error, end_time=finished)
@@ -471,3 +486,9 @@ class Compensator:
             elif kind == DONE:
                 attempt.settled = True
                 return attempt.ok, attempt.error
+
+
+def _finish_span(span: Span | None, status: str, error: BaseException | None, attempt: Attempt, end: float) -> None:
+    """End a concurrent compensation attempt's span (``Compensator.start_span``), if any."""
+    if span is not None:
+        span.finish(status, error, started_at=attempt.started_at, end_time=end)

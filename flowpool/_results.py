@@ -292,7 +292,8 @@ class FlowResult:
         _set(self, "wall_offset", wall_offset)
         _set(self, "maps", MappingProxyType({} if maps is None else dict(maps)))
         values = {name: step.value for name, step in self.steps.items() if step.ok}
-        values.update((name, result.values) for name, result in self.maps.items())
+        # A skipped map has no value, as later stages' ctx.results show (SPEC §13).
+        values.update((name, m.values) for name, m in self.maps.items() if m.status is not GroupStatus.SKIPPED)
         _set(self, "_values", MappingProxyType(values))
 
     @property
@@ -302,7 +303,7 @@ class FlowResult:
 
     @property
     def values(self) -> Mapping[str, Any]:
-        """Step name → value, for every completed step; map name → the map's ``values``."""
+        """Step name → value, for every completed step; map name → the map's ``values`` (not for a skipped map)."""
         return self._values
 
     @property

@@ -9,6 +9,7 @@ had failed and was compensating only runs its pending compensations
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -202,6 +203,8 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
         state = recorded.compensations[name][0]
         (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
     run.values_view = MappingProxyType(dict(run.values))
+    for m in run.compensator.maps:
+        m.items = _reproduce_items(run, m.name, run.compensator.done)
     run.error = recorded.error or StepCancelledError("", "the run failed before its process died")
     run.failed_stage = recorded.failed_stage
 
@@ -227,8 +230,8 @@ def _step_positions(flow: Flow) -> dict[str, int]:
 def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], positions: dict[str, int]) -> None:
     """The maps of a run that was compensating: their results, values and pending item compensations.
 
-    The items themselves are not journaled: a resumed item compensation sees ``ctx.item`` None
-    (its ``ctx.key``, ``ctx.index`` and value are restored).
+    The items themselves are not journaled: ``_reproduce_items`` finds them again once the
+    run's values are restored.
     """
     from ._definition import Map
     from ._maps import MapValues
@@ -254,3 +257,64 @@ def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], pos
                     stage.name, positions[stage.name], stage.step, ledger, [], backend, stage.compensate_concurrency
                 )
             )
+
+
+def _reproduce_items(run: _Run, map_name: str, done: set[str]) -> list[Any]:
+    """The items of a restored map whose compensation is still to run, by index (None elsewhere).
+
+    The journal keeps keys and values, not items, so ``items`` is called again (with the
+    values of the stages before the map as ``ctx.results``, as when it first ran) and read
+    until every pending item is found, matched by key; only those items are kept. Items that
+    cannot be produced again (``items`` raises, or no longer yields the key) leave ``ctx.item``
+    None in their compensation, as for an item that was never seen.
+    """
+    from . import _logcontext as logcontext
+    from ._definition import Map
+    from ._maps import COMPLETED_CODE, check_key, item_label
+
+    earlier: set[str] = set()
+    stage: Map | None = None
+    for candidate in run.flow.stages:
+        if candidate.name == map_name and isinstance(candidate, Map):
+            stage = candidate
+            break
+        earlier.update(step.name for step in _stage_steps(candidate))
+    assert stage is not None
+    ledger = run.maps[map_name]._ledger
+    wanted: dict[Any, int] = {}
+    for index, code in enumerate(ledger.codes):
+        key = ledger.key_of(index)
+        if code == COMPLETED_CODE and item_label(map_name, key) not in done:
+            wanted[key] = index
+    items: list[Any] = [None] * len(ledger)
+    if not wanted:
+        return items
+    ctx = run.context(map_name, 1)
+    ctx.results = MappingProxyType({name: value for name, value in run.values.items() if name in earlier})
+    token = logcontext.enter(run.run_id, run.name, map_name, 1)
+    source: Any = None
+    try:
+        source = iter(stage.items(ctx) if callable(stage.items) else stage.items)
+        for position, item in enumerate(source):
+            key = check_key(stage.key(item)) if stage.key is not None else position
+            index = wanted.pop(key, -1)
+            if index >= 0:
+                items[index] = item
+                if not wanted:
+                    break
+    except Exception:  # noqa: BLE001 - the items cannot be produced again: ctx.item stays None
+        pass
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:  # a generator's ``finally`` runs now, not when collected
+            with contextlib.suppress(Exception):
+                close()
+        logcontext.leave(token)
+    return items
+
+
+def _stage_steps(stage: Any) -> tuple[Any, ...]:
+    """The steps of a stage whose values later stages see (a map: the map itself)."""
+    from ._definition import Group
+
+    return stage.members if isinstance(stage, Group) else (stage,)

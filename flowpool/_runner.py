@@ -53,7 +53,6 @@ step and stage records) and ``_executors`` (the backends).
 
 from __future__ import annotations
 
-import functools
 import queue
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
@@ -327,15 +326,14 @@ class _Run:
         backend.submit(attempt)
 
     def trace_attempt(self, sr: StepRun, attempt: Attempt) -> None:
-        """Start the attempt's span under its stage's; a thread-mode step runs with it current."""
+        """Start the attempt's span under its stage's; the step runs with it current (a worker: its carrier)."""
         stage = self.stage
         parent = self.stage_spans.get(stage.name) if stage is not None else None
         if self.tracer is None or parent is None:
             return
         span = self.tracer.start_attempt(parent, sr.step.name, attempt.number, sr.key)
         self.spans[attempt] = span
-        if sr.backend.in_process:
-            attempt.fn = functools.partial(span.call, attempt.fn)
+        attempt.fn = span.around(attempt.fn, in_process=sr.backend.in_process)
 
     def end_attempt_span(self, attempt: Attempt, status: StepStatus, error: BaseException | None) -> None:
         span = self.spans.pop(attempt, None)

@@ -111,6 +111,7 @@ def new_child(parent: _Run, sr: StepRun, attempt: Attempt, child_input: Any) -> 
     if parent.tracer is not None:
         child.run_span = parent.spans.get(attempt)  # the child's stages nest under the attempt
         child.spans = parent.spans
+        child.compensator.spans = (parent.tracer, child.stage_spans)
     return child
 
 

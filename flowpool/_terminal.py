@@ -1,5 +1,5 @@
-"""What the command shows of a run: the live progress view, log records (``-v``, and
-``--log-file`` as JSON lines), the summary table and its counts line.
+"""What the command shows while a run goes: the live progress view and log records (``-v``, and
+``--log-file`` as JSON lines). The end-of-run summary is ``_summary``'s.
 
 Text that comes from a step (its error) or from a journal is passed through
 ``_printable`` first, so it cannot move the cursor or recolour the terminal.
@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from flowpool import Event, Flow, FlowResult, Group, GroupStatus, LogContextFilter, RemoteError, StepStatus
+from flowpool import Event, Flow, Group, LogContextFilter, Map, RemoteError
+from flowpool._definition import Always
 
 from ._logcontext import FIELDS as LOG_FIELDS
+from ._reasons import PATH_SEPARATOR, SkipReasons, definition_at, subflow_at
 
-__all__ = ["Progress", "RunLogs", "counts_line", "not_completed", "still_running_lines", "summary_table"]
+__all__ = ["FAILED_ITEMS_SHOWN", "Progress", "RunLogs"]
 
 #: How many failed items of a map are listed, live and in the summary.
 FAILED_ITEMS_SHOWN = 20
@@ -115,6 +117,12 @@ class Progress:
         # Maps are known by their item events; a map whose items have a len() gets a bar.
         self.maps: dict[str, _MapProgress] = {}
         self.map_sizes = {stage.name: size for stage in flow.stages if (size := _items_size(stage)) is not None}
+        self.flow = flow
+        # Why steps were skipped, per flow being run: () for the top, a subflow's path
+        # for each child running now (dropped when it ends, so a long run does not grow).
+        self.skips: dict[tuple[str, ...], SkipReasons] = {(): SkipReasons(flow)}
+        #: Every map seen, by its path's label: an event under one happened inside an item.
+        self.map_labels: set[str] = set()
         self.drawn = 0
         self.stopped = threading.Event()
         self.ticker: threading.Thread | None = None
@@ -208,29 +216,44 @@ class Progress:
             if event.item is not None or event.index is not None:
                 # A map may send thousands of these a second: most only move its bar,
                 # which the ticker redraws.
-                lines = self._item_lines(event)
+                inside = self._inside_item(event.path)
+                lines = self._item_lines(event) if inside is None else self._item_child_lines(event, inside)
                 if lines:
                     self._draw(lines)
                 return
             self._draw(self._lines(event))
+
+    def _skips(self, path: tuple[str, ...]) -> SkipReasons | None:
+        """Why-skipped for the flow the step at ``path`` belongs to (None: not in the definition)."""
+        prefix = path[:-1]
+        found = self.skips.get(prefix)
+        if found is None:
+            child = subflow_at(self.flow, prefix)
+            if child is None:
+                return None
+            found = self.skips[prefix] = SkipReasons(child)
+        return found
 
     def _lines(self, event: Event) -> list[str]:
         if self.start is None:
             self.start = event.time
         stamp = f"[{event.time - self.start:8.3f}s] "
         kind = event.kind
-        step = event.step or ""
+        path = _path(event)
+        step = _label(path)  # a step inside a subflow is named by its path
         status = str(event.status) if event.status is not None else ""
         where = f" [{event.group}]" if event.group else ""
+        if kind.startswith("step_") and not where and isinstance(definition_at(self.flow, path), Always):
+            where = " [always]"
         error = _error_line(event.error)
-        if kind == "group_finished" and event.group in self.maps:
-            board = self.maps.pop(event.group or "")
-            return [f"{stamp}map         {board.name}: " + self._paint(status, status) + f" ({board.summary()})"]
+        if kind == "group_finished":
+            return self._group_lines(event, stamp, status)
         if kind == "flow_started":
             return [f"{stamp}flow {event.flow!r} started (run {event.run_id})"]
         if kind == "flow_finished":
             return [f"{stamp}flow {event.flow!r} " + self._paint(status, status)]
         if kind == "step_started":
+            self.skips.pop(path, None)  # a subflow starting (again): its child's stops start afresh
             self.waiting.pop(step, None)
             self.running[step] = (event.group, event.attempt or 1, self._now())
             if self.live:
@@ -246,7 +269,13 @@ class Progress:
         if kind == "step_finished":
             self.running.pop(step, None)
             self.waiting.pop(step, None)
-            if event.group in self.done:
+            skips = self._skips(path)
+            if skips is not None:
+                if status == "skipped":
+                    error = skips.reason(path[-1])
+                skips.saw(path[-1], status, stage=event.group is None)
+            self.skips.pop(path, None)  # a subflow's child has ended
+            if event.group in self.done and len(path) == 1:
                 counts = self.done[event.group or ""]
                 counts[status] = counts.get(status, 0) + 1
                 if self.live and status == "completed":
@@ -257,9 +286,6 @@ class Progress:
             reason = f": {error}" if error else ""
             label = self._paint(f"{status:<11}", status)
             return [f"{stamp}{label} {step}{where}{took}{reason}"]
-        if kind == "group_finished":
-            self.done.pop(event.group or "", None)  # its bar has served
-            return [f"{stamp}group       {event.group}: " + self._paint(status, status)]
         if kind == "compensation_started":
             return [] if self.live else [f"{stamp}undoing     {step}"]
         if kind == "compensation_finished":
@@ -269,15 +295,64 @@ class Progress:
             return [f"{stamp}{self._paint('undo failed', 'failed')} {step} ({status}){reason}"]
         return [f"{stamp}{kind} {step}"]
 
+    def _group_lines(self, event: Event, stamp: str, status: str) -> list[str]:
+        """A group's or a map's verdict; a skipped one says why."""
+        path = _path(event)
+        name = _label(path)
+        skips = self._skips(path)
+        why = f": {skips.reason(path[-1])}" if status == "skipped" and skips is not None else ""
+        if skips is not None:
+            skips.saw(path[-1], status)
+        if len(path) == 1:
+            self.done.pop(name, None)  # its bar has served
+        board = self.maps.pop(name, None)
+        if board is not None:
+            return [f"{stamp}map         {name}: " + self._paint(status, status) + f" ({board.summary()})"]
+        kind = "map  " if isinstance(definition_at(self.flow, path), Map) else "group"
+        return [f"{stamp}{kind}       {name}: " + self._paint(status, status) + why]
+
+    def _inside_item(self, path: tuple[str, ...]) -> int | None:
+        """How many names of ``path`` lead to the map whose item this event happened
+        inside (a map of subflows), or None when the event is about an item itself."""
+        for depth in range(1, len(path)):
+            if _label(path[:depth]) in self.map_labels:
+                return depth
+        return None
+
+    def _item_child_lines(self, event: Event, depth: int) -> list[str]:
+        """Inside one item of a map of subflows: only what went wrong, and what was
+        undone, while the map's failed items are still being listed."""
+        board = self.maps.get(_label(event.path[:depth]))
+        if board is None or board.shown >= FAILED_ITEMS_SHOWN or self.start is None:
+            # The map has settled: its items' children undone later (the flow failed
+            # after it) are summed up by the summary, as a plain map's items are.
+            return []
+        stamp = f"[{event.time - self.start:8.3f}s] "
+        status = str(event.status) if event.status is not None else ""
+        key = event.item if event.item is not None else event.index
+        where = _printable(f"{board.name}[{key!r}]{PATH_SEPARATOR}{_label(event.path[depth:])}")
+        error = _error_line(event.error)
+        reason = f": {error}" if error else ""
+        if event.kind == "step_finished" and status not in ("completed", "skipped"):
+            return [f"{stamp}{self._paint(f'{status:<11}', status)} {where}{reason}"]
+        if event.kind == "compensation_finished":
+            if status == "compensated":
+                return [f"{stamp}{self._paint('compensated', 'compensated')} {where}"]
+            return [f"{stamp}{self._paint('undo failed', 'failed')} {where} ({status}){reason}"]
+        return []
+
     def _item_lines(self, event: Event) -> list[str]:
         """A map's item events feed its bar; only its first failures get a line each."""
         if self.start is None:
             self.start = event.time
         stamp = f"[{event.time - self.start:8.3f}s] "
-        name = event.step or ""
+        name = _label(_path(event))
         board = self.maps.get(name)
         if board is None:
+            if name in self.map_labels and event.kind.startswith("compensation"):
+                return []  # its items undone after the map settled: not drawn one by one
             board = self.maps[name] = _MapProgress(name, self.map_sizes.get(name), self._now())
+            self.map_labels.add(name)
         index = event.index if event.index is not None else event.item
         kind = event.kind
         status = str(event.status) if event.status is not None else ""
@@ -300,6 +375,17 @@ class Progress:
             label = _printable(f"{name}[{key!r}]")
             return [f"{stamp}{self._paint(f'{status:<11}', status)} {label}{reason}"]
         return []  # a retry of one item among many: its final status is what counts
+
+
+def _path(event: Event) -> tuple[str, ...]:
+    """The event's path from the top (a step's name alone in an event without one)."""
+    return event.path or ((event.step or event.group or ""),)
+
+
+def _label(path: tuple[str, ...]) -> str:
+    """How a step is named on screen: its path, e.g. ``("orders", "charge")`` as
+    ``orders \u203a charge``."""
+    return PATH_SEPARATOR.join(path)
 
 
 def _items_size(stage: Any) -> int | None:
@@ -476,156 +562,3 @@ class RunLogs:
         if self.previous_level is not None:
             root.setLevel(self.previous_level)
             self.previous_level = None
-
-
-_COUNTED = (
-    (StepStatus.FAILED, "failed"),
-    (StepStatus.TIMED_OUT, "timed out"),
-    (StepStatus.CANCELLED, "cancelled"),
-    (StepStatus.SKIPPED, "skipped"),
-)
-
-
-def tally(result: FlowResult) -> dict[StepStatus, int]:
-    """Every ``StepStatus`` → how many steps and map items ended with it."""
-    counts = dict.fromkeys(StepStatus, 0)
-    for step in result.steps.values():
-        counts[step.status] += 1
-    for mapped in result.maps.values():
-        for status, count in mapped.counts.items():
-            counts[StepStatus(status)] += count
-    return counts
-
-
-def counts_line(result: FlowResult) -> str:
-    """``C/T completed`` then ``, N failed`` and so on for each nonzero count, T
-    counting every step and map item: e.g. ``191/200 completed, 8 failed, 1 timed out``."""
-    counts = tally(result)
-    parts = [f"{counts[StepStatus.COMPLETED]}/{sum(counts.values())} completed"]
-    parts.extend(f"{counts[status]} {word}" for status, word in _COUNTED if counts[status])
-    return ", ".join(parts)
-
-
-def not_completed(result: FlowResult, *, limit: int = 10) -> str:
-    """What in a run did not complete (groups and maps that were PARTIAL, steps that
-    ended otherwise than completed or skipped), as one short text; "" when nothing."""
-    found: list[str] = []
-    partial: set[str] = set()
-    for name, group in result.groups.items():
-        if group.status is not GroupStatus.PARTIAL:
-            continue
-        partial.add(name)
-        mapped = result.maps.get(name)
-        if mapped is not None:
-            missing = mapped.total - mapped.counts[StepStatus.COMPLETED] - mapped.counts[StepStatus.SKIPPED]
-            found.append(f"map {name!r} partial ({missing} of {mapped.total} items did not complete)")
-        else:
-            found.append(f"group {name!r} partial")
-    for name, mapped in result.maps.items():
-        if name not in partial and mapped.status is GroupStatus.PARTIAL:
-            partial.add(name)
-            found.append(f"map {name!r} partial")
-    for step in result.steps.values():
-        if step.status in (StepStatus.COMPLETED, StepStatus.SKIPPED) or step.group in partial:
-            continue
-        found.append(f"step {step.name!r} {step.status.value.replace('_', ' ')}")
-    if len(found) > limit:
-        found = [*found[:limit], f"and {len(found) - limit} more"]
-    return ", ".join(found)
-
-
-def still_running_lines(result: FlowResult) -> list[str]:
-    """The warning for attempts abandoned at their timeout that had not ended with the run."""
-    if not result.still_running:
-        return []
-    names = _listed(result.still_running)
-    return [
-        _printable(f"flowpool: warning: still running after the run: {names}"),
-        "  their threads could not be stopped and may still have side effects (not compensated);",
-        "  run with --executor process to have hung steps killed at their timeout",
-    ]
-
-
-def _listed(names: tuple[str, ...], limit: int = 20) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def summary_table(result: FlowResult, *, colour: bool = False) -> str:
-    """The end-of-run table: one row per step, then the flow's outcome and compensations."""
-    header = ("step", "group", "status", "attempts", "duration", "error", "compensation")
-    rows: list[tuple[str, ...]] = []
-    not_compensated = set(result.not_compensated)
-    for step in result.steps.values():
-        if step.compensation is not None:
-            undo = step.compensation.status
-            if not step.compensation.ok:
-                undo += f": {_error_line(step.compensation.error, 40)}"
-        elif step.name in not_compensated:
-            undo = "not run"
-        else:
-            undo = "-"
-        rows.append(
-            (
-                step.name,
-                step.group or "-",
-                step.status.value,
-                str(step.attempts),
-                _seconds(step.duration),
-                _error_line(step.error, 60) or "-",
-                undo,
-            )
-        )
-    for mapped in result.maps.values():
-        rows.extend(_map_rows(mapped))
-    # Names may come from a journal written elsewhere: print nothing a terminal obeys.
-    rows = [tuple(_printable(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: tuple[str, ...], status: str | None = None) -> str:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        if colour and status in _COLOURS:
-            cells[2] = f"\x1b[{_COLOURS[status]}m{cells[2]}\x1b[0m"
-        return "  ".join(cells).rstrip()
-
-    out = [line(header), line(tuple("-" * w for w in widths))]
-    out.extend(line(row, row[2]) for row in rows)
-    where = f" at stage {result.failed_stage!r}" if result.failed_stage else ""
-    cause = f": {_error_line(result.error, 100)}" if result.error is not None and not result.ok else ""
-    out.append("")
-    out.append(f"flow {result.name!r} {result.status.value}{where} in {_seconds(result.duration)}{cause}")
-    if result.compensated:
-        out.append(_printable(f"compensated (in this order): {_listed(result.compensated)}"))
-    if result.not_compensated:
-        out.append(_printable(f"NOT compensated: {_listed(result.not_compensated)}"))
-    return "\n".join(out)
-
-
-def _map_rows(mapped: Any) -> list[tuple[str, ...]]:
-    """A map's row (its verdict and counts), then a row for each of its first failed items."""
-    counts = mapped.counts
-    parts = [f"{mapped.total} items: {counts[StepStatus.COMPLETED]} completed"]
-    parts.extend(f"{counts[status]} {word}" for status, word in _COUNTED if counts[status])
-    if mapped.stopped_early:
-        parts.append("stopped early")
-    described = ", ".join(parts)
-    if mapped.error is not None and mapped.status is GroupStatus.FAILED:
-        described += f"; {_error_line(mapped.error, 60)}"
-    rows: list[tuple[str, ...]] = [(mapped.name, "(map)", mapped.status.value, "-", "-", described, "-")]
-    failed = mapped.failed
-    for item in failed[:FAILED_ITEMS_SHOWN]:
-        undo = "-" if item.compensation is None else item.compensation.status
-        rows.append(
-            (
-                f"  {mapped.name}[{item.key!r}]",
-                mapped.name,
-                item.status.value,
-                str(item.attempts),
-                _seconds(item.duration),
-                _error_line(item.error, 60) or "-",
-                undo,
-            )
-        )
-    if len(failed) > FAILED_ITEMS_SHOWN:
-        rows.append((f"  ... {len(failed) - FAILED_ITEMS_SHOWN} more", mapped.name, "", "", "", "", ""))
-    return rows

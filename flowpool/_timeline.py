@@ -7,13 +7,20 @@ loading, so even a hostile log cannot make the page run or fetch anything.
 It is built from event dictionaries (``Event.to_dict()``, one per line of
 ``--events``), so a live run and a saved log draw the same page::
 
-    events ──> runs by run_id ──> rows (groups, then their members) ──> SVG bars
+    events ──> runs by run_id ──> rows (groups, then their members; subflows, then their
+               child's rows) ──> SVG bars
 
 Each attempt is one bar from its ``started_at`` to its end event's ``time``;
 backoff waits are dashed lines between attempts; compensations are bars of
 their own on their step's row. A map is one row whatever its size: a band of
 how many of its items ran over time, with the items that did not complete
-marked above it (events about items carry ``item``/``index``). Hovering shows
+marked above it (events about items carry ``item``/``index``). A skipped step
+has a mark where it was skipped, and says why when the run's ``Flow`` is given
+(``_reasons``: its condition was false, or the flow had stopped); with the flow,
+always-stages are outlined and set apart below the rest. A subflow's row has
+its child's rows nested beneath it (events carry the ``path`` from the top); a
+map of subflows stays one row, the steps inside its items are not drawn one by
+one. Hovering shows
 details through SVG ``<title>``. ``Timeline`` takes events one at a time and
 keeps a few numbers per map attempt, not the events, so a live run of a
 large map does not hold its event log in memory.
@@ -23,13 +30,15 @@ from __future__ import annotations
 
 import html
 import itertools
-import json
 import math
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from flowpool import Flow
+
+from ._reasons import PATH_SEPARATOR
+from ._timeline_model import EventModel, _Bar, _MapRow, _Row, _RunModel, flatten, read_events
 
 __all__ = ["STATUS_COLOURS", "Timeline", "read_events", "render_timeline"]
 
@@ -57,263 +66,24 @@ _PLOT_WIDTH = 860
 _RIGHT_PAD = 30
 _ROW = 26
 _BAR = 16
-_AXIS_TOP = 50
+_AXIS_TOP = 50  # one line of legend above; each further line moves the axis down
 _FIRST_ROW = 74
-_FARTHEST = 1e12  # seconds; monotonic and epoch times are far below
+_LEGEND_LINE = 18
+_INDENT = 16  # a group's members, and a subflow's steps, are indented this much under it
 _MAP_ROWS = 2  # a map's row is this many rows high
 _MAP_BUCKETS = 215  # time slices of a map's band (4 px each): the page's size does not grow with items
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``--events`` file: one JSON object a line (blank lines ignored).
+class Timeline(EventModel):
+    """Builds the page from events given one at a time (``Event.to_dict()`` dictionaries).
 
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: a line is not a JSON object with a ``kind`` and a ``time``; the
-            message names the line.
+    Given the ``flow`` the events come from, it marks always-stages and says why a
+    step was skipped; runs of another flow in the same events are drawn without.
     """
-    events: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
-                raise ValueError(f"{path}:{number}: not a flowpool event (a JSON object with a 'kind')")
-            if not isinstance(event.get("time"), int | float):
-                raise ValueError(f"{path}:{number}: the event has no numeric 'time'")
-            events.append(event)
-    return events
-
-
-# ── the model ────────────────────────────────────────────────────────────────────
-
-
-@dataclass
-class _Bar:
-    kind: str  # "attempt" or "compensation"
-    attempt: int
-    start: float | None = None
-    end: float | None = None
-    status: str = "running"
-    error: str | None = None
-    delay: float | None = None  # backoff planned after this attempt
-
-
-@dataclass
-class _Row:
-    step: str
-    group: str | None
-    status: str | None = None
-    attempts: dict[int, _Bar] = field(default_factory=dict)
-    compensations: dict[int, _Bar] = field(default_factory=dict)
-
-
-@dataclass
-class _GroupInfo:
-    name: str
-    status: str | None = None
-    steps: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _MapRow:
-    """A map's attempts as two columns of times, and when its items failed."""
-
-    name: str
-    status: str | None = None
-    starts: array[float] = field(default_factory=lambda: array("d"))
-    ends: array[float] = field(default_factory=lambda: array("d"))
-    failures: array[float] = field(default_factory=lambda: array("d"))
-    running: dict[tuple[Any, int], float] = field(default_factory=dict)  # attempts not ended yet
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _RunModel:
-    run_id: str
-    flow: str = "?"
-    status: str | None = None
-    error: str | None = None
-    start: float | None = None
-    end: float | None = None
-    order: list[tuple[str, str]] = field(default_factory=list)  # ("step"|"group", name)
-    rows: dict[str, _Row] = field(default_factory=dict)
-    groups: dict[str, _GroupInfo] = field(default_factory=dict)
-    maps: dict[str, _MapRow] = field(default_factory=dict)
-    first: float | None = None
-    last: float | None = None
-
-
-def _error_text(error: Any) -> str | None:
-    if error is None:
-        return None
-    if isinstance(error, Mapping):
-        kind = error.get("type") or "error"
-        message = error.get("message") or ""
-        text = f"{kind}: {message}" if message else str(kind)
-        nested = error.get("exceptions")
-        if isinstance(nested, list) and nested:
-            text += " [" + "; ".join(filter(None, (_error_text(e) for e in nested))) + "]"
-        return text
-    return str(error)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    # Further than any clock reads: not a time to draw (and the axis would overflow).
-    return number if math.isfinite(number) and abs(number) <= _FARTHEST else None
-
-
-class Timeline:
-    """Builds the page from events given one at a time (``Event.to_dict()`` dictionaries)."""
-
-    def __init__(self) -> None:
-        self._runs: dict[str, _RunModel] = {}
-
-    def add(self, event: Mapping[str, Any]) -> None:
-        """Take one event into the model."""
-        time = _number(event.get("time"))
-        if time is None:
-            return
-        run_id = str(event.get("run_id") or "")
-        run = self._runs.get(run_id)
-        if run is None:
-            run = self._runs[run_id] = _RunModel(run_id)
-        run.first = time if run.first is None else min(run.first, time)
-        run.last = time if run.last is None else max(run.last, time)
-        run.flow = str(event.get("flow") or run.flow)
-        _take(run, event, time)
 
     def render(self, *, title: str | None = None) -> str:
         """The HTML page of every run seen so far."""
         return _page(list(self._runs.values()), title)
-
-
-def _take(run: _RunModel, event: Mapping[str, Any], time: float) -> None:
-    kind = event.get("kind")
-    step = event.get("step")
-    group = event.get("group")
-    group = str(group) if group is not None else None
-    status = event.get("status")
-    status = str(status) if status is not None else None
-    attempt_value = event.get("attempt")
-    attempt = attempt_value if isinstance(attempt_value, int) and not isinstance(attempt_value, bool) else 1
-    started_at = _number(event.get("started_at"))
-    if kind == "flow_started":
-        run.start = time
-        return
-    if kind == "flow_finished":
-        run.end = time
-        run.status = status
-        run.error = _error_text(event.get("error"))
-        return
-    if kind == "group_finished":
-        if group is not None and group in run.maps:
-            run.maps[group].status = status
-        elif group is not None:
-            _group(run, group).status = status
-        return
-    if not isinstance(step, str):
-        return
-    item = event.get("index") if event.get("index") is not None else event.get("item")
-    if item is not None:
-        _take_item(run, step, item, kind, attempt, status, time, started_at)
-        return
-    row = _row(run, step, group)
-    if kind == "step_started":
-        bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
-        bar.start = time
-    elif kind in ("step_retrying", "step_finished"):
-        if kind == "step_finished":
-            row.status = status
-        if started_at is None and attempt not in row.attempts:
-            return  # ended without running (skipped, or cancelled before it started)
-        bar = row.attempts.setdefault(attempt, _Bar("attempt", attempt))
-        bar.start = started_at if started_at is not None else bar.start
-        bar.end = time
-        bar.status = status or "completed"
-        bar.error = _error_text(event.get("error"))
-        bar.delay = _number(event.get("delay"))
-    elif kind == "compensation_started":
-        bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
-        bar.start = time
-    elif kind == "compensation_finished":
-        bar = row.compensations.setdefault(attempt, _Bar("compensation", attempt))
-        bar.start = started_at if started_at is not None else bar.start
-        bar.end = time
-        bar.status = "compensated" if status == "compensated" else "compensation_failed"
-        if status not in ("compensated", "failed"):
-            bar.error = f"compensation {status}"
-        else:
-            bar.error = _error_text(event.get("error"))
-
-
-def _take_item(
-    run: _RunModel,
-    name: str,
-    item: Any,
-    kind: Any,
-    attempt: int,
-    status: str | None,
-    time: float,
-    started_at: float | None,
-) -> None:
-    """An event about one item of the map ``name``: it only moves the map's numbers."""
-    row = run.maps.get(name)
-    if row is None:
-        row = run.maps[name] = _MapRow(name)
-        run.order.append(("map", name))
-    key = (item if isinstance(item, str | int) else repr(item), attempt)
-    if kind == "step_started":
-        row.running[key] = time
-        return
-    if kind not in ("step_retrying", "step_finished"):
-        return  # compensations of items are not drawn one by one
-    began = row.running.pop(key, None)
-    began = started_at if started_at is not None else began
-    if began is not None:
-        row.starts.append(began)
-        row.ends.append(max(time, began))
-    if kind == "step_finished":
-        shown = status or "completed"
-        row.counts[shown] = row.counts.get(shown, 0) + 1
-        if shown not in ("completed", "skipped"):
-            row.failures.append(time)
-
-
-def _model(events: Iterable[Mapping[str, Any]]) -> list[_RunModel]:
-    timeline = Timeline()
-    for event in events:
-        timeline.add(event)
-    return list(timeline._runs.values())
-
-
-def _group(run: _RunModel, name: str) -> _GroupInfo:
-    info = run.groups.get(name)
-    if info is None:
-        info = run.groups[name] = _GroupInfo(name)
-        run.order.append(("group", name))
-    return info
-
-
-def _row(run: _RunModel, step: str, group: str | None) -> _Row:
-    row = run.rows.get(step)
-    if row is None:
-        row = run.rows[step] = _Row(step, group)
-        if group is None:
-            run.order.append(("step", step))
-        else:
-            _group(run, group).steps.append(step)
-    return row
 
 
 # ── drawing ──────────────────────────────────────────────────────────────────────
@@ -352,70 +122,62 @@ def _svg(run: _RunModel) -> str:
     def x(t: float) -> float:
         return _LABEL_WIDTH + max(0.0, t - t0) * scale
 
-    rows: list[tuple[str, Any]] = []  # ("group", _GroupInfo), ("step", _Row) or ("map", _MapRow)
-    for kind, name in run.order:
-        if kind == "group":
-            info = run.groups[name]
-            rows.append(("group", info))
-            rows.extend(("step", run.rows[s]) for s in info.steps)
-        elif kind == "map":
-            rows.append(("map", run.maps[name]))
-        else:
-            rows.append(("step", run.rows[name]))
-    tall = sum(_MAP_ROWS if kind == "map" else 1 for kind, _ in rows)
-    height = _FIRST_ROW + _ROW * max(tall, 1) + 10
+    rows = flatten(run)  # ("group", _GroupInfo), ("step", _Row) or ("map", _MapRow), with depth
     width = _LABEL_WIDTH + _PLOT_WIDTH + _RIGHT_PAD
+    legend, lines = _legend(run, width)
+    below = _LEGEND_LINE * (lines - 1)
+    tall = sum(_MAP_ROWS if kind == "map" else 1 for kind, _, _ in rows)
+    height = _FIRST_ROW + below + _ROW * max(tall, 1) + 10
     out = [
         f'<svg class="timeline" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'aria-label="timeline of flow {_esc(run.flow)}">'
+        f'aria-label="timeline of flow {_esc(run.flow)}">',
+        *legend,
     ]
-    # Legend.
-    lx = 10.0
-    for key, label in _LEGEND:
-        out.append(f'<rect x="{lx:.0f}" y="10" width="12" height="12" rx="2" fill="{STATUS_COLOURS[key]}"/>')
-        out.append(f'<text x="{lx + 16:.0f}" y="21" class="legend">{_esc(label)}</text>')
-        lx += 24 + 7.6 * len(label)
-    out.append(f'<line x1="{lx:.0f}" y1="16" x2="{lx + 22:.0f}" y2="16" class="backoff"/>')
-    out.append(f'<text x="{lx + 28:.0f}" y="21" class="legend">backoff before a retry</text>')
-    if run.maps:
-        lx += 28 + 7.6 * len("backoff before a retry") + 12
-        out.append(f'<rect x="{lx:.0f}" y="10" width="12" height="12" rx="2" fill="{STATUS_COLOURS["running"]}"/>')
-        out.append(f'<text x="{lx + 16:.0f}" y="21" class="legend">items of a map running at once</text>')
     # Time axis with gridlines.
     step = _tick_step(span)
     bottom = height - 10
     tick = 0.0
     while tick <= span + 1e-12:
         tx = _LABEL_WIDTH + tick * scale
-        out.append(f'<line x1="{tx:.1f}" y1="{_AXIS_TOP + 6}" x2="{tx:.1f}" y2="{bottom}" class="grid"/>')
+        out.append(f'<line x1="{tx:.1f}" y1="{_AXIS_TOP + below + 6}" x2="{tx:.1f}" y2="{bottom}" class="grid"/>')
         label = f"{tick:.3g} s" if step >= 0.01 else f"{tick * 1000:.3g} ms"
-        out.append(f'<text x="{tx:.1f}" y="{_AXIS_TOP}" class="tick">{_esc(label)}</text>')
+        out.append(f'<text x="{tx:.1f}" y="{_AXIS_TOP + below}" class="tick">{_esc(label)}</text>')
         tick += step
     # Rows.
-    y = _FIRST_ROW - _ROW
+    y = _FIRST_ROW + below - _ROW
     high = _ROW
-    for position, (kind, item) in enumerate(rows):
+    ruled = False
+    for position, (kind, item, depth) in enumerate(rows):
         y += high
         high = _ROW * (_MAP_ROWS if kind == "map" else 1)
         if position % 2 == 0:
             out.append(f'<rect x="0" y="{y}" width="{width}" height="{high}" class="stripe"/>')
+        indent = 8 + _INDENT * depth
+        if kind == "step" and item.always and not ruled and depth == 0:
+            # Always-stages run after everything else and after the compensations.
+            ruled = True
+            out.append(f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" class="always-rule"/>')
         if kind == "map":
-            out.extend(_map_band(item, y, high, t0, span))
+            out.extend(_map_band(item, y, high, t0, span, indent))
             continue
         if kind == "group":
             verdict = f" - {item.status}" if item.status else ""
             out.append(
-                f'<text x="8" y="{y + 17}" class="group-label" data-group="{_esc(item.name)}">'
+                f'<text x="{indent}" y="{y + 17}" class="group-label" data-group="{_esc(item.name)}">'
                 f"group {_esc(item.name)}{_esc(verdict)}</text>"
             )
             continue
         row: _Row = item
-        indent = 24 if row.group is not None else 8
         final = f" ({row.status})" if row.status and row.status != "completed" else ""
+        marked = ' data-always="1"' if row.always else ""
+        if len(row.path) > 1:  # inside a subflow: the whole path, as events give it
+            marked += f' data-path="{_esc(PATH_SEPARATOR.join(row.path))}"'
         out.append(
-            f'<text x="{indent}" y="{y + 17}" class="step-label" data-step="{_esc(row.step)}">'
-            f"{_esc(row.step)}{_esc(final)}</text>"
+            f'<text x="{indent}" y="{y + 17}" class="step-label" data-step="{_esc(row.step)}"{marked}>'
+            f"{'always: ' if row.always else ''}{_esc(row.step)}{_esc(final)}</text>"
         )
+        if row.skipped_at is not None:
+            out.extend(_skip_mark(row.step, row.reason, x(row.skipped_at), y))
         bars = sorted(row.attempts.values(), key=lambda b: b.attempt)
         for bar, following in itertools.zip_longest(bars, bars[1:]):
             out.extend(_bar(row, bar, x, y, t1))
@@ -435,7 +197,58 @@ def _svg(run: _RunModel) -> str:
     return "\n".join(out)
 
 
-def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[str]:
+def _legend(run: _RunModel, width: int) -> tuple[list[str], int]:
+    """The legend's SVG, wrapped to the page's width, and how many lines it took:
+    outcomes, then the marks this run's drawing uses."""
+    entries: list[tuple[str, str]] = [
+        (f'<rect x="{{x}}" y="{{y}}" width="12" height="12" rx="2" fill="{STATUS_COLOURS[key]}"/>', label)
+        for key, label in _LEGEND
+    ]
+    entries.append(('<line x1="{x}" y1="{mid}" x2="{end}" y2="{mid}" class="backoff"/>', "backoff before a retry"))
+    if any(m.starts or m.running for m in run.maps.values()):
+        swatch = f'<rect x="{{x}}" y="{{y}}" width="12" height="12" rx="2" fill="{STATUS_COLOURS["running"]}"/>'
+        entries.append((swatch, "items of a map running at once"))
+    rows = run.rows.values()
+    if any(row.skipped_at is not None for row in rows) or any(m.status == "skipped" for m in run.maps.values()):
+        entries.append(('<path class="skip-mark" d="M{x},{mid}l6,-6l6,6l-6,6z"/>', "skipped (did not run)"))
+    if any(row.always for row in rows):
+        swatch = (
+            f'<rect x="{{x}}" y="{{y}}" width="12" height="12" rx="2" fill="{STATUS_COLOURS["completed"]}" '
+            'class="always-swatch"/>'
+        )
+        entries.append((swatch, "always-stage: after the compensations, whatever the outcome"))
+    out: list[str] = []
+    lx, line = 10.0, 0
+    for swatch, label in entries:
+        wide = (28.0 if "backoff" in swatch else 16.0) + 7.6 * len(label)
+        if lx > 10 and lx + wide > width - 10:
+            lx, line = 10.0, line + 1
+        top = 10 + _LEGEND_LINE * line
+        out.append(swatch.format(x=f"{lx:.0f}", y=top, mid=top + 6, end=f"{lx + 22:.0f}"))
+        text_x = lx + (28 if "backoff" in swatch else 16)
+        out.append(f'<text x="{text_x:.0f}" y="{top + 11}" class="legend">{_esc(label)}</text>')
+        lx += wide + 8
+    return out, line + 1
+
+
+def _skip_mark(name: str, reason: str | None, at: float, y: int) -> list[str]:
+    """A hollow diamond where a step or map was skipped, and why beside it."""
+    why = reason or "did not run"
+    middle = y + _ROW / 2
+    text = f"skipped: {why}"
+    # Beside the mark, on whichever side has room for the words.
+    if at + 12 + 6.6 * len(text) <= _LABEL_WIDTH + _PLOT_WIDTH + _RIGHT_PAD:
+        note = f'<text x="{at + 12:.1f}" y="{y + 17}" class="skip-note">{_esc(text)}</text>'
+    else:
+        note = f'<text x="{at - 12:.1f}" y="{y + 17}" class="skip-note" text-anchor="end">{_esc(text)}</text>'
+    return [
+        f'<path class="skip-mark" data-step="{_esc(name)}" d="M{at - 6:.1f},{middle}l6,-6l6,6l-6,6z">'
+        f"<title>{_esc(f'{name}: skipped - {why}')}</title></path>",
+        note,
+    ]
+
+
+def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float, indent: int = 8) -> list[str]:
     """A map's row: how many of its items ran in each slice of time, as one filled path,
     and a mark over each slice in which items ended without completing."""
     slices = _MAP_BUCKETS
@@ -478,10 +291,16 @@ def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[s
     counted = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(row.counts.items()))
     verdict = f" - {row.status}" if row.status else ""
     about = f"map {row.name}{verdict}: {total} items ({counted}); at most {max(peaks)} running at once"
+    counted_line = f"{total} items, {sum(failures)} not completed"
+    skipped: list[str] = []
+    if row.skipped_at is not None:
+        counted_line = "skipped: ran no item"
+        at = _LABEL_WIDTH + max(0.0, row.skipped_at - t0) / span * _PLOT_WIDTH
+        skipped = _skip_mark(row.name, row.reason, at, y)
     out = [
-        f'<text x="8" y="{y + 17}" class="group-label" data-map="{_esc(row.name)}">'
+        f'<text x="{indent}" y="{y + 17}" class="group-label" data-map="{_esc(row.name)}">'
         f"map {_esc(row.name)}{_esc(verdict)}</text>",
-        f'<text x="8" y="{y + 35}" class="legend">{_esc(f"{total} items, {sum(failures)} not completed")}</text>',
+        f'<text x="{indent}" y="{y + 35}" class="legend">{_esc(counted_line)}</text>',
         f'<path class="band" data-map="{_esc(row.name)}" data-peak="{max(peaks)}" d="{"".join(points)}" '
         f'fill="{STATUS_COLOURS["running"]}"><title>{_esc(about)}</title></path>',
     ]
@@ -494,7 +313,7 @@ def _map_band(row: _MapRow, y: int, high: int, t0: float, span: float) -> list[s
                 f'x="{_LABEL_WIDTH + number * wide:.1f}" y="{y + 2}" width="{max(wide, 2.0):.1f}" height="6" '
                 f'fill="{STATUS_COLOURS["failed"]}"><title>{_esc(text)}</title></rect>'
             )
-    return out
+    return out + skipped
 
 
 def _bar(row: _Row, bar: _Bar, x: Any, y: int, t1: float) -> list[str]:
@@ -516,8 +335,11 @@ def _bar(row: _Row, bar: _Bar, x: Any, y: int, t1: float) -> list[str]:
         lines.append(f"retry after {_fmt(bar.delay)}")
     colour = STATUS_COLOURS.get(bar.status, STATUS_COLOURS["running"])
     top = y + (_ROW - _BAR) / 2
+    if row.always:
+        lines.insert(1, "always-stage: runs after the compensations, whatever the outcome")
+    always = ' data-always="1"' if row.always else ""
     return [
-        f'<rect class="bar {bar.kind}" data-step="{_esc(row.step)}" data-attempt="{bar.attempt}" '
+        f'<rect class="bar {bar.kind}"{always} data-step="{_esc(row.step)}" data-attempt="{bar.attempt}" '
         f'data-status="{_esc(bar.status)}" x="{x0:.1f}" y="{top:.0f}" width="{wide:.1f}" height="{_BAR}" '
         f'rx="3" fill="{colour}"><title>{_esc(chr(10).join(lines))}</title></rect>'
     ]
@@ -537,6 +359,11 @@ svg .grid { stroke: #e1e4e8; stroke-width: 1; }
 svg .backoff { stroke: #5f6368; stroke-width: 2; stroke-dasharray: 4 3; }
 svg rect.bar.compensation { stroke: #202124; stroke-width: 1; }
 svg rect.bar:hover { stroke: #000; stroke-width: 2; }
+svg rect.bar[data-always], svg rect.always-swatch { stroke: #202124; stroke-width: 1.5; stroke-dasharray: 3 2; }
+svg text[data-always] { font-style: italic; }
+svg .always-rule { stroke: #5f6368; stroke-width: 1; stroke-dasharray: 6 4; }
+svg .skip-mark { fill: #fff; stroke: #9aa0a6; stroke-width: 1.5; }
+svg text.skip-note { fill: #5f6368; font-style: italic; }
 """
 
 
@@ -544,15 +371,24 @@ svg rect.bar:hover { stroke: #000; stroke-width: 2; }
 _POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
-def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = None) -> str:
+def _model(events: Iterable[Mapping[str, Any]], flow: Flow | None = None) -> list[_RunModel]:
+    timeline = Timeline(flow)
+    for event in events:
+        timeline.add(event)
+    return list(timeline._runs.values())
+
+
+def render_timeline(events: Iterable[Mapping[str, Any]], *, title: str | None = None, flow: Flow | None = None) -> str:
     """Return one self-contained HTML page that draws every run found in ``events``.
 
     Args:
         events: event dictionaries as produced by ``Event.to_dict()``; several runs
             (told apart by ``run_id``) are drawn one below the other.
         title: the page title; by default named after the flows.
+        flow: the flow the events come from, if known: always-stages are marked and
+            skipped steps say why.
     """
-    return _page(_model(events), title)
+    return _page(_model(events, flow), title)
 
 
 def _page(runs: list[_RunModel], title: str | None) -> str:

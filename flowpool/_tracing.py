@@ -8,8 +8,10 @@ builds this tree, starting and finishing every span from the caller's thread::
     flowpool.run <flow>                     start_run(flow, run_id)
     └── flowpool.stage <stage>              start_stage(stage, parent=run span or a subflow's attempt)
         ├── flowpool.attempt <step>         start_attempt(stage span, step, n, item)
-        │   └── the step's own spans        thread: ``partial(span.call, fn)`` runs fn with the span current
-        │                                   process/Dask: ``partial(call_attached, span.carrier(), fn)``
+        │   └── the step's own spans        ``span.around(fn, in_process=...)``: thread mode runs fn with the
+        │                                   span current; another process gets ``partial(call_attached,
+        │                                   span.carrier(), fn)`` (process mode sends the carrier apart:
+        │                                   ``split_attached``) and attaches it around the call
         └── flowpool.compensation <step>    start_compensation(stage span, step, n, item)
 
 An attempt's span is started when the loop hands the attempt over (its id must
@@ -22,7 +24,7 @@ are exact and a test's fake clock gives a consistent trace.
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,15 +36,12 @@ if TYPE_CHECKING:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
 
-__all__ = ["RunTracer", "Span", "attached", "call_attached", "run_tracer"]
+__all__ = ["RunTracer", "Span", "attached", "call_attached", "run_tracer", "split_attached"]
 
 T = TypeVar("T")
 
 #: Outcomes that set a span's status to ERROR (step, group, flow and compensation statuses).
 ERROR_STATUSES = frozenset({"failed", "timed_out"})
-
-# Set by OpenTelemetry's auto-configuration in a worker that has not imported it yet.
-_PROVIDER_VARIABLE = "OTEL_PYTHON_TRACER_PROVIDER"
 
 
 def run_tracer(clock: Clock = SYSTEM_CLOCK) -> RunTracer | None:
@@ -222,6 +221,13 @@ class Span:
         with self.activate():
             return fn(*args, **kwargs)
 
+    def around(self, fn: Callable[..., T], *, in_process: bool) -> Callable[..., T]:
+        """``fn`` made to run with this span current: here (``call``), or in another
+        process (``call_attached`` with this span's ``carrier``)."""
+        if in_process:
+            return functools.partial(self.call, fn)
+        return functools.partial(call_attached, self.carrier(), fn)
+
     def carrier(self) -> dict[str, str]:
         """This span's context as W3C headers (``traceparent``, maybe ``tracestate``,
         ``baggage``), for a worker process: see ``attached``."""
@@ -240,12 +246,14 @@ class Span:
 def attached(carrier: Mapping[str, str] | None) -> contextlib.AbstractContextManager[None]:
     """Worker side of ``Span.carrier``: make the carried span current while inside.
 
-    Only where the worker traces too: when it has imported ``opentelemetry`` (a
-    step's module that imports it has been loaded by then), or when OpenTelemetry's
-    environment names a tracer provider and it is installed. Otherwise it does
-    nothing and imports nothing; the step's spans, if any, then start a new trace.
+    A carrier is only ever sent by a program that traces; where it arrives, it is
+    attached if OpenTelemetry is installed there (imported then, once), so the
+    spans a step starts join the trace when the worker has a tracer provider (set
+    by the step, its modules or OpenTelemetry's environment), and outgoing calls
+    carry the trace even when it has none. Where OpenTelemetry is not installed it
+    does nothing and imports nothing; no carrier: nothing either.
     """
-    if not carrier or not _worker_traces():
+    if not carrier or not _importable():
         return contextlib.nullcontext()
     return _attach(carrier)
 
@@ -256,14 +264,29 @@ def call_attached(carrier: Mapping[str, str] | None, fn: Callable[..., T], /, *a
         return fn(*args, **kwargs)
 
 
-def _worker_traces() -> bool:
+def split_attached(fn: Any) -> tuple[dict[str, str] | None, Any]:
+    """``(carrier, fn)`` of a call that ``Span.around`` made for another process;
+    ``(None, fn)`` for any other. Process mode sends the carrier apart from the
+    function, so that a lane is sent each function once, not once per attempt."""
+    if isinstance(fn, functools.partial) and fn.func is call_attached and len(fn.args) == 2 and not fn.keywords:
+        return fn.args[0], fn.args[1]
+    return None, fn
+
+
+_found: list[bool] = []  # whether OpenTelemetry is installed here, once asked
+
+
+def _importable() -> bool:
     if "opentelemetry" in sys.modules:
         return True
-    if not os.environ.get(_PROVIDER_VARIABLE):
-        return False
-    import importlib.util
+    if not _found:
+        import importlib.util
 
-    return importlib.util.find_spec("opentelemetry") is not None
+        try:
+            _found.append(importlib.util.find_spec("opentelemetry") is not None)
+        except (ImportError, ValueError):  # a broken or blocked installation: as if absent
+            _found.append(False)
+    return _found[0]
 
 
 @contextlib.contextmanager

@@ -94,10 +94,18 @@ class Job:
         self.chain: list[tuple[_Run, str]] = []
 
     def fields(self) -> dict[str, Any]:
-        """The event fields naming what is compensated."""
+        """The event fields naming what is compensated (inside a subflow undone as a unit:
+        its path from the top, and the map item it was)."""
         if self.index is None:
-            return {"step": self.step.name, "group": self.group}
-        return {"step": self.step.name, "group": None, "item": self.key, "index": self.index}
+            fields: dict[str, Any] = {"step": self.step.name, "group": self.group}
+        else:
+            fields = {"step": self.step.name, "group": None, "item": self.key, "index": self.index}
+        if self.chain:
+            events = self.chain[0][0].events  # the subflow the step belongs to
+            fields["path"] = (*events.prefix, self.step.name)
+            if self.index is None and events.tags:
+                fields.update(events.tags)
+        return fields
 
 
 def plan(comp: Compensator, journaled: bool) -> Plan:

@@ -1,7 +1,7 @@
 """The ``flowpool`` command: ``run``, ``show``, ``demo`` and ``timeline``.
 
 It uses only flowpool's public API (plus its own modules: ``_target`` loads a
-TARGET, ``_terminal`` draws progress and the summary, ``_plan`` and ``_timeline``
+TARGET, ``_terminal`` draws progress, ``_summary`` the summary, ``_plan`` and ``_timeline``
 render plans and timelines), so what the command can do, a user's script can do
 too. Exit statuses: 0 the flow completed, 1 it failed, 2 bad usage / unloadable
 target / bad definition, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
@@ -29,6 +29,7 @@ import click
 
 from flowpool import (
     Event,
+    Flow,
     FlowDefinitionError,
     FlowInterrupted,
     FlowpoolError,
@@ -42,18 +43,9 @@ from flowpool import (
 from ._demo import run_demo
 from ._plan import PLAN_FORMATS, render_plan
 from ._stdio import StdoutToStderr
+from ._summary import counts_line, not_completed, still_running_lines, summary_table
 from ._target import _fail, load_target, script_argv
-from ._terminal import (
-    Progress,
-    RunLogs,
-    _live_ok,
-    _printable,
-    _seconds,
-    counts_line,
-    not_completed,
-    still_running_lines,
-    summary_table,
-)
+from ._terminal import Progress, RunLogs, _live_ok, _printable, _seconds
 from ._timeline import Timeline, read_events, render_timeline
 
 __all__ = ["load_target", "main"]
@@ -361,7 +353,7 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
         _fail(f"cannot write --log-file {request.log_path}: {error.strerror or error}")
     # Started last: nothing below can fail before the finally that closes it.
     progress = None if request.quiet else Progress(sys.stderr, flow, live=_live_ok(sys.stderr))
-    timeline = Timeline() if request.timeline_path is not None else None
+    timeline = Timeline(flow) if request.timeline_path is not None else None
 
     def on_event(event: Event) -> None:
         if events_file is not None or timeline is not None:
@@ -428,17 +420,17 @@ def _run(request: _Request, value: Any, terminated: threading.Event, redirect: S
     missing = not_completed(result) if request.strict and code == EXIT_COMPLETED else ""
     if missing:
         code = EXIT_FAILED
-    _report(request, result, code, missing)
+    _report(request, flow, result, code, missing)
     if redirect is not None:
         redirect.write_document(json.dumps(result.to_dict(), indent=2, default=repr) + "\n")
     return code
 
 
-def _report(request: _Request, result: FlowResult, code: int, missing: str) -> None:
+def _report(request: _Request, flow: Flow, result: FlowResult, code: int, missing: str) -> None:
     """The summary on stderr, warnings that hold even under --quiet, what --strict
     found missing, then the outcome and the counts line (stdout, or stderr under --json)."""
     if not request.quiet:
-        click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr)), err=True)
+        click.echo("\n" + summary_table(result, colour=_live_ok(sys.stderr), flow=flow), err=True)
         if request.timeline_path is not None:
             click.echo(f"timeline: {request.timeline_path}", err=True)
         if request.log_path is not None:

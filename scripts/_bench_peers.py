@@ -74,6 +74,8 @@ class Peer:
     #: Tasks per W1 repetition (None: the same count as flowpool) and at most this many repetitions.
     w1_tasks: int | None = None
     max_reps: int | None = None
+    #: At most this many W9 repetitions (None: as many as flowpool's).
+    w9_max_reps: int | None = None
 
     def available(self) -> bool:
         return _importable(self.module)
@@ -86,6 +88,18 @@ class Peer:
 
     def w3(self, n: int, work: int) -> None:
         raise NotImplementedError
+
+    def w9(self, n: int, workers: int) -> None:
+        """Map a no-op over ``range(n)`` on ``workers`` threads (only where ``maps``)."""
+        raise NotImplementedError
+
+    @property
+    def maps(self) -> bool:
+        """Whether this peer takes part in W9."""
+        return type(self).w9 is not Peer.w9
+
+    def w9_label(self, workers: int) -> str:
+        return self.name
 
     def label(self, workload: str) -> str:
         return self.name
@@ -134,6 +148,16 @@ class JoblibPeer(Peer):
 
         self._parallel(self.W3_JOBS)(delayed(burn)(work) for _ in range(n))
 
+    def w9(self, n: int, workers: int) -> None:
+        from joblib import Parallel, delayed
+
+        # Threads, as flowpool's map and ThreadPoolExecutor.map in W9 use: a no-op per item
+        # measures the per-item bookkeeping, not process start-up or pickling.
+        Parallel(n_jobs=workers, backend="threading")(delayed(noop)(i) for i in range(n))
+
+    def w9_label(self, workers: int) -> str:
+        return f"joblib Parallel threading n_jobs={workers}"
+
     def close(self) -> None:
         try:
             from joblib.externals.loky import reusable_executor
@@ -151,11 +175,13 @@ class DaskPeer(Peer):
     module = "distributed"
     w1_tasks = 500  # ~2.4 ms a task: keep a repetition near one second
     max_reps = 5
+    w9_max_reps = 2  # ~2 ms an item: 50,000 items take about 100 s
     THREADS = 50
 
     def __init__(self) -> None:
         self._threads: tuple[Any, Any] | None = None
         self._processes: tuple[Any, Any] | None = None
+        self._map_threads: tuple[Any, Any] | None = None
 
     def label(self, workload: str) -> str:
         if workload == "W3":
@@ -188,6 +214,23 @@ class DaskPeer(Peer):
             self._processes = (cluster, Client(cluster))
         return self._processes[1]
 
+    def w9(self, n: int, workers: int) -> None:
+        from distributed import wait
+
+        if self._map_threads is None:
+            self._quiet()
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None)
+            self._map_threads = (cluster, Client(cluster))
+        client = self._map_threads[1]
+        futures = client.map(noop, range(n), pure=False)
+        wait(futures)
+        del futures
+
+    def w9_label(self, workers: int) -> str:
+        return f"dask client.map, LocalCluster threads={workers}"
+
     def w1(self, n: int) -> None:
         from distributed import wait
 
@@ -207,7 +250,7 @@ class DaskPeer(Peer):
         wait([client.submit(burn_task, work, i, pure=False) for i in range(n)])
 
     def close(self) -> None:
-        for pair in (self._threads, self._processes):
+        for pair in (self._threads, self._processes, self._map_threads):
             if pair is None:
                 continue
             cluster, client = pair
@@ -216,7 +259,7 @@ class DaskPeer(Peer):
                     closer()
                 except Exception:
                     logging.getLogger("bench").debug("closing dask failed", exc_info=True)
-        self._threads = self._processes = None
+        self._threads = self._processes = self._map_threads = None
 
 
 def sleep_task(seconds: float, _key: int) -> None:

@@ -4,16 +4,20 @@
     python scripts/soak.py --replay SEED          # run one flow again and show its checks
 
 Each run draws a random flow (``tests/_randomflows.py``: stages, group policies,
-required members, concurrency caps, retries, compensations) and an executor mode
+required members, concurrency caps, retries, compensations, and maps of 0-10 items
+under every map policy, with item compensations run one at a time or together) and an executor mode
 (flowpool's threads, flowpool's process lanes, or one ``ThreadPoolExecutor`` that all
 runs share), then injects faults on top: odd exceptions, hangs that outlast a short
 step timeout, worker crashes (``os._exit``) and unpicklable values in process mode,
-slow compensations and compensations that outlast their own timeout.
+slow compensations and compensations that outlast their own timeout; a map's items
+get the same faults (a map with a hanging item has a short per-item timeout).
 
 Every run is checked against the SPEC's invariants (§5): every step has a final
 status, group verdicts follow their policy, later stages are skipped and never
-called, compensations are exactly the completed steps that have one, in reverse
-declaration order, events agree with the result. The checks are those of the
+called, compensations are exactly the completed steps (and map items) that have one,
+in reverse declaration order (a map's items in reverse item order when one at a time),
+every map item has a final status and the counts and values add up, events agree
+with the result. The checks are those of the
 property tests (``check_result`` in ``tests/_randomflows.py``), told what the
 injected faults leave open; runs without timing-dependent faults are checked
 exactly against its oracle.
@@ -56,12 +60,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import psutil
 from _randomflows import (
     FlowSpec,
+    ItemSpec,
     Leeway,
+    MapSpec,
     ScriptedFailure,
-    StageSpec,
+    Stage,
     StepSpec,
     assemble,
     check_result,
+    item_value,
     random_flow_spec,
 )
 
@@ -205,6 +212,76 @@ class ThreadCompFn(CompFn):
         _HANG_RELEASE.wait(min(seconds, MAX_HANG))
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemFn:
+    """A map's function: logs the call, then does what ``outcomes[ctx.index][attempt - 1]`` says."""
+
+    name: str
+    outcomes: tuple[tuple[str, ...], ...]
+    log: str
+    hang: float = 0.0
+    cancel_aware: bool = False
+
+    def __call__(self, ctx: Any) -> Any:
+        key, index, attempt = ctx.key, ctx.index, ctx.attempt
+        _log(self.log, ["item", self.name, key, attempt, sorted(ctx.results), index, ctx.item])
+        mine = self.outcomes[index]
+        kind = mine[attempt - 1] if attempt <= len(mine) else FAIL
+        label = f"{self.name}[{key!r}]"
+        if kind == OK:
+            return item_value(self.name, key, attempt)
+        if kind == ODD:
+            raise OddError(label, attempt)
+        if kind == HANG:
+            self.do_hang(ctx)
+            return item_value(self.name, key, attempt)  # a late value: must be ignored
+        if kind == CRASH:
+            os._exit(70)
+        if kind == UNPICKLABLE:
+            return threading.Lock()
+        raise SoakFailure("item", label, attempt)
+
+    def do_hang(self, ctx: Any) -> None:
+        raise NotImplementedError  # per mode below; the base must not reference _HANG_RELEASE
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessItemFn(ItemFn):
+    def do_hang(self, ctx: Any) -> None:
+        if self.cancel_aware:
+            _wait_cancellable(ctx, self.hang, time.sleep)
+        else:
+            time.sleep(self.hang)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadItemFn(ItemFn):
+    def do_hang(self, ctx: Any) -> None:
+        if self.cancel_aware:
+            _wait_cancellable(ctx, min(self.hang, MAX_HANG), _HANG_RELEASE.wait)
+        else:
+            _HANG_RELEASE.wait(min(self.hang, MAX_HANG))
+
+
+@dataclasses.dataclass(frozen=True)
+class UndoItemFn:
+    """A map's compensation: logs the call, maybe takes its time, then follows the item's script."""
+
+    name: str
+    scripts: tuple[tuple[bool, ...], ...]
+    log: str
+    slow: float = 0.0
+
+    def __call__(self, ctx: Any, value: Any) -> None:
+        key, index, attempt = ctx.key, ctx.index, ctx.attempt
+        _log(self.log, ["item_compensate", self.name, key, attempt, sorted(ctx.results), value, index, ctx.item])
+        if self.slow:
+            time.sleep(self.slow)
+        script = self.scripts[index]
+        if not (attempt <= len(script) and script[attempt - 1]):
+            raise SoakFailure("compensation", f"{self.name}[{key!r}]", attempt)
+
+
 # ── plans: a random flow plus the faults injected into it ─────────────────────────
 
 
@@ -222,6 +299,21 @@ class StepPlan:
     comp_timeout: float | None
 
 
+@dataclasses.dataclass(frozen=True)
+class MapPlan:
+    spec: MapSpec  # item scripts have False wherever a fault makes the attempt not complete
+    outcomes: tuple[tuple[str, ...], ...]  # per item, per attempt
+    where: str
+    timeout: float | None  # the map's per-attempt timeout: short when an item may hang
+    hang: float
+    cancel_aware: bool
+    comp_slow: float
+
+    @property
+    def short_timeout(self) -> bool:
+        return self.timeout is not None
+
+
 @dataclasses.dataclass
 class RunPlan:
     seed: int
@@ -230,29 +322,66 @@ class RunPlan:
     spec: FlowSpec
     steps: dict[str, StepPlan]
     faults: collections.Counter[str]
+    maps: dict[str, MapPlan] = dataclasses.field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
         """No timing-dependent fault: statuses follow from the scripts alone."""
-        return not any(p.short_timeout or p.comp_timeout is not None for p in self.steps.values())
+        return not any(p.short_timeout or p.comp_timeout is not None for p in self.steps.values()) and not any(
+            m.short_timeout for m in self.maps.values()
+        )
 
     @property
     def leeway(self) -> Leeway:
         """What the injected faults leave open, for ``check_result`` of ``tests/_randomflows.py``."""
+        outcomes = [set(p.outcomes) for p in self.steps.values()]
+        outcomes += [set(item) for m in self.maps.values() for item in m.outcomes]
         return Leeway(
-            timeouts=frozenset(name for name, p in self.steps.items() if p.short_timeout),
+            timeouts=frozenset(name for name, p in self.steps.items() if p.short_timeout)
+            | frozenset(name for name, m in self.maps.items() if m.short_timeout),
             compensation_timeouts=frozenset(name for name, p in self.steps.items() if p.comp_timeout is not None),
-            other_failures=any(not set(p.outcomes) <= {OK, FAIL} for p in self.steps.values()),
+            other_failures=any(not kinds <= {OK, FAIL} for kinds in outcomes),
             error_fits=self.error_fits,
         )
 
     def error_fits(self, step: str, attempt: int, error: BaseException | None) -> bool:
-        p = self.steps[step]
-        return _error_fits(p.outcomes[attempt - 1], p.where, error)
+        if step in self.steps:
+            p = self.steps[step]
+            return _error_fits(p.outcomes[attempt - 1], p.where, error)
+        name, _, _ = step.partition("[")  # an item, by its label "map[key]"
+        m = self.maps[name]
+        for index in range(len(m.outcomes)):
+            if m.spec.label(index) == step:
+                return _error_fits(m.outcomes[index][attempt - 1], m.where, error)
+        return False
+
+    def outcome_of(self, call: tuple[Any, ...]) -> str:
+        """What a logged step or item call was scripted to do."""
+        if call[0] == "item":
+            m = self.maps[call[1]]
+            mine = m.outcomes[call[5]]
+            return mine[call[3] - 1] if call[3] <= len(mine) else FAIL
+        p = self.steps[call[1]]
+        return p.outcomes[call[2] - 1] if call[2] <= len(p.outcomes) else FAIL
 
     def describe(self) -> dict[str, Any]:
-        stages = []
+        stages: list[dict[str, Any]] = []
         for stage in self.spec.stages:
+            if isinstance(stage, MapSpec):
+                m = self.maps[stage.name]
+                stages.append(
+                    {
+                        "name": stage.name,
+                        "map": stage.policy(),
+                        "retries": stage.retries,
+                        "timeout": m.timeout,
+                        "hang": m.hang,
+                        "where": m.where,
+                        "items": [list(o) for o in m.outcomes],
+                        "compensations": [list(item.undo) for item in stage.items] if stage.compensate else None,
+                    }
+                )
+                continue
             members = []
             for m in stage.members:
                 p = self.steps[m.name]
@@ -291,12 +420,20 @@ def make_plan(seed: int) -> RunPlan:
     rng = random.Random(seed)
     mode = rng.choices(MODES, MODE_WEIGHTS)[0]
     max_members = 4 if mode == "process" else 6
-    spec = random_flow_spec(rng, max_stages=5, max_members=max_members, name=f"soak-{seed}")
+    spec = random_flow_spec(
+        rng, max_stages=5, max_members=max_members, name=f"soak-{seed}", max_items=6 if mode == "process" else 10
+    )
     faulty = rng.random() < 0.6
     faults: collections.Counter[str] = collections.Counter()
     steps: dict[str, StepPlan] = {}
-    stages: list[StageSpec] = []
+    maps: dict[str, MapPlan] = {}
+    stages: list[Stage] = []
     for stage in spec.stages:
+        if isinstance(stage, MapSpec):
+            m = plan_map(rng, stage, "process" if mode == "process" else "thread", faulty)
+            maps[stage.name] = m
+            stages.append(m.spec)
+            continue
         members: list[StepSpec] = []
         for m in stage.members:
             override = None
@@ -342,7 +479,33 @@ def make_plan(seed: int) -> RunPlan:
             )
         stages.append(dataclasses.replace(stage, members=tuple(members)))
     max_workers = rng.choice((1, 2, 3, None)) if mode == "process" else rng.choice((None, 1, 2, 4, 8))
-    return RunPlan(seed, mode, max_workers, FlowSpec(spec.name, tuple(stages)), steps, faults)
+    return RunPlan(seed, mode, max_workers, FlowSpec(spec.name, tuple(stages)), steps, faults, maps)
+
+
+def plan_map(rng: random.Random, spec: MapSpec, where: str, faulty: bool) -> MapPlan:
+    """Faults on top of a random map's scripts: items that raise odd exceptions, hang past
+    the map's short timeout, crash their worker or return what cannot be pickled."""
+    outcomes: list[tuple[str, ...]] = []
+    hangs = False
+    for item in spec.items:
+        mine = [OK if ok else FAIL for ok in item.script]
+        if faulty and rng.random() < 0.2:
+            kind = rng.choice([ODD, HANG] + ([CRASH, UNPICKLABLE] if where == "process" else []))
+            mine[rng.randrange(len(mine))] = kind
+            hangs = hangs or kind == HANG
+        outcomes.append(tuple(mine))
+    items = tuple(
+        ItemSpec(tuple(o == OK for o in mine), item.undo) for mine, item in zip(outcomes, spec.items, strict=True)
+    )
+    return MapPlan(
+        spec=dataclasses.replace(spec, items=items),
+        outcomes=tuple(outcomes),
+        where=where,
+        timeout=round(rng.uniform(0.1, 0.3), 3) if hangs else None,
+        hang=round(rng.uniform(1.0, MAX_HANG), 3) if hangs else 0.0,
+        cancel_aware=rng.random() < 0.5,
+        comp_slow=round(rng.uniform(0.02, 0.15), 3) if faulty and spec.compensate and rng.random() < 0.15 else 0.0,
+    )
 
 
 def build(plan: RunPlan, log: str) -> Flow:
@@ -363,7 +526,20 @@ def build(plan: RunPlan, log: str) -> Flow:
                 options["compensate_timeout"] = p.comp_timeout
         return fn, options
 
-    return assemble(plan.spec, member)
+    def mapper(stage: MapSpec) -> tuple[ItemFn, dict[str, Any]]:
+        m = plan.maps[stage.name]
+        item_cls = ProcessItemFn if m.where == "process" else ThreadItemFn
+        fn = item_cls(stage.name, m.outcomes, log, m.hang, m.cancel_aware)
+        options: dict[str, Any] = {"retries": stage.retries}
+        if m.timeout is not None:
+            options["timeout"] = m.timeout
+        if stage.compensate:
+            scripts = tuple(item.undo for item in stage.items)
+            options["compensate"] = UndoItemFn(stage.name, scripts, log, m.comp_slow)
+            options["compensate_retries"] = stage.compensate_retries
+        return fn, options
+
+    return assemble(plan.spec, member, mapper)
 
 
 def read_log(path: str) -> list[tuple[Any, ...]]:
@@ -376,9 +552,20 @@ def read_log(path: str) -> list[tuple[Any, ...]]:
             entry = json.loads(line)
             if entry[0] == "step":
                 calls.append(("step", entry[1], entry[2], frozenset(entry[3])))
-            else:
+            elif entry[0] == "compensate":
                 calls.append(("compensate", entry[1], entry[2], frozenset(entry[3]), entry[4]))
+            elif entry[0] == "item":
+                calls.append(("item", entry[1], entry[2], entry[3], frozenset(entry[4]), entry[5], entry[6]))
+            else:
+                calls.append(("item_compensate", *entry[1:4], frozenset(entry[4]), *entry[5:]))
     return calls
+
+
+def call_id(call: tuple[Any, ...]) -> tuple[str, str, int]:
+    """(kind, step or item label, attempt) of a logged call."""
+    if call[0] in ("item", "item_compensate"):
+        return (call[0], f"{call[1]}[{call[2]!r}]", call[3])
+    return (call[0], call[1], call[2])
 
 
 # ── the invariants (the checks are tests/_randomflows.py's check_result) ─────────
@@ -405,6 +592,12 @@ def late_calls_allowed(result: FlowResult) -> set[tuple[str, str, int]]:
         allowed |= {("step", name, n) for n in range(1, r.attempts + 1)}
         if r.compensation is not None:
             allowed |= {("compensate", name, n) for n in range(1, r.compensation.attempts + 1)}
+    for name, m in result.maps.items():
+        for item in m.items:
+            label = f"{name}[{item.key!r}]"
+            allowed |= {("item", label, n) for n in range(1, item.attempts + 1)}
+            if item.compensation is not None:
+                allowed |= {("item_compensate", label, n) for n in range(1, item.compensation.attempts + 1)}
     return allowed
 
 
@@ -490,6 +683,8 @@ class Soak:
         self.runs = 0
         self.runs_by = collections.Counter[str]()
         self.steps = 0
+        self.maps = 0
+        self.items = 0
         self.calls = 0
         self.compensation_calls = 0
         self.faults = collections.Counter[str]()
@@ -538,11 +733,11 @@ class Soak:
     def count(self, plan: RunPlan, result: FlowResult, calls: list[tuple[Any, ...]]) -> None:
         triggered: collections.Counter[str] = collections.Counter()
         for call in calls:
-            if call[0] == "step":
-                kind = (
-                    plan.steps[call[1]].outcomes[call[2] - 1] if call[2] <= len(plan.steps[call[1]].outcomes) else FAIL
-                )
+            if call[0] in ("step", "item"):
+                kind = plan.outcome_of(call)
                 triggered["exception" if kind == FAIL else kind] += 1
+            elif call[0] == "item_compensate":
+                triggered["item-compensation"] += 1
             else:
                 p = plan.steps[call[1]]
                 if p.comp_timeout is not None:
@@ -562,8 +757,12 @@ class Soak:
             self.runs_by[f"status:{result.status.value}"] += 1
             self.runs_by["exact" if plan.exact else "timing-dependent"] += 1
             self.steps += len(result.steps)
-            self.calls += sum(1 for c in calls if c[0] == "step")
-            self.compensation_calls += sum(1 for c in calls if c[0] == "compensate")
+            self.items += sum(m.total for m in result.maps.values())
+            self.maps += len(result.maps)
+            self.runs_by.update(f"map:{m.status.value}" for m in result.maps.values())
+            self.runs_by["map:stopped_early"] += sum(m.stopped_early for m in result.maps.values())
+            self.calls += sum(1 for c in calls if c[0] in ("step", "item"))
+            self.compensation_calls += sum(1 for c in calls if c[0] in ("compensate", "item_compensate"))
             self.faults.update(triggered)
 
     def record(self, plan: RunPlan, problems: list[str], calls: list[tuple[Any, ...]], record: bool) -> None:
@@ -583,8 +782,8 @@ class Soak:
                 _, log, seen, allowed, seed = self.late.popleft()
             calls = read_log(log)
             extra = calls[seen:]
-            keys = {(c[0], c[1], c[2]) for c in calls[:seen]}
-            bad = [c[:3] for c in extra if (c[0], c[1], c[2]) not in allowed or (c[0], c[1], c[2]) in keys]
+            keys = {call_id(c) for c in calls[:seen]}
+            bad = [call_id(c) for c in extra if call_id(c) not in allowed or call_id(c) in keys]
             if bad:
                 with self.lock:
                     self.violation_count += 1
@@ -749,6 +948,8 @@ class Soak:
             "runs": self.runs,
             "runs_by": dict(sorted(self.runs_by.items())),
             "steps": self.steps,
+            "maps": self.maps,
+            "items": self.items,
             "step_calls": self.calls,
             "compensation_calls": self.compensation_calls,
             "faults": dict(sorted(self.faults.items())),
@@ -822,7 +1023,8 @@ def _live_engine_objects() -> dict[str, int]:
 def print_summary(s: dict[str, Any]) -> None:
     print(f"flowpool soak: {s['duration']} s, {s['concurrency']} runners, seed {s['seed']}")
     print(f"  runs: {s['runs']}  ({', '.join(f'{k} {v}' for k, v in s['runs_by'].items())})")
-    print(f"  steps: {s['steps']}  step calls: {s['step_calls']}  compensation calls: {s['compensation_calls']}")
+    print(f"  steps: {s['steps']}  maps: {s['maps']} ({s['items']} items)")
+    print(f"  step and item calls: {s['step_calls']}  compensation calls: {s['compensation_calls']}")
     print(f"  faults injected: {', '.join(f'{k} {v}' for k, v in s['faults'].items()) or 'none'}")
     print(f"  run seconds: {s['run_seconds']}  hung runs: {s['hung_runs'] or 'none'}")
     print(f"  peak while running: {s['peak']}")

@@ -43,6 +43,17 @@ from flowpool import (
 
 __all__ = [
     "CallLog",
+    "ItemSpec",
+    "MapExpectation",
+    "MapSpec",
+    "expected_map",
+    "item_key",
+    "item_object",
+    "item_value",
+    "map_items",
+    "map_stops",
+    "map_verdict",
+    "random_map_spec",
     "Chooser",
     "DrawChooser",
     "RandomChooser",
@@ -129,15 +140,100 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class ItemSpec:
+    """One item of a map: ``script`` as a step's; ``undo`` its compensation's script."""
+
+    script: tuple[bool, ...]
+    undo: tuple[bool, ...] = (True,)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A map stage (SPEC §12) over ``items``, one function for all of them.
+
+    ``source``: "list" (a list: its length is known), "callable" (``items(ctx)`` returning
+    a list) or "generator" (``items(ctx)`` returning a generator: no length). Keyed maps
+    take dicts keyed by their "label" (``item_key``); others take ints, keyed by index.
+    ``when`` None: no condition; False: the map is SKIPPED.
+    """
+
+    name: str
+    items: tuple[ItemSpec, ...]
+    retries: int = 0
+    keyed: bool = False
+    source: str = "list"
+    fail_fast: bool = False
+    min_successes: int | None = None
+    tolerated_failures: int | float | None = None
+    max_concurrency: int | None = None
+    compensate: bool = False
+    compensate_retries: int = 0
+    compensate_concurrency: int = 1
+    when: bool | None = None
+
+    #: A map has no steps of its own (its items are not in ``FlowResult.steps``).
+    members: tuple[StepSpec, ...] = ()
+    group = False
+
+    @property
+    def size(self) -> int | None:
+        """``len(items)`` as flowpool can see it (a generator has none)."""
+        return None if self.source == "generator" else len(self.items)
+
+    def key(self, index: int) -> str | int:
+        return item_key(self, index)
+
+    def label(self, index: int) -> str:
+        return f"{self.name}[{self.key(index)!r}]"
+
+    def policy(self) -> str:
+        parts = [f"{len(self.items)} items", self.source, "keyed" if self.keyed else "by index"]
+        if self.fail_fast:
+            parts.append("fail_fast")
+        if self.min_successes is not None:
+            parts.append(f"min_successes={self.min_successes}")
+        if self.tolerated_failures is not None:
+            parts.append(f"tolerated_failures={self.tolerated_failures}")
+        if self.max_concurrency is not None:
+            parts.append(f"max_concurrency={self.max_concurrency}")
+        if self.compensate:
+            parts.append(f"compensate x{self.compensate_concurrency}")
+        if self.when is not None:
+            parts.append(f"when={self.when}")
+        return ", ".join(parts)
+
+
+Stage = StageSpec | MapSpec
+
+
+@dataclass(frozen=True)
 class FlowSpec:
     name: str
-    stages: tuple[StageSpec, ...]
+    stages: tuple[Stage, ...]
 
     def steps(self) -> list[StepSpec]:
         return [m for stage in self.stages for m in stage.members]
 
-    def stage_of(self) -> dict[str, StageSpec]:
+    def stage_of(self) -> dict[str, Stage]:
         return {m.name: stage for stage in self.stages for m in stage.members}
+
+    def maps(self) -> list[MapSpec]:
+        return [stage for stage in self.stages if isinstance(stage, MapSpec)]
+
+
+def item_key(spec: MapSpec, index: int) -> str | int:
+    """The key of a map's item: its label when the map is keyed, else its index."""
+    return f"i{index:02d}" if spec.keyed else index
+
+
+def item_object(spec: MapSpec, index: int) -> Any:
+    """The item itself, as ``ctx.item`` must show it (plain data: it travels to workers)."""
+    return {"label": f"i{index:02d}", "n": index} if spec.keyed else 100 + index
+
+
+def item_value(map_name: str, key: str | int, attempt: int) -> str:
+    """The value a scripted item returns on a successful attempt."""
+    return f"{map_name}[{key!r}]@{attempt}"
 
 
 def _scripted(script: Sequence[bool], number: int) -> bool:
@@ -209,15 +305,22 @@ def random_flow_spec(
     max_members: int = 6,
     timeouts: bool = True,
     name: str = "random-flow",
+    maps: float = 0.25,
+    max_items: int = 8,
 ) -> FlowSpec:
-    """A random flow description: 1..max_stages stages, groups of 1..max_members.
+    """A random flow description: 1..max_stages stages: single steps, groups of
+    1..max_members, and (with probability ``maps`` each) maps of 0..max_items items.
 
     ``source`` is a ``random.Random`` or a ``Chooser`` (``DrawChooser(draw)`` inside
-    a hypothesis ``@st.composite`` strategy).
+    a hypothesis ``@st.composite`` strategy). A new kind of stage is one more branch
+    here, with its ``random_*_spec``, its part of ``assemble`` and its oracle.
     """
     c = RandomChooser(source) if isinstance(source, random.Random) else source
-    stages: list[StageSpec] = []
+    stages: list[Stage] = []
     for s in range(c.integer(1, max_stages)):
+        if maps and c.chance(maps):
+            stages.append(random_map_spec(c, f"m{s}", max_items))
+            continue
         is_group = c.chance(0.5)
         count = c.integer(1, max_members) if is_group else 1
         members = tuple(
@@ -238,6 +341,46 @@ def random_flow_spec(
             max_concurrency = c.integer(1, count)
         stages.append(StageSpec(f"g{s}", members, True, fail_fast, min_successes, max_concurrency))
     return FlowSpec(name, tuple(stages))
+
+
+def random_map_spec(c: Chooser, name: str, max_items: int = 8) -> MapSpec:
+    """A random map: its items (succeeding, flaky or failing by their scripts, with
+    compensation scripts), its policy, concurrency caps, source form and condition."""
+    count = c.integer(0, max_items)
+    retries = c.integer(0, 2)
+    compensate = c.chance(0.5)
+    compensate_retries = c.integer(0, 1) if compensate else 0
+    items = tuple(
+        ItemSpec(_random_script(c, 1 + retries, 0.7), _random_script(c, 1 + compensate_retries, 0.7))
+        for _ in range(count)
+    )
+    fail_fast = False
+    min_successes: int | None = None
+    tolerated: int | float | None = None
+    policy = c.pick(("default", "fail_fast", "min_successes", "tolerated_count", "tolerated_fraction"))
+    if policy == "fail_fast":
+        fail_fast = True
+    elif policy == "min_successes":
+        min_successes = c.integer(1, count + 1)
+    elif policy == "tolerated_count":
+        tolerated = c.integer(0, 3)
+    elif policy == "tolerated_fraction":
+        tolerated = c.pick((0.2, 0.5))
+    return MapSpec(
+        name=name,
+        items=items,
+        retries=retries,
+        keyed=c.chance(0.5),
+        source=c.pick(("list", "callable", "generator")),
+        fail_fast=fail_fast,
+        min_successes=min_successes,
+        tolerated_failures=tolerated,
+        max_concurrency=c.pick((None, 1, 2, 3)) if c.chance(0.6) else None,
+        compensate=compensate,
+        compensate_retries=compensate_retries,
+        compensate_concurrency=c.pick((1, 2, 3)) if compensate and c.chance(0.5) else 1,
+        when=c.pick((True, False)) if c.chance(0.15) else None,
+    )
 
 
 def _random_script(c: Chooser, length: int, p_success: float) -> tuple[bool, ...]:
@@ -322,18 +465,103 @@ def _options(spec: StepSpec, log: CallLog) -> dict[str, Any]:
     return options
 
 
+def _item_fn(spec: MapSpec, log: CallLog) -> Callable[[Any], Any]:
+    scripts = {spec.key(i): item.script for i, item in enumerate(spec.items)}
+
+    def fn(ctx: Any) -> Any:
+        key, attempt = ctx.key, ctx.attempt
+        log.add("item", spec.name, key, attempt, frozenset(ctx.results), ctx.index, ctx.item)
+        if _scripted(scripts[key], attempt):
+            return item_value(spec.name, key, attempt)
+        raise ScriptedFailure("item", f"{spec.name}[{key!r}]", attempt)
+
+    return fn
+
+
+def _undo_item_fn(spec: MapSpec, log: CallLog) -> Callable[[Any, Any], None]:
+    scripts = {spec.key(i): item.undo for i, item in enumerate(spec.items)}
+
+    def undo(ctx: Any, value: Any) -> None:
+        key, attempt = ctx.key, ctx.attempt
+        log.add("item_compensate", spec.name, key, attempt, frozenset(ctx.results), value, ctx.index, ctx.item)
+        if not _scripted(scripts[key], attempt):
+            raise ScriptedFailure("compensation", f"{spec.name}[{key!r}]", attempt)
+
+    return undo
+
+
+def _map_options(spec: MapSpec, log: CallLog) -> dict[str, Any]:
+    options: dict[str, Any] = {"retries": spec.retries}
+    if spec.compensate:
+        options["compensate"] = _undo_item_fn(spec, log)
+        options["compensate_retries"] = spec.compensate_retries
+    return options
+
+
 def build_flow(spec: FlowSpec) -> BuiltFlow:
     """The ``Flow`` described by ``spec``; its functions record into ``built.log``."""
     log = CallLog()
-    flow = assemble(spec, lambda step: (_step_fn(step, log), _options(step, log)))
+    flow = assemble(
+        spec,
+        lambda step: (_step_fn(step, log), _options(step, log)),
+        lambda stage: (_item_fn(stage, log), _map_options(stage, log)),
+    )
     return BuiltFlow(spec, flow, log)
 
 
-def assemble(spec: FlowSpec, member: Callable[[StepSpec], tuple[Callable[..., Any], dict[str, Any]]]) -> Flow:
+def map_items(spec: MapSpec) -> Any:
+    """The ``items`` argument of ``spec``'s map, in the form its ``source`` says."""
+    items = [item_object(spec, i) for i in range(len(spec.items))]
+    if spec.source == "list":
+        return items
+    if spec.source == "callable":
+        return lambda ctx: list(items)
+    return lambda ctx: (item for item in items)
+
+
+def _item_label(item: Any) -> str:
+    return str(item["label"])
+
+
+def _add_map(flow: Flow, spec: MapSpec, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    policy: dict[str, Any] = {}
+    if spec.fail_fast:
+        policy["fail_fast"] = True
+    if spec.min_successes is not None:
+        policy["min_successes"] = spec.min_successes
+    if spec.tolerated_failures is not None:
+        policy["tolerated_failures"] = spec.tolerated_failures
+    if spec.max_concurrency is not None:
+        policy["max_concurrency"] = spec.max_concurrency
+    if spec.compensate_concurrency != 1:
+        policy["compensate_concurrency"] = spec.compensate_concurrency
+    if spec.when is not None:
+        holds = spec.when
+        options = {**options, "when": lambda ctx: holds}
+    flow.map(
+        spec.name,
+        fn,
+        items=map_items(spec),
+        key=_item_label if spec.keyed else None,
+        **policy,
+        **options,
+    )
+
+
+def assemble(
+    spec: FlowSpec,
+    member: Callable[[StepSpec], tuple[Callable[..., Any], dict[str, Any]]],
+    mapper: Callable[[MapSpec], tuple[Callable[..., Any], dict[str, Any]]] | None = None,
+) -> Flow:
     """The ``Flow`` of ``spec``'s stages; ``member(step)`` gives a step's function and options
-    (``required`` is added here, for group members)."""
+    (``required`` is added here, for group members), ``mapper(map)`` a map's function and
+    step options (its items, key, policy and condition are added here)."""
     flow = Flow(spec.name)
     for stage in spec.stages:
+        if isinstance(stage, MapSpec):
+            assert mapper is not None, f"{stage.name}: a map stage needs a mapper"
+            _add_map(flow, stage, *mapper(stage))
+            continue
         made = [(step, *member(step)) for step in stage.members]
         if not stage.group:
             ((step, fn, options),) = made
@@ -386,6 +614,74 @@ class Expectation:
     failed_stage: str | None
     groups: dict[str, GroupStatus]
     steps: dict[str, tuple[StepStatus, int] | None]
+    maps: dict[str, MapExpectation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MapExpectation:
+    """What a map must report. ``items`` (status, attempts) per item taken, and ``total``,
+    are None where the SPEC leaves them to timing: a map that stops early with more than
+    one item in flight. Its verdict and ``stopped_early`` never depend on timing."""
+
+    status: GroupStatus
+    stopped_early: bool
+    total: int | None
+    items: tuple[tuple[StepStatus, int], ...] | None
+
+
+SKIPPED_MAP = MapExpectation(GroupStatus.SKIPPED, False, 0, ())
+
+
+def map_stops(spec: MapSpec, failed: int) -> bool:
+    """Whether a map with ``failed`` items that did not complete can only end FAILED, so it
+    stops taking items (SPEC §12, stopping early)."""
+    if failed == 0:
+        return False
+    if spec.fail_fast:
+        return True
+    tolerated = spec.tolerated_failures
+    if isinstance(tolerated, int):
+        return failed > tolerated
+    if isinstance(tolerated, float) and spec.size is not None:
+        return failed > tolerated * spec.size
+    return False
+
+
+def map_verdict(spec: MapSpec, completed: int, settled: int) -> GroupStatus:
+    """A map's verdict from how many of its ``settled`` (taken) items completed (SPEC §12)."""
+    if settled == 0:
+        return GroupStatus.COMPLETED
+    if spec.min_successes is not None and completed < spec.min_successes:
+        return GroupStatus.FAILED
+    failed = settled - completed
+    if failed == 0:
+        return GroupStatus.COMPLETED
+    tolerated = spec.tolerated_failures
+    if tolerated is not None:
+        limit = tolerated if isinstance(tolerated, int) else tolerated * settled
+        return GroupStatus.FAILED if failed > limit else GroupStatus.PARTIAL
+    if spec.fail_fast or completed == 0:
+        return GroupStatus.FAILED
+    return GroupStatus.PARTIAL
+
+
+def expected_map(spec: MapSpec) -> MapExpectation:
+    """The oracle for one map that runs: from its items' scripts alone."""
+    naturals = [_first_success(item.script, spec.retries) for item in spec.items]
+    stops = map_stops(spec, sum(not ok for ok, _ in naturals))
+    if stops and spec.max_concurrency != 1:
+        # Which items are taken, and which are cut short, is timing; the verdict is not:
+        # more items failed than the policy allows.
+        return MapExpectation(GroupStatus.FAILED, True, None, None)
+    items: list[tuple[StepStatus, int]] = []
+    failed = 0
+    for ok, attempts in naturals:
+        items.append((StepStatus.COMPLETED if ok else StepStatus.FAILED, attempts))
+        failed += not ok
+        if map_stops(spec, failed):  # one at a time: nothing more is taken
+            break
+    completed = sum(status is StepStatus.COMPLETED for status, _ in items)
+    return MapExpectation(map_verdict(spec, completed, len(items)), stops, len(items), tuple(items))
 
 
 def expected_outcome(spec: FlowSpec) -> Expectation:
@@ -393,7 +689,16 @@ def expected_outcome(spec: FlowSpec) -> Expectation:
     failed_stage: str | None = None
     groups: dict[str, GroupStatus] = {}
     steps: dict[str, tuple[StepStatus, int] | None] = {}
+    maps: dict[str, MapExpectation] = {}
     for stage in spec.stages:
+        if isinstance(stage, MapSpec):
+            if failed_stage is not None or stage.when is False:
+                maps[stage.name] = SKIPPED_MAP
+                continue
+            maps[stage.name] = expected = expected_map(stage)
+            if expected.status is GroupStatus.FAILED:
+                failed_stage = stage.name
+            continue
         if failed_stage is not None:
             for m in stage.members:
                 steps[m.name] = (StepStatus.SKIPPED, 0)
@@ -430,7 +735,7 @@ def expected_outcome(spec: FlowSpec) -> Expectation:
         if verdict is GroupStatus.FAILED:
             failed_stage = stage.name
     status = FlowStatus.COMPLETED if failed_stage is None else FlowStatus.FAILED
-    return Expectation(status, failed_stage, groups, steps)
+    return Expectation(status, failed_stage, groups, steps, maps)
 
 
 # ── checking a result ───────────────────────────────────────────────────────────
@@ -488,13 +793,18 @@ def check_result(
     names = [m.name for m in all_steps]
     stage_of = spec.stage_of()
     stage_index = {m.name: i for i, stage in enumerate(spec.stages) for m in stage.members}
+    stage_index.update({stage.name: i for i, stage in enumerate(spec.stages) if isinstance(stage, MapSpec)})
 
     # 1. Nothing is lost: every step, in order, with a final status; every group.
     expect(list(result.steps) == names, f"result.steps {list(result.steps)} != declared {names}")
     if set(result.steps) != set(names):
         return problems
-    groups = [s.name for s in spec.stages if s.group]
+    groups = [s.name for s in spec.stages if s.group or isinstance(s, MapSpec)]  # a map has a GroupResult too
     expect(sorted(result.groups) == sorted(groups), f"result.groups {list(result.groups)} != {groups}")
+    map_names = [s.name for s in spec.maps()]
+    expect(sorted(result.maps) == sorted(map_names), f"result.maps {list(result.maps)} != {map_names}")
+    if sorted(result.maps) != sorted(map_names):
+        return problems
     if sorted(result.groups) != sorted(groups):
         return problems
     for m in all_steps:
@@ -509,19 +819,31 @@ def check_result(
 
     step_calls: dict[str, list[tuple[Any, ...]]] = {n: [] for n in names}
     comp_calls: list[tuple[Any, ...]] = []
+    item_calls: dict[str, list[tuple[Any, ...]]] = {n: [] for n in map_names}
     for call in calls:
         if call[0] == "step":
             if call[1] in step_calls:
                 step_calls[call[1]].append(call)
             else:
                 problems.append(f"call of unknown step {call[1]!r}")
-        else:
+        elif call[0] == "compensate":
             comp_calls.append(call)
+        elif call[0] in ("item", "item_compensate") and call[1] in item_calls:
+            item_calls[call[1]].append(call)
+        else:
+            problems.append(f"unknown call {call[:3]!r}")
 
     completed = {n for n in names if result.steps[n].status is StepStatus.COMPLETED}
+    # What each stage's functions see in ctx.results: the values of earlier stages, where a
+    # map's value is its values mapping once it passed (a skipped map has none).
     earlier: dict[str, frozenset[str]] = {}
     done: set[str] = set()
     for stage in spec.stages:
+        if isinstance(stage, MapSpec):
+            earlier[stage.name] = frozenset(done)
+            if result.maps[stage.name].status in (GroupStatus.COMPLETED, GroupStatus.PARTIAL):
+                done.add(stage.name)
+            continue
         for m in stage.members:
             earlier[m.name] = frozenset(done)
         done |= {m.name for m in stage.members if m.name in completed}
@@ -529,6 +851,14 @@ def check_result(
     # 2. Stage by stage: verdicts follow the policy; after a failed stage everything is skipped.
     failed_stage: str | None = None
     for stage in spec.stages:
+        if isinstance(stage, MapSpec):
+            mr = result.maps[stage.name]
+            if failed_stage is not None:
+                expect(mr.status is GroupStatus.SKIPPED, f"map {stage.name}: {mr.status} after {failed_stage} failed")
+                expect(not item_calls[stage.name], f"map {stage.name}: items ran after stage {failed_stage} failed")
+            elif mr.status is GroupStatus.FAILED:
+                failed_stage = stage.name
+            continue
         member_results = [result.steps[m.name] for m in stage.members]
         statuses = [r.status for r in member_results]
         if failed_stage is not None:
@@ -626,7 +956,8 @@ def check_result(
             expect(r.attempts == 1 + m.retries, f"{m.name}: {r.status} after {r.attempts} of {1 + m.retries} attempts")
         if r.status is StepStatus.SKIPPED:
             expect(r.attempts == 0 and not mine, f"{m.name}: SKIPPED but ran")
-    expect(dict(result.values) == {n: result.steps[n].value for n in completed}, "result.values mismatch")
+    step_values = {n: v for n, v in result.values.items() if n not in result.maps}
+    expect(step_values == {n: result.steps[n].value for n in completed}, "result.values mismatch")
 
     # 4. Exactly what the oracle says where timing cannot matter.
     exp = expected_outcome(spec)
@@ -654,13 +985,220 @@ def check_result(
                 f"{m.name}: {r.status} after {r.attempts} attempts, oracle {predicted[0]} after {predicted[1]}",
             )
 
-    # 5. Compensation: the completed steps that have one, in reverse declaration order.
-    _check_compensation(spec, result, comp_calls, completed, leeway, expect)
+    # 5. Maps: every item taken has a final status, the counts add up, values hold exactly
+    # the completed items, the verdict follows the policy; exact where timing cannot matter.
+    for stage in spec.maps():
+        _check_map(stage, result, item_calls[stage.name], earlier[stage.name], exp.maps[stage.name], leeway, expect)
 
-    # 6. Events agree with the result, stage by stage.
+    # 6. Compensation: the completed steps (and items) that have one, in reverse declaration
+    # order (a map's items in reverse item order unless they may run together).
+    _check_compensation(spec, result, comp_calls, completed, leeway, expect)
+    _check_compensation_order(spec, result, calls, expect)
+
+    # 7. Events agree with the result, stage by stage.
     if events is not None:
         _check_events(spec, result, events, stage_index, leeway.exact, expect)
     return problems
+
+
+def _check_map(
+    spec: MapSpec,
+    result: FlowResult,
+    calls: Sequence[tuple[Any, ...]],
+    earlier: frozenset[str],
+    expected: MapExpectation,
+    leeway: Leeway,
+    expect: Callable[[bool, str], None],
+) -> None:
+    name = spec.name
+    mr = result.maps[name]
+    runs = [c for c in calls if c[0] == "item"]
+    undos = [c for c in calls if c[0] == "item_compensate"]
+    expect(mr.name == name, f"map {name}: MapResult.name {mr.name!r}")
+    expect(result.groups[name].status is mr.status, f"map {name}: {result.groups[name].status} in groups, {mr.status}")
+    expect(result.groups[name].members == (), f"map {name}: group members {result.groups[name].members}")
+    expect(name not in result.steps, f"map {name} is in result.steps")
+    if expected.status is GroupStatus.SKIPPED or mr.status is GroupStatus.SKIPPED:
+        expect(mr.status is expected.status, f"map {name}: {mr.status}, oracle {expected.status}")
+        expect(mr.total == 0 and not list(mr.items), f"map {name}: SKIPPED with {mr.total} items")
+        expect(not calls, f"map {name}: SKIPPED but its functions ran: {calls[:3]}")
+        expect(name not in result.values, f"map {name}: SKIPPED but has a value")
+        expect(not mr.stopped_early and mr.error is None, f"map {name}: SKIPPED, stopped early or with an error")
+        return
+    items = list(mr.items)
+    total = mr.total
+    keys = [spec.key(i) for i in range(total)]
+    expect(len(items) == total <= len(spec.items), f"map {name}: {len(items)} items, total {total}")
+    expect([it.index for it in items] == list(range(len(items))), f"map {name}: indexes {[it.index for it in items]}")
+    expect([it.key for it in items] == keys[: len(items)], f"map {name}: keys {[it.key for it in items]}")
+    statuses = [it.status for it in items]
+    tally = collections.Counter(statuses)
+    want_counts = {status: tally.get(status, 0) for status in StepStatus}
+    expect(dict(mr.counts) == want_counts, f"map {name}: counts {dict(mr.counts)}, items say {want_counts}")
+    expect(sum(mr.counts.values()) == total, f"map {name}: counts add up to {sum(mr.counts.values())}, not {total}")
+    expect(StepStatus.SKIPPED not in tally, f"map {name}: an item SKIPPED")
+    done = [it for it in items if it.status is StepStatus.COMPLETED]
+    expect(
+        list(mr.values.items()) == [(it.key, it.value) for it in done],
+        f"map {name}: values {dict(mr.values)} != the completed items'",
+    )
+    expect(
+        [it.key for it in mr.failed] == [it.key for it in items if it.status is not StepStatus.COMPLETED],
+        f"map {name}: failed {[it.key for it in mr.failed]}",
+    )
+    verdict = map_verdict(spec, len(done), total)
+    expect(mr.status is verdict, f"map {name}: {mr.status}, the policy gives {verdict} for {statuses}")
+    stops = map_stops(spec, total - len(done))
+    expect(mr.stopped_early == stops, f"map {name}: stopped_early {mr.stopped_early}, the policy says {stops}")
+    if not mr.stopped_early:
+        expect(total == len(spec.items), f"map {name}: took {total} of {len(spec.items)} items without stopping")
+    if mr.status is GroupStatus.FAILED:
+        expect(isinstance(mr.error, ExceptionGroup), f"map {name}: FAILED with error {mr.error!r}")
+    else:
+        expect(mr.error is None, f"map {name}: {mr.status} with error {mr.error!r}")
+    if mr.status in (GroupStatus.COMPLETED, GroupStatus.PARTIAL):
+        value = result.values.get(name)
+        expect(value is not None and dict(value) == dict(mr.values), f"map {name}: result.values {value!r}")
+    taken = set(keys)
+    expect(all(c[2] in taken for c in calls), f"map {name}: an item not taken was called")
+    exact = leeway.exact and name not in leeway.timeouts
+    for it in items:
+        index, key = it.index, it.key
+        label = spec.label(index)
+        mine = [c for c in runs if c[2] == key]
+        numbers = [c[3] for c in mine]
+        expect(0 <= it.attempts <= 1 + spec.retries, f"{label}: {it.attempts} attempts, retries={spec.retries}")
+        expect(numbers == sorted(set(numbers)), f"{label}: ctx.attempt sequence {numbers}")
+        expect(all(1 <= n <= it.attempts for n in numbers), f"{label}: called as {numbers}, counted {it.attempts}")
+        if leeway.exact:
+            expect(numbers == list(range(1, it.attempts + 1)), f"{label}: calls {numbers}, attempts {it.attempts}")
+        for c in mine:
+            expect(c[4] == earlier, f"{label}: ctx.results {sorted(c[4])} != {sorted(earlier)}")
+            expect(c[5] == index and c[6] == item_object(spec, index), f"{label}: ctx.index {c[5]}, ctx.item {c[6]!r}")
+        script = spec.items[index].script
+        if it.status is StepStatus.COMPLETED:
+            expect(it.value == item_value(name, key, it.attempts), f"{label}: value {it.value!r}")
+            expect(it.error is None, f"{label}: completed with error {it.error!r}")
+            expect(_scripted(script, it.attempts), f"{label}: completed on attempt {it.attempts}, scripted to fail")
+        else:
+            expect(it.value is None, f"{label}: value {it.value!r} though {it.status}")
+        if it.status is StepStatus.FAILED:
+            expect(it.attempts >= 1, f"{label}: FAILED without an attempt ({it.error!r})")
+            if it.attempts >= 1:
+                expect(leeway.error_fits(label, it.attempts, it.error), f"{label}: FAILED with {it.error!r}")
+            if leeway.scripted:
+                e = it.error
+                expect(
+                    isinstance(e, ScriptedFailure) and e.attempt == it.attempts,
+                    f"{label}: failed with {e!r}, not the last attempt's ScriptedFailure",
+                )
+            if not mr.stopped_early:
+                expect(it.attempts == 1 + spec.retries, f"{label}: FAILED after {it.attempts} attempts")
+        if it.status is StepStatus.TIMED_OUT:
+            expect(name in leeway.timeouts, f"{label}: TIMED_OUT without a short timeout")
+            expect(isinstance(it.error, StepTimeoutError), f"{label}: TIMED_OUT with {it.error!r}")
+        if it.status is StepStatus.CANCELLED:
+            expect(mr.stopped_early, f"{label}: CANCELLED though the map did not stop early")
+            expect(isinstance(it.error, StepCancelledError), f"{label}: CANCELLED with {it.error!r}")
+    if exact:
+        expect(mr.status is expected.status, f"map {name}: {mr.status}, oracle {expected.status}")
+        expect(mr.stopped_early == expected.stopped_early, f"map {name}: stopped_early, oracle {expected}")
+        if expected.items is not None:
+            got = [(it.status, it.attempts) for it in items]
+            expect(got == list(expected.items), f"map {name}: items {got}, oracle {list(expected.items)}")
+        elif leeway.scripted:
+            for it in items:
+                ok, natural = _first_success(spec.items[it.index].script, spec.retries)
+                if it.status is StepStatus.COMPLETED:
+                    expect(ok and it.attempts == natural, f"{spec.label(it.index)}: completed on {it.attempts}")
+                elif it.status is StepStatus.FAILED:
+                    expect(
+                        1 <= it.attempts <= natural and (not ok or it.attempts < natural),
+                        f"{spec.label(it.index)}: failed after {it.attempts} (natural: {ok} after {natural})",
+                    )
+    _check_item_compensations(spec, result, items, undos, leeway, expect)
+
+
+def _check_item_compensations(
+    spec: MapSpec,
+    result: FlowResult,
+    items: list[Any],
+    undos: list[tuple[Any, ...]],
+    leeway: Leeway,
+    expect: Callable[[bool, str], None],
+) -> None:
+    """Exactly the completed items are compensated when the flow failed, each by its script."""
+    name = spec.name
+    due = (
+        [it for it in reversed(items) if it.status is StepStatus.COMPLETED] if spec.compensate and not result.ok else []
+    )
+    due_labels = [spec.label(it.index) for it in due]
+    prefix = f"{name}["
+    ours = [label for label in result.compensated if label.startswith(prefix)]
+    not_ours = [label for label in result.not_compensated if label.startswith(prefix)]
+    expect(
+        sorted(ours + not_ours) == sorted(due_labels),
+        f"map {name}: compensated {ours} + not_compensated {not_ours} != due {due_labels}",
+    )
+    due_keys = {it.key for it in due}
+    expect(all(c[2] in due_keys for c in undos), f"map {name}: compensation of an item not due: {undos[:3]}")
+    for it in items:
+        label = spec.label(it.index)
+        c = it.compensation
+        if it.key not in due_keys:
+            expect(c is None, f"{label}: compensation {c} though not due")
+            continue
+        if c is None:
+            expect(False, f"{label}: due but no compensation record")
+            continue
+        tries = 1 + spec.compensate_retries
+        expect(1 <= c.attempts <= tries, f"{label}: compensation attempts {c.attempts} of {tries}")
+        expect((c.status == "compensated") == (label in ours), f"{label}: compensation {c.status}, compensated {ours}")
+        mine = [call for call in undos if call[2] == it.key]
+        numbers = [call[3] for call in mine]
+        expect(numbers == list(range(1, len(numbers) + 1)), f"{label}: compensation calls {numbers}")
+        if name not in leeway.compensation_timeouts:
+            ok, attempts = _first_success(spec.items[it.index].undo, spec.compensate_retries)
+            want = ("compensated" if ok else "failed", attempts)
+            expect((c.status, c.attempts) == want, f"{label}: compensation {(c.status, c.attempts)}, script {want}")
+            expect(numbers == list(range(1, attempts + 1)), f"{label}: compensation calls {numbers}, script {want}")
+            if not ok:
+                expect(
+                    isinstance(c.error, ScriptedFailure) and c.error.attempt == attempts,
+                    f"{label}: compensation error {c.error!r}",
+                )
+        for call in mine:
+            expect(call[4] == frozenset(result.values), f"{label}: compensation ctx.results {sorted(call[4])}")
+            expect(call[5] == it.value, f"{label}: compensation got {call[5]!r}, value {it.value!r}")
+            expect(
+                call[6] == it.index and call[7] == item_object(spec, it.index),
+                f"{label}: compensation ctx.index {call[6]}, ctx.item {call[7]!r}",
+            )
+    if spec.compensate_concurrency == 1:
+        # One at a time, latest item first: each item's attempts together, in due order.
+        order: list[Any] = []
+        for call in undos:
+            if not order or order[-1] != call[2]:
+                order.append(call[2])
+        expect(order == [it.key for it in due if it.key in set(order)], f"map {name}: compensation order {order}")
+        expect(len(order) == len(set(order)), f"map {name}: item compensations interleaved: {order}")
+        expect(ours == [label for label in due_labels if label in ours], f"map {name}: compensated out of order")
+
+
+def _check_compensation_order(
+    spec: FlowSpec, result: FlowResult, calls: Sequence[tuple[Any, ...]], expect: Callable[[bool, str], None]
+) -> None:
+    """Across stages: compensations run latest stage first, and all of one stage's end
+    before an earlier stage's start; none run when the flow completed."""
+    position = {m.name: i for i, stage in enumerate(spec.stages) for m in stage.members}
+    position.update({stage.name: i for i, stage in enumerate(spec.stages) if isinstance(stage, MapSpec)})
+    undone = [position[c[1]] for c in calls if c[0] in ("compensate", "item_compensate") and c[1] in position]
+    if result.ok:
+        expect(not undone, "compensations ran for a completed flow")
+        return
+    expect(undone == sorted(undone, reverse=True), f"compensation calls by stage {undone}: not latest stage first")
+    stages = [position.get(label.split("[", 1)[0], -1) for label in result.compensated]
+    expect(stages == sorted(stages, reverse=True), f"compensated {result.compensated}: not latest stage first")
 
 
 def _check_racing_member(m: StepSpec, r: Any, expect: Callable[[bool, str], None]) -> None:
@@ -695,11 +1233,15 @@ def _check_compensation(
         return
     due = [m for m in reversed(all_steps) if m.compensate is not None and m.name in completed]
     due_names = [m.name for m in due]
+    # Items (``map[key]``) are checked with their maps: here only the steps.
+    step_names = {m.name for m in all_steps}
+    compensated = tuple(n for n in result.compensated if n in step_names)
+    not_compensated = tuple(n for n in result.not_compensated if n in step_names)
     expect(
-        sorted(result.compensated + result.not_compensated) == sorted(due_names),
-        f"compensated {result.compensated} + not_compensated {result.not_compensated} != due {due_names}",
+        sorted(compensated + not_compensated) == sorted(due_names),
+        f"compensated {compensated} + not_compensated {not_compensated} != due {due_names}",
     )
-    expect(list(result.compensated) == [n for n in due_names if n in result.compensated], "compensated out of order")
+    expect(list(compensated) == [n for n in due_names if n in compensated], "compensated out of order")
     for m in all_steps:
         c = result.steps[m.name].compensation
         if m.name not in due_names:
@@ -712,8 +1254,8 @@ def _check_compensation(
         tries = 1 + m.compensate.retries
         expect(1 <= c.attempts <= tries, f"{m.name}: compensation attempts {c.attempts} of {tries}")
         expect(
-            (c.status == "compensated") == (m.name in result.compensated),
-            f"{m.name}: compensation {c.status} vs compensated {result.compensated}",
+            (c.status == "compensated") == (m.name in compensated),
+            f"{m.name}: compensation {c.status} vs compensated {compensated}",
         )
         if c.status == "compensated":
             expect(m.compensate.script[c.attempts - 1], f"{m.name}: compensated on a failing attempt")
@@ -737,7 +1279,7 @@ def _check_compensation(
     for call in comp_calls:
         if not order or order[-1] != call[1]:
             order.append(call[1])
-        expect(call[3] == frozenset(completed), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
+        expect(call[3] == frozenset(result.values), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
         expect(call[4] == result.steps[call[1]].value, f"{call[1]}: compensation got {call[4]!r}")
     expect(len(order) == len(set(order)), f"compensations interleaved: {order}")
     positions = [due_names.index(n) if n in due_names else -1 for n in order]
@@ -760,8 +1302,8 @@ def _check_compensation(
             (good if ok else bad).append(m.name)
         got_calls = [(c[1], c[2]) for c in comp_calls]
         expect(got_calls == expected_calls, f"compensation calls {got_calls} != expected {expected_calls}")
-        expect(result.compensated == tuple(good), f"compensated {result.compensated} != expected {tuple(good)}")
-        expect(result.not_compensated == tuple(bad), f"not_compensated {result.not_compensated} != {tuple(bad)}")
+        expect(compensated == tuple(good), f"compensated {compensated} != expected {tuple(good)}")
+        expect(not_compensated == tuple(bad), f"not_compensated {not_compensated} != {tuple(bad)}")
 
 
 def _check_events(
@@ -791,12 +1333,16 @@ def _check_events(
         c = r.compensation
         expect(comp_started[name] == (c.attempts if c else 0), f"{name}: {comp_started[name]} compensation_started")
     for e in events:
+        if e.kind == "step_finished" and e.step in result.maps:
+            continue  # an item's: checked with its map below
         if e.kind == "step_finished":
             expect(e.status == result.steps[e.step].status, f"{e.step}: step_finished {e.status}")
         if e.kind == "group_finished":
             expect(e.status == result.groups[e.group].status, f"{e.group}: group_finished {e.status}")
+    for stage in spec.maps():
+        _check_map_events(stage, result, events, exact, expect)
     # Stages in order: no event of a stage after a later stage's.
-    group_stage = {s.name: i for i, s in enumerate(spec.stages) if s.group}
+    group_stage = {s.name: i for i, s in enumerate(spec.stages) if s.group or isinstance(s, MapSpec)}
     current = -1
     compensating = False
     for e in events:
@@ -814,7 +1360,7 @@ def _check_events(
         current = max(current, index)
     # Concurrency caps: members between their first start and their end.
     for stage in spec.stages:
-        if not stage.group or stage.max_concurrency is None:
+        if not stage.group or stage.max_concurrency is None or isinstance(stage, MapSpec):
             continue
         members = {m.name for m in stage.members}
         active: set[str] = set()
@@ -830,3 +1376,54 @@ def _check_events(
         expect(
             peak <= stage.max_concurrency, f"group {stage.name}: {peak} members at once, cap {stage.max_concurrency}"
         )
+
+
+def _check_map_events(
+    spec: MapSpec, result: FlowResult, events: Sequence[Any], exact: bool, expect: Callable[[bool, str], None]
+) -> None:
+    """A map's item events: one ``step_finished`` per item taken, with its key, index and
+    status; starts and compensations as counted; never more items at once than its cap."""
+    name = spec.name
+    mr = result.maps[name]
+    mine = [e for e in events if e.step == name]
+    finished = collections.Counter(e.item for e in mine if e.kind == "step_finished")
+    started = collections.Counter(e.item for e in mine if e.kind == "step_started")
+    undoing = collections.Counter(e.item for e in mine if e.kind == "compensation_started")
+    expect(
+        sorted(finished.items(), key=repr) == sorted(((it.key, 1) for it in mr.items), key=repr),
+        f"map {name}: step_finished per item {dict(finished)}",
+    )
+    for it in mr.items:
+        label = spec.label(it.index)
+        expect(started[it.key] <= it.attempts, f"{label}: {started[it.key]} step_started for {it.attempts} attempts")
+        if exact:
+            expect(started[it.key] == it.attempts, f"{label}: {started[it.key]} step_started, {it.attempts} attempts")
+        c = it.compensation
+        expect(undoing[it.key] == (c.attempts if c else 0), f"{label}: {undoing[it.key]} compensation_started")
+    for e in mine:
+        if e.kind in ("step_started", "step_finished", "step_retrying", "compensation_started"):
+            expect(e.group is None, f"map {name}: an item's {e.kind} has group {e.group!r}")
+            index = _index_of(mr, e.item)
+            expect(index is not None and e.index == index, f"map {name}: {e.kind} of item {e.item!r} index {e.index}")
+            if e.kind == "step_finished" and index is not None:
+                status = mr.items[index].status
+                expect(e.status == status, f"{spec.label(index)}: step_finished {e.status}, result {status}")
+    group_finished = [e for e in events if e.kind == "group_finished" and e.group == name]
+    expect(len(group_finished) == 1, f"map {name}: {len(group_finished)} group_finished events")
+    if spec.max_concurrency is not None:
+        active: set[Any] = set()
+        peak = 0
+        for e in mine:
+            if e.kind == "step_started":
+                active.add(e.item)
+            elif e.kind == "step_finished":
+                active.discard(e.item)
+            peak = max(peak, len(active))
+        expect(peak <= spec.max_concurrency, f"map {name}: {peak} items at once, cap {spec.max_concurrency}")
+
+
+def _index_of(mr: Any, key: Any) -> int | None:
+    try:
+        return int(mr.item(key).index)
+    except KeyError:
+        return None

@@ -30,7 +30,8 @@ from flowpool import (
 )
 from flowpool._logcontext import enter, leave
 from flowpool._maps import MapLedger, MapResult
-from flowpool._terminal import Progress, counts_line, not_completed, still_running_lines, summary_table
+from flowpool._summary import counts_line, not_completed, still_running_lines, summary_table
+from flowpool._terminal import Progress
 from flowpool.cli import main
 
 FLOWS = Path(__file__).parent / "flows"

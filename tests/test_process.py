@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faults import steps
@@ -650,7 +653,7 @@ def test_an_idle_lane_drops_a_finished_runs_values_without_waiting_for_its_next_
         idle = list(_process._POOL._idle)
     assert idle
     for lane in idle:  # a lane runs its calls in order: this one after any drop sent to it
-        assert lane.executor.submit(steps.held_sessions).result(timeout=30) == (0, 0)
+        assert lane.call(steps.held_sessions, timeout=30) == (0, 0)
 
 
 def _hundred_kb(ctx):  # type: ignore[no-untyped-def]
@@ -796,3 +799,68 @@ def test_a_run_that_ends_abnormally_leaves_no_step_running(tmp_path: Path) -> No
         flow.run(str(pid_file), executor="process", max_workers=1, on_event=listener)
     pid = int(pid_file.read_text())
     assert wait_until_gone([pid], within=15.0) == [], "the step's worker outlived the run"
+
+
+# ── a lane's own transport ──────────────────────────────────────────────────────
+
+
+def _wait_for_gate(path: str) -> str:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "opened"
+
+
+def _size(data: bytes) -> int:
+    return len(data)
+
+
+def test_large_messages_to_a_busy_worker_never_hold_the_sender(tmp_path: Path) -> None:
+    """A message bigger than a socket's buffer, sent while the worker runs something,
+    would block its sender (the settle loop, or a lane's reader) until the worker reads
+    it; the lane's writer thread sends those instead, in order with the small ones."""
+    from flowpool._executors import _lane, _process
+
+    lane = _lane.Lane(_process._POOL, 10_000)
+    ready = threading.Event()
+    replies: list[Any] = []
+    gate = tmp_path / "gate"
+    try:
+        lane.start(lambda reply: ready.set())
+        assert ready.wait(60), "the lane never answered its ping"
+        lane.send_call(_wait_for_gate, (str(gate),), replies.append)
+        big = bytes(4 * 1024 * 1024)
+        for size in (len(big), 10, len(big), 20):  # small ones behind big ones keep their place
+            lane.send_call(_size, (big[:size],), replies.append)
+    finally:
+        gate.write_text("go")  # only once every send above has returned
+    assert lane.call(_size, b"last", timeout=60) == 4
+    assert [pickle.loads(reply.data) for reply in replies] == ["opened", len(big), 10, len(big), 20]
+    lane.kill(wait=True)
+
+
+def test_a_worker_that_dies_between_messages_answers_what_is_pending_as_crashed() -> None:
+    from flowpool._executors import _lane, _process
+
+    lane = _lane.Lane(_process._POOL, 10_001)
+    ready = threading.Event()
+    replies: list[Any] = []
+    answered = threading.Event()
+
+    def on_reply(reply: Any) -> None:
+        replies.append(reply)
+        if len(replies) == 2:
+            answered.set()
+
+    lane.start(lambda reply: ready.set())
+    try:
+        assert ready.wait(60), "the lane never answered its ping"
+        lane.send_call(os._exit, (3,), on_reply)
+        lane.send_call(_size, (b"never",), on_reply)
+        assert answered.wait(60), "the callbacks were not called"
+    finally:
+        lane.kill(wait=True)
+    assert [(reply.data, reply.crash) for reply in replies] == [(None, "exit status 3")] * 2
+    assert lane.broken and lane.pids() == []
+    with pytest.raises(OSError):
+        lane.send_call(_size, (b"too late",), on_reply)

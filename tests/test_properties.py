@@ -17,6 +17,12 @@ the oracle and the checks; the properties checked are listed in ``check_result``
 - attempts never exceed 1 + retries and equal the recorded calls;
 - flow status, ``ok`` and ``failed_stage`` follow the stages' verdicts;
 - fail fast one at a time: members after the first failing one are CANCELLED, unrun;
+- maps (0-8 items, every policy, caps, list/callable/generator items, ``when=``): every item
+  taken has a final status, ``counts`` add up to ``total``, ``values`` hold exactly the
+  completed items, the verdict and ``stopped_early`` follow the policy, items see their
+  ``ctx.item``/``index``/``key``; exactly the completed items are compensated (in reverse
+  item order when one at a time), and every stage's compensations end before an earlier
+  stage's start;
 - and the checks the soak shares (``scripts/soak.py``): no member of a group without
   fail fast is CANCELLED or unrun, a CANCELLED step carries ``StepCancelledError``, a
   failed group's error is an ``ExceptionGroup``, a failed step used all its attempts.
@@ -24,6 +30,7 @@ the oracle and the checks; the properties checked are listed in ``check_result``
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -31,6 +38,8 @@ import pytest
 from _randomflows import (
     DrawChooser,
     FlowSpec,
+    ItemSpec,
+    MapSpec,
     StageSpec,
     StepSpec,
     build_flow,
@@ -63,6 +72,8 @@ def run_and_check(spec: FlowSpec, max_workers: int | None = None) -> FlowResult:
             event("compensations ran" + (" (some failed)" if result.not_compensated else ""))
         if any(r.status is StepStatus.CANCELLED for r in result.steps.values()):
             event("fail fast cancelled a member")
+        for m in result.maps.values():
+            event(f"map {m.status}" + (" (stopped early)" if m.stopped_early else ""))
     return result
 
 
@@ -114,6 +125,13 @@ def test_fail_fast_one_at_a_time_cancels_the_rest(spec: FlowSpec) -> None:
         assert r.attempts == 0, (m.name, r.attempts)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=_SLOW_DATA)
+@given(spec=flow_specs(maps=0.7, max_stages=4), max_workers=st.sampled_from((None, 1, 2, 3)))
+def test_random_flows_with_maps_follow_the_spec(spec: FlowSpec, max_workers: int | None) -> None:
+    # Mostly maps: empty ones, early stops one at a time and racing, items undone together.
+    run_and_check(spec, max_workers)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_seeded_random_flows(seed: int) -> None:
     # The path a soak script takes: a plain random.Random, no hypothesis.
@@ -135,3 +153,28 @@ def test_the_checks_are_not_vacuous() -> None:
     other = FlowSpec("check", (spec.stages[0], StageSpec("b", (StepSpec("b", (True,)),))))
     assert check_result(other, result, built.log.snapshot())
     assert check_result(spec, result, [*built.log.snapshot(), ("step", "a", 2, frozenset())])
+
+
+def test_the_map_checks_are_not_vacuous() -> None:
+    # A map run checked against other scripts, policies or calls must be flagged.
+    items = (ItemSpec((True,)), ItemSpec((False, True)), ItemSpec((False, False)), ItemSpec((True,), (False,)))
+    m = MapSpec("m", items, retries=1, keyed=True, compensate=True, max_concurrency=1)
+    spec = FlowSpec("check", (m, StageSpec("b", (StepSpec("b", (False,)),))))
+    built = build_flow(spec)
+    result = built.flow.run(clock=AutoJumpClock())
+    calls = built.log.snapshot()
+    assert not check_result(spec, result, calls)
+    assert result.maps["m"].status is GroupStatus.PARTIAL
+    assert result.compensated == ("m['i01']", "m['i00']") and result.not_compensated == ("m['i03']",)
+    others = [
+        dataclasses.replace(m, items=(items[0], items[2], items[1], items[3])),  # other item scripts
+        dataclasses.replace(m, tolerated_failures=0),  # a policy that fails the map
+        dataclasses.replace(m, fail_fast=True),  # would have stopped early
+        dataclasses.replace(m, items=(*items[:3], ItemSpec((True,), (True,)))),  # other compensation script
+        dataclasses.replace(m, keyed=False),  # other keys
+    ]
+    for other in others:
+        assert check_result(FlowSpec("check", (other, spec.stages[1])), result, calls), other
+    undo = [c for c in calls if c[0] == "item_compensate"]
+    assert check_result(spec, result, [c for c in calls if c not in undo] + undo[::-1])  # forward order
+    assert check_result(spec, result, [*calls, ("item", "m", "i00", 2, frozenset(), 0, {"label": "i00", "n": 0})])

@@ -456,3 +456,74 @@ def test_a_timeline_fed_one_event_at_a_time_draws_the_same_page(mixed_run: list[
     for event in [*mixed_run, *_map_events("rows", 30, running=3, failed_every=7)]:
         timeline.add(event)
     assert timeline.render() == render_timeline([*mixed_run, *_map_events("rows", 30, running=3, failed_every=7)])
+
+
+# ── conditions and always-stages ─────────────────────────────────────────────────
+
+
+def _is_weekday(ctx: Context) -> bool:
+    return False
+
+
+def _composed() -> Flow:
+    return (
+        Flow("composed")
+        .always("report", lambda ctx: str(ctx.outcome))
+        .step("load", lambda ctx: 1, compensate=lambda ctx, value: None)
+        .step("weekday-only", lambda ctx: 2, when=_is_weekday)
+        .map("each", lambda ctx: 3, items=[1, 2], when=_is_weekday)
+        .step("charge", _boom)
+        .step("later", lambda ctx: 4)
+    )
+
+
+def _skip_marks(page: str) -> dict[str, str]:
+    """Step (or map) name → the title of its skip mark."""
+    elements = parse(page)
+    marks = [attrs for tag, attrs in elements.elements if tag == "path" and attrs.get("class") == "skip-mark"]
+    named = [str(attrs["data-step"]) for attrs in marks if attrs.get("data-step")]
+    titles = [title for title in elements.titles if ": skipped - " in title]
+    return dict(zip(named, titles, strict=True))
+
+
+def test_skipped_steps_and_maps_are_marked_and_say_why_when_the_flow_is_given() -> None:
+    flow = _composed()
+    page = render_timeline(record(flow), flow=flow)
+    assert _skip_marks(page) == {
+        "weekday-only": "weekday-only: skipped - when _is_weekday was false",
+        "each": "each: skipped - when _is_weekday was false",
+        "later": "later: skipped - the flow stopped at stage 'charge'",
+    }
+    assert "skipped: the flow stopped at stage &#x27;charge&#x27;</text>" in page
+    assert 'data-map="each">map each - skipped</text>' in page  # a map that ran no item is still a map
+    assert ">skipped (did not run)</text>" in page  # in the legend
+
+
+def test_without_the_flow_skips_are_marked_but_not_explained() -> None:
+    page = render_timeline(record(_composed()))
+    assert set(_skip_marks(page).values()) == {
+        f"{name}: skipped - did not run" for name in ("weekday-only", "each", "later")
+    }
+    assert 'data-always="1"' not in page and "always-stage" not in page
+
+
+def test_always_stages_are_outlined_and_drawn_below_the_rest_after_the_compensations() -> None:
+    flow = _composed()
+    events = record(flow)
+    page = render_timeline(events, flow=flow)
+    labels = [
+        str(attrs.get("data-step") or attrs.get("data-map"))
+        for tag, attrs in parse(page).elements
+        if tag == "text" and attrs.get("class") in ("step-label", "group-label")
+    ]
+    assert labels == ["load", "weekday-only", "each", "charge", "later", "report"]  # declared first, drawn last
+    (always_bar,) = [bar for bar in bars(page) if bar.get("data-always")]
+    assert always_bar["data-step"] == "report"
+    (undo,) = bars(page, "compensation")
+    assert float(str(always_bar["x"])) >= float(str(undo["x"])) + float(str(undo["width"])) - 0.5
+    assert 'class="always-rule"' in page
+    assert "always-stage: after the compensations, whatever the outcome" in page
+    assert "always-stage: runs after the compensations, whatever the outcome" in page  # the bar's title
+    # Another flow's run in the same log is drawn without the definition.
+    other = render_timeline(record(Flow("other").step("report", lambda ctx: 1)), flow=flow)
+    assert 'data-always="1"' not in other

@@ -494,6 +494,13 @@ print(json.dumps({"trace_id": span.context.trace_id, "parent_id": span.parent.sp
 
 WORKER_WITHOUT_OPENTELEMETRY = """
 import functools, json, pickle, sys
+
+class NotInstalled:  # as if OpenTelemetry were not installed in this interpreter
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "opentelemetry":
+            raise ModuleNotFoundError(name)
+
+sys.meta_path.insert(0, NotInstalled())
 from flowpool._tracing import attached, call_attached
 with attached(json.loads(sys.argv[1])):
     pass
@@ -541,7 +548,7 @@ def test_a_span_started_under_the_carrier_in_a_worker_process_joins_the_trace(
     assert seen == {"trace_id": trace_id, "parent_id": span_id}
 
 
-def test_a_worker_process_without_opentelemetry_imports_none_of_it(exporter: InMemorySpanExporter) -> None:
+def test_a_worker_process_without_opentelemetry_installed_imports_none_of_it(exporter: InMemorySpanExporter) -> None:
     _, _, attempt = tree(tracer_for())
     carrier = attempt.carrier()
     attempt.finish(StepStatus.COMPLETED)
@@ -617,3 +624,185 @@ def test_a_run_without_a_provider_makes_no_span(no_provider: None) -> None:
     from flowpool import Flow
 
     assert Flow("plain").step("a", lambda ctx: 1).run().ok
+
+
+# ── the trace context in a process-mode run ─────────────────────────────────────
+
+PROCESS_RUN = """
+import json, sys
+from flowpool import Flow, shutdown_workers
+
+TRACED = sys.argv[1] == "traced"
+
+
+def step(ctx):
+    # Pickled by value (it lives in __main__): the worker imports nothing of this script.
+    import sys
+
+    before = sorted(name for name in sys.modules if name.startswith("opentelemetry"))
+    if not TRACED:
+        return {"before": before}
+    from opentelemetry import trace  # imported by the step itself: no module-level import
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # the worker's own provider
+    with trace.get_tracer("user").start_as_current_span("in worker") as span:
+        context = span.get_span_context()
+        return {"trace_id": context.trace_id, "parent_id": span.parent.span_id if span.parent else None}
+
+
+def item(ctx):
+    return step(ctx)
+
+
+flow = Flow("traced").step("one", step).map("each", item, items=lambda ctx: ["a", "b"], key=str)
+if TRACED:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    trace.set_tracer_provider(provider)
+result = flow.run(executor="process", max_workers=2)
+assert result.ok, result.error
+seen = {"one": result.values["one"], **{f"each/{key}": value for key, value in result.values["each"].items()}}
+attempts = {}
+if TRACED:
+    for span in spans.get_finished_spans():
+        if span.name.startswith("flowpool.attempt "):
+            key = span.attributes.get("flowpool.item")
+            name = span.attributes["flowpool.step"] + ("" if key is None else f"/{key}")
+            attempts[name] = {"trace_id": span.context.trace_id, "parent_id": span.context.span_id}
+shutdown_workers()
+here = sorted(name for name in sys.modules if name.startswith("opentelemetry"))
+print(json.dumps({"seen": seen, "attempts": attempts, "parent_imports": here}))
+"""
+
+
+def test_spans_a_process_mode_step_starts_in_its_worker_are_children_of_its_attempt() -> None:
+    done = json.loads(run_python(PROCESS_RUN, "traced").stdout)
+    assert set(done["attempts"]) == {"one", "each/a", "each/b"}
+    assert done["seen"] == done["attempts"]  # same trace, and the attempt's span is the parent
+    assert len({seen["trace_id"] for seen in done["seen"].values()}) == 1
+
+
+def test_a_process_mode_run_without_a_provider_sends_no_trace_and_imports_no_opentelemetry() -> None:
+    done = json.loads(run_python(PROCESS_RUN, "plain").stdout)
+    assert done["seen"] == {"one": {"before": []}, "each/a": {"before": []}, "each/b": {"before": []}}
+    assert done["parent_imports"] == []
+
+
+def test_process_mode_sends_the_carrier_apart_from_the_function(exporter: InMemorySpanExporter) -> None:
+    """A lane is sent each function once: the carrier travels in the call, not in a wrapper."""
+    from types import MappingProxyType
+
+    from flowpool._context import Context
+    from flowpool._executors import _lanestore
+
+    _, _, attempt = tree(tracer_for())
+    packer = _lanestore.CallPacker(split_trace=True)
+    ctx = Context(input=None, flow="f", run_id="r", step="s", attempt=1, results=MappingProxyType({}))
+    calls = [packer.prepare(attempt.around(len, in_process=False), ctx, ()) for _ in range(2)]
+    attempt.finish(StepStatus.COMPLETED)
+    assert calls[0].trace == attempt.carrier() and "traceparent" in calls[0].trace
+    assert calls[0].function == calls[1].function  # the same key and bytes: sent to a lane once
+    assert _lanestore.CallPacker(split_trace=True).prepare(len, ctx, ()).trace is None
+
+
+def compensation_spans(exporter: InMemorySpanExporter, step: str) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.name == f"flowpool.compensation {step}"]
+
+
+def test_compensations_that_run_together_each_have_a_span_under_their_stage(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from flowpool import Flow
+
+    def undo(ctx: Any, value: Any) -> None:
+        if ctx.key == "b" and ctx.attempt == 1:
+            raise OSError("not yet")
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("boom")
+
+    flow = (
+        Flow("together")
+        .map(
+            "items",
+            lambda ctx: ctx.item,
+            items=["a", "b", "c", "d"],
+            key=lambda item: item,
+            compensate=undo,
+            compensate_retries=1,
+            compensate_concurrency=3,
+        )
+        .step("boom", boom)
+    )
+    result = flow.run()
+    assert sorted(result.compensated) == ["items['a']", "items['b']", "items['c']", "items['d']"]
+    spans = compensation_spans(exporter, "items")
+    (stage,) = [span for span in exporter.get_finished_spans() if span.name == "flowpool.stage items"]
+    assert all(parent_id(span) == ids(stage)[1] for span in spans)
+    seen = sorted((span.attributes["flowpool.item"], span.attributes["flowpool.attempt"]) for span in spans)  # type: ignore[index]
+    assert seen == [("a", 1), ("b", 1), ("b", 2), ("c", 1), ("d", 1)]
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        assert set(attributes) == {
+            "flowpool.run_id",
+            "flowpool.step",
+            "flowpool.attempt",
+            "flowpool.item",
+            "flowpool.status",
+        }
+        assert attributes["flowpool.run_id"] == result.run_id
+        assert attributes["flowpool.step"] == "items"
+        failed = (attributes["flowpool.item"], attributes["flowpool.attempt"]) == ("b", 1)
+        assert attributes["flowpool.status"] == ("failed" if failed else "compensated")
+        assert span.status.status_code is (StatusCode.ERROR if failed else StatusCode.UNSET)
+        assert [event.name for event in span.events if event.name == "exception"] == (["exception"] if failed else [])
+
+
+def test_a_concurrent_compensation_that_times_out_ends_its_span_as_an_error(exporter: InMemorySpanExporter) -> None:
+    from flowpool import Flow, Step
+
+    release = threading.Event()
+
+    def stuck(ctx: Any, value: Any) -> None:
+        release.wait(WAIT)
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("boom")
+
+    try:
+        flow = (
+            Flow("stuck-undo")
+            .parallel(
+                "g",
+                [
+                    Step("slow", lambda ctx: 1, compensate=stuck, compensate_timeout=0.2),
+                    Step("fine", lambda ctx: 2, compensate=lambda ctx, v: None),
+                ],
+                compensate_concurrency=2,
+            )
+            .step("boom", boom)
+        )
+        result = flow.run()
+    finally:
+        release.set()
+    assert result.not_compensated == ("slow",)
+    (stage,) = [span for span in exporter.get_finished_spans() if span.name == "flowpool.stage g"]
+    (slow,) = compensation_spans(exporter, "slow")
+    (fine,) = compensation_spans(exporter, "fine")
+    assert parent_id(slow) == parent_id(fine) == ids(stage)[1]
+    assert slow.attributes is not None and slow.attributes["flowpool.status"] == "failed"
+    assert slow.status.status_code is StatusCode.ERROR
+    assert any(
+        event.name == "exception" and "StepTimeoutError" in str((event.attributes or {}).get("exception.type"))
+        for event in slow.events
+    )
+    assert fine.attributes is not None and fine.attributes["flowpool.status"] == "compensated"
+    assert "flowpool.item" not in fine.attributes

@@ -49,6 +49,17 @@ def log_then_hang(ctx: Context) -> None:
     time.sleep(60)
 
 
+def item_talks(ctx: Context) -> str:
+    logging.getLogger(LOGGER).info("item %s, attempt %d", ctx.key, ctx.attempt)
+    if ctx.key == "b" and ctx.attempt == 1:
+        raise OSError("once")
+    return f"{ctx.key}!"
+
+
+def item_refund(ctx: Context, value: str) -> None:
+    logging.getLogger(LOGGER).warning("refunding %s", value)
+
+
 def levels_seen(ctx: Context) -> tuple[bool, bool, int]:
     log = logging.getLogger(LOGGER)
     return log.isEnabledFor(logging.INFO), log.isEnabledFor(logging.WARNING), os.getpid()
@@ -201,3 +212,24 @@ def _counting_step(name: str) -> Any:
     from flowpool import Step
 
     return Step(name, count_logs)
+
+
+def test_records_from_map_items_in_workers_carry_the_items_key_and_attempt(collected: Collect) -> None:
+    flow = (
+        Flow("items")
+        .map("each", item_talks, items=["a", "b"], key=str, retries=1, compensate=item_refund)
+        .step("email", fail)
+    )
+    result = flow.run({}, executor="process", max_workers=2)
+    assert result.status == "failed"
+    seen = sorted(
+        (r.getMessage(), r.flowpool_step, r.flowpool_item, r.flowpool_attempt, r.process != os.getpid())  # type: ignore[attr-defined]
+        for r in collected.records
+    )
+    assert seen == [
+        ("item a, attempt 1", "each", "a", 1, True),
+        ("item b, attempt 1", "each", "b", 1, True),
+        ("item b, attempt 2", "each", "b", 2, True),
+        ("refunding a!", "each", "a", 1, True),  # an item's compensation, in a worker too
+        ("refunding b!", "each", "b", 1, True),
+    ]

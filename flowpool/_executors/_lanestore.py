@@ -140,7 +140,7 @@ class Snapshot:
 class Call:
     """Parent side: one attempt, pickled once, ready to be sent to any lane (see ``LaneStore``)."""
 
-    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args", "settings")
+    __slots__ = ("function", "session", "spool", "snapshot", "step", "attempt", "args", "settings", "trace")
 
     def __init__(
         self,
@@ -162,6 +162,8 @@ class Call:
         #: ``(key, settings)``: what the worker must take over before it runs the call
         #: (``_logs.worker_settings``: ``sys.argv``, logging levels), or None.
         self.settings: tuple[int, Any] | None = None
+        #: The attempt span's W3C headers (``_tracing.split_attached``), when the program traces.
+        self.trace: dict[str, str] | None = None
 
 
 class CallPacker:
@@ -174,10 +176,13 @@ class CallPacker:
 
     With a ``spool_dir``, large values go to the run's ``Spool`` file instead (the
     bytes of a worker's envelope when the value came from one: not pickled again),
-    and a worker reads each only when a step reads it.
+    and a worker reads each only when a step reads it. With ``split_trace``, a
+    function that ``Span.around`` wrapped for another process is unwrapped: its
+    trace carrier travels as ``Call.trace`` and the function is pickled once.
     """
 
-    def __init__(self, spool_dir: str | None = None) -> None:
+    def __init__(self, spool_dir: str | None = None, split_trace: bool = False) -> None:
+        self._split_trace = split_trace
         self._functions: dict[int, tuple[Any, tuple[int, bytes]]] = {}
         self._session: tuple[Any, str, str, tuple[int, bytes]] | None = None
         self._values: dict[str, tuple[Any, int, ValueData]] = {}
@@ -204,6 +209,11 @@ class CallPacker:
         """The ``Call`` for one call of ``fn(ctx, *args)`` (raises if it cannot be pickled)."""
         import cloudpickle
 
+        carrier = None
+        if self._split_trace:
+            from .._tracing import split_attached
+
+            carrier, fn = split_attached(fn)
         cached = self._functions.get(id(fn))
         if cached is None or cached[0] is not fn:
             data = cloudpickle.dumps(fn)
@@ -220,7 +230,9 @@ class CallPacker:
             snapshot = (ctx.results, self._snapshot_of(ctx.results))
             self._snapshot = snapshot
         spool = self._spool.path if self._spool is not None else None
-        return Call(cached[1], session[3], spool, snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
+        call = Call(cached[1], session[3], spool, snapshot[1], ctx.step, ctx.attempt, _dumps(args) if args else None)
+        call.trace = carrier
+        return call
 
     def _snapshot_of(self, results: Any) -> Snapshot:
         names: list[str] = []
@@ -351,6 +363,7 @@ class LaneStore:
                 call.attempt,
                 call.args,
                 new_settings,
+                call.trace,
             )
         )
 

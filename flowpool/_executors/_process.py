@@ -2,14 +2,14 @@
 
 When one worker of a loky (or stdlib) process pool dies, the whole pool
 breaks: every in-flight future fails and the other workers are killed. So
-flowpool gives each concurrency slot its own single-worker loky executor, a
-*lane*, and sends at most one attempt to a lane at a time::
+flowpool gives each concurrency slot its own worker process, a *lane* (``_lane``),
+and sends it one attempt at a time, plus one queued behind it when work waits::
 
     ProcessBackend (per run)          LanePool (per process, shared by runs)
     ────────────────────────          ──────────────────────────────────────
-    waiting attempts ── pump ──▶ acquire() ─▶ Lane: loky executor, 1 worker
-                                      ▲           │ run_attempt(payload) → envelope bytes
-    done-callback ◀───────────────────┼───────────┘
+    waiting attempts ── pump ──▶ acquire() ─▶ Lane: 1 worker, a socket pair to it
+                                      ▲           │ send_attempt: the payload, written by the sender
+    reader callback ◀─────────────────┼───────────┘ the worker: run_attempt → envelope bytes
       decode → inbox (DONE)            release(lane)   ← reused by later attempts and runs
     stop(attempt): kill the lane's process tree; the lane is replaced
                   (at a timeout, first ``where_it_hung``: the worker dumps its stack)
@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import mmap
 import os
-import re
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from .._attempt import DONE, STARTED, Attempt, hung_note, take_back
 from .._errors import CallNotPicklableError, NotStartedError, WorkerCrashedError
-from . import _lanestore, _logs, _sweep, _worker
+from . import _lanestore, _logs, _worker
+from ._lane import CLOSE_WAIT, Lane, LaneTicket, Reply, closing_threads, in_background
 
 __all__ = ["IDLE_TIMEOUT", "LanePool", "ProcessBackend", "shutdown_workers"]
 
@@ -54,183 +52,6 @@ STACK_WAIT = 0.25
 
 #: Attempts a lane may hold: one running, and one queued behind it when all lanes are busy.
 LANE_DEPTH = 2
-
-
-def _flag_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-_flags_swept = False
-
-
-def _sweep_flags() -> None:
-    """Remove, once per process, lane flag files left by processes that were killed."""
-    global _flags_swept
-    if _flags_swept:
-        return
-    _flags_swept = True
-    _sweep.sweep(_flag_dir() or tempfile.gettempdir(), "flowpool-*-lane*-*")
-
-
-class Lane:
-    """One single-worker loky executor, its worker's pid and its cancel flag."""
-
-    def __init__(self, pool: LanePool, number: int) -> None:
-        import loky
-
-        self.pool = pool
-        self.number = number
-        _sweep_flags()
-        fd, self.flag_path = tempfile.mkstemp(prefix=f"flowpool-{os.getpid()}-lane{number}-", dir=_flag_dir())
-        try:
-            _sweep.hold(fd)  # kept open (so held) until close(): see ``_sweep``
-            os.ftruncate(fd, _worker.FLAG_SIZE)
-            self.flag = mmap.mmap(fd, _worker.FLAG_SIZE)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._flag_fd = [fd]  # popped by the first close(): close() may run on two threads
-        self.executor = loky.ProcessPoolExecutor(
-            max_workers=1,
-            initializer=_worker.init_worker,
-            initargs=(os.getpid(), number, _logs.receiver().address),
-        )
-        self.ready = False
-        self.broken = False
-        self.requester: weakref.ref[ProcessBackend] | None = None
-        self.processes: list[Any] = []  # loky's process objects, to close their pipes
-        self.idle_since = 0.0
-        self.tokens = 0
-        self.store = _lanestore.LaneStore()  # what the worker holds: a new lane starts empty
-        self._kill_claim = [True]  # popped by the first kill()
-
-    def next_token(self) -> int:
-        self.tokens += 1
-        return self.tokens
-
-    def started_token(self) -> int:
-        """The token of the attempt the worker started last (all of them if unknown)."""
-        try:
-            return _worker.started_token(self.flag)
-        except (ValueError, OSError):  # the flag is closed: assume the worst, never run twice
-            return 1 << 62
-
-    def pids(self) -> list[int]:
-        return list(getattr(self.executor, "_processes", {}).keys())
-
-    def payload(self, call: _lanestore.Call) -> bytes:
-        """What to send this lane's worker for ``call``: only what it does not hold yet."""
-        payload = self.store.payload(call)
-        hook = on_payload
-        if hook is not None:
-            hook(call.step, self.number, len(payload))
-        return payload
-
-    def send_forgotten(self) -> None:
-        """Have an idle worker drop the values of runs that ended now, not with its next
-        payload (maybe ``IDLE_TIMEOUT`` later). Called with the pool's lock held while the
-        lane is idle, so the drop goes out before any later payload."""
-        if self.broken or not self.ready:
-            return
-        sessions = self.store.take_forgotten()
-        if sessions:
-            with contextlib.suppress(Exception):  # a dead worker holds nothing
-                self.executor.submit(_worker.forget_sessions, self.store.key, sessions)
-
-    def kill(self, wait: bool = False) -> None:
-        """Kill the worker and every process it started; the lane is done.
-
-        The SIGKILLs go out before this returns; loky's clean-up (which reaps the
-        worker and releases its semaphores) finishes on a background thread so the
-        settle loop is not held, unless ``wait``. Only the first call kills.
-        """
-        self.broken = True
-        try:
-            self._kill_claim.pop()
-        except IndexError:
-            return  # already killed (a timeout, then the run's close): one clean-up is enough
-        import psutil
-
-        workers: list[Any] = []
-        descendants: list[Any] = []
-        for pid in self.pids():
-            try:
-                process = psutil.Process(pid)
-                descendants.extend(process.children(recursive=True))
-                workers.append(process)
-            except psutil.Error:
-                continue
-        for victim in (*workers, *descendants):
-            with contextlib.suppress(psutil.Error):
-                victim.kill()
-        # Only the descendants are waited for here: reaping the worker ourselves would
-        # leave loky polling for an exit code it can no longer read.
-        if wait:
-            self._finish_kill(descendants)
-            return
-        _in_background(self._finish_kill, "flowpool-lane-kill", descendants)
-
-    def _finish_kill(self, descendants: list[Any]) -> None:
-        import psutil
-
-        with contextlib.suppress(Exception):
-            psutil.wait_procs(descendants, timeout=2.0)
-        self.close(wait=True)
-
-    def close(self, wait: bool = False) -> None:
-        self.broken = True
-        processes = self.processes or list(getattr(self.executor, "_processes", {}).values())
-        with contextlib.suppress(Exception):
-            self.executor.shutdown(wait=wait, kill_workers=not wait)
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.join(timeout=1.0 if wait else 0)
-                if process.exitcode is not None:
-                    _release_sentinel(process)
-        with contextlib.suppress(Exception):
-            self.flag.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.flag_path)
-        with contextlib.suppress(IndexError, OSError):
-            os.close(self._flag_fd.pop())  # lets go of the flag's lock (see ``_sweep``)
-
-
-class LaneTicket:
-    """``Attempt.handle`` in process mode: the lane it was sent to and its token there."""
-
-    __slots__ = ("lane", "token")
-
-    def __init__(self, lane: Lane, token: int) -> None:
-        self.lane = lane
-        self.token = token
-
-
-#: Seconds ``shutdown_workers`` (and so interpreter exit) waits for lanes still being cleaned up.
-CLOSE_WAIT = 5.0
-
-#: Threads cleaning up killed or discarded lanes.
-_closing: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-
-
-def _in_background(target: Callable[..., None], name: str, *args: Any) -> None:
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    _closing.add(thread)
-    thread.start()
-
-
-def _release_sentinel(process: Any) -> None:
-    """Close a dead loky worker's sentinel pipe now rather than whenever its objects are
-    collected (loky's Popen has no ``close``; it registers a finalizer that closes it)."""
-    from multiprocessing import util
-
-    popen = getattr(process, "_popen", None)
-    if popen is None:
-        return
-    registry = getattr(util, "_finalizer_registry", {})
-    for finalizer in list(registry.values()):
-        reference = getattr(finalizer, "_weakref", None)
-        if reference is not None and reference() is popen:
-            finalizer()  # runs once, then unregisters itself
 
 
 class LanePool:
@@ -265,29 +86,20 @@ class LanePool:
         return None
 
     def _start_lane(self, number: int, requester: ProcessBackend) -> None:
-        if number == 1:
-            # loky starts multiprocessing's resource tracker the first time a worker
-            # dies; start it with the first lane so its pipe is there from the start.
-            from multiprocessing import resource_tracker
-
-            with contextlib.suppress(Exception):
-                resource_tracker.ensure_running()
         lane = Lane(self, number)
         lane.requester = weakref.ref(requester)
         with self._lock:
             self._all.add(lane)
             self._ensure_reaper()
-        future = lane.executor.submit(_worker.ping)
-        lane.processes = list(getattr(lane.executor, "_processes", {}).values())  # spawned by submit
-        future.add_done_callback(lambda f: self._on_ping(lane, f))
+        lane.start(lambda reply: self._on_ping(lane, reply))
 
-    def _on_ping(self, lane: Lane, future: Any) -> None:
+    def _on_ping(self, lane: Lane, reply: Reply) -> None:
         requester = lane.requester() if lane.requester is not None else None
         lane.requester = None
-        if future.cancelled() or future.exception() is not None:
+        if reply.crash is not None:
             self.discard(lane)
             if requester is not None:
-                requester.lane_failed("cancelled" if future.cancelled() else repr(future.exception()))
+                requester.lane_failed(reply.crash)
             return
         lane.ready = True
         if requester is not None and requester.offer(lane, requested=True):
@@ -314,8 +126,8 @@ class LanePool:
             self._all.discard(lane)
             with contextlib.suppress(ValueError):
                 self._idle.remove(lane)
-        # Waiting lets loky reap the worker so its pipes can be closed: off this thread.
-        _in_background(lane.close, "flowpool-lane-close", True)
+        # Waiting for the worker to exit (its reader reaps it): off this thread.
+        in_background(lane.close, "flowpool-lane-close", True)
 
     def waiting(self, backend: ProcessBackend, waits: bool) -> None:
         """Record whether ``backend`` has work waiting for a lane."""
@@ -354,21 +166,25 @@ class LanePool:
             self._idle.clear()
             self._reaper_stop.set()
             reaper = self._reaper
+        clean = [lane for lane in lanes if lane in idle and lane.ready]
+        for lane in clean:
+            lane.ask_to_stop()  # all of them first: they exit side by side
         for lane in lanes:
-            if lane in idle and lane.ready:
-                lane.close(wait=True)  # a killed idle worker would leak loky's semaphores
+            if lane in clean:
+                lane.close(wait=True)  # an idle worker exits cleanly (its interpreter's own clean-up runs)
             else:
                 lane.kill(wait=True)
         # Lanes killed or discarded earlier are still being cleaned up on background threads.
         # Let them finish: at interpreter exit a daemon thread is frozen wherever it is, and
-        # one frozen between unlinking a loky semaphore and telling the resource tracker
-        # makes the tracker warn of "leaked semlock objects" (issue 17, item 10).
+        # one frozen before its worker is reaped or its flag file removed leaves them behind.
         # (A clean-up may start another: a kill's ends the lane's attempt, whose callback discards it.)
         deadline = _now() + CLOSE_WAIT
         if reaper is not None and reaper is not threading.current_thread():
             reaper.join(max(0.0, deadline - _now()))
         while _now() < deadline:
-            busy = [thread for thread in _closing if thread.is_alive() and thread is not threading.current_thread()]
+            busy = [
+                thread for thread in closing_threads if thread.is_alive() and thread is not threading.current_thread()
+            ]
             if not busy:
                 break
             busy[0].join(max(0.0, deadline - _now()))
@@ -406,8 +222,8 @@ def shutdown_workers() -> None:
     _POOL.shutdown()
 
 
-# Register before loky registers its own exit hook, which joins workers that still run a
-# task: ours kills them first, so a hung step never delays interpreter exit.
+# Runs before multiprocessing's exit hook (an ``atexit`` one), which joins child processes
+# that still run: ours kills them first, so a hung step never delays interpreter exit.
 threading._register_atexit(shutdown_workers)  # type: ignore[attr-defined]
 
 
@@ -433,7 +249,7 @@ class ProcessBackend:
         self._own: dict[Lane, list[Attempt]] = {}  # our lanes, and what each holds (running first)
         self._calls: dict[Attempt, _lanestore.Call] = {}
         self._starting = 0  # lanes being started on our behalf
-        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir())
+        self._packer = _lanestore.CallPacker(spool_dir=tempfile.gettempdir(), split_trace=True)
         self._closed = False
 
     def submit(self, attempt: Attempt) -> None:
@@ -507,8 +323,12 @@ class ProcessBackend:
         token = lane.next_token()
         held = self._own.setdefault(lane, [])
         try:
-            payload = lane.payload(self._calls[attempt])
-            future = lane.executor.submit(_worker.run_attempt, payload, lane.flag_path, token, bool(held))
+            call = self._calls[attempt]
+            payload = lane.payload(call)
+            hook = on_payload
+            if hook is not None:
+                hook(call.step, lane.number, len(payload))
+            lane.send_attempt(payload, token, bool(held), lambda reply: self._finished(attempt, lane, reply))
         except Exception:  # noqa: BLE001 - the lane broke (its worker died): this attempt never started
             lane.broken = True
             if not held:
@@ -523,7 +343,6 @@ class ProcessBackend:
             self._mark_running(attempt)
         if attempt.cancel_reason is not None:
             _worker.write_cancel(lane.flag, token, attempt.cancel_reason)
-        future.add_done_callback(lambda f: self._finished(attempt, lane, f))
 
     @staticmethod
     def _mark_running(attempt: Attempt) -> None:
@@ -533,9 +352,10 @@ class ProcessBackend:
         if attempt.notify_start:
             attempt.inbox.put((STARTED, attempt))
 
-    def _finished(self, attempt: Attempt, lane: Lane, future: Any) -> None:
-        error = None if future.cancelled() else future.exception()
-        crashed = future.cancelled() or error is not None
+    def _finished(self, attempt: Attempt, lane: Lane, reply: Reply) -> None:
+        # Called by the lane's reader thread; ``reply.data`` is None if the worker died.
+        envelope = reply.data
+        crashed = envelope is None
         with self._lock:
             if self._lanes.get(attempt) is not lane:
                 return  # it never started there and was sent to another lane
@@ -574,10 +394,9 @@ class ProcessBackend:
                     self._own.pop(lane, None)
             idle = not held
         if not requeued:
-            if crashed:
-                attempt.error = WorkerCrashedError(attempt.step, attempt.number, _crash_detail(error))
+            if envelope is None:
+                attempt.error = WorkerCrashedError(attempt.step, attempt.number, reply.crash or "it died")
             else:
-                envelope = future.result()
                 attempt.ok, attempt.value, attempt.error = _worker.decode(envelope, attempt.step)
                 attempt.never_started = isinstance(attempt.error, NotStartedError)
                 if attempt.ok:
@@ -660,11 +479,3 @@ class ProcessBackend:
         for lane, held in lanes:
             if any(attempt.settled for attempt in held):  # the loop gave up: leave nothing running
                 lane.kill()
-
-
-def _crash_detail(error: BaseException | None) -> str:
-    text = str(error or "")
-    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", text)
-    if codes:
-        return f"exit status {codes.group(1)}"
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

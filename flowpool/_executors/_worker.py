@@ -6,9 +6,10 @@ store is ``_lanestore``; log records and stack dumps travel through ``_logs``.
 
 The envelope: the worker catches every outcome and sends back bytes that the
 parent unpickles itself, so a value or an exception that cannot travel never
-breaks the pool (an exception whose ``__init__`` needs two arguments would
-otherwise fail to unpickle in loky's result thread and poison every in-flight
-future). Anything that cannot make the trip is described in plain data instead.
+breaks the lane (an exception whose ``__init__`` needs two arguments would
+otherwise fail to unpickle in the lane's reader thread). Anything that cannot
+make the trip is described in plain data instead. ``lane_main`` is the worker's
+loop: it answers the parent's messages in order.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import mmap
 import os
 import pickle
 import signal
+import struct
 import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .. import _logcontext
+from .. import _logcontext, _tracing
 from .._errors import NotStartedError, RemoteTraceback, StaleStoreError
 from . import _logs
 from ._lanestore import ValueData
@@ -34,8 +36,10 @@ __all__ = [
     "CancelFlag",
     "decode",
     "init_worker",
+    "lane_main",
     "ping",
     "run_attempt",
+    "run_message",
     "hand_on",
     "run_dask_attempt",
 ]
@@ -52,20 +56,65 @@ OK, RAISED, UNPICKLABLE_VALUE, REMOTE_ERROR, WITHDRAWN = range(5)
 _flags: dict[str, mmap.mmap] = {}
 
 
+#: What the parent sends a lane's worker: the first byte says what it is.
+PING, RUN, FORGET, CALL, STOP = b"P", b"R", b"F", b"C", b"S"
+#: A RUN message: the kind, the attempt's token, whether it was queued, then its payload.
+_RUN_HEADER = struct.Struct("<cQ?")
+
+
+def run_message(payload: bytes, token: int, queued: bool) -> bytes:
+    """Parent side: the message that runs ``payload`` (see ``lane_main``)."""
+    return _RUN_HEADER.pack(RUN, token, queued) + payload
+
+
+def lane_main(conn: Any, parent_pid: int, lane: int, log_address: str | None, flag_path: str) -> None:
+    """A lane's worker process: answer the parent's messages, in order, until told to stop.
+
+    RUN answers with the attempt's envelope, PING with the pid, CALL (tests) with the
+    pickled result; FORGET and STOP are not answered. A RUN this worker cannot serve
+    (it does not hold what its lane was sent) is answered with an empty message and
+    the reason, and the worker exits: the parent counts the lane as crashed.
+    """
+    init_worker(parent_pid, lane, log_address)
+    recv, send = conn.recv_bytes, conn.send_bytes
+    header = _RUN_HEADER.size
+    while True:
+        try:
+            message = recv()
+        except (EOFError, OSError):  # the parent closed its end, or is gone
+            if os.getppid() != parent_pid:
+                _clean_up_for_dead_parent(log_address)
+            return
+        kind = message[:1]
+        if kind == RUN:
+            _, token, queued = _RUN_HEADER.unpack_from(message)
+            try:
+                answer = run_attempt(memoryview(message)[header:], flag_path, token, queued)
+            except BaseException as error:  # noqa: BLE001 - the lane is done: say why
+                send(b"")
+                send(f"{type(error).__name__}: {error}".encode())
+                return
+            send(answer)
+        elif kind == FORGET:
+            forget_sessions(*pickle.loads(message[1:]))
+        elif kind == PING:
+            send(pickle.dumps(os.getpid()))
+        elif kind == CALL:
+            fn, args = pickle.loads(message[1:])
+            send(pickle.dumps(fn(*args)))
+        elif kind == STOP:
+            return
+
+
 def init_worker(parent_pid: int, lane: int = 0, log_address: str | None = None, poll: float = 0.25) -> None:
-    """Loky initializer: ignore Ctrl-C (the parent decides), die with the parent, send
+    """A worker's start: ignore Ctrl-C (the parent decides), die with the parent, send
     log records and stack dumps to the parent's ``_logs.LogReceiver`` at ``log_address``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _logs.install_in_worker(lane, log_address, _run.__code__)
-    # loky quietly replaces a worker whose memory grew by 300 MB; this one holds the
-    # lane's values on purpose (``LaneStore``), and a replacement would not have them.
-    import loky.process_executor
-
-    loky.process_executor._MAX_MEMORY_LEAK_SIZE = 1 << 62
     stop = threading.Event()
 
     def watch_parent() -> None:
-        # PR_SET_PDEATHSIG is tied to the spawning thread (loky's manager), so poll instead.
+        # PR_SET_PDEATHSIG is tied to the thread that started this process, so poll instead.
         while not stop.wait(poll):
             if os.getppid() != parent_pid:
                 _clean_up_for_dead_parent(log_address)
@@ -326,7 +375,7 @@ def _usable(thing: Any) -> Any:
     return thing
 
 
-def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False) -> bytes:
+def run_attempt(payload: bytes | memoryview, flag_path: str, token: int, queued: bool = False) -> bytes:
     """Run one payload of a lane (see ``LaneStore``) and return its envelope.
 
     ``flag_path`` and ``token`` name the lane's flag, which backs ``ctx.cancelled``.
@@ -334,12 +383,12 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
     cancelled before it could start; what it carried is kept all the same, since
     the lane's next payloads count on it.
     """
-    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings = pickle.loads(
-        payload
+    store_key, update, function_key, session_key, snapshot_key, step, attempt, args_data, settings, carrier = (
+        pickle.loads(payload)
     )
     if settings is not None:  # before anything is unpickled: the target may read sys.argv as it is imported
         _logs.apply_settings(settings)
-    _check_store(store_key, update)  # raised to loky: the lane is treated as crashed
+    _check_store(store_key, update)  # raised to ``lane_main``: the lane is treated as crashed
     flag = CancelFlag(flag_path, token)
     if queued:
         reason = flag.cancel_reason
@@ -359,7 +408,7 @@ def run_attempt(payload: bytes, flag_path: str, token: int, queued: bool = False
         return _envelope_error(error)
     _logs.running_token = token
     try:
-        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag)
+        return _run(fn, run_input, flow, run_id, step, attempt, results, args_data, flag, carrier)
     finally:
         _logs.running_token = 0
 
@@ -423,6 +472,7 @@ def _run(
     results: Any,
     args_data: bytes | None,
     flag: CancelFlag | None,
+    carrier: dict[str, str] | None = None,
 ) -> bytes:
     import cloudpickle
 
@@ -433,9 +483,13 @@ def _run(
         ctx = Context(
             input=run_input, flow=flow, run_id=run_id, step=step, attempt=attempt, results=results, scope=flag
         )
-        named = _logcontext.enter(run_id, flow, step, attempt, getattr(ctx, "key", None))
+        named = _logcontext.enter(run_id, flow, step, attempt, _item_key(fn, args))
         try:
-            value = fn(ctx, *args)
+            if carrier is None:
+                value = fn(ctx, *args)
+            else:
+                with _tracing.attached(carrier):  # the attempt's span is current: the step's spans join the trace
+                    value = fn(ctx, *args)
         finally:
             _logcontext.leave(named)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back in the envelope
@@ -445,6 +499,21 @@ def _run(
     except BaseException as error:  # noqa: BLE001 - a value that cannot travel fails its own step only
         return pickle.dumps((UNPICKLABLE_VALUE, f"{type(error).__name__}: {error}", type(value).__qualname__))
     return data
+
+
+def _item_key(fn: Any, args: tuple[Any, ...]) -> Any:
+    """The map item's key a call carries (``ItemCall``: item, index, key last), or None.
+
+    The log context names the item from the start: ``ItemCall`` puts the key on
+    ``ctx`` only once it runs."""
+    from .._context import ItemCall, OutcomeCall
+
+    _, fn = _tracing.split_attached(fn)  # (Dask: the trace carrier wraps the call)
+    if isinstance(fn, OutcomeCall):
+        fn, args = fn.fn, args[:-1]
+    if isinstance(fn, ItemCall) and len(args) >= 3:
+        return args[-1]
+    return None
 
 
 def _envelope_error(error: BaseException) -> bytes:

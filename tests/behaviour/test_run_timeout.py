@@ -45,7 +45,9 @@ def test_run_timeout_fails_the_flow_and_compensates(run_kw, executor_mode, gates
     )
     _warm_up(run_kw, tmp_path)
     started = time.monotonic()
-    result = flow.run(timeout=0.3, **run_kw)
+    # Long enough for "done" to finish and "slow" to start even on a loaded machine (at 0.3 s
+    # a process-mode run on 2 busy cores once timed out before "slow" started: SKIPPED).
+    result = flow.run(timeout=1.5, **run_kw)
     elapsed = time.monotonic() - started
     if executor_mode in ("thread", "user-threadpool"):
         assert seen["cancelled"] is True, "running work is told to stop"

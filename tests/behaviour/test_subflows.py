@@ -379,3 +379,12 @@ def test_log_records_inside_a_child_name_its_step_and_path(run_kw):
     attributes = record.__dict__
     assert (attributes["flowpool_flow"], attributes["flowpool_step"]) == ("order", "charge")
     assert attributes["flowpool_path"] == ("orders", "charge")
+
+
+def test_compensation_events_of_a_child_undone_as_a_unit_carry_its_path(run_kw):
+    events: list[Any] = []
+    child = Flow("child").step("x", value(1), compensate=lambda ctx, v: None)
+    flow = Flow("parent").map("each", child, items=["k"], key=str).step("boom", fail(RuntimeError("late")))
+    flow.run(on_event=events.append, **run_kw)
+    undone = [(e.path, e.step, e.item, e.index) for e in events if e.kind == "compensation_finished"]
+    assert undone == [(("each", "x"), "x", "k", 0)]

@@ -104,14 +104,17 @@ def test_timed_out_attempt_sees_ctx_cancelled(run_kw, gates, tmp_path):
 
 @pytest.mark.timeout(30)
 def test_timeout_counts_from_the_start_not_from_queueing(executors, gates, started_timeout):
-    blocker_busy = gates.new()  # never set: the blocker holds the only worker for 1 s
+    # Never set: the blocker holds the only worker for 3 s, three times the step's timeout (a
+    # timeout counted from queueing would pass; one counted from the start leaves a quick step
+    # 1 s, enough on a loaded machine, where 0.3 s once was not for a process-mode no-op).
+    blocker_busy = gates.new()
 
     def blocker(ctx: Context) -> str:
-        blocker_busy.wait(1.0)
+        blocker_busy.wait(3.0)
         return "blocked"
 
     flow = Flow("f").parallel(
-        "g", [Step("blocker", blocker), Step("timed", value("quick"), timeout=started_timeout(0.3))]
+        "g", [Step("blocker", blocker), Step("timed", value("quick"), timeout=started_timeout(1.0))]
     )
     result = flow.run(**executors.make(max_workers=1))
     assert result.steps["blocker"].status is StepStatus.COMPLETED
@@ -125,11 +128,11 @@ def test_timeout_counts_from_the_start_with_max_concurrency(run_kw, gates, start
     blocker_busy = gates.new()
 
     def blocker(ctx: Context) -> str:
-        blocker_busy.wait(1.0)
+        blocker_busy.wait(3.0)
         return "blocked"
 
     flow = Flow("f").parallel(
-        "g", [Step("blocker", blocker), Step("timed", value("quick"), timeout=started_timeout(0.3))], max_concurrency=1
+        "g", [Step("blocker", blocker), Step("timed", value("quick"), timeout=started_timeout(1.0))], max_concurrency=1
     )
     result = flow.run(**run_kw)
     assert result.steps["timed"].status is StepStatus.COMPLETED
