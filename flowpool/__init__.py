@@ -31,7 +31,6 @@ from ._errors import (
 )
 from ._events import EVENT_KINDS, Event
 from ._executors import shutdown_workers
-from ._logcontext import LogContextFilter
 from ._maps import ItemResult, MapResult
 from ._results import (
     CompensationResult,
@@ -45,16 +44,21 @@ from ._results import (
 
 if TYPE_CHECKING:
     from ._journal import Journal, JournalRun
+    from ._logfilter import LogContextFilter
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The journal (sqlite3, hashlib, json) is imported only by programs that use it.
+    # The journal (sqlite3, hashlib, json) and logging are imported only by programs that use them.
     if name in ("Journal", "JournalRun"):
         from . import _journal
 
         return getattr(_journal, name)
+    if name == "LogContextFilter":
+        from ._logfilter import LogContextFilter
+
+        return LogContextFilter
     raise AttributeError(f"module 'flowpool' has no attribute {name!r}")
 
 

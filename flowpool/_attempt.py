@@ -13,7 +13,6 @@ import gc
 import queue
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from enum import IntEnum
 from types import CodeType, FrameType
@@ -197,6 +196,8 @@ def user_stack(frame: FrameType | None, stop_at: CodeType | None) -> str:
         frames.append((frame, frame.f_lineno))
         frame = frame.f_back
     frames.reverse()
+    import traceback  # only to show where an attempt hung: it costs start-up time
+
     return "".join(traceback.StackSummary.extract(iter(frames)).format())
 
 

@@ -8,7 +8,6 @@ argument, so nothing invalid ever reaches a run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ._errors import FlowDefinitionError
@@ -28,6 +27,7 @@ from ._options import (
     check_name,
     group_option,
 )
+from ._record import fields, record
 from ._step import Always, Step
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Group:
     """A parallel group: members started together under one failure policy."""
 
@@ -129,7 +129,7 @@ def group_plan_phrases(group: Group) -> list[str]:
     return [phrase for phrase in phrases if phrase is not None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Map:
     """A map stage: ``step`` (named as the map) runs once per item of ``items``.
 

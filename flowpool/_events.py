@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from ._record import record
 from ._results import describe_error
 
 __all__ = ["EVENT_KINDS", "Event", "EventSink"]
@@ -23,7 +23,7 @@ EVENT_KINDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """Something that happened in a run.
 
@@ -53,6 +53,41 @@ class Event:
     path: tuple[str, ...] = ()
     item: str | int | None = None
     index: int | None = None
+
+    def __init__(  # written out: one is built per event, and a generated one costs import time
+        self,
+        kind: str,
+        flow: str,
+        run_id: str,
+        time: float,
+        step: str | None = None,
+        group: str | None = None,
+        attempt: int | None = None,
+        status: str | None = None,
+        error: BaseException | None = None,
+        started_at: float | None = None,
+        delay: float | None = None,
+        wall_time: float | None = None,
+        path: tuple[str, ...] = (),
+        item: str | int | None = None,
+        index: int | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "kind", kind)
+        _set(self, "flow", flow)
+        _set(self, "run_id", run_id)
+        _set(self, "time", time)
+        _set(self, "step", step)
+        _set(self, "group", group)
+        _set(self, "attempt", attempt)
+        _set(self, "status", status)
+        _set(self, "error", error)
+        _set(self, "started_at", started_at)
+        _set(self, "delay", delay)
+        _set(self, "wall_time", wall_time)
+        _set(self, "path", path)
+        _set(self, "item", item)
+        _set(self, "index", index)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (one line of ``--events``)."""

@@ -5,17 +5,17 @@ flowpool sets a context variable naming it. ``LogContextFilter``, a
 ``logging.Filter`` users add to their handlers, copies that context onto every
 record as ``flowpool_run_id``, ``flowpool_flow``, ``flowpool_step``,
 ``flowpool_attempt``, ``flowpool_item`` and ``flowpool_path``, whichever logger
-wrote it (the user's, a third-party library's). Threads a step starts see the
+wrote it (the user's, a third-party library's); it lives in ``_logfilter``, so that
+a run that logs nothing never imports ``logging``. Threads a step starts see the
 context only if they run in a copy of it (``contextvars.copy_context().run``).
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
 from typing import Any
 
-__all__ = ["FIELDS", "LogContextFilter", "current", "enter", "leave"]
+__all__ = ["FIELDS", "current", "enter", "leave"]
 
 #: The record attributes, in the order of the context's fields.
 FIELDS = (
@@ -58,23 +58,10 @@ def current() -> dict[str, Any]:
     return dict(zip(FIELDS, values, strict=True))
 
 
-class LogContextFilter(logging.Filter):
-    """Adds flowpool's step context to every record it sees; never drops a record.
+def __getattr__(name: str) -> Any:
+    # The filter subclasses logging.Filter: logging is imported only by programs that use it.
+    if name == "LogContextFilter":
+        from ._logfilter import LogContextFilter
 
-    Add it to a handler (``handler.addFilter(flowpool.LogContextFilter())``) and
-    use the attributes in a format string, e.g.
-    ``"%(flowpool_step)s #%(flowpool_attempt)s %(message)s"``. Outside a run
-    they are None; attributes a record already carries (records a worker
-    process sent to this one) are kept.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        attributes = record.__dict__
-        values = _CURRENT.get()
-        if values is None:
-            for name in FIELDS:
-                attributes.setdefault(name, None)
-        else:
-            for name, value in zip(FIELDS, values, strict=True):
-                attributes.setdefault(name, value)
-        return True
+        return LogContextFilter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

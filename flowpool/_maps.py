@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, overload
 
+from ._record import record
 from ._results import (
     CompensationResult,
     GroupStatus,
@@ -51,7 +51,7 @@ def check_key(key: object) -> Key:
     return key
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ItemResult(Outcome):
     """The final record of one map item (built on access from the map's columns)."""
 
@@ -65,6 +65,31 @@ class ItemResult(Outcome):
     finished_at: float | None = None
     compensation: CompensationResult | None = None
     subflow: Any = None
+
+    def __init__(  # written out: one is built per item read, and a generated one costs import time
+        self,
+        index: int,
+        key: Key,
+        status: StepStatus,
+        value: Any = None,
+        error: BaseException | None = None,
+        attempts: int = 0,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        compensation: CompensationResult | None = None,
+        subflow: Any = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "index", index)
+        _set(self, "key", key)
+        _set(self, "status", status)
+        _set(self, "value", value)
+        _set(self, "error", error)
+        _set(self, "attempts", attempts)
+        _set(self, "started_at", started_at)
+        _set(self, "finished_at", finished_at)
+        _set(self, "compensation", compensation)
+        _set(self, "subflow", subflow)
 
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view."""

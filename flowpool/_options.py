@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ._errors import FlowDefinitionError
+from ._record import field
 
 if TYPE_CHECKING:
     from ._definition import Step

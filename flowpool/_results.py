@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import FlowFailedError
+from ._record import field, record
 
 if TYPE_CHECKING:
     from ._maps import MapResult
@@ -23,6 +24,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "count_statuses",
+    "new_run_id",
 ]
 
 
@@ -53,7 +55,7 @@ class FlowStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CompensationResult:
     """What happened when a completed step was compensated.
 
@@ -65,6 +67,12 @@ class CompensationResult:
     status: str
     error: BaseException | None = None
     attempts: int = 0
+
+    def __init__(self, status: str, error: BaseException | None = None, attempts: int = 0) -> None:
+        _set = object.__setattr__
+        _set(self, "status", status)
+        _set(self, "error", error)
+        _set(self, "attempts", attempts)
 
     @property
     def ok(self) -> bool:
@@ -118,7 +126,7 @@ class Outcome:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepResult(Outcome):
     """The final record of one step. ``started_at``/``finished_at`` are monotonic seconds
     of its first attempt's start and last attempt's end (None when it never ran)."""
@@ -135,6 +143,33 @@ class StepResult(Outcome):
     late_value: Any = None
     #: The child's ``FlowResult`` when the step is a subflow (its last attempt's); else None.
     subflow: FlowResult | None = None
+
+    def __init__(  # written out: one is built per step, and a generated one costs import time
+        self,
+        name: str,
+        status: StepStatus,
+        value: Any = None,
+        error: BaseException | None = None,
+        attempts: int = 0,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        group: str | None = None,
+        compensation: CompensationResult | None = None,
+        late_value: Any = None,
+        subflow: FlowResult | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "status", status)
+        _set(self, "value", value)
+        _set(self, "error", error)
+        _set(self, "attempts", attempts)
+        _set(self, "started_at", started_at)
+        _set(self, "finished_at", finished_at)
+        _set(self, "group", group)
+        _set(self, "compensation", compensation)
+        _set(self, "late_value", late_value)
+        _set(self, "subflow", subflow)
 
     def to_dict(self, wall_offset: float | None = None) -> dict[str, Any]:
         """A JSON-serialisable view (values that JSON cannot hold become their ``repr``).
@@ -153,7 +188,7 @@ class StepResult(Outcome):
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GroupResult:
     """The verdict on one parallel group; ``members`` in declaration order.
 
@@ -166,8 +201,15 @@ class GroupResult:
     members: tuple[str, ...]
     counts: Mapping[StepStatus, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "counts", MappingProxyType({s: self.counts.get(s, 0) for s in StepStatus}))
+    def __init__(
+        self, name: str, status: GroupStatus, members: tuple[str, ...], counts: Mapping[StepStatus, int] | None = None
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "status", status)
+        _set(self, "members", members)
+        given = {} if counts is None else counts
+        _set(self, "counts", MappingProxyType({s: given.get(s, 0) for s in StepStatus}))
 
     @property
     def ok(self) -> bool:
@@ -195,7 +237,7 @@ def count_statuses(statuses: Iterable[StepStatus]) -> dict[StepStatus, int]:
     return counts
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FlowResult:
     """Everything a run did. Every step of the definition appears in ``steps``."""
 
@@ -215,15 +257,44 @@ class FlowResult:
     maps: Mapping[str, MapResult] = field(default_factory=dict)
     _values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_id: str,
+        status: FlowStatus,
+        steps: Mapping[str, StepResult],
+        groups: Mapping[str, GroupResult],
+        error: BaseException | None = None,
+        failed_stage: str | None = None,
+        compensated: tuple[str, ...] = (),
+        not_compensated: tuple[str, ...] = (),
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        still_running: tuple[str, ...] = (),
+        wall_offset: float | None = None,
+        maps: Mapping[str, MapResult] | None = None,
+        _values: Mapping[str, Any] | None = None,  # always derived: a field only to stay out of repr and ==
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "run_id", run_id)
+        _set(self, "status", status)
         # Read-only views, so a result handed around cannot be changed by accident.
-        object.__setattr__(self, "steps", MappingProxyType(dict(self.steps)))
-        object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
-        object.__setattr__(self, "maps", MappingProxyType(dict(self.maps)))
+        _set(self, "steps", MappingProxyType(dict(steps)))
+        _set(self, "groups", MappingProxyType(dict(groups)))
+        _set(self, "error", error)
+        _set(self, "failed_stage", failed_stage)
+        _set(self, "compensated", compensated)
+        _set(self, "not_compensated", not_compensated)
+        _set(self, "started_at", started_at)
+        _set(self, "finished_at", finished_at)
+        _set(self, "still_running", still_running)
+        _set(self, "wall_offset", wall_offset)
+        _set(self, "maps", MappingProxyType({} if maps is None else dict(maps)))
         values = {name: step.value for name, step in self.steps.items() if step.ok}
         # A skipped map has no value, as later stages' ctx.results show (SPEC §13).
         values.update((name, m.values) for name, m in self.maps.items() if m.status is not GroupStatus.SKIPPED)
-        object.__setattr__(self, "_values", MappingProxyType(values))
+        _set(self, "_values", MappingProxyType(values))
 
     @property
     def ok(self) -> bool:
@@ -291,6 +362,15 @@ class FlowResult:
                 dict(self.maps),
             ),
         )
+
+
+def new_run_id() -> str:
+    """A new ``FlowResult.run_id``: a random (version 4) UUID's 32 hex digits, what
+    ``uuid.uuid4().hex`` gives; ``uuid`` itself is not imported (it imports ``platform``)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def _rebuild_flow_result(*fields: Any) -> FlowResult:

@@ -9,10 +9,10 @@ at all and only enters it after a failure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ._errors import FlowpoolError, RetryRejectedError, StepCancelledError
+from ._record import record
 
 __all__ = ["Decision", "RetryDriver", "default_retrying"]
 
@@ -41,7 +41,7 @@ def backoff_delay(attempt: int) -> float:
     return float(min(BACKOFF_INITIAL * 2 ** (attempt - 1), BACKOFF_MAX))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """What to do after an attempt: retry after ``delay`` seconds, or stop with
     ``value`` (``ok``) or ``error``."""
@@ -51,6 +51,16 @@ class Decision:
     ok: bool = False
     value: Any = None
     error: BaseException | None = None
+
+    def __init__(
+        self, retry: bool, delay: float = 0.0, ok: bool = False, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "retry", retry)
+        _set(self, "delay", delay)
+        _set(self, "ok", ok)
+        _set(self, "value", value)
+        _set(self, "error", error)
 
 
 class RetryDriver:

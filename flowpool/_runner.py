@@ -54,7 +54,6 @@ step and stage records) and ``_executors`` (the backends).
 from __future__ import annotations
 
 import queue
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType
@@ -91,6 +90,7 @@ from ._results import (
     GroupResult,
     StepResult,
     StepStatus,
+    new_run_id,
 )
 from ._sequence import run_stages
 from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
@@ -179,7 +179,7 @@ class _Run:
         self.timeout = timeout
         self.clock = clock
         if parent is None:
-            self.run_id = uuid.uuid4().hex
+            self.run_id = new_run_id()
             #: Epoch seconds minus the run's clock: turns its monotonic times into wall-clock ones.
             self.wall_offset = clock.wall() - clock.now()
             self.events = EventSink(on_event, self.name, self.run_id, self.wall_offset)

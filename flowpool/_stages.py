@@ -8,7 +8,6 @@ them; ``settle_verdict`` then applies the group's policy (``_policy``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -131,6 +130,7 @@ def start_waiting(run: _Run, st: StageRun) -> None:
 def note_always_failure(run: _Run, record: StepResult) -> None:
     if record.ok:
         return
+    import logging  # only when an always-stage fails: logging costs start-up time
 
     logging.getLogger("flowpool").warning(
         "flowpool: always-stage %r of flow %r ended %s: %s",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 from collections import deque
 from collections.abc import Collection
@@ -14,6 +13,7 @@ from ._clock import Clock
 from ._context import Context, ItemCall, OutcomeCall
 from ._definition import Group, Map, Step
 from ._executors import Backend
+from ._record import replace
 from ._results import CompensationResult, StepResult, StepStatus
 from ._retry import Decision, RetryDriver, default_retrying
 
@@ -224,9 +224,9 @@ class MapRun(StageRun):
 
 def with_compensation(record: StepResult, compensation: CompensationResult) -> StepResult:
     """``record`` with its compensation's outcome."""
-    return dataclasses.replace(record, compensation=compensation)
+    return replace(record, compensation=compensation)
 
 
 def with_late_value(record: StepResult, value: Any) -> StepResult:
     """``record`` of a timed-out step whose abandoned attempt returned ``value`` later."""
-    return dataclasses.replace(record, late_value=value)
+    return replace(record, late_value=value)

@@ -19,7 +19,6 @@ compensations run as a unit at its place (``_compensator``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,6 +28,7 @@ from ._attempt import DONE, STARTED, Attempt
 from ._errors import StepCancelledError, StepTimeoutError
 from ._finish import run_result
 from ._maps import item_label
+from ._record import replace
 from ._recorder import RunRecorder
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
 from ._sequence import run_stages
@@ -245,7 +245,7 @@ class ScopedRecorder(RunRecorder):
             journal.attempt_finished(self.run_id, self.prefix + attempt.step, attempt.number, status.value, seconds)
 
     def step_finished(self, record: StepResult) -> None:
-        super().step_finished(dataclasses.replace(record, name=self.prefix + record.name, subflow=None))
+        super().step_finished(replace(record, name=self.prefix + record.name, subflow=None))
 
     def item_finished(self, map_name: str, *row: Any) -> None:
         super().item_finished(self.prefix + map_name, *row)
@@ -267,6 +267,8 @@ def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
     """What the journal recorded inside the subflow at ``prefix``, named as the child names
     it: a resumed run's child restores its completed steps and items instead of running
     them again. Steps the child had undone (it failed and compensated itself) run again."""
+    import dataclasses  # a journal's RecordedRun is a dataclass; the journal imported it already
+
     size = len(prefix)
     undone = {name for name, (state, _, _) in recorded.compensations.items() if state == "compensated"}
     return dataclasses.replace(

@@ -7,7 +7,6 @@ a result that shows them.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._context import Context
 from ._definition import Step
 from ._executors import Backend
+from ._record import replace
 from ._state import StepRun
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def step_jobs(comp: Compensator, sr: StepRun) -> Iterator[Job]:
         def put_back(result: Any) -> None:
             record = sr.record
             assert record is not None
-            sr.record = sr.run.records[sr.step.name] = dataclasses.replace(record, subflow=result)
+            sr.record = sr.run.records[sr.step.name] = replace(record, subflow=result)
 
         yield from unit_jobs(comp, child, sr.step.name, put_back)
         return
@@ -167,7 +167,7 @@ def refresh_units(comp: Compensator) -> None:
         result = child.result
         assert result is not None
         compensator = child.compensator
-        child.result = dataclasses.replace(
+        child.result = replace(
             result,
             steps={name: child.records.get(name, record) for name, record in result.steps.items()},
             compensated=tuple(compensator.compensated),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -10,8 +9,6 @@ from .._errors import FlowDefinitionError
 from ._base import Backend
 
 __all__ = ["Backend", "Backends", "default_workers", "describe_executor", "open_backend", "shutdown_workers"]
-
-log = logging.getLogger("flowpool")
 
 
 def default_workers(kind: str) -> int:
@@ -111,7 +108,9 @@ class Backends:
             try:
                 backend.close()
             except Exception:
-                log.exception("flowpool: closing the %s backend failed", backend.kind)
+                import logging  # only when closing fails: logging costs start-up time
+
+                logging.getLogger("flowpool").exception("flowpool: closing the %s backend failed", backend.kind)
 
 
 def shutdown_workers() -> None:
