@@ -1,10 +1,12 @@
-"""The writing side of a journal: what the settle loop records, buffered and committed at ``flush``."""
+"""The writing side of a journal: what the settle loop records, buffered, and committed
+by ``flush`` (in the caller's thread) or behind the loop by a writer thread (``hand_off``)."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import sqlite3
+import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,8 @@ _STEP_FINISHED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A completed step without an error, and one whose value is None (kept as NULL).
+# A completed step without an error, and one whose value is None (kept as NULL, which
+# reads back as None); the latter's rows are written many to a statement (_none_completed).
 _COMPLETED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, 'completed', ?, ?, ?, NULL, NULL, ?, ?, ?)"
@@ -38,35 +41,85 @@ _NONE_COMPLETED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"
 )
+_COMPLETED_STATUS = StepStatus.COMPLETED
+# Rows of steps that completed with None, this many to a statement (one SQLite step:
+# fewer round trips, and fewer times the writer thread gives up and takes back the GIL).
+_MANY = 64
+_NONE_COMPLETED_MANY = (
+    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+    "attempts, started_at, finished_at) VALUES "
+    + ", ".join(["(?1, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"] * _MANY)
+)
 _ATTEMPT_FINISHED = (
     "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
+# Seconds without work after which the writer thread ends (the next hand-off starts another).
+_WRITER_IDLE = 1.0
+
+
+class _Batch:
+    """Records handed over together: statements and their rows, attempts' starts and ends."""
+
+    __slots__ = ("done", "pending", "starts", "ends")
+
+    def __init__(
+        self,
+        done: dict[str, list[StepResult]],
+        pending: dict[str, list[tuple[Any, ...]]],
+        starts: dict[tuple[str, str, int], float],
+        ends: dict[tuple[str, str], tuple[Any, ...]],
+    ) -> None:
+        self.done = done
+        self.pending = pending
+        self.starts = starts
+        self.ends = ends
+
+
 class JournalRecorder:
     """The writing side of a ``Journal``: what the settle loop records (from its own
-    thread only), buffered and committed at ``flush``; and ``recorded``, what resume
-    reads back, unpickled."""
+    thread only), buffered; and ``recorded``, what resume reads back, unpickled.
+
+    What is recorded is committed by ``flush`` (in the caller's thread, durable when it
+    returns) or, handed over by ``hand_off``, by a thread of the journal's own that
+    commits behind the loop: the loop records and moves on while SQLite writes. Whoever
+    commits holds the connection's lock while taking the batches handed over and writing
+    them, so batches are committed in the order they were handed over.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.path = journal.path
-        self._lock = journal._lock
+        #: The connection's lock (one transaction at a time, reads too). Taken before ``_lock``.
+        self._db_lock = journal._lock
         self._db = journal._db
+        #: The buffers below and the batches handed over.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
         self._warned_values: set[str] = set()
         self._dirty = False
         self._items_table = False
+        # Run id → its steps that completed with None (their rows are made at the commit).
+        self._done: dict[str, list[StepResult]] = {}
         # Insertion-ordered: statement kinds run in the order they were first recorded.
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
-        # Starts of attempts not yet committed: one that ends before the next flush is
-        # written once, by its end (most attempts of short steps).
+        # Starts of attempts not yet handed over: one that ends before the next hand-off
+        # is written once, by its end (most attempts of short steps).
         self._starts: dict[tuple[str, str, int], float] = {}
-        # The end of each step's latest attempt, not yet committed. A step's only attempt
+        # The end of each step's latest attempt, not yet handed over. A step's only attempt
         # is recorded by the step's own row (same times and status), which usually
-        # comes before the next flush: then the attempt has no row of its own.
+        # comes before the next hand-off: then the attempt has no row of its own.
         self._ends: dict[tuple[str, str], tuple[Any, ...]] = {}
-        # Attempts whose start is committed and whose end is not: their end gets a row.
+        # Attempts whose start is handed over (so will be committed) and whose end is
+        # not: their end gets a row.
         self._open: set[tuple[str, str, int]] = set()
+        # Handed over, not yet committed, oldest first.
+        self._batches: list[_Batch] = []
+        self._writer: threading.Thread | None = None
+        # Why the writer thread could not commit (its batches wait for the next commit).
+        self._failure: JournalError | None = None
+        self._closed = False
 
     def recorded(self, run_id: str) -> RecordedRun:
         """Everything recorded about ``run_id``, values and errors unpickled (for resume).
@@ -78,47 +131,113 @@ class JournalRecorder:
     # ── writing (from the settle loop's thread) ─────────────────────────────────
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        # Buffered: statements of one kind go to SQLite together (executemany) at flush.
+        # Buffered: statements of one kind go to SQLite together (executemany) at the commit.
         with self._lock:
             self._pending.setdefault(sql, []).append(args)
             self._dirty = True
 
     @property
     def dirty(self) -> bool:
-        """True when records wait to be committed."""
+        """True when records wait to be handed over or committed."""
         return self._dirty
 
-    def flush(self) -> None:
-        """Commit what was recorded since the last flush, in one transaction."""
+    def _take(self) -> None:
+        """Move what was recorded into a batch of its own (holding ``_lock``)."""
+        if not self._dirty:
+            return
+        batch = _Batch(self._done, self._pending, self._starts, self._ends)
+        self._done, self._pending, self._starts, self._ends = {}, {}, {}, {}
+        self._open.update(batch.starts)  # their start will be committed: so must their end
+        self._batches.append(batch)
+        self._dirty = False
+
+    def hand_off(self) -> None:
+        """Have what was recorded committed soon, by the journal's writer thread.
+
+        Raises:
+            JournalError: the writer thread could not commit earlier records (they are
+                kept, and committed again by the next commit).
+        """
         with self._lock:
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                raise failure
             if not self._dirty:
                 return
-            pending, self._pending = self._pending, {}
-            starts, self._starts = self._starts, {}
-            ends, self._ends = self._ends, {}
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                if starts:
-                    db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in starts.items()])
-                if ends:
-                    db.executemany(_ATTEMPT_FINISHED, ends.values())
-                for sql, rows in pending.items():
+            self._take()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_behind, name="flowpool-journal", daemon=True)
+                self._writer.start()
+            else:
+                self._work.notify()
+
+    def flush(self) -> None:
+        """Commit what was recorded and handed over, in one transaction (durable when this returns)."""
+        with self._db_lock:
+            with self._lock:
+                self._take()
+                batches, self._batches = self._batches, []
+            self._commit(batches)
+            with self._lock:
+                self._failure = None  # what the writer thread could not commit is committed now
+
+    def _write_behind(self) -> None:
+        """The writer thread: commit what is handed over until idle for ``_WRITER_IDLE`` seconds."""
+        while True:
+            with self._lock:
+                while not self._batches:
+                    if self._closed or (not self._work.wait(_WRITER_IDLE) and not self._batches):
+                        self._writer = None
+                        return
+            with self._db_lock:
+                with self._lock:
+                    batches, self._batches = self._batches, []
+                try:
+                    self._commit(batches)
+                except JournalError as error:
+                    with self._lock:
+                        self._failure = error
+                        self._writer = None
+                    return
+
+    def _commit(self, batches: list[_Batch]) -> None:
+        """Write ``batches`` in one transaction (holding the connection's lock); if that
+        fails, they go back to the front of the queue and nothing recorded is lost."""
+        if not batches:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for batch in batches:
+                for run_id, records in batch.done.items():
+                    _none_completed(db, run_id, records)
+                if batch.starts:
+                    db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in batch.starts.items()])
+                if batch.ends:
+                    db.executemany(_ATTEMPT_FINISHED, batch.ends.values())
+                for sql, rows in batch.pending.items():
                     if sql is ITEMS_TABLE:
                         db.execute(sql)
                         continue
                     db.executemany(sql, rows)
-                db.execute("COMMIT")
-                self._open.update(starts)
-            except BaseException as error:  # an interrupt too: never leave a transaction open
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                # Nothing recorded is lost (we hold the lock: no newer rows).
-                self._pending, self._starts, self._ends = pending, starts, ends
-                if isinstance(error, sqlite3.Error):
-                    raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
-                raise
-            self._dirty = False
+            db.execute("COMMIT")
+        except BaseException as error:  # an interrupt too: never leave a transaction open
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            with self._lock:
+                self._batches[:0] = batches
+            if isinstance(error, sqlite3.Error):
+                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
+            raise
+
+    def stop(self) -> None:
+        """No more records: the writer thread ends (the journal is closing)."""
+        with self._lock:
+            self._closed = True
+            writer = self._writer
+            self._work.notify()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
 
     def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
         """Record a new run (committed at once)."""
@@ -166,32 +285,47 @@ class JournalRecorder:
             self._starts.pop(key, None)  # its end is the whole record
             earlier = self._ends.pop((run_id, step), None)
             if earlier is not None:  # a step's earlier attempt has its own row
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(earlier)
+                self._rows(_ATTEMPT_FINISHED).append(earlier)
             if key in self._open:  # its start has a row: so must its end
                 self._open.discard(key)
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(row)
+                self._rows(_ATTEMPT_FINISHED).append(row)
             else:
                 self._ends[(run_id, step)] = row
             self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
-        sql, row = self._step_row(run_id, record)
+        # The commonest record, a step that completed with None, is kept as it is until
+        # the commit makes its row (no row object while the run goes on).
+        done = record.status is _COMPLETED_STATUS and record.value is None and record.error is None
+        sql, row = (_NONE_COMPLETED, None) if done else self._step_row(run_id, record)
         with self._lock:
-            end = self._ends.pop((run_id, record.name), None)
-            # The step's row records its only attempt (a StepStatus equals its value).
-            if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(end)
-            self._pending.setdefault(sql, []).append(row)
+            if self._ends:
+                end = self._ends.pop((run_id, record.name), None)
+                # The step's row records its only attempt (a StepStatus equals its value).
+                if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
+                    self._rows(_ATTEMPT_FINISHED).append(end)
+            if row is None:
+                records = self._done.get(run_id)
+                if records is None:
+                    records = self._done[run_id] = []
+                records.append(record)
+            else:
+                self._rows(sql).append(row)
             self._dirty = True
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows waiting for ``sql`` (holding ``_lock``)."""
+        rows = self._pending.get(sql)
+        if rows is None:
+            rows = self._pending[sql] = []
+        return rows
 
     def _step_row(self, run_id: str, record: StepResult) -> tuple[str, tuple[Any, ...]]:
         times = (record.started_at, record.finished_at)
-        if record.status is StepStatus.COMPLETED and record.error is None:
+        if record.status is _COMPLETED_STATUS and record.error is None:
             # The commonest record: its NULLs are written in the statement, not bound
             # (binding None costs sqlite3 as much as several other values).
             value = record.value
-            if value is None:  # kept as NULL, which reads back as None
-                return _NONE_COMPLETED, (run_id, record.name, record.attempts, *times)
             data = self._pickled(record.name, value)
             kept = int(data is not None)
             return _COMPLETED, (run_id, record.name, data, value_text(value), kept, record.attempts, *times)
@@ -338,3 +472,16 @@ class JournalRecorder:
         self.flush()
         with self._lock:  # attempts abandoned still running: their end, if any, is not awaited
             self._open = {key for key in self._open if key[0] != result.run_id}
+
+
+def _none_completed(db: sqlite3.Connection, run_id: str, records: list[StepResult]) -> None:
+    """Write the rows of ``run_id``'s steps that completed with None."""
+    whole = len(records) - len(records) % _MANY
+    for start in range(0, whole, _MANY):
+        args: list[Any] = [run_id]
+        for record in records[start : start + _MANY]:
+            args += (record.name, record.attempts, record.started_at, record.finished_at)
+        db.execute(_NONE_COMPLETED_MANY, args)
+    if whole < len(records):
+        rest = records[whole:]
+        db.executemany(_NONE_COMPLETED, [(run_id, r.name, r.attempts, r.started_at, r.finished_at) for r in rest])

@@ -26,10 +26,6 @@ from ._state import MapRun, StepRun
 if TYPE_CHECKING:
     from ._runner import _Run
 
-#: A settled item's journal record is committed within this many seconds, even while
-#: more items keep arriving (SPEC §12: within 100 ms).
-FLUSH_WITHIN = 0.05
-
 __all__ = ["finalize_item", "run_map", "skip_map"]
 
 
@@ -186,8 +182,6 @@ def finalize_item(
     st.ledger.settle(index, status, value, error, sr.attempts, started, ended)
     recorder = run.recorder
     if recorder.journal is not None:
-        if not recorder.dirty:
-            run.flush_due = run.clock.now() + FLUSH_WITHIN
         # Monotonic times become epoch seconds in the journal, as for steps' records.
         offset = run.wall_offset
         recorder.item_finished(
