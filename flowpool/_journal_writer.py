@@ -9,6 +9,9 @@ import sqlite3
 import threading
 import time
 import warnings
+import weakref
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK
@@ -256,7 +259,7 @@ class JournalRecorder:
                 fingerprint(flow),
                 input_data,
                 value_text(run_input),
-                json.dumps(layout),
+                _layout_text(flow, layout),
                 time.time(),
                 # The system clock's, until the run ends with its own: a run that dies
                 # keeps one, for the times in its steps' rows.
@@ -478,10 +481,24 @@ def _none_completed(db: sqlite3.Connection, run_id: str, records: list[StepResul
     """Write the rows of ``run_id``'s steps that completed with None."""
     whole = len(records) - len(records) % _MANY
     for start in range(0, whole, _MANY):
-        args: list[Any] = [run_id]
-        for record in records[start : start + _MANY]:
-            args += (record.name, record.attempts, record.started_at, record.finished_at)
+        args = [run_id, *chain.from_iterable(map(_ROW_FIELDS, records[start : start + _MANY]))]
         db.execute(_NONE_COMPLETED_MANY, args)
     if whole < len(records):
-        rest = records[whole:]
-        db.executemany(_NONE_COMPLETED, [(run_id, r.name, r.attempts, r.started_at, r.finished_at) for r in rest])
+        db.executemany(_NONE_COMPLETED, [(run_id, *_ROW_FIELDS(record)) for record in records[whole:]])
+
+
+_ROW_FIELDS = attrgetter("name", "attempts", "started_at", "finished_at")
+
+
+def _layout_text(flow: Flow, layout: list[list[Any]]) -> str:
+    """``layout`` as JSON; a batch running one flow many times passes the same list
+    (``_recorder.layout``), made into text once."""
+    known = _LAYOUT_TEXTS.get(flow)
+    if known is not None and known[0] is layout:
+        return known[1]
+    text = json.dumps(layout)
+    _LAYOUT_TEXTS[flow] = (layout, text)
+    return text
+
+
+_LAYOUT_TEXTS: weakref.WeakKeyDictionary[Flow, tuple[list[list[Any]], str]] = weakref.WeakKeyDictionary()

@@ -7,6 +7,7 @@ typing here: a plain run never loads the journal, sqlite3 or pickle).
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt
@@ -175,7 +176,12 @@ class RunRecorder:
 
 
 def layout(flow: Flow) -> list[list[Any]]:
-    """``[step, group]`` pairs in declaration order, as the journal keeps them."""
+    """``[step, group]`` pairs in declaration order, as the journal keeps them (the same
+    list for the same stages: do not change it)."""
+    stages = flow.stages
+    known = _LAYOUTS.get(flow)
+    if known is not None and known[0] is stages:
+        return known[1]
     out: list[list[Any]] = []
     for stage in flow.stages:
         if isinstance(stage, Group):
@@ -184,4 +190,10 @@ def layout(flow: Flow) -> list[list[Any]]:
             out.append([stage.name, None])
         else:  # a map: its items are journaled in their own table
             out.append([stage.name, None, "map"])
+    _LAYOUTS[flow] = (stages, out)
     return out
+
+
+# A batch runs one flow many times. Stages are immutable and adding one replaces the
+# tuple, so the same tuple means the same layout.
+_LAYOUTS: weakref.WeakKeyDictionary[Flow, tuple[tuple[Any, ...], list[list[Any]]]] = weakref.WeakKeyDictionary()
