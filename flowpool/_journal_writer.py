@@ -45,14 +45,15 @@ _NONE_COMPLETED = (
     "attempts, started_at, finished_at) VALUES (?, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"
 )
 _COMPLETED_STATUS = StepStatus.COMPLETED
-# Rows of steps that completed with None, this many to a statement (one SQLite step:
-# fewer round trips, and fewer times the writer thread gives up and takes back the GIL).
-_MANY = 64
-_NONE_COMPLETED_MANY = (
-    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
+# Rows of steps that completed with None, 64 or 8 to a statement: one SQLite call for
+# many rows, so the writer thread lets go of the GIL (and waits to take it back) less
+# often. 257 parameters at most: within every SQLite's limit (999 before 3.32).
+_NONE_COMPLETED_MANY = {
+    size: "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES "
-    + ", ".join(["(?1, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"] * _MANY)
-)
+    + ", ".join(["(?1, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"] * size)
+    for size in (64, 8)
+}
 _ATTEMPT_FINISHED = (
     "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -60,20 +61,26 @@ _ATTEMPT_FINISHED = (
 
 # Seconds without work after which the writer thread ends (the next hand-off starts another).
 _WRITER_IDLE = 1.0
+# A hand-off finding records handed over this many seconds ago still not committed
+# commits them itself: a loop busy in Python can starve the writer thread of the GIL,
+# and records must be committed within 100 ms of their completion (SPEC §11, §12).
+_WRITER_LATE = 0.05
 
 
 class _Batch:
     """Records handed over together: statements and their rows, attempts' starts and ends."""
 
-    __slots__ = ("done", "pending", "starts", "ends")
+    __slots__ = ("handed_at", "done", "pending", "starts", "ends")
 
     def __init__(
         self,
+        handed_at: float,
         done: dict[str, list[StepResult]],
         pending: dict[str, list[tuple[Any, ...]]],
         starts: dict[tuple[str, str, int], float],
         ends: dict[tuple[str, str], tuple[Any, ...]],
     ) -> None:
+        self.handed_at = handed_at  # SYSTEM_CLOCK
         self.done = done
         self.pending = pending
         self.starts = starts
@@ -119,6 +126,8 @@ class JournalRecorder:
         self._open: set[tuple[str, str, int]] = set()
         # Handed over, not yet committed, oldest first.
         self._batches: list[_Batch] = []
+        # When the oldest batch not yet committed was handed over (SYSTEM_CLOCK), or None.
+        self._behind_since: float | None = None
         self._writer: threading.Thread | None = None
         # Why the writer thread could not commit (its batches wait for the next commit).
         self._failure: JournalError | None = None
@@ -144,41 +153,49 @@ class JournalRecorder:
         """True when records wait to be handed over or committed."""
         return self._dirty
 
-    def _take(self) -> None:
+    def _take(self, now: float) -> None:
         """Move what was recorded into a batch of its own (holding ``_lock``)."""
         if not self._dirty:
             return
-        batch = _Batch(self._done, self._pending, self._starts, self._ends)
+        batch = _Batch(now, self._done, self._pending, self._starts, self._ends)
         self._done, self._pending, self._starts, self._ends = {}, {}, {}, {}
         self._open.update(batch.starts)  # their start will be committed: so must their end
         self._batches.append(batch)
+        if self._behind_since is None:
+            self._behind_since = now
         self._dirty = False
 
     def hand_off(self) -> None:
-        """Have what was recorded committed soon, by the journal's writer thread.
+        """Have what was recorded committed soon, by the journal's writer thread (or at
+        once, here, if what was handed over before is late: see ``_WRITER_LATE``).
 
         Raises:
             JournalError: the writer thread could not commit earlier records (they are
-                kept, and committed again by the next commit).
+                kept, and committed again by the next commit), or this commit failed.
         """
+        now = SYSTEM_CLOCK.now()
         with self._lock:
             failure, self._failure = self._failure, None
             if failure is not None:
                 raise failure
-            if not self._dirty:
+            behind = self._behind_since
+            if behind is None or now - behind <= _WRITER_LATE:
+                if self._dirty:
+                    self._take(now)
+                    if self._writer is None:
+                        self._writer = threading.Thread(target=self._write_behind, name="flowpool-journal", daemon=True)
+                        self._writer.start()
+                    else:
+                        self._work.notify()
                 return
-            self._take()
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_behind, name="flowpool-journal", daemon=True)
-                self._writer.start()
-            else:
-                self._work.notify()
+        # Waiting for the connection lets the writer thread finish; the rest is committed here.
+        self.flush()
 
     def flush(self) -> None:
         """Commit what was recorded and handed over, in one transaction (durable when this returns)."""
         with self._db_lock:
             with self._lock:
-                self._take()
+                self._take(SYSTEM_CLOCK.now())
                 batches, self._batches = self._batches, []
             self._commit(batches)
             with self._lock:
@@ -224,6 +241,8 @@ class JournalRecorder:
                         continue
                     db.executemany(sql, rows)
             db.execute("COMMIT")
+            with self._lock:
+                self._behind_since = self._batches[0].handed_at if self._batches else None
         except BaseException as error:  # an interrupt too: never leave a transaction open
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -479,12 +498,13 @@ class JournalRecorder:
 
 def _none_completed(db: sqlite3.Connection, run_id: str, records: list[StepResult]) -> None:
     """Write the rows of ``run_id``'s steps that completed with None."""
-    whole = len(records) - len(records) % _MANY
-    for start in range(0, whole, _MANY):
-        args = [run_id, *chain.from_iterable(map(_ROW_FIELDS, records[start : start + _MANY]))]
-        db.execute(_NONE_COMPLETED_MANY, args)
-    if whole < len(records):
-        db.executemany(_NONE_COMPLETED, [(run_id, *_ROW_FIELDS(record)) for record in records[whole:]])
+    start, count = 0, len(records)
+    for size, sql in _NONE_COMPLETED_MANY.items():
+        while count - start >= size:
+            db.execute(sql, [run_id, *chain.from_iterable(map(_ROW_FIELDS, records[start : start + size]))])
+            start += size
+    if start < count:
+        db.executemany(_NONE_COMPLETED, [(run_id, *_ROW_FIELDS(record)) for record in records[start:]])
 
 
 _ROW_FIELDS = attrgetter("name", "attempts", "started_at", "finished_at")

@@ -700,3 +700,19 @@ def test_records_the_writer_thread_could_not_commit_are_kept_and_its_failure_rep
             assert db.execute("SELECT grp, status FROM groups WHERE run_id = ?", (run_id,)).fetchall() == [
                 ("g", "completed")
             ]
+
+
+def test_a_hand_off_commits_itself_when_the_writer_thread_is_late(tmp_path: Path) -> None:
+    from flowpool._clock import SYSTEM_CLOCK
+
+    path = tmp_path / "runs.db"
+    with Journal(path) as book:
+        run_id = Flow("f").step("a", lambda ctx: 1).run(journal=book).run_id
+        writer = book.recorder
+        writer.group_finished(run_id, "g", "completed")
+        with writer._lock:  # as if records handed over 1 s ago were still waiting for the writer thread
+            writer._behind_since = SYSTEM_CLOCK.now() - 1.0
+        writer.hand_off()
+        with contextlib.closing(sqlite3.connect(path)) as db:  # committed by the hand-off itself
+            assert db.execute("SELECT status FROM groups WHERE run_id = ?", (run_id,)).fetchall() == [("completed",)]
+        assert writer._behind_since is None
