@@ -29,6 +29,7 @@ Where each part lives::
     _journal.py          Journal: opening a journal and reading it
     _journal_schema.py   the schema, format marker and version check; creating the file
     _journal_writer.py   JournalRecorder: what the settle loop writes, and when it commits
+    _journal_commits.py  CommitQueue: the batches handed over, and the writer thread
     _journal_records.py  RecordedRun as read back; build_result; the definition's fingerprint
     _journal_text.py     pickles of errors, and the text forms beside pickles
 """

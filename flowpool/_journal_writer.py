@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import pickle
-import sqlite3
 import threading
 import time
 import warnings
 import weakref
-from itertools import chain
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK
-from ._errors import FlowDefinitionError, JournalError
+from ._errors import FlowDefinitionError
+from ._journal_commits import ATTEMPT_FINISHED, Batch, CommitQueue
 from ._journal_records import RecordedRun, fingerprint
 from ._journal_schema import ITEMS_TABLE
 from ._journal_text import error_text, portable_error, value_text
@@ -27,64 +25,16 @@ if TYPE_CHECKING:
 
 __all__ = ["JournalRecorder"]
 
-# IGNORE: a resumed run's attempt may start again under the number of one that ended
-# in the process that died; that one's row is kept until this attempt ends.
-_ATTEMPT_STARTED = "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)"
 _STEP_FINISHED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A completed step without an error, and one whose value is None (kept as NULL, which
-# reads back as None); the latter's rows are written many to a statement (_none_completed).
+# A completed step without an error (one whose value is None: _journal_commits).
 _COMPLETED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, 'completed', ?, ?, ?, NULL, NULL, ?, ?, ?)"
 )
-_NONE_COMPLETED = (
-    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
-    "attempts, started_at, finished_at) VALUES (?, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"
-)
 _COMPLETED_STATUS = StepStatus.COMPLETED
-# Rows of steps that completed with None, 64 or 8 to a statement: one SQLite call for
-# many rows, so the writer thread lets go of the GIL (and waits to take it back) less
-# often. 257 parameters at most: within every SQLite's limit (999 before 3.32).
-_NONE_COMPLETED_MANY = {
-    size: "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
-    "attempts, started_at, finished_at) VALUES "
-    + ", ".join(["(?1, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"] * size)
-    for size in (64, 8)
-}
-_ATTEMPT_FINISHED = (
-    "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
-)
-
-
-# Seconds without work after which the writer thread ends (the next hand-off starts another).
-_WRITER_IDLE = 1.0
-# A hand-off finding records handed over this many seconds ago still not committed
-# commits them itself: a loop busy in Python can starve the writer thread of the GIL,
-# and records must be committed within 100 ms of their completion (SPEC §11, §12).
-_WRITER_LATE = 0.05
-
-
-class _Batch:
-    """Records handed over together: statements and their rows, attempts' starts and ends."""
-
-    __slots__ = ("handed_at", "done", "pending", "starts", "ends")
-
-    def __init__(
-        self,
-        handed_at: float,
-        done: dict[str, list[StepResult]],
-        pending: dict[str, list[tuple[Any, ...]]],
-        starts: dict[tuple[str, str, int], float],
-        ends: dict[tuple[str, str], tuple[Any, ...]],
-    ) -> None:
-        self.handed_at = handed_at  # SYSTEM_CLOCK
-        self.done = done
-        self.pending = pending
-        self.starts = starts
-        self.ends = ends
 
 
 class JournalRecorder:
@@ -93,20 +43,16 @@ class JournalRecorder:
 
     What is recorded is committed by ``flush`` (in the caller's thread, durable when it
     returns) or, handed over by ``hand_off``, by a thread of the journal's own that
-    commits behind the loop: the loop records and moves on while SQLite writes. Whoever
-    commits holds the connection's lock while taking the batches handed over and writing
-    them, so batches are committed in the order they were handed over.
+    commits behind the loop (``_journal_commits``): the loop records and moves on while
+    SQLite writes.
     """
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.path = journal.path
-        #: The connection's lock (one transaction at a time, reads too). Taken before ``_lock``.
-        self._db_lock = journal._lock
-        self._db = journal._db
         #: The buffers below and the batches handed over.
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._commits = CommitQueue(journal.path, journal._db, journal._lock, self._lock)
         self._warned_values: set[str] = set()
         self._dirty = False
         self._items_table = False
@@ -124,14 +70,6 @@ class JournalRecorder:
         # Attempts whose start is handed over (so will be committed) and whose end is
         # not: their end gets a row.
         self._open: set[tuple[str, str, int]] = set()
-        # Handed over, not yet committed, oldest first.
-        self._batches: list[_Batch] = []
-        # When the oldest batch not yet committed was handed over (SYSTEM_CLOCK), or None.
-        self._behind_since: float | None = None
-        self._writer: threading.Thread | None = None
-        # Why the writer thread could not commit (its batches wait for the next commit).
-        self._failure: JournalError | None = None
-        self._closed = False
 
     def recorded(self, run_id: str) -> RecordedRun:
         """Everything recorded about ``run_id``, values and errors unpickled (for resume).
@@ -153,113 +91,32 @@ class JournalRecorder:
         """True when records wait to be handed over or committed."""
         return self._dirty
 
-    def _take(self, now: float) -> None:
-        """Move what was recorded into a batch of its own (holding ``_lock``)."""
+    def _take(self, now: float) -> Batch | None:
+        """What was recorded, as a batch handed over at ``now`` (holding ``_lock``)."""
         if not self._dirty:
-            return
-        batch = _Batch(now, self._done, self._pending, self._starts, self._ends)
+            return None
+        batch = Batch(now, self._done, self._pending, self._starts, self._ends)
         self._done, self._pending, self._starts, self._ends = {}, {}, {}, {}
         self._open.update(batch.starts)  # their start will be committed: so must their end
-        self._batches.append(batch)
-        if self._behind_since is None:
-            self._behind_since = now
         self._dirty = False
+        return batch
 
     def hand_off(self) -> None:
-        """Have what was recorded committed soon, by the journal's writer thread (or at
-        once, here, if what was handed over before is late: see ``_WRITER_LATE``).
+        """Have what was recorded committed soon, by the journal's writer thread.
 
         Raises:
             JournalError: the writer thread could not commit earlier records (they are
-                kept, and committed again by the next commit), or this commit failed.
+                kept, and committed again by the next commit), or a commit failed.
         """
-        now = SYSTEM_CLOCK.now()
-        with self._lock:
-            failure, self._failure = self._failure, None
-            if failure is not None:
-                raise failure
-            behind = self._behind_since
-            if behind is None or now - behind <= _WRITER_LATE:
-                if self._dirty:
-                    self._take(now)
-                    if self._writer is None:
-                        self._writer = threading.Thread(target=self._write_behind, name="flowpool-journal", daemon=True)
-                        self._writer.start()
-                    else:
-                        self._work.notify()
-                return
-        # Waiting for the connection lets the writer thread finish; the rest is committed here.
-        self.flush()
+        self._commits.hand_off(self._take)
 
     def flush(self) -> None:
         """Commit what was recorded and handed over, in one transaction (durable when this returns)."""
-        with self._db_lock:
-            with self._lock:
-                self._take(SYSTEM_CLOCK.now())
-                batches, self._batches = self._batches, []
-            self._commit(batches)
-            with self._lock:
-                self._failure = None  # what the writer thread could not commit is committed now
-
-    def _write_behind(self) -> None:
-        """The writer thread: commit what is handed over until idle for ``_WRITER_IDLE`` seconds."""
-        while True:
-            with self._lock:
-                while not self._batches:
-                    if self._closed or (not self._work.wait(_WRITER_IDLE) and not self._batches):
-                        self._writer = None
-                        return
-            with self._db_lock:
-                with self._lock:
-                    batches, self._batches = self._batches, []
-                try:
-                    self._commit(batches)
-                except JournalError as error:
-                    with self._lock:
-                        self._failure = error
-                        self._writer = None
-                    return
-
-    def _commit(self, batches: list[_Batch]) -> None:
-        """Write ``batches`` in one transaction (holding the connection's lock); if that
-        fails, they go back to the front of the queue and nothing recorded is lost."""
-        if not batches:
-            return
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for batch in batches:
-                for run_id, records in batch.done.items():
-                    _none_completed(db, run_id, records)
-                if batch.starts:
-                    db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in batch.starts.items()])
-                if batch.ends:
-                    db.executemany(_ATTEMPT_FINISHED, batch.ends.values())
-                for sql, rows in batch.pending.items():
-                    if sql is ITEMS_TABLE:
-                        db.execute(sql)
-                        continue
-                    db.executemany(sql, rows)
-            db.execute("COMMIT")
-            with self._lock:
-                self._behind_since = self._batches[0].handed_at if self._batches else None
-        except BaseException as error:  # an interrupt too: never leave a transaction open
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            with self._lock:
-                self._batches[:0] = batches
-            if isinstance(error, sqlite3.Error):
-                raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
-            raise
+        self._commits.flush(self._take)
 
     def stop(self) -> None:
         """No more records: the writer thread ends (the journal is closing)."""
-        with self._lock:
-            self._closed = True
-            writer = self._writer
-            self._work.notify()
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
+        self._commits.stop()
 
     def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
         """Record a new run (committed at once)."""
@@ -307,10 +164,10 @@ class JournalRecorder:
             self._starts.pop(key, None)  # its end is the whole record
             earlier = self._ends.pop((run_id, step), None)
             if earlier is not None:  # a step's earlier attempt has its own row
-                self._rows(_ATTEMPT_FINISHED).append(earlier)
+                self._rows(ATTEMPT_FINISHED).append(earlier)
             if key in self._open:  # its start has a row: so must its end
                 self._open.discard(key)
-                self._rows(_ATTEMPT_FINISHED).append(row)
+                self._rows(ATTEMPT_FINISHED).append(row)
             else:
                 self._ends[(run_id, step)] = row
             self._dirty = True
@@ -319,13 +176,13 @@ class JournalRecorder:
         # The commonest record, a step that completed with None, is kept as it is until
         # the commit makes its row (no row object while the run goes on).
         done = record.status is _COMPLETED_STATUS and record.value is None and record.error is None
-        sql, row = (_NONE_COMPLETED, None) if done else self._step_row(run_id, record)
+        sql, row = ("", None) if done else self._step_row(run_id, record)
         with self._lock:
             if self._ends:
                 end = self._ends.pop((run_id, record.name), None)
                 # The step's row records its only attempt (a StepStatus equals its value).
                 if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
-                    self._rows(_ATTEMPT_FINISHED).append(end)
+                    self._rows(ATTEMPT_FINISHED).append(end)
             if row is None:
                 records = self._done.get(run_id)
                 if records is None:
@@ -494,20 +351,6 @@ class JournalRecorder:
         self.flush()
         with self._lock:  # attempts abandoned still running: their end, if any, is not awaited
             self._open = {key for key in self._open if key[0] != result.run_id}
-
-
-def _none_completed(db: sqlite3.Connection, run_id: str, records: list[StepResult]) -> None:
-    """Write the rows of ``run_id``'s steps that completed with None."""
-    start, count = 0, len(records)
-    for size, sql in _NONE_COMPLETED_MANY.items():
-        while count - start >= size:
-            db.execute(sql, [run_id, *chain.from_iterable(map(_ROW_FIELDS, records[start : start + size]))])
-            start += size
-    if start < count:
-        db.executemany(_NONE_COMPLETED, [(run_id, *_ROW_FIELDS(record)) for record in records[start:]])
-
-
-_ROW_FIELDS = attrgetter("name", "attempts", "started_at", "finished_at")
 
 
 def _layout_text(flow: Flow, layout: list[list[Any]]) -> str:

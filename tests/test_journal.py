@@ -671,7 +671,7 @@ def test_a_completed_step_is_committed_while_its_group_still_runs(tmp_path: Path
 
     with Journal(path) as book:
         result = Flow("f").parallel("g", [Step("a", quick), Step("b", watch)]).run(journal=book, max_workers=2)
-        writer = book.recorder._writer
+        writer = book.recorder._commits._writer
     assert result.ok, result.error
     latency = result.values["b"]
     # SPEC §11-12: committed within 100 ms of completion; the bound here only tolerates a loaded machine.
@@ -688,7 +688,7 @@ def test_records_the_writer_thread_could_not_commit_are_kept_and_its_failure_rep
         book._db.execute("PRAGMA query_only = ON")  # every write now fails
         writer.group_finished(run_id, "g", "completed")
         writer.hand_off()
-        thread = writer._writer
+        thread = writer._commits._writer
         assert thread is not None
         thread.join(timeout=30)
         assert not thread.is_alive()
@@ -711,8 +711,8 @@ def test_a_hand_off_commits_itself_when_the_writer_thread_is_late(tmp_path: Path
         writer = book.recorder
         writer.group_finished(run_id, "g", "completed")
         with writer._lock:  # as if records handed over 1 s ago were still waiting for the writer thread
-            writer._behind_since = SYSTEM_CLOCK.now() - 1.0
+            writer._commits._behind_since = SYSTEM_CLOCK.now() - 1.0
         writer.hand_off()
         with contextlib.closing(sqlite3.connect(path)) as db:  # committed by the hand-off itself
             assert db.execute("SELECT status FROM groups WHERE run_id = ?", (run_id,)).fetchall() == [("completed",)]
-        assert writer._behind_since is None
+        assert writer._commits._behind_since is None
