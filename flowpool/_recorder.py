@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMIT_EVERY", "RunRecorder"]
 
-#: While records keep arriving, the loop commits them at most this often (seconds on the
-#: run's clock): a commit costs far more than the rows in it, and each record is still
-#: committed within this of its arrival (the contract allows 100 ms).
+#: While records keep arriving, the loop hands them to the journal's writer thread at most
+#: this often (seconds on the run's clock): a commit costs far more than the rows in it,
+#: and a record still waits no longer than this before its commit starts (the contract
+#: allows 100 ms from completion to commit).
 COMMIT_EVERY = 0.01
 
 
@@ -42,7 +43,8 @@ class RunRecorder:
         #: that record is the attempt's, and the attempt needs no row of its own.
         self.ended: Attempt | None = None
         self.ended_status = StepStatus.COMPLETED
-        #: ``(step, attempt)`` of attempts whose start is recorded: their end has a row.
+        #: ``(step, attempt)`` of attempts whose start is recorded: their end goes to the
+        #: journal at once (which writes it if their start was committed).
         self.started: set[tuple[str, int]] = set()
 
     @property
