@@ -1,10 +1,11 @@
 """Durable runs: an embedded SQLite journal that a crashed batch can resume from.
 
 The settle loop records into a ``Journal`` from its own thread only. Writes are
-buffered and committed in one transaction whenever the loop is about to wait
-(so completions that arrive together share a transaction), at the end of each
-stage, and around each compensation — always before any later stage or
-compensation starts.
+buffered; while they keep arriving the loop hands them, at most every 10 ms
+(``_recorder.COMMIT_EVERY``), to the journal's writer thread, which commits all
+that waits in one transaction while the loop goes on. At the end of each stage
+and around each compensation the loop commits itself and waits for it — always
+before any later stage or compensation starts.
 
 What a journal holds::
 
@@ -28,6 +29,7 @@ Where each part lives::
     _journal.py          Journal: opening a journal and reading it
     _journal_schema.py   the schema, format marker and version check; creating the file
     _journal_writer.py   JournalRecorder: what the settle loop writes, and when it commits
+    _journal_commits.py  CommitQueue: the batches handed over, and the writer thread
     _journal_records.py  RecordedRun as read back; build_result; the definition's fingerprint
     _journal_text.py     pickles of errors, and the text forms beside pickles
 """
@@ -268,12 +270,17 @@ class Journal:
 
     def close(self) -> None:
         """Commit what was recorded and close the file."""
-        with self._lock:
-            try:
-                if self._recorder is not None:
-                    self._recorder.flush()
-            finally:
-                self._db.close()
+        recorder = self._recorder
+        try:
+            with self._lock:
+                try:
+                    if recorder is not None:
+                        recorder.flush()
+                finally:
+                    self._db.close()
+        finally:
+            if recorder is not None:
+                recorder.stop()  # outside the lock: its writer thread may be waiting for it
 
     def __enter__(self) -> Journal:
         return self

@@ -1,16 +1,19 @@
-"""The writing side of a journal: what the settle loop records, buffered and committed at ``flush``."""
+"""The writing side of a journal: what the settle loop records, buffered, and committed
+by ``flush`` (in the caller's thread) or behind the loop by a writer thread (``hand_off``)."""
 
 from __future__ import annotations
 
 import json
 import pickle
-import sqlite3
+import threading
 import time
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._clock import SYSTEM_CLOCK
-from ._errors import FlowDefinitionError, JournalError
+from ._errors import FlowDefinitionError
+from ._journal_commits import ATTEMPT_FINISHED, Batch, CommitQueue
 from ._journal_records import RecordedRun, fingerprint
 from ._journal_schema import ITEMS_TABLE
 from ._journal_text import error_text, portable_error, value_text
@@ -22,50 +25,50 @@ if TYPE_CHECKING:
 
 __all__ = ["JournalRecorder"]
 
-# IGNORE: a resumed run's attempt may start again under the number of one that ended
-# in the process that died; that one's row is kept until this attempt ends.
-_ATTEMPT_STARTED = "INSERT OR IGNORE INTO attempts (run_id, step, attempt, started_at) VALUES (?, ?, ?, ?)"
 _STEP_FINISHED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A completed step without an error, and one whose value is None (kept as NULL).
+# A completed step without an error (one whose value is None: _journal_commits).
 _COMPLETED = (
     "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
     "attempts, started_at, finished_at) VALUES (?, ?, 'completed', ?, ?, ?, NULL, NULL, ?, ?, ?)"
 )
-_NONE_COMPLETED = (
-    "INSERT OR REPLACE INTO steps (run_id, step, status, value, value_text, value_kept, error, error_text, "
-    "attempts, started_at, finished_at) VALUES (?, ?, 'completed', NULL, 'None', 1, NULL, NULL, ?, ?, ?)"
-)
-_ATTEMPT_FINISHED = (
-    "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at, finished_at, status) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_COMPLETED_STATUS = StepStatus.COMPLETED
 
 
 class JournalRecorder:
     """The writing side of a ``Journal``: what the settle loop records (from its own
-    thread only), buffered and committed at ``flush``; and ``recorded``, what resume
-    reads back, unpickled."""
+    thread only), buffered; and ``recorded``, what resume reads back, unpickled.
+
+    What is recorded is committed by ``flush`` (in the caller's thread, durable when it
+    returns) or, handed over by ``hand_off``, by a thread of the journal's own that
+    commits behind the loop (``_journal_commits``): the loop records and moves on while
+    SQLite writes.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.path = journal.path
-        self._lock = journal._lock
-        self._db = journal._db
+        #: The buffers below and the batches handed over.
+        self._lock = threading.Lock()
+        self._commits = CommitQueue(journal.path, journal._db, journal._lock, self._lock)
         self._warned_values: set[str] = set()
         self._dirty = False
         self._items_table = False
+        # Run id → its steps that completed with None (their rows are made at the commit).
+        self._done: dict[str, list[StepResult]] = {}
         # Insertion-ordered: statement kinds run in the order they were first recorded.
         self._pending: dict[str, list[tuple[Any, ...]]] = {}
-        # Starts of attempts not yet committed: one that ends before the next flush is
-        # written once, by its end (most attempts of short steps).
+        # Starts of attempts not yet handed over: one that ends before the next hand-off
+        # is written once, by its end (most attempts of short steps).
         self._starts: dict[tuple[str, str, int], float] = {}
-        # The end of each step's latest attempt, not yet committed. A step's only attempt
+        # The end of each step's latest attempt, not yet handed over. A step's only attempt
         # is recorded by the step's own row (same times and status), which usually
-        # comes before the next flush: then the attempt has no row of its own.
+        # comes before the next hand-off: then the attempt has no row of its own.
         self._ends: dict[tuple[str, str], tuple[Any, ...]] = {}
-        # Attempts whose start is committed and whose end is not: their end gets a row.
+        # Attempts whose start is handed over (so will be committed) and whose end is
+        # not: their end gets a row.
         self._open: set[tuple[str, str, int]] = set()
 
     def recorded(self, run_id: str) -> RecordedRun:
@@ -78,47 +81,42 @@ class JournalRecorder:
     # ── writing (from the settle loop's thread) ─────────────────────────────────
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        # Buffered: statements of one kind go to SQLite together (executemany) at flush.
+        # Buffered: statements of one kind go to SQLite together (executemany) at the commit.
         with self._lock:
             self._pending.setdefault(sql, []).append(args)
             self._dirty = True
 
     @property
     def dirty(self) -> bool:
-        """True when records wait to be committed."""
+        """True when records wait to be handed over or committed."""
         return self._dirty
 
+    def _take(self, now: float) -> Batch | None:
+        """What was recorded, as a batch handed over at ``now`` (holding ``_lock``)."""
+        if not self._dirty:
+            return None
+        batch = Batch(now, self._done, self._pending, self._starts, self._ends)
+        self._done, self._pending, self._starts, self._ends = {}, {}, {}, {}
+        self._open.update(batch.starts)  # their start will be committed: so must their end
+        self._dirty = False
+        return batch
+
+    def hand_off(self) -> None:
+        """Have what was recorded committed soon, by the journal's writer thread.
+
+        Raises:
+            JournalError: the writer thread could not commit earlier records (they are
+                kept, and committed again by the next commit), or a commit failed.
+        """
+        self._commits.hand_off(self._take)
+
     def flush(self) -> None:
-        """Commit what was recorded since the last flush, in one transaction."""
-        with self._lock:
-            if not self._dirty:
-                return
-            pending, self._pending = self._pending, {}
-            starts, self._starts = self._starts, {}
-            ends, self._ends = self._ends, {}
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                if starts:
-                    db.executemany(_ATTEMPT_STARTED, [(*key, at) for key, at in starts.items()])
-                if ends:
-                    db.executemany(_ATTEMPT_FINISHED, ends.values())
-                for sql, rows in pending.items():
-                    if sql is ITEMS_TABLE:
-                        db.execute(sql)
-                        continue
-                    db.executemany(sql, rows)
-                db.execute("COMMIT")
-                self._open.update(starts)
-            except BaseException as error:  # an interrupt too: never leave a transaction open
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                # Nothing recorded is lost (we hold the lock: no newer rows).
-                self._pending, self._starts, self._ends = pending, starts, ends
-                if isinstance(error, sqlite3.Error):
-                    raise JournalError(f"cannot write to journal {self.path!r}: {error}") from None
-                raise
-            self._dirty = False
+        """Commit what was recorded and handed over, in one transaction (durable when this returns)."""
+        self._commits.flush(self._take)
+
+    def stop(self) -> None:
+        """No more records: the writer thread ends (the journal is closing)."""
+        self._commits.stop()
 
     def begin_run(self, run_id: str, flow: Flow, run_input: Any, layout: list[list[Any]]) -> None:
         """Record a new run (committed at once)."""
@@ -137,7 +135,7 @@ class JournalRecorder:
                 fingerprint(flow),
                 input_data,
                 value_text(run_input),
-                json.dumps(layout),
+                _layout_text(flow, layout),
                 time.time(),
                 # The system clock's, until the run ends with its own: a run that dies
                 # keeps one, for the times in its steps' rows.
@@ -166,32 +164,47 @@ class JournalRecorder:
             self._starts.pop(key, None)  # its end is the whole record
             earlier = self._ends.pop((run_id, step), None)
             if earlier is not None:  # a step's earlier attempt has its own row
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(earlier)
+                self._rows(ATTEMPT_FINISHED).append(earlier)
             if key in self._open:  # its start has a row: so must its end
                 self._open.discard(key)
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(row)
+                self._rows(ATTEMPT_FINISHED).append(row)
             else:
                 self._ends[(run_id, step)] = row
             self._dirty = True
 
     def step_finished(self, run_id: str, record: StepResult) -> None:
-        sql, row = self._step_row(run_id, record)
+        # The commonest record, a step that completed with None, is kept as it is until
+        # the commit makes its row (no row object while the run goes on).
+        done = record.status is _COMPLETED_STATUS and record.value is None and record.error is None
+        sql, row = ("", None) if done else self._step_row(run_id, record)
         with self._lock:
-            end = self._ends.pop((run_id, record.name), None)
-            # The step's row records its only attempt (a StepStatus equals its value).
-            if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
-                self._pending.setdefault(_ATTEMPT_FINISHED, []).append(end)
-            self._pending.setdefault(sql, []).append(row)
+            if self._ends:
+                end = self._ends.pop((run_id, record.name), None)
+                # The step's row records its only attempt (a StepStatus equals its value).
+                if end is not None and not (record.attempts == end[2] == 1 and record.status == end[5]):
+                    self._rows(ATTEMPT_FINISHED).append(end)
+            if row is None:
+                records = self._done.get(run_id)
+                if records is None:
+                    records = self._done[run_id] = []
+                records.append(record)
+            else:
+                self._rows(sql).append(row)
             self._dirty = True
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows waiting for ``sql`` (holding ``_lock``)."""
+        rows = self._pending.get(sql)
+        if rows is None:
+            rows = self._pending[sql] = []
+        return rows
 
     def _step_row(self, run_id: str, record: StepResult) -> tuple[str, tuple[Any, ...]]:
         times = (record.started_at, record.finished_at)
-        if record.status is StepStatus.COMPLETED and record.error is None:
+        if record.status is _COMPLETED_STATUS and record.error is None:
             # The commonest record: its NULLs are written in the statement, not bound
             # (binding None costs sqlite3 as much as several other values).
             value = record.value
-            if value is None:  # kept as NULL, which reads back as None
-                return _NONE_COMPLETED, (run_id, record.name, record.attempts, *times)
             data = self._pickled(record.name, value)
             kept = int(data is not None)
             return _COMPLETED, (run_id, record.name, data, value_text(value), kept, record.attempts, *times)
@@ -338,3 +351,17 @@ class JournalRecorder:
         self.flush()
         with self._lock:  # attempts abandoned still running: their end, if any, is not awaited
             self._open = {key for key in self._open if key[0] != result.run_id}
+
+
+def _layout_text(flow: Flow, layout: list[list[Any]]) -> str:
+    """``layout`` as JSON; a batch running one flow many times passes the same list
+    (``_recorder.layout``), made into text once."""
+    known = _LAYOUT_TEXTS.get(flow)
+    if known is not None and known[0] is layout:
+        return known[1]
+    text = json.dumps(layout)
+    _LAYOUT_TEXTS[flow] = (layout, text)
+    return text
+
+
+_LAYOUT_TEXTS: weakref.WeakKeyDictionary[Flow, tuple[list[list[Any]], str]] = weakref.WeakKeyDictionary()

@@ -27,10 +27,6 @@ from ._undo_plan import MapCompensation
 if TYPE_CHECKING:
     from ._runner import _Run
 
-#: A settled item's journal record is committed within this many seconds, even while
-#: more items keep arriving (SPEC §12: within 100 ms).
-FLUSH_WITHIN = 0.05
-
 __all__ = ["finalize_item", "run_map", "skip_map"]
 
 
@@ -193,8 +189,6 @@ def finalize_item(
             st.units[index] = child
     recorder = run.recorder
     if recorder.journal is not None:
-        if not recorder.dirty:
-            run.flush_due = run.clock.now() + FLUSH_WITHIN
         # Monotonic times become epoch seconds in the journal, as for steps' records.
         offset = run.wall_offset
         recorder.item_finished(

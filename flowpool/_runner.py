@@ -215,8 +215,6 @@ class _Run:
         self.error: BaseException | None = None
         self.recorder = RunRecorder(None, self.run_id)
         self.resumed: RecordedRun | None = None
-        #: When journal writes waiting for a flush must be committed (map items).
-        self.flush_due = 0.0
         self.run_span: Span | None = None
         self.stage_spans: dict[str, Span] = {}
         self.spans: dict[Attempt, Span] = {}
@@ -375,10 +373,13 @@ class _Run:
             if woken:
                 self.resume_frames()
             return
-        if self.recorder.dirty and (self.inbox.empty() or now >= self.flush_due):
-            # What arrived together is committed together, before we wait; a busy map's
-            # items are committed at least every FLUSH_WITHIN seconds.
-            self.recorder.flush()
+        commit_at = self.recorder.commit_due()
+        if commit_at is not None:
+            # Journal writes are committed together, at most every COMMIT_EVERY seconds.
+            if commit_at <= now:
+                self.recorder.commit(now)
+            elif next_at is None or commit_at < next_at:
+                next_at = commit_at
         received = timers.wait(self.inbox, next_at, now)
         if received is None:
             return
