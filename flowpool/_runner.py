@@ -229,6 +229,7 @@ class _Run:
         self.unit: StepRun | None = None
         self.attempt: Attempt | None = None
         self.result: FlowResult | None = None
+        self.deadline: list[Any] | None = None  # a subflow's run-timeout timer, while armed
         self.verdict = StepStatus.COMPLETED
         #: A resumed run: the subflows whose first attempt restored what they had recorded.
         self.restoring: set[str] = set()

@@ -3,7 +3,7 @@
 An attempt of a subflow step is a child run, a *frame* of the run's loop: it
 shares the run's inbox, timers, clock and backends, and has its own stages,
 records, policies, stop scope and compensations. The loop never waits inside
-a child: a child's life is a generator (``_Run.frame_body``) that yields
+a child: a child's life is a generator (``frame_body``) that yields
 whenever it waits, and the one loop in the caller's thread resumes it when a
 message or a timer for it arrived (``_Run.wait_once`` routes each to its
 frame). So a child holds no worker while its own steps run, and a map of
@@ -119,7 +119,7 @@ def start(frame: _Run) -> None:
     """Start a subflow frame: it runs until it first waits."""
     frame.started_at = frame.clock.now()
     if frame.timeout is not None:
-        frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
+        frame.deadline = frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
     frame.body = frame_body(frame)
     advance(frame)
 
@@ -162,6 +162,9 @@ def advance(frame: _Run) -> None:
 
 def conclude(frame: _Run) -> None:
     """The child ended: its result becomes the outcome of the parent's attempt."""
+    if frame.deadline is not None:  # its run timeout no longer holds it (nor its frame)
+        frame.timers.drop(frame.deadline)
+        frame.deadline = None
     result = frame.result = run_result(frame)
     attempt = frame.attempt
     assert attempt is not None
@@ -205,6 +208,9 @@ def abandon(frame: _Run) -> None:
     _stopping.abandon_running(frame)
     frame.body = None
     body.close()
+    if frame.deadline is not None:
+        frame.timers.drop(frame.deadline)
+        frame.deadline = None
     frame.result = run_result(frame)
 
 
