@@ -169,7 +169,7 @@ def conclude(frame: _Run) -> None:
     if result.status is FlowStatus.COMPLETED:
         attempt.ok = True
         attempt.value = dict(result.values)
-    elif attempt.cancel_reason is not None:
+    elif frame.scope.cancelled:
         frame.verdict = StepStatus.CANCELLED
         attempt.error = StepCancelledError(step, attempt.cancel_reason)
     elif frame.scope.timed_out:
@@ -186,10 +186,13 @@ def conclude(frame: _Run) -> None:
 
 def stop_from_outside(frame: _Run, reason: str) -> None:
     """The parent stops a running child (fail fast, its run's timeout, Ctrl-C): the child
-    stops like a run does, compensates itself and ends ``CANCELLED``."""
+    stops like a run does, compensates itself and ends ``CANCELLED``. A child already in its
+    always-stages had settled its outcome: they are told to stop, and it ends with that
+    outcome (completed, it is undone as a unit if the parent fails; SPEC §5)."""
     if frame.body is None:
         return
-    frame.scope.cancelled = True
+    if frame.always_from is None:
+        frame.scope.cancelled = True
     if frame.scope.reason is None:
         _stopping.stop(frame, reason)
     frame.top.woken.append(frame)
