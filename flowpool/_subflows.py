@@ -171,7 +171,7 @@ def conclude(frame: _Run) -> None:
         attempt.value = dict(result.values)
     elif frame.scope.cancelled:
         frame.verdict = StepStatus.CANCELLED
-        attempt.error = StepCancelledError(step, attempt.cancel_reason)
+        attempt.error = StepCancelledError(step, attempt.cancel_reason or "cancelled")
     elif frame.scope.timed_out:
         assert frame.timeout is not None
         frame.verdict = StepStatus.TIMED_OUT
