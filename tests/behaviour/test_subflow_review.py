@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _behaviour_helpers import Gate, Log, wait_for
 
-from flowpool import Context, Flow, FlowStatus, Step, StepStatus
+from flowpool import Context, Flow, FlowStatus, Journal, Step, StepStatus
 
 pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def _logged(log: Log, name: str) -> Any:
@@ -66,3 +74,78 @@ def test_a_child_cancelled_during_its_always_stage_still_undoes_its_completed_st
     assert sub.subflow is not None and sub.subflow.status is FlowStatus.COMPLETED
     assert undone(log) == ["x"]
     assert result.compensated == ("sub/x",)
+
+
+#: A flow file: a subflow "sub" (x, y, both compensated; a step, or a map of one item), then "a" (compensated), then
+#: "fail", which fails; "a"'s compensation kills the process (SIGKILL) unless the marker
+#: file "alive" exists: the run dies while compensating, before it reached the subflow.
+KILLED_WHILE_COMPENSATING = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+
+    def note(line):
+        with open(HERE / "ran.log", "a") as log:
+            log.write(line + "\\n")
+
+    def step(name):
+        def fn(ctx):
+            note(name)
+            return name
+        return fn
+
+    def undo(name):
+        def fn(ctx, value):
+            note(f"undo {name}")
+            if name == "a" and not (HERE / "alive").exists():
+                os.kill(os.getpid(), signal.SIGKILL)
+        return fn
+
+    def fail(ctx):
+        raise RuntimeError("rejected")
+
+    child = Flow("child").step("x", step("x"), compensate=undo("x")).step("y", step("y"), compensate=undo("y"))
+    flow = Flow("parent")
+    if (HERE / "shape").read_text() == "map":
+        flow.map("sub", child, items=["o1"], key=str)
+    else:
+        flow.step("sub", child)
+    flow.step("a", step("a"), compensate=undo("a")).step("fail", fail)
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+def _load(path: Path) -> Flow:
+    namespace: dict[str, object] = {"__file__": str(path)}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    flow = namespace["flow"]
+    assert isinstance(flow, Flow)
+    return flow
+
+
+@pytest.mark.modes("thread", reason="the journal is the same for every mode")
+@pytest.mark.parametrize("shape", ["step", "map"])
+def test_a_run_killed_while_compensating_still_undoes_a_completed_subflow_on_resume(executor, tmp_path, shape):
+    script = tmp_path / "flow.py"
+    script.write_text(KILLED_WHILE_COMPENSATING)
+    (tmp_path / "shape").write_text(shape)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    assert before == ["x", "y", "a", "undo a"]
+    (run,) = Journal(journal).runs()
+    (tmp_path / "alive").touch()
+    result = _load(script).resume(run.run_id, journal=journal, executor=executor)
+    assert result.status is FlowStatus.FAILED
+    after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
+    assert after == ["undo a", "undo y", "undo x"]  # "a" again (it had not finished), then the subflow
+    label = "sub" if shape == "step" else "sub['o1']"
+    assert result.compensated[-2:] == (f"{label}/y", f"{label}/x")
