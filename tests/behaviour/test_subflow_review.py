@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from _behaviour_helpers import Gate, Log, wait_for
 
-from flowpool import Context, Flow, FlowStatus, Journal, Step, StepStatus
+from flowpool import Context, Flow, FlowStatus, Journal, Step, StepStatus, StepTimeoutError
+from flowpool.testing import AutoJumpClock
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,3 +150,24 @@ def test_a_run_killed_while_compensating_still_undoes_a_completed_subflow_on_res
     assert after == ["undo a", "undo y", "undo x"]  # "a" again (it had not finished), then the subflow
     label = "sub" if shape == "step" else "sub['o1']"
     assert result.compensated[-2:] == (f"{label}/y", f"{label}/x")
+
+
+@pytest.mark.modes("thread", reason="the step moves the test clock: it must run in this process")
+def test_an_attempt_that_returns_past_its_timeout_is_timed_out_even_when_the_loop_sees_it_late(run_kw):
+    # The soak's "s0m0: completed on attempt 1, scripted to fail": a step scripted to hang
+    # 1-2 s past a 0.24 s timeout completed. When the loop sees the attempt's outcome only
+    # after its deadline (a loaded machine; here the step moves the clock itself), it took
+    # the outcome as it came: COMPLETED after running four times longer than allowed.
+    clock = AutoJumpClock()
+
+    def overruns(ctx: Context) -> str:
+        clock.advance(1.0)  # ran 1 s, of the 0.2 s allowed
+        return "late"
+
+    flow = Flow("f").step("slow", overruns, timeout=0.2, compensate=lambda ctx, v: None)
+    result = flow.run(clock=clock, **run_kw)
+    slow = result.steps["slow"]
+    assert slow.status is StepStatus.TIMED_OUT
+    assert isinstance(slow.error, StepTimeoutError)
+    assert slow.late_value == "late"  # and, the run failing, it is compensated on it
+    assert result.compensated == ("slow",)
