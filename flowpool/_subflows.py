@@ -33,6 +33,7 @@ from ._recorder import RunRecorder
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
 from ._sequence import run_stages
 from ._timers import TimerKind
+from ._undo_plan import plan, refresh_units
 
 if TYPE_CHECKING:
     from ._journal import RecordedRun
@@ -208,6 +209,14 @@ def abandon(frame: _Run) -> None:
     _stopping.abandon_running(frame)
     frame.body = None
     body.close()
+    # Its compensations are abandoned too: each one that had not ended is named (SPEC §5).
+    compensator = frame.compensator
+    ended = {*compensator.compensated, *compensator.not_compensated}
+    for _, _, jobs in plan(compensator, False):
+        for job in jobs:
+            if job.label not in ended:
+                compensator.give_up(job)
+    refresh_units(compensator)
     frame.result = run_result(frame)
 
 

@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _behaviour_helpers import Gate, Log, wait_for
+from _behaviour_helpers import Gate, Log, press_ctrl_c, until_cancelled, wait_for
 
-from flowpool import Context, Flow, FlowStatus, Journal, Step, StepStatus, StepTimeoutError
+from flowpool import Context, Flow, FlowInterrupted, FlowStatus, Journal, Step, StepStatus, StepTimeoutError
 from flowpool.testing import AutoJumpClock
 
 pytestmark = pytest.mark.timeout(120)
@@ -171,3 +172,43 @@ def test_an_attempt_that_returns_past_its_timeout_is_timed_out_even_when_the_loo
     assert isinstance(slow.error, StepTimeoutError)
     assert slow.late_value == "late"  # and, the run failing, it is compensated on it
     assert result.compensated == ("slow",)
+
+
+@pytest.mark.modes("thread", reason="the step presses Ctrl-C from a thread of this process")
+@pytest.mark.timeout(30, method="thread")  # a SIGINT after an abandoned run: see test_interrupts._interrupt_run
+def test_a_second_ctrl_c_abandoning_a_child_names_its_completed_steps_not_compensated(run_kw, tmp_path):
+    # A second Ctrl-C abandons the compensations, and "not_compensated names them" (SPEC §5).
+    # A child abandoned mid-stages closed its body: its completed step was neither undone
+    # nor named anywhere; the result claimed there was nothing left done.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Ctrl-C is only routed into runs started from the main thread")
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("someone else owns SIGINT in this test process")
+    release = Gate(tmp_path, "release")
+    log = Log(tmp_path)
+    main_pid = os.getpid()
+
+    def stopper(ctx: Context) -> None:
+        press_ctrl_c(main_pid)
+        until_cancelled(ctx)  # the first Ctrl-C reached the child
+        press_ctrl_c(main_pid)
+        wait_for(release, "the end of the test")  # ignores the stop: abandoned
+
+    child = Flow("child").step("booked", _logged(log, "booked"), compensate=_undo(log, "booked")).step("stop", stopper)
+    flow = Flow("f").step("sub", child)
+    try:
+        flow.run(**run_kw)
+    except FlowInterrupted as raised:
+        interrupted = raised
+    else:
+        raise AssertionError("the run was interrupted but did not raise FlowInterrupted")
+    finally:
+        release.set()
+    result = interrupted.result
+    assert result is not None and result.status is FlowStatus.CANCELLED
+    sub = result.steps["sub"]
+    assert sub.status is StepStatus.CANCELLED and sub.subflow is not None
+    assert undone(log) == []
+    assert sub.subflow.not_compensated == ("booked",)
+    booked = sub.subflow.steps["booked"]
+    assert booked.compensation is not None and booked.compensation.status == "abandoned"
