@@ -232,6 +232,7 @@ class _Run:
         self.attempt: Attempt | None = None
         self.result: FlowResult | None = None
         self.verdict = StepStatus.COMPLETED
+        self.deadline: list[Any] | None = None  # its run timeout's timer, dropped when it ends
         #: A resumed run: the subflows whose first attempt restored what they had recorded.
         self.restoring: set[str] = set()
 

@@ -120,7 +120,7 @@ def start(frame: _Run) -> None:
     """Start a subflow frame: it runs until it first waits."""
     frame.started_at = frame.clock.now()
     if frame.timeout is not None:
-        frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
+        frame.deadline = frame.timers.push(frame.started_at + frame.timeout, TimerKind.DEADLINE, frame)
     frame.body = frame_body(frame)
     advance(frame)
 
@@ -163,6 +163,8 @@ def advance(frame: _Run) -> None:
 
 def conclude(frame: _Run) -> None:
     """The child ended: its result becomes the outcome of the parent's attempt."""
+    if frame.deadline is not None:  # its timer no longer holds the frame
+        frame.timers.drop(frame.deadline)
     result = frame.result = run_result(frame)
     attempt = frame.attempt
     assert attempt is not None
@@ -209,6 +211,8 @@ def abandon(frame: _Run) -> None:
     _stopping.abandon_running(frame)
     frame.body = None
     body.close()
+    if frame.deadline is not None:
+        frame.timers.drop(frame.deadline)
     # Its compensations are abandoned too: each one that had not ended is named (SPEC §5).
     compensator = frame.compensator
     ended = {*compensator.compensated, *compensator.not_compensated}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -212,3 +213,27 @@ def test_a_second_ctrl_c_abandoning_a_child_names_its_completed_steps_not_compen
     assert sub.subflow.not_compensated == ("booked",)
     booked = sub.subflow.steps["booked"]
     assert booked.compensation is not None and booked.compensation.status == "abandoned"
+
+
+@pytest.mark.modes("thread", reason="counts the loop's frames in this process")
+def test_a_map_of_subflows_with_a_timeout_holds_only_the_frames_in_flight(run_kw):
+    # A child's run timeout was armed as a DEADLINE timer that nothing dropped when the
+    # child ended: the heap held every ended child's frame (its records, context, stages)
+    # until its deadline, so a map of subflows with a timeout grew with its items, not
+    # with those in flight (SPEC §12).
+    from flowpool._runner import _Run
+
+    seen: list[int] = []
+
+    def count(ctx: Context) -> int:
+        if ctx.input == 299:
+            gc.collect()
+            seen.append(sum(1 for o in gc.get_objects() if isinstance(o, _Run)))
+        return 1
+
+    child = Flow("child").step("x", count)
+    flow = Flow("f").map("m", child, items=range(300), timeout=600, max_concurrency=2)
+    result = flow.run(**run_kw)
+    assert result.ok, result.error
+    (live,) = seen
+    assert live <= 8, f"{live} frames alive at the last of 300 items, 2 in flight"
