@@ -172,6 +172,9 @@ def conclude(frame: _Run) -> None:
     if result.status is FlowStatus.COMPLETED:
         attempt.ok = True
         attempt.value = dict(result.values)
+        frame.attempt = None  # kept to be undone as a unit, it holds no attempt (contexts, tickets)
+        for sr in frame.compensator.pending:
+            sr.attempt = sr.driver = None
     elif frame.scope.cancelled:
         frame.verdict = StepStatus.CANCELLED
         attempt.error = StepCancelledError(step, attempt.cancel_reason or "cancelled")
