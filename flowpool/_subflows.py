@@ -285,7 +285,8 @@ class ScopedRecorder(RunRecorder):
 def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
     """What the journal recorded inside the subflow at ``prefix``, named as the child names
     it: a resumed run's child restores its completed steps and items instead of running
-    them again. Steps the child had undone (it failed and compensated itself) run again."""
+    them again. Steps and map items the child had undone (it failed and compensated
+    itself) run again."""
     size = len(prefix)
     undone = {name for name, (state, _, _) in recorded.compensations.items() if state == "compensated"}
     return dataclasses.replace(
@@ -300,5 +301,9 @@ def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
         groups={name[size:]: status for name, status in recorded.groups.items() if name.startswith(prefix)},
         compensations={},
         compensation_order=(),
-        items={name[size:]: rows for name, rows in recorded.items.items() if name.startswith(prefix)},
+        items={
+            name[size:]: [row for row in rows if item_label(name, row[1]) not in undone]
+            for name, rows in recorded.items.items()
+            if name.startswith(prefix)
+        },
     )

@@ -237,3 +237,74 @@ def test_a_map_of_subflows_with_a_timeout_holds_only_the_frames_in_flight(run_kw
     assert result.ok, result.error
     (live,) = seen
     assert live <= 8, f"{live} frames of the run alive at the last of 300 items, 2 in flight"
+
+
+#: A flow file: a subflow step "sub" (retries=1) whose child runs "pre", a map "m" of one
+#: compensated item, then "boom", which fails on its first call. The child compensates m[0]
+#: and is retried; its second "pre" kills the process (SIGKILL) unless "alive" exists.
+RETRIED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+
+    def note(line):
+        with open(HERE / "ran.log", "a") as log:
+            log.write(line + "\\n")
+
+    def calls(name):
+        return sum(1 for line in (HERE / "ran.log").read_text().split("\\n") if line == name)
+
+    def pre(ctx):
+        note("pre")
+        if calls("pre") == 2 and not (HERE / "alive").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def item(ctx):
+        note(f"item {ctx.item}")
+        return ctx.item
+
+    def boom(ctx):
+        note("boom")
+        if calls("boom") == 1:
+            raise RuntimeError("first time")
+
+    child = (
+        Flow("child")
+        .step("pre", pre)
+        .map("m", item, items=[0], compensate=lambda ctx, v: note(f"undo item {v}"))
+        .step("boom", boom)
+    )
+    flow = Flow("parent").step("sub", child, retries=1)
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.modes("thread", reason="the journal is the same for every mode")
+def test_a_retried_child_resumed_does_not_restore_map_items_its_first_attempt_undid(executor, tmp_path):
+    # Resume restores a child's completed steps except those its own compensation undid
+    # (scoped_view) — but not its map items: m[0], completed by the first attempt and then
+    # undone, was restored as completed and never ran again; the run completed with it undone.
+    script = tmp_path / "flow.py"
+    script.write_text(RETRIED_CHILD)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    assert before == ["pre", "item 0", "boom", "undo item 0", "pre"]
+    (run,) = Journal(journal).runs()
+    (tmp_path / "alive").touch()
+    namespace: dict[str, object] = {"__file__": str(script)}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    flow = namespace["flow"]
+    assert isinstance(flow, Flow)
+    result = flow.resume(run.run_id, journal=journal, executor=executor)
+    assert result.status is FlowStatus.COMPLETED, result.error
+    after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
+    assert "item 0" in after  # the undone item runs again
