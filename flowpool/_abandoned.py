@@ -40,7 +40,7 @@ class AbandonedAttempts:
 
     def left_running(self, sr: StepRun, attempt: Attempt) -> None:
         """The loop gave up on ``attempt``; unless its backend killed it, it may still run."""
-        if not sr.backend.kills and attempt.started_at is not None:
+        if not sr.backend.kills and attempt.started_at is not None and sr.step.subflow is None:  # a child runs nowhere
             self.running[attempt] = sr
 
     def ended_late(self, attempt: Attempt) -> None:
@@ -123,5 +123,15 @@ def overran(run: _Run, sr: StepRun, attempt: Attempt) -> bool:
 
 
 def _label(sr: StepRun) -> str:
-    """A step's name, or ``"{map}[{key!r}]"`` for a map's item."""
+    """A step's name, or ``"{map}[{key!r}]"`` for a map's item; inside a subflow, under its
+    path from the top (``"sub/x"``, ``"orders['k']/x"``), as compensations name it."""
+    label = _own_label(sr)
+    frame = sr.run
+    while frame is not None and frame.unit is not None:
+        label = f"{_own_label(frame.unit)}/{label}"
+        frame = frame.unit.run
+    return label
+
+
+def _own_label(sr: StepRun) -> str:
     return sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key if sr.key is not None else 0)

@@ -213,6 +213,9 @@ def test_a_second_ctrl_c_abandoning_a_child_names_its_completed_steps_not_compen
     assert sub.subflow.not_compensated == ("booked",)
     booked = sub.subflow.steps["booked"]
     assert booked.compensation is not None and booked.compensation.status == "abandoned"
+    # What is still running is the child's thread, named by its path; the subflow itself
+    # runs nowhere (it was named 'sub', and its step 'stop' without its path).
+    assert result.still_running == ("sub/stop",)
 
 
 @pytest.mark.modes("thread", reason="counts the loop's frames in this process")
