@@ -192,12 +192,13 @@ def conclude(frame: _Run) -> None:
 
 def stop_from_outside(frame: _Run, reason: str) -> None:
     """The parent stops a running child (fail fast, its run's timeout, Ctrl-C): the child
-    stops like a run does, compensates itself and ends ``CANCELLED``. A child already in its
-    always-stages had settled its outcome: they are told to stop, and it ends with that
-    outcome (completed, it is undone as a unit if the parent fails; SPEC §5)."""
+    stops like a run does, compensates itself and ends ``CANCELLED``. A child that had
+    already failed (it is compensating) or whose stages are over (in its always-stages)
+    has settled its outcome: what it runs is told to stop, and it ends with that outcome
+    (completed, it is undone as a unit if the parent fails; SPEC §5)."""
     if frame.body is None:
         return
-    if frame.always_from is None:
+    if frame.error is None and frame.always_from is None:
         frame.scope.cancelled = True
     if frame.scope.reason is None:
         _stopping.stop(frame, reason)

@@ -311,3 +311,42 @@ def test_a_retried_child_resumed_does_not_restore_map_items_its_first_attempt_un
     assert result.status is FlowStatus.COMPLETED, result.error
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     assert "item 0" in after  # the undone item runs again
+
+
+def test_a_child_that_failed_on_its_own_stays_failed_when_cancelled_while_it_compensates(run_kw, tmp_path):
+    # The child failed (y raised) and is undoing x when a sibling fails fast. It ended
+    # CANCELLED with a StepCancelledError, its own error lost to the parent; had it ended
+    # compensating a moment earlier it was FAILED: the status depended on timing. A plain
+    # step that failed is FAILED whatever happens after; so is a child that failed.
+    log = Log(tmp_path)
+    compensating = Gate(tmp_path, "compensating")
+    release = Gate(tmp_path, "release")
+
+    def slow_undo(ctx: Context, v: Any) -> None:
+        compensating.set()
+        wait_for(release, "the sibling's failure")
+        log.add(("undo", "x"))
+
+    def y_fails(ctx: Context) -> None:
+        raise ValueError("y failed")
+
+    def fail_when_compensating(ctx: Context) -> None:
+        wait_for(compensating, "the child's compensation")
+        raise ValueError("sibling failed")
+
+    child = Flow("child").step("x", _logged(log, "x"), compensate=slow_undo).step("y", y_fails)
+    flow = Flow("parent").parallel("g", [Step("sub", child), Step("bad", fail_when_compensating)], fail_fast=True)
+
+    def on_event(event: Any) -> None:
+        if event.kind == "step_finished" and event.step == "bad":
+            release.set()
+
+    try:
+        result = flow.run(on_event=on_event, **run_kw)
+    finally:
+        release.set()
+    sub = result.steps["sub"]
+    assert sub.status is StepStatus.FAILED
+    assert isinstance(sub.error, ValueError) and str(sub.error) == "y failed"
+    assert sub.subflow is not None and sub.subflow.status is FlowStatus.FAILED
+    assert undone(log) == ["x"]
