@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import DONE, Attempt, Message
 from ._clock import Clock
+from ._errors import StepTimeoutError
 from ._maps import item_label
 from ._results import StepStatus
 from ._state import StepRun, with_late_value
@@ -25,7 +26,7 @@ from ._timers import Timers
 if TYPE_CHECKING:
     from ._runner import _Run
 
-__all__ = ["AbandonedAttempts", "await_abandoned"]
+__all__ = ["AbandonedAttempts", "await_abandoned", "overran"]
 
 
 class AbandonedAttempts:
@@ -39,7 +40,7 @@ class AbandonedAttempts:
 
     def left_running(self, sr: StepRun, attempt: Attempt) -> None:
         """The loop gave up on ``attempt``; unless its backend killed it, it may still run."""
-        if not sr.backend.kills and attempt.started_at is not None:
+        if not sr.backend.kills and attempt.started_at is not None and sr.step.subflow is None:  # a child runs nowhere
             self.running[attempt] = sr
 
     def ended_late(self, attempt: Attempt) -> None:
@@ -105,6 +106,32 @@ def await_abandoned(run: _Run) -> None:
         )
 
 
+def overran(run: _Run, sr: StepRun, attempt: Attempt) -> bool:
+    """An attempt whose outcome the loop took only after its timeout had passed (the loop
+    was late: a loaded machine, a slow listener) ran past it: it is ``TIMED_OUT`` as if
+    its timer had fired first, and what it returned is a late value (SPEC §16)."""
+    timeout = sr.step.timeout
+    started, finished = attempt.started_at, attempt.finished_at
+    if timeout is None or sr.child is not None or started is None or finished is None or finished - started <= timeout:
+        return False
+    error = StepTimeoutError(sr.step.name, timeout, attempt.number)
+    error.add_note("Where it hung: unknown (it returned after its timeout had passed, before the loop stopped it)")
+    if attempt.ok:
+        run.abandoned.ended.append((attempt, sr))  # its late value (compensated if the run fails)
+    run.on_outcome(sr, attempt, StepStatus.TIMED_OUT, None, error)
+    return True
+
+
 def _label(sr: StepRun) -> str:
-    """A step's name, or ``"{map}[{key!r}]"`` for a map's item."""
+    """A step's name, or ``"{map}[{key!r}]"`` for a map's item; inside a subflow, under its
+    path from the top (``"sub/x"``, ``"orders['k']/x"``), as compensations name it."""
+    label = _own_label(sr)
+    frame = sr.run
+    while frame is not None and frame.unit is not None:
+        label = f"{_own_label(frame.unit)}/{label}"
+        frame = frame.unit.run
+    return label
+
+
+def _own_label(sr: StepRun) -> str:
     return sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key if sr.key is not None else 0)

@@ -10,6 +10,7 @@ had failed and was compensating only runs its pending compensations
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -198,15 +199,54 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
             sr = StepRun(step, index, record.group, run.backend_for(step), run)
             sr.record = record
             run.compensator.pending.append(sr)
+        elif step.subflow is not None:  # a completed subflow is undone as a unit
+            record = rebuilt.steps[step.name]
+            child = _restored_unit(run, step, recorded, step.name, None)
+            if child is not None:
+                sr = StepRun(step, index, record.group, run.subflows, run)
+                sr.record, sr.child = record, child
+                run.compensator.pending.append(sr)
     _restore_maps(run, recorded, rebuilt.maps, positions)
     for name in recorded.compensation_order:  # in the order they ran before the death
         state = recorded.compensations[name][0]
         (run.compensator.compensated if state == "compensated" else run.compensator.not_compensated).append(name)
     run.values_view = MappingProxyType(dict(run.values))
     for m in run.compensator.maps:
-        m.items = _reproduce_items(run, m.name, run.compensator.done)
+        if not m.units:  # a map of subflows: its items' frames are restored already
+            m.items = _reproduce_items(run, m.name, run.compensator.done)
     run.error = recorded.error or StepCancelledError("", "the run failed before its process died")
     run.failed_stage = recorded.failed_stage
+
+
+def _restored_unit(run: _Run, step: Any, recorded: RecordedRun, label: str, tags: Any) -> _Run | None:
+    """The frame of a subflow that completed before a run compensating died, restored
+    from the journal to be undone as a unit (None when it has nothing left to undo)."""
+    from ._finish import run_result
+    from ._subflows import ScopedRecorder
+
+    prefix = f"{label}/"
+    size = len(prefix)
+    view = dataclasses.replace(
+        recorded,
+        steps={name[size:]: rec for name, rec in recorded.steps.items() if name.startswith(prefix)},
+        groups={name[size:]: status for name, status in recorded.groups.items() if name.startswith(prefix)},
+        items={name[size:]: rows for name, rows in recorded.items.items() if name.startswith(prefix)},
+        compensations={name[size:]: comp for name, comp in recorded.compensations.items() if name.startswith(prefix)},
+        compensation_order=tuple(name[size:] for name in recorded.compensation_order if name.startswith(prefix)),
+    )
+    child_input = run.input if step.input is None and tags is None else None
+    child = type(run)(step.subflow, child_input, None, None, None, None, run.clock, parent=run)
+    child.started_at = run.clock.now()
+    child.events = run.events.nested((*run.events.prefix, step.name), tags or run.events.tags)
+    journal = run.recorder.journal
+    if journal is not None:
+        child.recorder = ScopedRecorder(journal, run.run_id, f"{getattr(run.recorder, 'prefix', '')}{prefix}")
+    restore_compensation_phase(child, view)
+    compensator = child.compensator
+    compensator.pending = [sr for sr in compensator.pending if sr.step.name not in compensator.done]
+    child.error, child.failed_stage = None, None  # it completed: the parent failed
+    child.result = run_result(child)
+    return child if compensator.undoable() else None
 
 
 def _step_positions(flow: Flow) -> dict[str, int]:
@@ -244,6 +284,21 @@ def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], pos
         ledger = result._ledger
         run.maps[stage.name] = result
         run.values[stage.name] = MapValues(ledger)
+        if stage.subflow is not None:  # each completed item is undone as a unit
+            units = _restored_items(run, stage, recorded, ledger)
+            if units:
+                undo = MapCompensation(
+                    stage.name,
+                    positions[stage.name],
+                    stage.step,
+                    ledger,
+                    [],
+                    run.subflows,
+                    stage.compensate_concurrency,
+                )
+                undo.context, undo.units = run.context, units
+                run.compensator.maps.append(undo)
+            continue
         if stage.step.compensate is not None and ledger.completed:
             prefix = f"{stage.name}["
             run.compensator.done.update(
@@ -257,6 +312,22 @@ def _restore_maps(run: _Run, recorded: RecordedRun, maps: Mapping[str, Any], pos
                     stage.name, positions[stage.name], stage.step, ledger, [], backend, stage.compensate_concurrency
                 )
             )
+
+
+def _restored_items(run: _Run, stage: Any, recorded: RecordedRun, ledger: Any) -> dict[int, _Run]:
+    """A map of subflows: index → the restored frame of each completed item with something to undo."""
+    from ._maps import COMPLETED_CODE, item_label
+
+    units: dict[int, _Run] = {}
+    for index, code in enumerate(ledger.codes):
+        if code != COMPLETED_CODE:
+            continue
+        key = ledger.key_of(index)
+        tags = {"item": key, "index": index}
+        child = _restored_unit(run, stage.step, recorded, item_label(stage.name, key), tags)
+        if child is not None:
+            units[index] = child
+    return units
 
 
 def _reproduce_items(run: _Run, map_name: str, done: set[str]) -> list[Any]:

@@ -60,7 +60,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _always, _mapstage, _stopping
-from ._abandoned import AbandonedAttempts, await_abandoned
+from ._abandoned import AbandonedAttempts, await_abandoned, overran
 from ._attempt import DONE, INTERRUPT, STARTED, Attempt, Message
 from ._clock import SYSTEM_CLOCK, Clock, is_real_time
 from ._compensator import Compensator
@@ -229,8 +229,8 @@ class _Run:
         self.unit: StepRun | None = None
         self.attempt: Attempt | None = None
         self.result: FlowResult | None = None
-        self.deadline: list[Any] | None = None  # a subflow's run-timeout timer, while armed
         self.verdict = StepStatus.COMPLETED
+        self.deadline: list[Any] | None = None  # its run timeout's timer, dropped when it ends
         #: A resumed run: the subflows whose first attempt restored what they had recorded.
         self.restoring: set[str] = set()
 
@@ -457,6 +457,8 @@ class _Run:
             self.announce_start(sr, attempt)  # it did run: announce it now
         if sr.first_started is None:
             sr.first_started = attempt.started_at
+        if overran(self, sr, attempt):
+            return  # it ran past its timeout: TIMED_OUT, whatever it returned
         if attempt.ok:
             self.on_outcome(sr, attempt, StepStatus.COMPLETED, attempt.value, None)
         else:
@@ -593,11 +595,7 @@ class _Run:
         if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast, optional=step.optional):
             _stopping.cancel_stage(self, st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
 
-    # ── cancellation, stopping, interrupts ──────────────────────────────────────
-
-    # ── always-stages ───────────────────────────────────────────────────────────
-
-    # ── abandoned attempts: late completions ────────────────────────────────────
+    # ── cancellation, stopping, interrupts (_stopping), always-stages (_always), late completions (_abandoned) ──
 
     # ── compensation ────────────────────────────────────────────────────────────
 

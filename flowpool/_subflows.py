@@ -33,6 +33,7 @@ from ._recorder import RunRecorder
 from ._results import CompensationResult, FlowResult, FlowStatus, StepResult, StepStatus
 from ._sequence import run_stages
 from ._timers import TimerKind
+from ._undo_plan import plan, refresh_units
 
 if TYPE_CHECKING:
     from ._journal import RecordedRun
@@ -172,9 +173,12 @@ def conclude(frame: _Run) -> None:
     if result.status is FlowStatus.COMPLETED:
         attempt.ok = True
         attempt.value = dict(result.values)
-    elif attempt.cancel_reason is not None:
+        frame.attempt = None  # kept to be undone as a unit, it holds no attempt (contexts, tickets)
+        for sr in frame.compensator.pending:
+            sr.attempt = sr.driver = None
+    elif frame.scope.cancelled:
         frame.verdict = StepStatus.CANCELLED
-        attempt.error = StepCancelledError(step, attempt.cancel_reason)
+        attempt.error = StepCancelledError(step, attempt.cancel_reason or "cancelled")
     elif frame.scope.timed_out:
         assert frame.timeout is not None
         frame.verdict = StepStatus.TIMED_OUT
@@ -189,10 +193,14 @@ def conclude(frame: _Run) -> None:
 
 def stop_from_outside(frame: _Run, reason: str) -> None:
     """The parent stops a running child (fail fast, its run's timeout, Ctrl-C): the child
-    stops like a run does, compensates itself and ends ``CANCELLED``."""
+    stops like a run does, compensates itself and ends ``CANCELLED``. A child that had
+    already failed (it is compensating) or whose stages are over (in its always-stages)
+    has settled its outcome: what it runs is told to stop, and it ends with that outcome
+    (completed, it is undone as a unit if the parent fails; SPEC §5)."""
     if frame.body is None:
         return
-    frame.scope.cancelled = True
+    if frame.error is None and frame.always_from is None:
+        frame.scope.cancelled = True
     if frame.scope.reason is None:
         _stopping.stop(frame, reason)
     frame.top.woken.append(frame)
@@ -211,6 +219,14 @@ def abandon(frame: _Run) -> None:
     if frame.deadline is not None:
         frame.timers.drop(frame.deadline)
         frame.deadline = None
+    # Its compensations are abandoned too: each one that had not ended is named (SPEC §5).
+    compensator = frame.compensator
+    ended = {*compensator.compensated, *compensator.not_compensated}
+    for _, _, jobs in plan(compensator, False):
+        for job in jobs:
+            if job.label not in ended:
+                compensator.give_up(job)
+    refresh_units(compensator)
     frame.result = run_result(frame)
 
 
@@ -272,7 +288,8 @@ class ScopedRecorder(RunRecorder):
 def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
     """What the journal recorded inside the subflow at ``prefix``, named as the child names
     it: a resumed run's child restores its completed steps and items instead of running
-    them again. Steps the child had undone (it failed and compensated itself) run again."""
+    them again. Steps and map items the child had undone (it failed and compensated
+    itself) run again."""
     import dataclasses  # a journal's RecordedRun is a dataclass; the journal imported it already
 
     size = len(prefix)
@@ -289,5 +306,9 @@ def scoped_view(recorded: RecordedRun, prefix: str) -> RecordedRun:
         groups={name[size:]: status for name, status in recorded.groups.items() if name.startswith(prefix)},
         compensations={},
         compensation_order=(),
-        items={name[size:]: rows for name, rows in recorded.items.items() if name.startswith(prefix)},
+        items={
+            name[size:]: [row for row in rows if item_label(name, row[1]) not in undone]
+            for name, rows in recorded.items.items()
+            if name.startswith(prefix)
+        },
     )

@@ -26,8 +26,8 @@ class TimerKind(IntEnum):
 
     TIMEOUT = 0  # an attempt's timeout (target: the attempt)
     WAKE = 1  # a retry's backoff ended (target: the step run)
-    DEADLINE = 2  # the run's own timeout (target: None)
-    GRACE = 3  # the stop grace ended (target: None)
+    DEADLINE = 2  # the run's own timeout (target: the run or subflow frame)
+    GRACE = 3  # the stop grace ended (target: the run or subflow frame)
 
 
 class Timers:
@@ -73,7 +73,7 @@ class Timers:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, kind, target = heapq.heappop(heap)
-            if target is None and kind == TimerKind.TIMEOUT:
+            if target is None:
                 self._dropped -= 1
                 continue  # dropped
             yield kind, target
