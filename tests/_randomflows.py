@@ -1027,7 +1027,7 @@ class _Levels:
         events' path prefix when one run alone has it (no map, no retry above), else None."""
         self.seen.add(where)
         calls = self.by_run.get(where, [])
-        found = _check_flat(spec, result, calls, events, self.leeway, unwound, stopped)
+        found = _check_flat(spec, result, calls, events, self.leeway, unwound, stopped, top=not label)
         self.problems.extend(f"in {label}: {p}" if label else p for p in found)
         if set(result.steps) != {m.name for m in spec.steps()} or set(result.maps) != {m.name for m in spec.maps()}:
             return  # reported by _check_flat; its children cannot be found
@@ -1211,6 +1211,7 @@ def _check_flat(
     leeway: Leeway,
     unwound: bool = False,
     stopped: bool = False,
+    top: bool = True,
 ) -> list[str]:
     """One level's checks (``check_result``'s, without its children): ``calls`` are this
     run's own; ``unwound``: a completed child whose parent failed later, so undone as a
@@ -1451,7 +1452,16 @@ def _check_flat(
     # 6. Compensation: the completed steps (and items) that have one, in reverse declaration
     # order (a map's items in reverse item order unless they may run together).
     undoing = not result.ok or unwound
-    _check_compensation(spec, result, comp_calls, completed, leeway, expect, undoing)
+    # A TIMED_OUT step whose abandoned attempt returned during the wait before compensating
+    # (a late completion, SPEC §16: only with a short timeout) is undone at its place too;
+    # not in a child (its frame has ended by then: the late value is only recorded).
+    late = {
+        n
+        for n in names
+        if top and result.steps[n].status is StepStatus.TIMED_OUT and result.steps[n].late_value is not None
+    }
+    expect(late <= leeway.timeouts, f"late completions {sorted(late)} without a short timeout")
+    _check_compensation(spec, result, comp_calls, completed | late, leeway, expect, undoing)
     _check_compensation_order(spec, result, calls, expect, undoing)
 
     # 7. Events agree with the result, stage by stage.
@@ -1766,7 +1776,9 @@ def _check_compensation(
         if not order or order[-1] != call[1]:
             order.append(call[1])
         expect(call[3] == frozenset(result.values), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
-        expect(call[4] == result.steps[call[1]].value, f"{call[1]}: compensation got {call[4]!r}")
+        r = result.steps[call[1]]
+        value = r.value if r.status is StepStatus.COMPLETED else r.late_value
+        expect(call[4] == value, f"{call[1]}: compensation got {call[4]!r}")
     expect(len(order) == len(set(order)), f"compensations interleaved: {order}")
     positions = [due_names.index(n) if n in due_names else -1 for n in order]
     expect(-1 not in positions and positions == sorted(positions), f"compensation calls {order}, due {due_names}")
