@@ -270,10 +270,13 @@ class Compensator:
                     self.give_up(job)
                 return False
             now = clock.now()
-            while len(running) < k:
-                if retries and retries[0][0] <= now:
+            # One at a time (k == 1) is one compensation at a time, its retries included, as
+            # in run_in_turn; with k > 1 one waiting out its backoff leaves its place to others.
+            while True:
+                busy = len(running) + (len(retries) if k == 1 else 0)
+                if retries and retries[0][0] <= now and len(running) < k:
                     _, _, job, number = heapq.heappop(retries)
-                elif not exhausted:
+                elif busy < k and not exhausted:
                     next_job = next(jobs, None)
                     if next_job is None:
                         exhausted = True

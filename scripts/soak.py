@@ -5,12 +5,19 @@
 
 Each run draws a random flow (``tests/_randomflows.py``: stages, group policies,
 required members, concurrency caps, retries, compensations, and maps of 0-10 items
-under every map policy, with item compensations run one at a time or together) and an executor mode
+under every map policy, with item compensations run one at a time or together; and, per
+level, stages with children: subflow steps, group members and maps of subflows, nested
+down to three levels, some retried, some given ``input=``, some with a run timeout never
+reached) and an executor mode
 (flowpool's threads, flowpool's process lanes, or one ``ThreadPoolExecutor`` that all
 runs share), then injects faults on top: odd exceptions, hangs that outlast a short
 step timeout, worker crashes (``os._exit``) and unpicklable values in process mode,
 slow compensations and compensations that outlast their own timeout; a map's items
-get the same faults (a map with a hanging item has a short per-item timeout).
+get the same faults (a map with a hanging item has a short per-item timeout), and so do
+the steps and maps inside children. Children are checked level by level (every step at
+every depth has a final status, a failed child compensated its own completed steps, a
+completed child whose parent failed later was undone as a unit at its place, each call
+came from the child run its ``ctx.flow`` and ``ctx.input`` name, event paths).
 
 Every run is checked against the SPEC's invariants (§5): every step has a final
 status, group verdicts follow their policy, later stages are skipped and never
@@ -66,10 +73,12 @@ from _randomflows import (
     ScriptedFailure,
     Stage,
     StepSpec,
+    Where,
     assemble,
     check_result,
     item_value,
     random_flow_spec,
+    where_of,
 )
 
 import flowpool
@@ -93,6 +102,10 @@ MAX_HANG = 2.0
 LATE_CHECK_DELAY = MAX_HANG + 1.5
 #: A run taking longer than this is reported as hung.
 RUN_LIMIT = 30.0
+#: The chance of a stage with children (subflow steps, members, maps of subflows) per level.
+SUBFLOWS = 0.3
+#: The run timeout some subflow steps get: never reached (a hang is cut by its step's short timeout).
+SUBFLOW_TIMEOUT = 20.0
 
 # Released at the end so that abandoned thread-mode hangs return at once.
 _HANG_RELEASE = threading.Event()
@@ -124,6 +137,12 @@ def _log(path: str, entry: list[Any]) -> None:
         os.close(fd)
 
 
+def _where(ctx: Any) -> list[Any]:
+    """Which run a call came from (``Where`` of ``tests/_randomflows.py``), as JSON."""
+    where = where_of(ctx)
+    return [where.flow, list(where.token)]
+
+
 def _wait_cancellable(ctx: Any, seconds: float, wait: Callable[[float], Any]) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -146,7 +165,7 @@ class StepFn:
 
     def __call__(self, ctx: Any) -> Any:
         attempt = ctx.attempt
-        _log(self.log, ["step", self.name, attempt, sorted(ctx.results)])
+        _log(self.log, ["step", self.name, attempt, sorted(ctx.results), _where(ctx)])
         kind = self.outcome(attempt)
         if kind == OK:
             return f"{self.name}@{attempt}"
@@ -196,7 +215,7 @@ class CompFn:
 
     def __call__(self, ctx: Any, value: Any) -> None:
         attempt = ctx.attempt
-        _log(self.log, ["compensate", self.name, attempt, sorted(ctx.results), value])
+        _log(self.log, ["compensate", self.name, attempt, sorted(ctx.results), value, _where(ctx)])
         if self.slow:
             self.pause(self.slow)
         if not (attempt <= len(self.script) and self.script[attempt - 1]):
@@ -224,7 +243,7 @@ class ItemFn:
 
     def __call__(self, ctx: Any) -> Any:
         key, index, attempt = ctx.key, ctx.index, ctx.attempt
-        _log(self.log, ["item", self.name, key, attempt, sorted(ctx.results), index, ctx.item])
+        _log(self.log, ["item", self.name, key, attempt, sorted(ctx.results), index, ctx.item, _where(ctx)])
         mine = self.outcomes[index]
         kind = mine[attempt - 1] if attempt <= len(mine) else FAIL
         label = f"{self.name}[{key!r}]"
@@ -274,7 +293,8 @@ class UndoItemFn:
 
     def __call__(self, ctx: Any, value: Any) -> None:
         key, index, attempt = ctx.key, ctx.index, ctx.attempt
-        _log(self.log, ["item_compensate", self.name, key, attempt, sorted(ctx.results), value, index, ctx.item])
+        where = _where(ctx)
+        _log(self.log, ["item_compensate", self.name, key, attempt, sorted(ctx.results), value, index, ctx.item, where])
         if self.slow:
             time.sleep(self.slow)
         script = self.scripts[index]
@@ -336,13 +356,30 @@ class RunPlan:
         """What the injected faults leave open, for ``check_result`` of ``tests/_randomflows.py``."""
         outcomes = [set(p.outcomes) for p in self.steps.values()]
         outcomes += [set(item) for m in self.maps.values() for item in m.outcomes]
+        short = frozenset(name for name, p in self.steps.items() if p.short_timeout) | frozenset(
+            name for name, m in self.maps.items() if m.short_timeout
+        )
         return Leeway(
-            timeouts=frozenset(name for name, p in self.steps.items() if p.short_timeout)
-            | frozenset(name for name, m in self.maps.items() if m.short_timeout),
+            timeouts=short | self.timed_subflows(self.spec, short),
             compensation_timeouts=frozenset(name for name, p in self.steps.items() if p.comp_timeout is not None),
             other_failures=any(not kinds <= {OK, FAIL} for kinds in outcomes),
             error_fits=self.error_fits,
         )
+
+    def timed_subflows(self, spec: FlowSpec, short: frozenset[str]) -> frozenset[str]:
+        """The subflow steps and maps (at any depth) with a short timeout somewhere inside:
+        their child fails as the scripts say, but when is timing."""
+        found: set[str] = set()
+        for sub in spec.subflows():
+            assert sub.child is not None
+            below = self.timed_subflows(sub.child, short)
+            found |= below
+            inside = {m.name for f in sub.child.tree() for m in f.steps()} | {
+                m.name for f in sub.child.tree() for m in f.maps()
+            }
+            if inside & short:
+                found.add(sub.name)
+        return frozenset(found)
 
     def error_fits(self, step: str, attempt: int, error: BaseException | None) -> bool:
         if step in self.steps:
@@ -365,8 +402,26 @@ class RunPlan:
         return p.outcomes[call[2] - 1] if call[2] <= len(p.outcomes) else FAIL
 
     def describe(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "mode": self.mode,
+            "max_workers": self.max_workers,
+            "stages": self.describe_stages(self.spec),
+        }
+
+    def describe_stages(self, spec: FlowSpec) -> list[dict[str, Any]]:
         stages: list[dict[str, Any]] = []
-        for stage in self.spec.stages:
+        for stage in spec.stages:
+            if isinstance(stage, MapSpec) and stage.child is not None:
+                stages.append(
+                    {
+                        "name": stage.name,
+                        "map": stage.policy(),
+                        "retries": stage.retries,
+                        "subflow": self.describe_stages(stage.child),
+                    }
+                )
+                continue
             if isinstance(stage, MapSpec):
                 m = self.maps[stage.name]
                 stages.append(
@@ -382,8 +437,20 @@ class RunPlan:
                     }
                 )
                 continue
-            members = []
+            members: list[dict[str, Any]] = []
             for m in stage.members:
+                if m.child is not None:
+                    members.append(
+                        {
+                            "name": m.name,
+                            "retries": m.retries,
+                            "timeout": m.timeout,
+                            "required": m.required,
+                            "input": m.input,
+                            "subflow": self.describe_stages(m.child),
+                        }
+                    )
+                    continue
                 p = self.steps[m.name]
                 members.append(
                     {
@@ -413,7 +480,7 @@ class RunPlan:
                     "members": members,
                 }
             )
-        return {"seed": self.seed, "mode": self.mode, "max_workers": self.max_workers, "stages": stages}
+        return stages
 
 
 def make_plan(seed: int) -> RunPlan:
@@ -421,21 +488,51 @@ def make_plan(seed: int) -> RunPlan:
     mode = rng.choices(MODES, MODE_WEIGHTS)[0]
     max_members = 4 if mode == "process" else 6
     spec = random_flow_spec(
-        rng, max_stages=5, max_members=max_members, name=f"soak-{seed}", max_items=6 if mode == "process" else 10
+        rng,
+        max_stages=5,
+        max_members=max_members,
+        name=f"soak-{seed}",
+        max_items=6 if mode == "process" else 10,
+        subflows=SUBFLOWS,
+        subflow_timeout=SUBFLOW_TIMEOUT,
     )
     faulty = rng.random() < 0.6
     faults: collections.Counter[str] = collections.Counter()
     steps: dict[str, StepPlan] = {}
     maps: dict[str, MapPlan] = {}
-    stages: list[Stage] = []
-    for stage in spec.stages:
+    stages = plan_stages(rng, spec.stages, mode, faulty, steps, maps)
+    max_workers = rng.choice((1, 2, 3, None)) if mode == "process" else rng.choice((None, 1, 2, 4, 8))
+    return RunPlan(seed, mode, max_workers, FlowSpec(spec.name, stages), steps, faults, maps)
+
+
+def plan_stages(
+    rng: random.Random,
+    stages: tuple[Stage, ...],
+    mode: str,
+    faulty: bool,
+    steps: dict[str, StepPlan],
+    maps: dict[str, MapPlan],
+) -> tuple[Stage, ...]:
+    """Faults on top of one flow's stages, and (the same faults) inside its children; the
+    plans of every step and map of the tree go to ``steps`` and ``maps`` (names are unique)."""
+    planned: list[Stage] = []
+    for stage in stages:
+        if isinstance(stage, MapSpec) and stage.child is not None:
+            child = stage.child
+            inner = plan_stages(rng, child.stages, mode, faulty, steps, maps)
+            planned.append(dataclasses.replace(stage, child=dataclasses.replace(child, stages=inner)))
+            continue
         if isinstance(stage, MapSpec):
             m = plan_map(rng, stage, "process" if mode == "process" else "thread", faulty)
             maps[stage.name] = m
-            stages.append(m.spec)
+            planned.append(m.spec)
             continue
         members: list[StepSpec] = []
         for m in stage.members:
+            if m.child is not None:
+                inner = plan_stages(rng, m.child.stages, mode, faulty, steps, maps)
+                members.append(dataclasses.replace(m, child=dataclasses.replace(m.child, stages=inner)))
+                continue
             override = None
             if rng.random() < 0.1:
                 override = "thread" if mode == "process" else "process"
@@ -477,9 +574,8 @@ def make_plan(seed: int) -> RunPlan:
                 comp_slow,
                 comp_timeout,
             )
-        stages.append(dataclasses.replace(stage, members=tuple(members)))
-    max_workers = rng.choice((1, 2, 3, None)) if mode == "process" else rng.choice((None, 1, 2, 4, 8))
-    return RunPlan(seed, mode, max_workers, FlowSpec(spec.name, tuple(stages)), steps, faults, maps)
+        planned.append(dataclasses.replace(stage, members=tuple(members)))
+    return tuple(planned)
 
 
 def plan_map(rng: random.Random, spec: MapSpec, where: str, faulty: bool) -> MapPlan:
@@ -549,15 +645,16 @@ def read_log(path: str) -> list[tuple[Any, ...]]:
         for line in file:
             if not line.endswith("\n"):
                 break  # a write still in progress
-            entry = json.loads(line)
+            *entry, (flow, token) = json.loads(line)
+            where = Where(flow, tuple(token))
             if entry[0] == "step":
-                calls.append(("step", entry[1], entry[2], frozenset(entry[3])))
+                calls.append(("step", entry[1], entry[2], frozenset(entry[3]), where))
             elif entry[0] == "compensate":
-                calls.append(("compensate", entry[1], entry[2], frozenset(entry[3]), entry[4]))
+                calls.append(("compensate", entry[1], entry[2], frozenset(entry[3]), entry[4], where))
             elif entry[0] == "item":
-                calls.append(("item", entry[1], entry[2], entry[3], frozenset(entry[4]), entry[5], entry[6]))
+                calls.append(("item", entry[1], entry[2], entry[3], frozenset(entry[4]), entry[5], entry[6], where))
             else:
-                calls.append(("item_compensate", *entry[1:4], frozenset(entry[4]), *entry[5:]))
+                calls.append(("item_compensate", *entry[1:4], frozenset(entry[4]), *entry[5:], where))
     return calls
 
 
@@ -585,15 +682,31 @@ def _error_fits(kind: str, where: str, error: BaseException | None) -> bool:
     return False
 
 
+def child_results(result: FlowResult, depth: int = 1) -> list[tuple[int, FlowResult]]:
+    """Every child run's ``FlowResult`` below ``result`` (the last attempt's), with its depth."""
+    found: list[tuple[int, FlowResult]] = []
+    subs = [r.subflow for r in result.steps.values()]
+    subs += [item.subflow for m in result.maps.values() for item in m.items]
+    for sub in subs:
+        if sub is not None:
+            found += [(depth, sub), *child_results(sub, depth + 1)]
+    return found
+
+
 def late_calls_allowed(result: FlowResult) -> set[tuple[str, str, int]]:
-    """Calls that may still appear after the run: only attempts the run counted."""
+    """Calls that may still appear after the run: only attempts the run counted (in a
+    child's too: step names are unique in the whole tree)."""
     allowed: set[tuple[str, str, int]] = set()
     for name, r in result.steps.items():
         allowed |= {("step", name, n) for n in range(1, r.attempts + 1)}
         if r.compensation is not None:
             allowed |= {("compensate", name, n) for n in range(1, r.compensation.attempts + 1)}
+        if r.subflow is not None:
+            allowed |= late_calls_allowed(r.subflow)
     for name, m in result.maps.items():
         for item in m.items:
+            if item.subflow is not None:
+                allowed |= late_calls_allowed(item.subflow)
             label = f"{name}[{item.key!r}]"
             allowed |= {("item", label, n) for n in range(1, item.attempts + 1)}
             if item.compensation is not None:
@@ -684,6 +797,9 @@ class Soak:
         self.runs_by = collections.Counter[str]()
         self.steps = 0
         self.maps = 0
+        self.subflows = 0  # child runs checked (their FlowResults), at every depth
+        self.child_steps = 0
+        self.depths = collections.Counter[int]()
         self.items = 0
         self.calls = 0
         self.compensation_calls = 0
@@ -744,8 +860,7 @@ class Soak:
                     triggered["compensation-timeout"] += 1
                 elif p.comp_slow:
                     triggered["slow-compensation"] += 1
-                spec = plan.spec.stage_of()[call[1]]
-                member = next(m for m in spec.members if m.name == call[1])
+                member = p.spec
                 assert member.compensate is not None
                 script = member.compensate.script
                 if not (call[2] <= len(script) and script[call[2] - 1]):
@@ -759,6 +874,10 @@ class Soak:
             self.steps += len(result.steps)
             self.items += sum(m.total for m in result.maps.values())
             self.maps += len(result.maps)
+            for depth, child in child_results(result):
+                self.subflows += 1
+                self.child_steps += len(child.steps)
+                self.depths[depth] += 1
             self.runs_by.update(f"map:{m.status.value}" for m in result.maps.values())
             self.runs_by["map:stopped_early"] += sum(m.stopped_early for m in result.maps.values())
             self.calls += sum(1 for c in calls if c[0] in ("step", "item"))
@@ -782,8 +901,8 @@ class Soak:
                 _, log, seen, allowed, seed = self.late.popleft()
             calls = read_log(log)
             extra = calls[seen:]
-            keys = {call_id(c) for c in calls[:seen]}
-            bad = [call_id(c) for c in extra if call_id(c) not in allowed or call_id(c) in keys]
+            keys = {(call_id(c), c[-1]) for c in calls[:seen]}  # the same call of the same (child) run
+            bad = [call_id(c) for c in extra if call_id(c) not in allowed or (call_id(c), c[-1]) in keys]
             if bad:
                 with self.lock:
                     self.violation_count += 1
@@ -949,6 +1068,9 @@ class Soak:
             "runs_by": dict(sorted(self.runs_by.items())),
             "steps": self.steps,
             "maps": self.maps,
+            "subflows": self.subflows,
+            "child_steps": self.child_steps,
+            "subflows_by_depth": dict(sorted(self.depths.items())),
             "items": self.items,
             "step_calls": self.calls,
             "compensation_calls": self.compensation_calls,
@@ -1024,6 +1146,7 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"flowpool soak: {s['duration']} s, {s['concurrency']} runners, seed {s['seed']}")
     print(f"  runs: {s['runs']}  ({', '.join(f'{k} {v}' for k, v in s['runs_by'].items())})")
     print(f"  steps: {s['steps']}  maps: {s['maps']} ({s['items']} items)")
+    print(f"  child runs: {s['subflows']} by depth {s['subflows_by_depth']} ({s['child_steps']} steps)")
     print(f"  step and item calls: {s['step_calls']}  compensation calls: {s['compensation_calls']}")
     print(f"  faults injected: {', '.join(f'{k} {v}' for k, v in s['faults'].items()) or 'none'}")
     print(f"  run seconds: {s['run_seconds']}  hung runs: {s['hung_runs'] or 'none'}")

@@ -24,11 +24,13 @@ apply only where it cannot.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from flowpool import (
     Flow,
@@ -116,10 +118,21 @@ class StepSpec:
     timeout: float | None = None
     compensate: CompensationSpec | None = None
     required: bool = False
+    #: A subflow step: the child flow its function is; ``script`` is then unused.
+    child: FlowSpec | None = None
+    #: A subflow step given ``input=`` (a token naming the child run: see ``child_input``).
+    input: bool = False
+
+    @property
+    def effective_script(self) -> tuple[bool, ...]:
+        """Attempt ``n`` succeeds when ``[n - 1]`` is True; a subflow's child decides every attempt alike."""
+        if self.child is not None:
+            return (child_completes(self.child),) * (1 + self.retries)
+        return self.script
 
     def natural(self) -> tuple[bool, int]:
         """(completed, attempts) when nothing cuts the step short."""
-        return _first_success(self.script, self.retries)
+        return _first_success(self.effective_script, self.retries)
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,10 @@ class MapSpec:
     compensate_retries: int = 0
     compensate_concurrency: int = 1
     when: bool | None = None
+    #: A map of subflows: every item runs this child (it decides each item alike).
+    child: FlowSpec | None = None
+    #: ``input=`` given (a token naming each child run: see ``child_input``).
+    input: bool = False
 
     #: A map has no steps of its own (its items are not in ``FlowResult.steps``).
     members: tuple[StepSpec, ...] = ()
@@ -182,6 +199,12 @@ class MapSpec:
 
     def key(self, index: int) -> str | int:
         return item_key(self, index)
+
+    def item_script(self, index: int) -> tuple[bool, ...]:
+        """Item ``index``'s script: its own, or (a map of subflows) its child's outcome every attempt."""
+        if self.child is not None:
+            return (child_completes(self.child),) * (1 + self.retries)
+        return self.items[index].script
 
     def label(self, index: int) -> str:
         return f"{self.name}[{self.key(index)!r}]"
@@ -200,6 +223,8 @@ class MapSpec:
             parts.append(f"compensate x{self.compensate_concurrency}")
         if self.when is not None:
             parts.append(f"when={self.when}")
+        if self.child is not None:
+            parts.append(f"subflow {self.child.name}" + (" with input=" if self.input else ""))
         return ", ".join(parts)
 
 
@@ -219,6 +244,62 @@ class FlowSpec:
 
     def maps(self) -> list[MapSpec]:
         return [stage for stage in self.stages if isinstance(stage, MapSpec)]
+
+    def subflows(self) -> list[StepSpec | MapSpec]:
+        """This level's subflow steps and maps of subflows (not their children's)."""
+        return [m for m in self.steps() if m.child is not None] + [m for m in self.maps() if m.child is not None]
+
+    def tree(self) -> list[FlowSpec]:
+        """This flow and every child flow below it, depth first."""
+        found = [self]
+        for sub in self.subflows():
+            assert sub.child is not None
+            found += sub.child.tree()
+        return found
+
+    def depth(self) -> int:
+        """How many levels of children are below this flow (0: none)."""
+        return max((1 + s.child.depth() for s in self.subflows() if s.child is not None), default=0)
+
+
+@functools.cache
+def child_completes(child: FlowSpec) -> bool:
+    """Whether a child flow completes by its scripts (the oracle's verdict on it)."""
+    return expected_outcome(child).status is FlowStatus.COMPLETED
+
+
+class Where(NamedTuple):
+    """Which run a call came from: the flow's name (``ctx.flow``) and the token its
+    ``ctx.input`` carries (``token_of``): ``()`` at the top, an item's, or ``input=``'s."""
+
+    flow: str
+    token: tuple[str, ...]
+
+
+def token_of(value: Any) -> tuple[str, ...]:
+    """The token of a run's input: ``input=``'s ``{"at": [...]}``, a map item's, else ``()``."""
+    if isinstance(value, dict) and "at" in value:
+        return tuple(value["at"])
+    if isinstance(value, dict) and "label" in value:
+        return (f"item {value['label']}",)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (f"item {value}",)
+    return ()
+
+
+def where_of(ctx: Any) -> Where:
+    return Where(ctx.flow, token_of(ctx.input))
+
+
+def child_input(name: str, mapped: bool) -> Callable[[Any], Any]:
+    """A subflow's ``input=``: a token naming the child run, ``parent's token + (stage#attempt)``
+    (``stage[key]#attempt`` for a map's item), so each child run's calls can be told apart."""
+
+    def make(ctx: Any) -> Any:
+        here = f"{name}[{ctx.key!r}]#{ctx.attempt}" if mapped else f"{name}#{ctx.attempt}"
+        return {"at": [*token_of(ctx.input), here]}
+
+    return make
 
 
 def item_key(spec: MapSpec, index: int) -> str | int:
@@ -307,6 +388,11 @@ def random_flow_spec(
     name: str = "random-flow",
     maps: float = 0.25,
     max_items: int = 8,
+    subflows: float = 0.0,
+    depth: int = 0,
+    max_depth: int = 3,
+    prefix: str = "",
+    subflow_timeout: float | None = None,
 ) -> FlowSpec:
     """A random flow description: 1..max_stages stages: single steps, groups of
     1..max_members, and (with probability ``maps`` each) maps of 0..max_items items.
@@ -314,17 +400,61 @@ def random_flow_spec(
     ``source`` is a ``random.Random`` or a ``Chooser`` (``DrawChooser(draw)`` inside
     a hypothesis ``@st.composite`` strategy). A new kind of stage is one more branch
     here, with its ``random_*_spec``, its part of ``assemble`` and its oracle.
+
+    With ``subflows`` > 0, a stage is (with that probability) one with children: a
+    subflow step, a group some of whose members are subflows, or a map of subflows;
+    each child is a random flow itself, nested down to ``max_depth`` levels. Names
+    carry their ancestors' (``prefix``), so every step's name is unique in the tree.
+    ``subflow_timeout``: a timeout some subflow steps get (a child's run timeout, meant
+    never to be reached; None for none: under a virtual clock that jumps to the next
+    deadline whenever it is quiet, a child's timeout can be reached on a loaded machine).
     """
     c = RandomChooser(source) if isinstance(source, random.Random) else source
     stages: list[Stage] = []
+    nested = depth < max_depth and subflows > 0
     for s in range(c.integer(1, max_stages)):
-        if maps and c.chance(maps):
-            stages.append(random_map_spec(c, f"m{s}", max_items))
+        kind = c.pick(("step", "group", "map")) if nested and c.chance(subflows) else None
+
+        def child(name: str) -> FlowSpec:
+            return random_flow_spec(
+                c,
+                max_stages=3,
+                max_members=3,
+                timeouts=timeouts,
+                name=f"flow-{name}",
+                maps=maps,
+                max_items=min(max_items, 4),
+                subflows=subflows * 0.7,
+                depth=depth + 1,
+                max_depth=max_depth,
+                prefix=f"{name}_",
+                subflow_timeout=subflow_timeout,
+            )
+
+        if kind == "map" or (maps and kind is None and c.chance(maps)):
+            map_name = f"{prefix}m{s}"
+            spec = random_map_spec(c, map_name, max_items if kind is None else min(max_items, 4))
+            if kind == "map":
+                # Nested, or retried, a map's children are told apart by their input= token.
+                spec = dataclasses.replace(
+                    spec,
+                    items=tuple(ItemSpec((), ()) for _ in spec.items),
+                    compensate=False,
+                    compensate_retries=0,
+                    compensate_concurrency=1,
+                    child=child(map_name),
+                    input=depth > 0 or spec.retries > 0 or c.chance(0.4),
+                )
+            stages.append(spec)
             continue
-        is_group = c.chance(0.5)
+        is_group = c.chance(0.5) if kind is None else kind == "group"
         count = c.integer(1, max_members) if is_group else 1
         members = tuple(
-            random_step_spec(c, f"s{s}" if not is_group else f"s{s}m{i}", is_group, timeouts) for i in range(count)
+            random_subflow_step(c, member, is_group, subflow_timeout, child)
+            if kind is not None and (not is_group or c.chance(0.5))
+            else random_step_spec(c, member, is_group, timeouts)
+            for i in range(count)
+            for member in [f"{prefix}s{s}" if not is_group else f"{prefix}s{s}m{i}"]
         )
         if not is_group:
             stages.append(StageSpec(members[0].name, members))
@@ -339,8 +469,25 @@ def random_flow_spec(
         max_concurrency = c.pick((None, 1, count)) if c.chance(0.5) else None
         if max_concurrency == count and count > 1:
             max_concurrency = c.integer(1, count)
-        stages.append(StageSpec(f"g{s}", members, True, fail_fast, min_successes, max_concurrency))
+        stages.append(StageSpec(f"{prefix}g{s}", members, True, fail_fast, min_successes, max_concurrency))
     return FlowSpec(name, tuple(stages))
+
+
+def random_subflow_step(
+    c: Chooser, name: str, in_group: bool, timeout: float | None, child: Callable[[str], FlowSpec]
+) -> StepSpec:
+    """A subflow step: a random child, sometimes retried (then given ``input=``, which
+    names each attempt's child run), sometimes with ``timeout`` (meant never to be reached)."""
+    retries = c.integer(1, 2) if c.chance(0.3) else 0
+    return StepSpec(
+        name=name,
+        script=(),
+        retries=retries,
+        timeout=timeout if timeout is not None and c.chance(0.2) else None,
+        required=in_group and c.chance(0.2),
+        child=child(name),
+        input=retries > 0 or c.chance(0.4),
+    )
 
 
 def random_map_spec(c: Chooser, name: str, max_items: int = 8) -> MapSpec:
@@ -434,7 +581,7 @@ class BuiltFlow:
 def _step_fn(spec: StepSpec, log: CallLog) -> Callable[[Any], Any]:
     def fn(ctx: Any) -> Any:
         attempt = ctx.attempt
-        log.add("step", spec.name, attempt, frozenset(ctx.results))
+        log.add("step", spec.name, attempt, frozenset(ctx.results), where_of(ctx))
         if _scripted(spec.script, attempt):
             return step_value(spec.name, attempt)
         raise ScriptedFailure("step", spec.name, attempt)
@@ -448,7 +595,7 @@ def _compensate_fn(spec: StepSpec, log: CallLog) -> Callable[[Any, Any], None]:
 
     def compensate(ctx: Any, value: Any) -> None:
         attempt = ctx.attempt
-        log.add("compensate", spec.name, attempt, frozenset(ctx.results), value)
+        log.add("compensate", spec.name, attempt, frozenset(ctx.results), value, where_of(ctx))
         if not _scripted(script, attempt):
             raise ScriptedFailure("compensation", spec.name, attempt)
 
@@ -470,7 +617,7 @@ def _item_fn(spec: MapSpec, log: CallLog) -> Callable[[Any], Any]:
 
     def fn(ctx: Any) -> Any:
         key, attempt = ctx.key, ctx.attempt
-        log.add("item", spec.name, key, attempt, frozenset(ctx.results), ctx.index, ctx.item)
+        log.add("item", spec.name, key, attempt, frozenset(ctx.results), ctx.index, ctx.item, where_of(ctx))
         if _scripted(scripts[key], attempt):
             return item_value(spec.name, key, attempt)
         raise ScriptedFailure("item", f"{spec.name}[{key!r}]", attempt)
@@ -483,7 +630,17 @@ def _undo_item_fn(spec: MapSpec, log: CallLog) -> Callable[[Any, Any], None]:
 
     def undo(ctx: Any, value: Any) -> None:
         key, attempt = ctx.key, ctx.attempt
-        log.add("item_compensate", spec.name, key, attempt, frozenset(ctx.results), value, ctx.index, ctx.item)
+        log.add(
+            "item_compensate",
+            spec.name,
+            key,
+            attempt,
+            frozenset(ctx.results),
+            value,
+            ctx.index,
+            ctx.item,
+            where_of(ctx),
+        )
         if not _scripted(scripts[key], attempt):
             raise ScriptedFailure("compensation", f"{spec.name}[{key!r}]", attempt)
 
@@ -558,11 +715,17 @@ def assemble(
     step options (its items, key, policy and condition are added here)."""
     flow = Flow(spec.name)
     for stage in spec.stages:
+        if isinstance(stage, MapSpec) and stage.child is not None:
+            options: dict[str, Any] = {"retries": stage.retries}
+            if stage.input:
+                options["input"] = child_input(stage.name, mapped=True)
+            _add_map(flow, stage, assemble(stage.child, member, mapper), options)
+            continue
         if isinstance(stage, MapSpec):
             assert mapper is not None, f"{stage.name}: a map stage needs a mapper"
             _add_map(flow, stage, *mapper(stage))
             continue
-        made = [(step, *member(step)) for step in stage.members]
+        made = [(step, *_subflow(step, member, mapper)) for step in stage.members]
         if not stage.group:
             ((step, fn, options),) = made
             flow.step(step.name, fn, **options)
@@ -582,6 +745,22 @@ def assemble(
             max_concurrency=stage.max_concurrency,
         )
     return flow
+
+
+def _subflow(
+    step: StepSpec,
+    member: Callable[[StepSpec], tuple[Callable[..., Any], dict[str, Any]]],
+    mapper: Callable[[MapSpec], tuple[Callable[..., Any], dict[str, Any]]] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """A member's function and options: ``member``'s, or for a subflow step its child flow."""
+    if step.child is None:
+        return member(step)
+    options: dict[str, Any] = {"retries": step.retries}
+    if step.timeout is not None:
+        options["timeout"] = step.timeout
+    if step.input:
+        options["input"] = child_input(step.name, mapped=False)
+    return assemble(step.child, member, mapper), options
 
 
 # ── the oracle ──────────────────────────────────────────────────────────────────
@@ -667,7 +846,7 @@ def map_verdict(spec: MapSpec, completed: int, settled: int) -> GroupStatus:
 
 def expected_map(spec: MapSpec) -> MapExpectation:
     """The oracle for one map that runs: from its items' scripts alone."""
-    naturals = [_first_success(item.script, spec.retries) for item in spec.items]
+    naturals = [_first_success(spec.item_script(i), spec.retries) for i in range(len(spec.items))]
     stops = map_stops(spec, sum(not ok for ok, _ in naturals))
     if stops and spec.max_concurrency != 1:
         # Which items are taken, and which are cut short, is timing; the verdict is not:
@@ -782,7 +961,262 @@ def check_result(
     leeway: Leeway = NO_LEEWAY,
 ) -> list[str]:
     """Every way ``result``, the call log (and ``events``, when given) break the SPEC for
-    ``spec``; empty when none. Exact against the oracle where ``leeway`` leaves no doubt."""
+    ``spec``; empty when none. Exact against the oracle where ``leeway`` leaves no doubt.
+
+    Subflows are checked level by level: each child run (told apart by ``Where``: its
+    flow's name and its input's token) against its own spec, its ``FlowResult`` (in
+    ``StepResult.subflow`` / ``ItemResult.subflow``) and its own calls."""
+    problems: list[str] = []
+    by_run: dict[Where, list[tuple[Any, ...]]] = collections.defaultdict(list)
+    for call in calls:
+        if call and isinstance(call[-1], Where):
+            by_run[call[-1]].append(tuple(call[:-1]))
+        else:
+            by_run[Where(spec.name, ())].append(tuple(call))
+    checker = _Levels(by_run, leeway, problems, events)
+    top_events = None if events is None else [e for e in events if len(e.path) <= 1]
+    checker.level(spec, result, Where(spec.name, ()), "", top_events, unwound=False, stopped=False, at=())
+    for where, mine in by_run.items():
+        if where not in checker.seen:
+            problems.append(f"{len(mine)} calls from a run that is no child of this one: {where}: {mine[:2]}")
+    if events is not None:
+        _check_event_paths(spec, events, problems)
+    return problems
+
+
+def _canonical(calls: Sequence[tuple[Any, ...]]) -> list[str]:
+    return sorted(repr(tuple(sorted(x) if isinstance(x, frozenset) else x for x in call)) for call in calls)
+
+
+def _deterministic(spec: FlowSpec) -> bool:
+    """Whether every run of ``spec`` makes the same calls (no racing fail fast, no map
+    that stops early with items in flight), at every depth."""
+    exp = expected_outcome(spec)
+    if any(v is None for v in exp.steps.values()) or any(m.items is None for m in exp.maps.values()):
+        return False
+    return all(s.child is None or _deterministic(s.child) for s in spec.subflows())
+
+
+@dataclass
+class _Levels:
+    """Checks one run level after another, down through its children."""
+
+    by_run: dict[Where, list[tuple[Any, ...]]]
+    leeway: Leeway
+    problems: list[str]
+    events: Sequence[Any] | None
+    seen: set[Where] = field(default_factory=set)
+
+    def expect(self, condition: bool, message: str) -> None:
+        if not condition:
+            self.problems.append(message)
+
+    def level(
+        self,
+        spec: FlowSpec,
+        result: FlowResult,
+        where: Where,
+        label: str,
+        events: Sequence[Any] | None,
+        *,
+        unwound: bool,
+        stopped: bool,
+        at: tuple[str, ...] | None,
+    ) -> None:
+        """``label``: the child's place from the top ("sub", "m0['i00']/sub"); ``at``: its
+        events' path prefix when one run alone has it (no map, no retry above), else None."""
+        self.seen.add(where)
+        calls = self.by_run.get(where, [])
+        found = _check_flat(spec, result, calls, events, self.leeway, unwound, stopped, top=not label)
+        self.problems.extend(f"in {label}: {p}" if label else p for p in found)
+        if set(result.steps) != {m.name for m in spec.steps()} or set(result.maps) != {m.name for m in spec.maps()}:
+            return  # reported by _check_flat; its children cannot be found
+        undoing = not result.ok or unwound
+        for m in spec.steps():
+            if m.child is None:
+                continue
+            r = result.steps[m.name]
+            run_of = functools.partial(_step_run, m.child.name, where.token, m.name if m.input else None)
+            once = at is not None and r.attempts == 1
+            self.child(
+                m.child,
+                result,
+                m.name,
+                label,
+                r.status,
+                r.attempts,
+                r.error,
+                r.subflow,
+                run_of,
+                undoing,
+                (*at, m.name) if once and at is not None else None,
+                1 + m.retries,
+            )
+        for mp in spec.maps():
+            if mp.child is None or mp.name not in result.maps:
+                continue
+            for it in result.maps[mp.name].items:
+                item_run = functools.partial(
+                    _step_run,
+                    mp.child.name,
+                    where.token,
+                    f"{mp.name}[{it.key!r}]" if mp.input else None,
+                    fixed=None if mp.input else token_of(item_object(mp, it.index)),
+                )
+                self.child(
+                    mp.child,
+                    result,
+                    mp.label(it.index),
+                    label,
+                    it.status,
+                    it.attempts,
+                    it.error,
+                    it.subflow,
+                    item_run,
+                    undoing,
+                    None,
+                    1 + mp.retries,
+                )
+
+    def child(
+        self,
+        spec: FlowSpec,
+        parent: FlowResult,
+        name: str,
+        label: str,
+        status: StepStatus,
+        attempts: int,
+        error: BaseException | None,
+        sub: FlowResult | None,
+        run_of: Callable[[int], Where],
+        undoing: bool,
+        at: tuple[str, ...] | None,
+        tries: int,
+    ) -> None:
+        """One subflow step's (or item's) child runs: its earlier attempts by their calls,
+        its last by its ``FlowResult``; undone as a unit, at its place, when it completed
+        and its parent failed later."""
+        here = f"{label}/{name}" if label else name
+        prefix = f"{name}/"
+        unit = [n[len(prefix) :] for n in parent.compensated if n.startswith(prefix)]
+        unit_not = [n[len(prefix) :] for n in parent.not_compensated if n.startswith(prefix)]
+        if status is StepStatus.COMPLETED and undoing and sub is not None:
+            self.expect(
+                unit == list(sub.compensated) and unit_not == list(sub.not_compensated),
+                f"{here}: the parent's compensated {unit} / not {unit_not}, the child's {sub.compensated} / not "
+                f"{sub.not_compensated}",
+            )
+        else:
+            self.expect(not unit and not unit_not, f"{here}: {status} but undone as a unit: {unit} / not {unit_not}")
+        if attempts == 0 or status is StepStatus.SKIPPED:
+            self.expect(sub is None, f"{here}: {status} without running but has a child result")
+            return
+        if sub is None:
+            self.expect(False, f"{here}: {status} after {attempts} attempts without its child's FlowResult")
+            return
+        self.expect(sub.name == spec.name, f"{here}: child result named {sub.name!r}, not {spec.name!r}")
+        self.expect(sub.run_id == parent.run_id, f"{here}: child run id {sub.run_id}, parent {parent.run_id}")
+        last = run_of(attempts)
+        for number in range(1, attempts):
+            earlier = run_of(number)
+            if earlier == last:
+                self.expect(False, f"{here}: {attempts} attempts but its child runs cannot be told apart")
+                break
+            self.seen.add(earlier)
+            # Its own children's runs went with it (their tokens extend its, or share it in its tree).
+            mine = {f.name for f in spec.tree()}
+            size = len(earlier.token)
+            self.seen |= {
+                w for w in self.by_run if w.token[:size] == earlier.token and (len(w.token) > size or w.flow in mine)
+            }
+            if self.leeway.exact and status is StepStatus.FAILED and _deterministic(spec):
+                got, want = _canonical(self.by_run.get(earlier, [])), _canonical(self.by_run.get(last, []))
+                self.expect(got == want, f"{here}: child attempt {number} made other calls than the last: {got} {want}")
+        for number in range(attempts + 1, tries + 1):
+            self.expect(run_of(number) not in self.by_run, f"{here}: a child run for attempt {number} of {attempts}")
+        stopped = status in (StepStatus.CANCELLED, StepStatus.TIMED_OUT)
+        if stopped:
+            self.expect(sub.status is not FlowStatus.COMPLETED, f"{here}: {status} but its child completed")
+        else:
+            want = FlowStatus.COMPLETED if status is StepStatus.COMPLETED else FlowStatus.FAILED
+            self.expect(sub.status is want, f"{here}: {status} but its child ended {sub.status}")
+        events = None
+        if at is not None and self.events is not None:
+            events = [e for e in self.events if len(e.path) == len(at) + 1 and e.path[: len(at)] == at]
+        self.level(
+            spec, sub, last, here, None, unwound=status is StepStatus.COMPLETED and undoing, stopped=stopped, at=at
+        )
+        if events is not None:
+            found: list[str] = []
+            _check_child_events(sub, events, lambda ok, message: None if ok else found.append(message))
+            self.problems.extend(f"in {here}: {p}" for p in found)
+
+
+def _step_run(
+    flow: str, base: tuple[str, ...], named: str | None, attempt: int, fixed: tuple[str, ...] | None = None
+) -> Where:
+    """The run of a subflow's attempt: with ``input=`` its token names it (``named#attempt``
+    under the parent's), else it has the parent's input (``base``) or its item's (``fixed``)."""
+    if named is not None:
+        return Where(flow, (*base, f"{named}#{attempt}"))
+    return Where(flow, base if fixed is None else fixed)
+
+
+def _check_child_events(result: FlowResult, events: Sequence[Any], expect: Callable[[bool, str], None]) -> None:
+    """A child run's own events (those at its path): one ``step_finished`` per step, with
+    its status; starts and compensations as counted; each event's step is its path's end."""
+    finished = collections.Counter(e.step for e in events if e.kind == "step_finished" and e.item is None)
+    comp_started = collections.Counter(e.step for e in events if e.kind == "compensation_started")
+    for e in events:
+        if e.step is not None:
+            expect(e.path[-1] == e.step, f"{e.kind} of {e.step!r} at path {e.path}")
+        if e.kind == "step_finished" and e.step in result.steps and e.item is None:
+            expect(e.status == result.steps[e.step].status, f"{e.step}: step_finished {e.status}")
+    for name, r in result.steps.items():
+        expect(finished[name] == 1, f"{name}: {finished[name]} step_finished events")
+        c = r.compensation
+        expect(comp_started[name] == (c.attempts if c else 0), f"{name}: {comp_started[name]} compensation_started")
+
+
+def _check_event_paths(spec: FlowSpec, events: Sequence[Any], problems: list[str]) -> None:
+    """Every event's path names stages from the top down through subflows, ending at
+    its step (or group, or map); the flow's own events have an empty path."""
+    for e in events:
+        if e.kind in ("flow_started", "flow_finished"):
+            if e.path != ():
+                problems.append(f"{e.kind} with path {e.path}")
+            continue
+        node: FlowSpec | None = spec
+        for name in e.path[:-1]:
+            sub = _subflow_named(node, name) if node is not None else None
+            node = sub.child if sub is not None else None
+        if node is None or not e.path:
+            problems.append(f"{e.kind} of {e.step or e.group!r}: path {e.path} is no chain of subflows")
+            continue
+        names = {m.name for m in node.steps()} | {s.name for s in node.stages if s.group or isinstance(s, MapSpec)}
+        last = e.path[-1]
+        if last not in names or (e.step is not None and e.step != last) or (e.step is None and e.group != last):
+            problems.append(f"{e.kind} of step {e.step!r} / group {e.group!r} at path {e.path}")
+
+
+def _subflow_named(spec: FlowSpec, name: str) -> StepSpec | MapSpec | None:
+    return next((s for s in spec.subflows() if s.name == name), None)
+
+
+def _check_flat(
+    spec: FlowSpec,
+    result: FlowResult,
+    calls: Sequence[tuple[Any, ...]],
+    events: Sequence[Any] | None,
+    leeway: Leeway,
+    unwound: bool = False,
+    stopped: bool = False,
+    top: bool = True,
+) -> list[str]:
+    """One level's checks (``check_result``'s, without its children): ``calls`` are this
+    run's own; ``unwound``: a completed child whose parent failed later, so undone as a
+    unit; ``stopped``: a child stopped from outside (fail fast, its timeout), where only
+    what holds however far it got is checked (final statuses, values, compensations)."""
     problems: list[str] = []
 
     def expect(condition: bool, message: str) -> None:
@@ -850,7 +1284,7 @@ def check_result(
 
     # 2. Stage by stage: verdicts follow the policy; after a failed stage everything is skipped.
     failed_stage: str | None = None
-    for stage in spec.stages:
+    for stage in spec.stages if not stopped else ():
         if isinstance(stage, MapSpec):
             mr = result.maps[stage.name]
             if failed_stage is not None:
@@ -906,9 +1340,14 @@ def check_result(
             stage_failed = statuses[0] is not StepStatus.COMPLETED
         if stage_failed:
             failed_stage = stage.name
-    expect(result.failed_stage == failed_stage, f"failed_stage {result.failed_stage!r}, stages say {failed_stage!r}")
     want_status = FlowStatus.COMPLETED if failed_stage is None else FlowStatus.FAILED
-    expect(result.status is want_status, f"flow {result.status}, stages say {want_status}")
+    if stopped:
+        expect(not result.ok, f"a stopped child ended {result.status}")
+    else:
+        expect(
+            result.failed_stage == failed_stage, f"failed_stage {result.failed_stage!r}, stages say {failed_stage!r}"
+        )
+        expect(result.status is want_status, f"flow {result.status}, stages say {want_status}")
     expect(result.ok == (result.status is FlowStatus.COMPLETED), f"ok {result.ok} with {result.status}")
     expect((result.error is None) == result.ok, f"error {result.error!r} with status {result.status}")
     if failed_stage is not None and failed_stage in result.groups:
@@ -924,20 +1363,37 @@ def check_result(
         expect(
             all(1 <= n <= r.attempts for n in numbers), f"{m.name}: called as attempts {numbers}, counted {r.attempts}"
         )
-        if leeway.exact:
+        if leeway.exact and m.child is None:  # a subflow's attempts are its child runs (checked with them)
             expect(numbers == list(range(1, r.attempts + 1)), f"{m.name}: calls {numbers}, attempts {r.attempts}")
         for c in mine:
             expect(c[3] == earlier[m.name], f"{m.name}: ctx.results {sorted(c[3])} != {sorted(earlier[m.name])}")
+        if m.child is not None and r.status is not StepStatus.SKIPPED and r.attempts >= 1:
+            expect(r.subflow is not None, f"{m.name}: a subflow step without its child's FlowResult")
+        elif m.child is None or r.attempts == 0:
+            expect(r.subflow is None, f"{m.name}: subflow {r.subflow!r} though it ran no child")
         if r.status is StepStatus.COMPLETED:
-            expect(r.value == step_value(m.name, r.attempts), f"{m.name}: value {r.value!r}")
+            if m.child is None:
+                expect(r.value == step_value(m.name, r.attempts), f"{m.name}: value {r.value!r}")
+            else:
+                want = None if r.subflow is None else dict(r.subflow.values)
+                expect(r.value == want, f"{m.name}: value {r.value!r}, its child's values {want!r}")
             expect(r.error is None, f"{m.name}: completed with error {r.error!r}")
-            expect(_scripted(m.script, r.attempts), f"{m.name}: completed on attempt {r.attempts}, scripted to fail")
+            expect(
+                _scripted(m.effective_script, r.attempts),
+                f"{m.name}: completed on attempt {r.attempts}, scripted to fail",
+            )
         else:
             expect(r.value is None, f"{m.name}: value {r.value!r} though {r.status}")
         if r.status is StepStatus.TIMED_OUT:
             expect(m.timeout is not None, f"{m.name}: TIMED_OUT without a timeout")
             expect(isinstance(r.error, StepTimeoutError), f"{m.name}: TIMED_OUT with {r.error!r}")
-        if r.status is StepStatus.FAILED:
+        if r.status is StepStatus.FAILED and m.child is not None:
+            sub = r.subflow
+            expect(
+                sub is not None and r.error is sub.error and sub.status is FlowStatus.FAILED,
+                f"{m.name}: FAILED with {r.error!r}, not its failed child's error",
+            )
+        elif r.status is StepStatus.FAILED:
             expect(r.attempts >= 1, f"{m.name}: FAILED without an attempt ({r.error!r})")
             if r.attempts >= 1:
                 expect(
@@ -952,23 +1408,23 @@ def check_result(
                 )
         if r.status is StepStatus.CANCELLED:
             expect(isinstance(r.error, StepCancelledError), f"{m.name}: CANCELLED with {r.error!r}")
-        if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and not stage_of[m.name].fail_fast:
+        if r.status in (StepStatus.FAILED, StepStatus.TIMED_OUT) and not stage_of[m.name].fail_fast and not stopped:
             expect(r.attempts == 1 + m.retries, f"{m.name}: {r.status} after {r.attempts} of {1 + m.retries} attempts")
         if r.status is StepStatus.SKIPPED:
             expect(r.attempts == 0 and not mine, f"{m.name}: SKIPPED but ran")
     step_values = {n: v for n, v in result.values.items() if n not in result.maps}
     expect(step_values == {n: result.steps[n].value for n in completed}, "result.values mismatch")
 
-    # 4. Exactly what the oracle says where timing cannot matter.
+    # 4. Exactly what the oracle says where timing cannot matter (not in a child stopped from outside).
     exp = expected_outcome(spec)
-    if leeway.exact:
+    if leeway.exact and not stopped:
         expect(result.status is exp.status, f"flow {result.status}, oracle {exp.status}")
         expect(
             result.failed_stage == exp.failed_stage, f"failed_stage {result.failed_stage}, oracle {exp.failed_stage}"
         )
         for name, status in exp.groups.items():
             expect(result.groups[name].status is status, f"group {name}: {result.groups[name].status}, oracle {status}")
-    for m in all_steps:
+    for m in all_steps if not stopped else ():
         stage = stage_of[m.name]
         predicted = exp.steps[m.name]
         r = result.steps[m.name]
@@ -988,12 +1444,25 @@ def check_result(
     # 5. Maps: every item taken has a final status, the counts add up, values hold exactly
     # the completed items, the verdict follows the policy; exact where timing cannot matter.
     for stage in spec.maps():
-        _check_map(stage, result, item_calls[stage.name], earlier[stage.name], exp.maps[stage.name], leeway, expect)
+        expected_map = exp.maps[stage.name]
+        _check_map(
+            stage, result, item_calls[stage.name], earlier[stage.name], expected_map, leeway, expect, stopped, unwound
+        )
 
     # 6. Compensation: the completed steps (and items) that have one, in reverse declaration
     # order (a map's items in reverse item order unless they may run together).
-    _check_compensation(spec, result, comp_calls, completed, leeway, expect)
-    _check_compensation_order(spec, result, calls, expect)
+    undoing = not result.ok or unwound
+    # A TIMED_OUT step whose abandoned attempt returned during the wait before compensating
+    # (a late completion, SPEC §16: only with a short timeout) is undone at its place too;
+    # not in a child (its frame has ended by then: the late value is only recorded).
+    late = {
+        n
+        for n in names
+        if top and result.steps[n].status is StepStatus.TIMED_OUT and result.steps[n].late_value is not None
+    }
+    expect(late <= leeway.timeouts, f"late completions {sorted(late)} without a short timeout")
+    _check_compensation(spec, result, comp_calls, completed | late, leeway, expect, undoing)
+    _check_compensation_order(spec, result, calls, expect, undoing)
 
     # 7. Events agree with the result, stage by stage.
     if events is not None:
@@ -1009,6 +1478,8 @@ def _check_map(
     expected: MapExpectation,
     leeway: Leeway,
     expect: Callable[[bool, str], None],
+    stopped: bool = False,
+    unwound: bool = False,
 ) -> None:
     name = spec.name
     mr = result.maps[name]
@@ -1019,7 +1490,8 @@ def _check_map(
     expect(result.groups[name].members == (), f"map {name}: group members {result.groups[name].members}")
     expect(name not in result.steps, f"map {name} is in result.steps")
     if expected.status is GroupStatus.SKIPPED or mr.status is GroupStatus.SKIPPED:
-        expect(mr.status is expected.status, f"map {name}: {mr.status}, oracle {expected.status}")
+        if not stopped:  # a stopped child skips the stages it never reached
+            expect(mr.status is expected.status, f"map {name}: {mr.status}, oracle {expected.status}")
         expect(mr.total == 0 and not list(mr.items), f"map {name}: SKIPPED with {mr.total} items")
         expect(not calls, f"map {name}: SKIPPED but its functions ran: {calls[:3]}")
         expect(name not in result.values, f"map {name}: SKIPPED but has a value")
@@ -1047,10 +1519,11 @@ def _check_map(
         f"map {name}: failed {[it.key for it in mr.failed]}",
     )
     verdict = map_verdict(spec, len(done), total)
-    expect(mr.status is verdict, f"map {name}: {mr.status}, the policy gives {verdict} for {statuses}")
     stops = map_stops(spec, total - len(done))
-    expect(mr.stopped_early == stops, f"map {name}: stopped_early {mr.stopped_early}, the policy says {stops}")
-    if not mr.stopped_early:
+    if not stopped:  # a map cut short from outside ends however far it got
+        expect(mr.status is verdict, f"map {name}: {mr.status}, the policy gives {verdict} for {statuses}")
+        expect(mr.stopped_early == stops, f"map {name}: stopped_early {mr.stopped_early}, the policy says {stops}")
+    if not mr.stopped_early and not stopped:
         expect(total == len(spec.items), f"map {name}: took {total} of {len(spec.items)} items without stopping")
     if mr.status is GroupStatus.FAILED:
         expect(isinstance(mr.error, ExceptionGroup), f"map {name}: FAILED with error {mr.error!r}")
@@ -1061,7 +1534,7 @@ def _check_map(
         expect(value is not None and dict(value) == dict(mr.values), f"map {name}: result.values {value!r}")
     taken = set(keys)
     expect(all(c[2] in taken for c in calls), f"map {name}: an item not taken was called")
-    exact = leeway.exact and name not in leeway.timeouts
+    exact = leeway.exact and name not in leeway.timeouts and not stopped
     for it in items:
         index, key = it.index, it.key
         label = spec.label(index)
@@ -1070,19 +1543,33 @@ def _check_map(
         expect(0 <= it.attempts <= 1 + spec.retries, f"{label}: {it.attempts} attempts, retries={spec.retries}")
         expect(numbers == sorted(set(numbers)), f"{label}: ctx.attempt sequence {numbers}")
         expect(all(1 <= n <= it.attempts for n in numbers), f"{label}: called as {numbers}, counted {it.attempts}")
-        if leeway.exact:
+        if leeway.exact and spec.child is None:
             expect(numbers == list(range(1, it.attempts + 1)), f"{label}: calls {numbers}, attempts {it.attempts}")
+        if spec.child is not None and it.attempts >= 1:
+            expect(it.subflow is not None, f"{label}: an item of a map of subflows without its child's FlowResult")
+        elif spec.child is None or it.attempts == 0:
+            expect(it.subflow is None, f"{label}: subflow {it.subflow!r} though it ran no child")
         for c in mine:
             expect(c[4] == earlier, f"{label}: ctx.results {sorted(c[4])} != {sorted(earlier)}")
             expect(c[5] == index and c[6] == item_object(spec, index), f"{label}: ctx.index {c[5]}, ctx.item {c[6]!r}")
-        script = spec.items[index].script
+        script = spec.item_script(index)
+        if it.status is StepStatus.COMPLETED and spec.child is not None:
+            want = None if it.subflow is None else dict(it.subflow.values)
+            expect(it.value == want, f"{label}: value {it.value!r}, its child's values {want!r}")
         if it.status is StepStatus.COMPLETED:
-            expect(it.value == item_value(name, key, it.attempts), f"{label}: value {it.value!r}")
+            if spec.child is None:
+                expect(it.value == item_value(name, key, it.attempts), f"{label}: value {it.value!r}")
             expect(it.error is None, f"{label}: completed with error {it.error!r}")
             expect(_scripted(script, it.attempts), f"{label}: completed on attempt {it.attempts}, scripted to fail")
         else:
             expect(it.value is None, f"{label}: value {it.value!r} though {it.status}")
-        if it.status is StepStatus.FAILED:
+        if it.status is StepStatus.FAILED and spec.child is not None:
+            sub = it.subflow
+            expect(
+                sub is not None and it.error is sub.error and sub.status is FlowStatus.FAILED,
+                f"{label}: FAILED with {it.error!r}, not its failed child's error",
+            )
+        elif it.status is StepStatus.FAILED:
             expect(it.attempts >= 1, f"{label}: FAILED without an attempt ({it.error!r})")
             if it.attempts >= 1:
                 expect(leeway.error_fits(label, it.attempts, it.error), f"{label}: FAILED with {it.error!r}")
@@ -1092,13 +1579,13 @@ def _check_map(
                     isinstance(e, ScriptedFailure) and e.attempt == it.attempts,
                     f"{label}: failed with {e!r}, not the last attempt's ScriptedFailure",
                 )
-            if not mr.stopped_early:
+            if not mr.stopped_early and not stopped:
                 expect(it.attempts == 1 + spec.retries, f"{label}: FAILED after {it.attempts} attempts")
         if it.status is StepStatus.TIMED_OUT:
             expect(name in leeway.timeouts, f"{label}: TIMED_OUT without a short timeout")
             expect(isinstance(it.error, StepTimeoutError), f"{label}: TIMED_OUT with {it.error!r}")
         if it.status is StepStatus.CANCELLED:
-            expect(mr.stopped_early, f"{label}: CANCELLED though the map did not stop early")
+            expect(mr.stopped_early or stopped, f"{label}: CANCELLED though the map did not stop early")
             expect(isinstance(it.error, StepCancelledError), f"{label}: CANCELLED with {it.error!r}")
     if exact:
         expect(mr.status is expected.status, f"map {name}: {mr.status}, oracle {expected.status}")
@@ -1108,7 +1595,7 @@ def _check_map(
             expect(got == list(expected.items), f"map {name}: items {got}, oracle {list(expected.items)}")
         elif leeway.scripted:
             for it in items:
-                ok, natural = _first_success(spec.items[it.index].script, spec.retries)
+                ok, natural = _first_success(spec.item_script(it.index), spec.retries)
                 if it.status is StepStatus.COMPLETED:
                     expect(ok and it.attempts == natural, f"{spec.label(it.index)}: completed on {it.attempts}")
                 elif it.status is StepStatus.FAILED:
@@ -1116,7 +1603,7 @@ def _check_map(
                         1 <= it.attempts <= natural and (not ok or it.attempts < natural),
                         f"{spec.label(it.index)}: failed after {it.attempts} (natural: {ok} after {natural})",
                     )
-    _check_item_compensations(spec, result, items, undos, leeway, expect)
+    _check_item_compensations(spec, result, items, undos, leeway, expect, unwound)
 
 
 def _check_item_compensations(
@@ -1126,16 +1613,18 @@ def _check_item_compensations(
     undos: list[tuple[Any, ...]],
     leeway: Leeway,
     expect: Callable[[bool, str], None],
+    unwound: bool = False,
 ) -> None:
-    """Exactly the completed items are compensated when the flow failed, each by its script."""
+    """Exactly the completed items are compensated when the flow failed (or, a child, was
+    undone as a unit), each by its script. A map of subflows' children are checked with them."""
     name = spec.name
-    due = (
-        [it for it in reversed(items) if it.status is StepStatus.COMPLETED] if spec.compensate and not result.ok else []
-    )
+    undoing = not result.ok or unwound
+    due = [it for it in reversed(items) if it.status is StepStatus.COMPLETED] if spec.compensate and undoing else []
     due_labels = [spec.label(it.index) for it in due]
     prefix = f"{name}["
-    ours = [label for label in result.compensated if label.startswith(prefix)]
-    not_ours = [label for label in result.not_compensated if label.startswith(prefix)]
+    # An item's own label; "m['k']/x" is a step of its child, undone as a unit.
+    ours = [label for label in result.compensated if label.startswith(prefix) and "/" not in label]
+    not_ours = [label for label in result.not_compensated if label.startswith(prefix) and "/" not in label]
     expect(
         sorted(ours + not_ours) == sorted(due_labels),
         f"map {name}: compensated {ours} + not_compensated {not_ours} != due {due_labels}",
@@ -1186,25 +1675,31 @@ def _check_item_compensations(
 
 
 def _check_compensation_order(
-    spec: FlowSpec, result: FlowResult, calls: Sequence[tuple[Any, ...]], expect: Callable[[bool, str], None]
+    spec: FlowSpec,
+    result: FlowResult,
+    calls: Sequence[tuple[Any, ...]],
+    expect: Callable[[bool, str], None],
+    undoing: bool,
 ) -> None:
     """Across stages: compensations run latest stage first, and all of one stage's end
-    before an earlier stage's start; none run when the flow completed."""
+    before an earlier stage's start (a child undone as a unit at its stage's place);
+    none run when the flow completed (and, a child, was not undone as a unit)."""
     position = {m.name: i for i, stage in enumerate(spec.stages) for m in stage.members}
     position.update({stage.name: i for i, stage in enumerate(spec.stages) if isinstance(stage, MapSpec)})
     undone = [position[c[1]] for c in calls if c[0] in ("compensate", "item_compensate") and c[1] in position]
-    if result.ok:
+    if not undoing:
         expect(not undone, "compensations ran for a completed flow")
         return
     expect(undone == sorted(undone, reverse=True), f"compensation calls by stage {undone}: not latest stage first")
-    stages = [position.get(label.split("[", 1)[0], -1) for label in result.compensated]
+    stages = [position.get(label.split("/", 1)[0].split("[", 1)[0], -1) for label in result.compensated]
+    expect(len(set(result.compensated)) == len(result.compensated), f"compensated twice: {result.compensated}")
     expect(stages == sorted(stages, reverse=True), f"compensated {result.compensated}: not latest stage first")
 
 
 def _check_racing_member(m: StepSpec, r: Any, expect: Callable[[bool, str], None]) -> None:
     ok, natural_attempts = m.natural()
-    if r.status is StepStatus.CANCELLED:
-        expect(r.attempts == 0, f"{m.name}: cancelled after {r.attempts} attempts")
+    if r.status is StepStatus.CANCELLED:  # a running child can be stopped, a running function not
+        expect(r.attempts == 0 or m.child is not None, f"{m.name}: cancelled after {r.attempts} attempts")
     elif r.status is StepStatus.COMPLETED:
         expect(ok and r.attempts == natural_attempts, f"{m.name}: completed on attempt {r.attempts}")
     elif r.status is StepStatus.FAILED:
@@ -1223,9 +1718,10 @@ def _check_compensation(
     completed: set[str],
     leeway: Leeway,
     expect: Callable[[bool, str], None],
+    undoing: bool,
 ) -> None:
     all_steps = spec.steps()
-    if result.ok:
+    if not undoing:
         expect(not comp_calls, f"compensations ran for a completed flow: {comp_calls}")
         expect(result.compensated == () == result.not_compensated, "compensated/not_compensated not empty")
         for m in all_steps:
@@ -1280,7 +1776,9 @@ def _check_compensation(
         if not order or order[-1] != call[1]:
             order.append(call[1])
         expect(call[3] == frozenset(result.values), f"{call[1]}: compensation ctx.results {sorted(call[3])}")
-        expect(call[4] == result.steps[call[1]].value, f"{call[1]}: compensation got {call[4]!r}")
+        r = result.steps[call[1]]
+        value = r.value if r.status is StepStatus.COMPLETED else r.late_value
+        expect(call[4] == value, f"{call[1]}: compensation got {call[4]!r}")
     expect(len(order) == len(set(order)), f"compensations interleaved: {order}")
     positions = [due_names.index(n) if n in due_names else -1 for n in order]
     expect(-1 not in positions and positions == sorted(positions), f"compensation calls {order}, due {due_names}")

@@ -23,6 +23,14 @@ the oracle and the checks; the properties checked are listed in ``check_result``
   ``ctx.item``/``index``/``key``; exactly the completed items are compensated (in reverse
   item order when one at a time), and every stage's compensations end before an earlier
   stage's start;
+- subflows (a child flow as a step, a group member and a map's function, nested down to
+  three levels, some retried and some given ``input=``): every step at every depth has a
+  final status, each child's ``FlowResult`` is in ``StepResult.subflow`` /
+  ``ItemResult.subflow``, a failed child compensated exactly its own completed steps in
+  reverse order, a completed child whose parent failed later was undone as a unit at its
+  place (``sub/x``, ``m['k']/x`` in ``compensated``) exactly once; every call came from
+  the child run its ``ctx.flow`` and ``ctx.input`` say, and an earlier attempt's child
+  made the calls the last one did;
 - and the checks the soak shares (``scripts/soak.py``): no member of a group without
   fail fast is CANCELLED or unrun, a CANCELLED step carries ``StepCancelledError``, a
   failed group's error is an ``ExceptionGroup``, a failed step used all its attempts.
@@ -36,6 +44,7 @@ from typing import Any
 
 import pytest
 from _randomflows import (
+    CompensationSpec,
     DrawChooser,
     FlowSpec,
     ItemSpec,
@@ -178,3 +187,55 @@ def test_the_map_checks_are_not_vacuous() -> None:
     undo = [c for c in calls if c[0] == "item_compensate"]
     assert check_result(spec, result, [c for c in calls if c not in undo] + undo[::-1])  # forward order
     assert check_result(spec, result, [*calls, ("item", "m", "i00", 2, frozenset(), 0, {"label": "i00", "n": 0})])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=_SLOW_DATA)
+@given(spec=flow_specs(subflows=0.6, max_stages=4), max_workers=st.sampled_from((None, 1, 2, 3)))
+def test_random_nested_flows_follow_the_spec(spec: FlowSpec, max_workers: int | None) -> None:
+    # Children in every place a function goes, down to three levels (SPEC §13).
+    result = run_and_check(spec, max_workers)
+    if currently_in_test_context():
+        event(f"depth {spec.depth()}")
+        if any("/" in label for label in result.compensated):
+            event("a child undone as a unit")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_seeded_random_nested_flows(seed: int) -> None:
+    spec = random_flow_spec(random.Random(seed), subflows=0.5)
+    run_and_check(spec)
+
+
+def _saga(name: str, fails: bool) -> FlowSpec:
+    undo = CompensationSpec((True,))
+    steps = [StepSpec(f"{name}_a", (True,), compensate=undo), StepSpec(f"{name}_b", (not fails,), compensate=undo)]
+    return FlowSpec(f"flow-{name}", tuple(StageSpec(m.name, (m,)) for m in steps))
+
+
+def test_the_nested_checks_are_not_vacuous() -> None:
+    # A parent fails after a completed child and a child that failed (retried once):
+    # checked against other children, or with calls moved between runs, it is flagged.
+    sub = StepSpec("sub", (), child=_saga("sub", fails=False))
+    bad = StepSpec("bad", (), retries=1, child=_saga("bad", fails=True), input=True)
+    group = StageSpec("g", (StepSpec("p", (True,), compensate=CompensationSpec((True,))), sub), group=True)
+    spec = FlowSpec("nested", (group, StageSpec("bad", (bad,))))
+    built = build_flow(spec)
+    result = built.flow.run(clock=AutoJumpClock())
+    calls = built.log.snapshot()
+    assert not check_result(spec, result, calls)
+    assert result.compensated == ("sub/sub_b", "sub/sub_a", "p")
+    assert result.steps["bad"].attempts == 2 and result.steps["bad"].subflow is not None
+    assert result.steps["bad"].subflow.compensated == ("bad_a",)
+    other_sub = dataclasses.replace(sub, child=_saga("sub", fails=True))
+    assert check_result(
+        FlowSpec("nested", (dataclasses.replace(group, members=(group.members[0], other_sub)), spec.stages[1])),
+        result,
+        calls,
+    )
+    undo = [c for c in calls if c[0] == "compensate" and c[1].startswith("sub_")]
+    assert check_result(spec, result, [c for c in calls if c not in undo] + undo[::-1])  # a child undone forward
+    assert check_result(spec, result, [c for c in calls if c not in undo[:1]])  # a child compensation missing
+    moved = [c if c[1] != "bad_a" or c[0] != "step" else (*c[:-1], c[-1]._replace(token=("elsewhere",))) for c in calls]
+    assert check_result(spec, result, moved)  # a call from a run that is no child
+    attempt_one = [c for c in calls if c[-1].token != ("bad#1",)]
+    assert check_result(spec, result, attempt_one)  # the first attempt's child made no calls

@@ -27,6 +27,7 @@ def test_short_soak_finds_no_violation_and_no_leak() -> None:
     shown = {key: summary[key] for key in ("runs", "violations", "violation_examples", "leaks", "leak_details")}
     assert summary["runs"] > 0, shown
     assert summary["maps"] > 0, shown  # the random flows include maps
+    assert summary["subflows"] > 0, shown  # and children (subflows), checked level by level
     assert summary["violations"] == 0, shown
     assert summary["leaks"] == 0, shown
     assert done.returncode == 0, f"exit {done.returncode}: {shown}\n{done.stderr[-4000:]}"

@@ -388,3 +388,30 @@ def test_compensation_events_of_a_child_undone_as_a_unit_carry_its_path(run_kw):
     flow.run(on_event=events.append, **run_kw)
     undone = [(e.path, e.step, e.item, e.index) for e in events if e.kind == "compensation_finished"]
     assert undone == [(("each", "x"), "x", "k", 0)]
+
+
+def test_a_child_s_compensation_retries_end_before_the_next_compensation_starts(run_kw, tmp_path):
+    # One at a time, as at the top level: a compensation's retry comes before the next one
+    # (the frame's compensator started the next while the first waited out its backoff).
+    log = Log(tmp_path)
+    flaky = Log(tmp_path, "flaky")
+
+    def undo_twice(ctx: Context, v: Any) -> None:
+        log.add(("undo", ctx.flow, "m2", ctx.attempt))
+        flaky.add(1)
+        if len(flaky) < 2:
+            raise ValueError("first undo fails")
+
+    child = Flow("child").parallel(
+        "g",
+        [
+            Step("m1", value(1), compensate=lambda ctx, v: log.add(("undo", ctx.flow, "m1", ctx.attempt))),
+            Step("m2", value(2), compensate=undo_twice, compensate_retries=1),
+        ],
+    )
+    child.step("boom", fail(RuntimeError("late")))
+    result = Flow("parent").step("sub", child).run(**run_kw)
+    assert result.status is FlowStatus.FAILED
+    assert [entry[2:] for entry in log] == [("m2", 1), ("m2", 2), ("m1", 1)]
+    sub = result.steps["sub"].subflow
+    assert sub is not None and sub.compensated == ("m2", "m1")
