@@ -305,7 +305,7 @@ class Compensator:
                     _finish_span(spans.pop(attempt, None), "failed", error, attempt, now)
                     self._attempt_ended(job, attempt, False, error, events, retries, sequence, finished)
             wake = [deadline for _, deadline in running.values() if deadline is not None]
-            if retries:
+            if retries and len(running) < k:  # a due retry with no free slot waits for one to end
                 wake.append(retries[0][0])
             try:
                 yield min(wake) if wake else None

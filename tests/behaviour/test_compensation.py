@@ -236,3 +236,49 @@ def test_a_step_completed_after_retries_is_compensated_once(run_kw, tmp_path):
     result = flow.run(clock=AutoJumpClock(), **run_kw)
     assert list(undone) == [2]
     assert result.compensated == ("flaky",)
+
+
+@pytest.mark.modes("thread", reason="counts the loop's wake-ups, the same for every backend")
+def test_a_due_compensation_retry_with_no_free_slot_does_not_spin_the_loop(run_kw, tmp_path):
+    """With every slot busy, a retry whose backoff has passed waits for a slot to free up:
+    the compensations' loop sleeps until a message comes instead of waking again and again."""
+    import threading
+
+    from flowpool import _timers
+
+    release = threading.Event()
+    tries: list[int] = []
+    waits = {"n": 0}
+    real_wait = _timers.Timers.wait
+
+    def counting_wait(self: Any, *args: Any) -> Any:
+        waits["n"] += 1
+        return real_wait(self, *args)
+
+    def flaky_undo(ctx: Context, v: Any) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ValueError("first try fails")
+
+    def slow_undo(ctx: Context, v: Any) -> None:
+        release.wait(10)
+
+    # Undone latest first: flaky and slow-b start; flaky fails, slow-a takes its slot, and its
+    # retry falls due while both slow undos hold the two slots.
+    members = [
+        Step("slow-a", value(1), compensate=slow_undo),
+        Step("slow-b", value(1), compensate=slow_undo),
+        Step("flaky", value(2), compensate=flaky_undo, compensate_retries=1),
+    ]
+    flow = Flow("f").parallel("g", members, compensate_concurrency=2).step("boom", fail(RuntimeError("x")))
+    timer = threading.Timer(1.0, release.set)  # the slow undos hold both slots for a second
+    timer.start()
+    _timers.Timers.wait = counting_wait  # type: ignore[method-assign]
+    try:
+        result = flow.run(**run_kw)
+    finally:
+        _timers.Timers.wait = real_wait  # type: ignore[method-assign]
+        release.set()
+        timer.cancel()
+    assert set(result.compensated) == {"flaky", "slow-a", "slow-b"} and len(tries) == 2
+    assert waits["n"] < 200, f"the loop woke {waits['n']} times while two compensations held both slots"
