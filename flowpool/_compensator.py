@@ -34,7 +34,7 @@ from ._retry import backoff_delay
 from ._state import StepRun, tell_cancel, with_compensation
 from ._stop import StopScope
 from ._timers import Timers
-from ._undo_plan import Job, MapCompensation, plan, refresh_units
+from ._undo_plan import Job, MapCompensation, Plan, plan, refresh_units
 
 if TYPE_CHECKING:
     from ._runner import _Run
@@ -112,11 +112,7 @@ class Compensator:
         self.records = records
         stages = plan(self, recorder.enabled)
 
-        def finished(job: Job, outcome: CompensationResult) -> None:
-            self.note(job, outcome)
-            position = len(self.compensated) + len(self.not_compensated) - 1
-            recorder.compensation_finished(job.label, outcome, position)
-
+        finished = self.journaled
         try:
             for number, (_, k, jobs) in enumerate(stages):
                 if k > 1:
@@ -124,9 +120,7 @@ class Compensator:
                 else:
                     completed = self.run_in_turn(jobs, recorder, events, context, finished)
                 if not completed:
-                    for _, _, rest in stages[number + 1 :]:
-                        for job in rest:
-                            self.give_up(job)
+                    self.give_up_stages(stages[number + 1 :])
                     return
         finally:
             refresh_units(self)
@@ -145,18 +139,22 @@ class Compensator:
                 waits = self.together(jobs, k, run.recorder, run.events, run.context, self.journaled)
                 completed = yield from in_frame(run, waits)
                 if not completed:
-                    for _, _, rest in stages[number + 1 :]:
-                        for job in rest:
-                            self.give_up(job)
+                    self.give_up_stages(stages[number + 1 :])
                     return
         finally:
             refresh_units(self)
 
     def journaled(self, job: Job, outcome: CompensationResult) -> None:
-        """A subflow frame's compensation finished: note it and journal it."""
+        """A compensation finished: note its outcome and journal it (with its position)."""
         self.note(job, outcome)
         position = len(self.compensated) + len(self.not_compensated) - 1
         self.run.recorder.compensation_finished(job.label, outcome, position)
+
+    def give_up_stages(self, stages: Plan) -> None:
+        """A second Ctrl-C abandoned the compensations: every job of ``stages`` is given up."""
+        for _, _, jobs in stages:
+            for job in jobs:
+                self.give_up(job)
 
     def note(self, job: Job, outcome: CompensationResult) -> None:
         """Write a finished compensation's outcome where its step's (or item's) record is."""
