@@ -1364,7 +1364,11 @@ def _check_flat(
             all(1 <= n <= r.attempts for n in numbers), f"{m.name}: called as attempts {numbers}, counted {r.attempts}"
         )
         if leeway.exact and m.child is None:  # a subflow's attempts are its child runs (checked with them)
-            expect(numbers == list(range(1, r.attempts + 1)), f"{m.name}: calls {numbers}, attempts {r.attempts}")
+            want = list(range(1, r.attempts + 1))
+            # In a child stopped from outside (fail fast), its last attempt may have been
+            # killed with its worker (process mode) before the function began.
+            killed_first = stopped and r.status is StepStatus.CANCELLED and numbers == want[:-1]
+            expect(numbers == want or killed_first, f"{m.name}: calls {numbers}, attempts {r.attempts}")
         for c in mine:
             expect(c[3] == earlier[m.name], f"{m.name}: ctx.results {sorted(c[3])} != {sorted(earlier[m.name])}")
         if m.child is not None and r.status is not StepStatus.SKIPPED and r.attempts >= 1:
