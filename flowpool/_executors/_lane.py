@@ -264,6 +264,7 @@ class Lane:
             except IndexError:
                 continue  # nothing asked for it
             _answer(callback, Reply(data, None))
+            del data, callback  # while it polls, this thread holds no reply, nor the attempt it was for
         with self._send_lock:
             self._dead = True
             self.broken = True

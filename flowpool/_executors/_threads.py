@@ -112,6 +112,9 @@ class SharedThreads:
                     self.abandoned -= 1
                 return
             ticket.backend.slot_freed()
+            # Idle, this frame must not hold the last attempt (its context, its run's
+            # values) until the next one or the idle timeout.
+            del attempt, ticket
 
     def abandon(self) -> None:
         """A thread is stuck in an abandoned call: stop counting it, replace it if needed."""

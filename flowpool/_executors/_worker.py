@@ -95,7 +95,9 @@ def lane_main(conn: Any, parent_pid: int, lane: int, log_address: str | None, fl
                 send(f"{type(error).__name__}: {error}".encode())
                 return
             send(answer)
-        elif kind == FORGET:
+            del message, answer  # an idle worker holds neither the call nor its value
+            continue
+        if kind == FORGET:
             forget_sessions(*pickle.loads(message[1:]))
         elif kind == PING:
             send(pickle.dumps(os.getpid()))
