@@ -664,23 +664,53 @@ def _reads_hundred_kb(ctx):  # type: ignore[no-untyped-def]
     return sorted(len(value) for value in ctx.results.values())
 
 
-def test_a_value_is_spooled_only_when_a_later_stage_is_handed_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    spooled: list[int] = []
-    append = _lanestore.Spool.append
+def _count_spool_writes_and_value_picklings(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    written: list[int] = []
+    pickled: list[int] = []
+    append, dumps = _lanestore.Spool.append, _lanestore._dumps
 
-    def counting(self, data):  # type: ignore[no-untyped-def]
-        spooled.append(len(data))
+    def counting_append(self, data):  # type: ignore[no-untyped-def]
+        written.append(len(data))
         return append(self, data)
 
-    monkeypatch.setattr(_lanestore.Spool, "append", counting)
+    def counting_dumps(value):  # type: ignore[no-untyped-def]
+        data = dumps(value)
+        if len(data) >= 100_000:
+            pickled.append(len(data))
+        return data
+
+    monkeypatch.setattr(_lanestore.Spool, "append", counting_append)
+    monkeypatch.setattr(_lanestore, "_dumps", counting_dumps)
+    return written, pickled
+
+
+def test_a_large_value_is_written_to_the_spool_once_as_it_arrives_and_never_pickled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written, pickled = _count_spool_writes_and_value_picklings(monkeypatch)
     last = Flow("last").parallel("g", [Step(f"v{i}", _hundred_kb) for i in range(4)])
     assert last.run(executor="process", max_workers=2).ok
-    assert spooled == [], "no later stage: nothing is written"
+    assert len(written) == 4, "each value is written as it arrives, before any later stage starts"
+    written.clear()
     then = last.step("read", _reads_hundred_kb)
     result = then.run(executor="process", max_workers=2)
     assert result.ok, result.error
     assert result.values["read"] == [100_000] * 4
-    assert len(spooled) == 4, "each value written once, for the stage that is handed them"
+    assert len(written) == 4, "each value written once, not again for the stage that is handed them"
+    assert pickled == [], "the worker's own bytes are what the spool holds"
+
+
+def test_past_the_eager_spool_budget_values_are_pickled_when_a_later_stage_is_handed_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written, pickled = _count_spool_writes_and_value_picklings(monkeypatch)
+    monkeypatch.setattr(_lanestore, "EAGER_SPOOL_MAX", 250_000)  # two envelopes of 100 KB
+    flow = Flow("budget").parallel("g", [Step(f"v{i}", _hundred_kb) for i in range(4)]).step("read", _reads_hundred_kb)
+    result = flow.run(executor="process", max_workers=2)
+    assert result.ok, result.error
+    assert result.values["read"] == [100_000] * 4
+    assert len(pickled) == 2, "the two past the budget are pickled again, once, for the reader"
+    assert len(written) == 4, "and written then: each value is in the spool once"
 
 
 def test_a_killed_parents_worker_ends_its_steps_subprocesses_and_removes_the_runs_files(tmp_path: Path) -> None:

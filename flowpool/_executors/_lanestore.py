@@ -21,7 +21,18 @@ from typing import Any
 
 from . import _sweep
 
-__all__ = ["REMEMBER_MAX", "SPOOL_MIN", "Call", "CallPacker", "LaneStore", "Snapshot", "Spool", "ValueData"]
+__all__ = [
+    "EAGER_SPOOL_MAX",
+    "REMEMBER_MAX",
+    "SPOOL_MIN",
+    "Call",
+    "CallPacker",
+    "LaneStore",
+    "Snapshot",
+    "Spool",
+    "Spooled",
+    "ValueData",
+]
 
 #: Parent side: process-wide keys for functions, values, snapshots, sessions and lane stores.
 _keys = itertools.count(1)
@@ -52,20 +63,40 @@ def _function_key(data: bytes) -> int:
 #: from there by a worker only when a step reads it; smaller ones travel in payloads.
 SPOOL_MIN = 4096
 
-#: A worker's envelope up to this big is kept, and spooled when a later stage is first
-#: handed its value (a write is cheaper than pickling the value again); a bigger one is
-#: not kept, so that a large value that no later stage reads costs nothing more than
-#: before, and is pickled once if one does.
+#: A worker's envelope up to this big is written to the spool as it arrives, by the
+#: spool's own thread (off the settle loop, while other steps still run), so that a later
+#: stage handed its value costs neither a pickling nor a write; a bigger one is not, so
+#: that a large value no later stage reads costs nothing more, and is pickled once if one does.
 REMEMBER_MAX = 1 << 20
+
+#: Envelopes are written as they arrive until the spool holds this much; later ones are
+#: pickled again if a later stage is handed them (a run of many large values that nothing
+#: reads does not fill the temporary directory).
+EAGER_SPOOL_MAX = 1 << 30
 
 #: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
 #: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in).
 ValueData = bytes | tuple[int, int, bool]
 
 
+class Spooled:
+    """Parent side: an envelope handed to the spool's writer; its span once written."""
+
+    __slots__ = ("data", "span", "written")
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+        self.span: tuple[int, int] | None = None
+        self.written = False
+
+
 class Spool:
     """Parent side: one run's file of pickled values (created at the first large value,
-    removed when the run ends). Written before any payload that names a part of it."""
+    removed when the run ends). Written before any payload that names a part of it.
+
+    ``append`` writes now; ``append_later`` hands the bytes to the spool's writer
+    thread (started at the first such call, ended by ``close``) and ``span_of`` waits
+    for it."""
 
     def __init__(self, directory: str) -> None:
         import uuid
@@ -76,6 +107,57 @@ class Spool:
         self._closer: Any = None
         self._size = 0
         self._failed = False
+        self._queued = 0  # bytes handed to the writer (written or not)
+        self._writes: collections.deque[Spooled | None] = collections.deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+
+    def append_later(self, data: bytes) -> Spooled | None:
+        """Hand ``data`` to the writer thread, or None past ``EAGER_SPOOL_MAX`` or once closed."""
+        with self._changed:
+            if self._failed or self._queued + len(data) > EAGER_SPOOL_MAX:
+                return None
+            self._queued += len(data)
+            spooled = Spooled(data)
+            self._writes.append(spooled)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="flowpool-spool", daemon=True)
+                self._writer.start()
+            else:
+                self._changed.notify_all()
+            return spooled
+
+    def span_of(self, spooled: Spooled) -> tuple[int, int] | None:
+        """Where the writer put ``spooled`` (waiting for it), or None if it could not."""
+        with self._changed:
+            while not spooled.written:
+                self._changed.wait()
+            return spooled.span
+
+    def _write_queued(self) -> None:
+        current: Spooled | None = None
+        try:
+            while True:
+                with self._changed:
+                    while not self._writes:
+                        self._changed.wait()
+                    current = self._writes.popleft()
+                if current is None:  # closed
+                    return
+                assert current.data is not None
+                span = self.append(current.data)
+                with self._changed:
+                    current.span, current.data, current.written = span, None, True
+                    current = None
+                    self._changed.notify_all()
+        finally:  # closed, or failed unexpectedly: nothing is left waiting for this thread
+            with self._changed:
+                self._failed = True
+                for spooled in (current, *self._writes):
+                    if spooled is not None:
+                        spooled.data, spooled.written = None, True
+                self._writes.clear()
+                self._changed.notify_all()
 
     def append(self, data: bytes) -> tuple[int, int] | None:
         """``(offset, length)`` of ``data`` in the file, or None if it cannot be written."""
@@ -101,8 +183,12 @@ class Spool:
             return offset, len(data)
 
     def close(self) -> None:
-        with self._lock:
+        with self._changed:
             self._failed = True
+            if self._writer is not None:
+                self._writes.append(None)  # the writer's queued appends find the spool closed
+                self._changed.notify_all()
+        with self._lock:
             if self._closer is not None:
                 self._closer()
 
@@ -188,16 +274,18 @@ class CallPacker:
         self._values: dict[str, tuple[Any, int, ValueData]] = {}
         self._snapshot: tuple[Any, Snapshot] | None = None
         self._spool = Spool(spool_dir) if spool_dir is not None else None
-        self._remembered: dict[int, tuple[Any, bytes]] = {}  # id(value) → (value, its envelope)
+        self._remembered: dict[int, tuple[Any, Spooled]] = {}  # id(value) → (value, its envelope)
         self.sessions: list[int] = []  # every session key this packer made
 
     def remember(self, value: Any, envelope: bytes) -> None:
-        """``value`` came back from a worker in ``envelope``: keep those bytes, so a later stage
-        that is handed it costs no pickling (called from a backend's callback thread). They go
-        to the spool only then: a value no later stage is handed is never written."""
+        """``value`` came back from a worker in ``envelope``: have those bytes written to the
+        spool now, off the settle loop, so that a later stage that is handed it costs neither a
+        pickling nor a write (called from a backend's callback thread)."""
         if self._spool is None or not SPOOL_MIN <= len(envelope) <= REMEMBER_MAX:
             return
-        self._remembered[id(value)] = (value, envelope)
+        spooled = self._spool.append_later(envelope)
+        if spooled is not None:
+            self._remembered[id(value)] = (value, spooled)
 
     def close(self) -> None:
         """The run ended: remove its spool file."""
@@ -251,7 +339,7 @@ class CallPacker:
     def _data_of(self, value: Any) -> ValueData:
         remembered = self._remembered.pop(id(value), None)
         if remembered is not None and remembered[0] is value and self._spool is not None:
-            span = self._spool.append(remembered[1])
+            span = self._spool.span_of(remembered[1])
             if span is not None:
                 return (*span, True)
         data = _dumps(value)
