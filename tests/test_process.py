@@ -713,6 +713,36 @@ def test_past_the_eager_spool_budget_values_are_pickled_when_a_later_stage_is_ha
     assert len(written) == 4, "and written then: each value is in the spool once"
 
 
+def _item_value(ctx):  # type: ignore[no-untyped-def]
+    if ctx.item % 5 == 4:
+        raise ValueError("every fifth item fails")
+    return bytes([ctx.item]) * (100_000 if ctx.item % 2 else 10)  # large and small ones
+
+
+def _reads_item_values(ctx):  # type: ignore[no-untyped-def]
+    values = ctx.results["items"]
+    return type(values).__name__, [(key, len(value), value[:1]) for key, value in values.items()]
+
+
+def test_a_later_stage_gets_a_maps_large_item_values_from_the_spool_in_item_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written, pickled = _count_spool_writes_and_value_picklings(monkeypatch)
+    flow = (
+        Flow("map-values")
+        .map("items", _item_value, items=[7, 2, 9, 4, 1, 6, 3], key=lambda item: f"k{item}", tolerated_failures=5)
+        .parallel("g", [Step(f"r{i}", _reads_item_values) for i in range(4)])
+    )
+    result = flow.run(executor="process", max_workers=2)
+    assert result.ok, result.error
+    expected = [
+        (f"k{item}", 100_000 if item % 2 else 10, bytes([item])) for item in [7, 2, 9, 4, 1, 6, 3] if item % 5 != 4
+    ]
+    assert all(result.values[f"r{i}"] == ("dict", expected) for i in range(4))
+    assert len(written) == 3, "each large item value (7, 1, 3) is written once, as it arrives"
+    assert pickled == [], "and not pickled again for the stage that reads the map"
+
+
 def test_a_killed_parents_worker_ends_its_steps_subprocesses_and_removes_the_runs_files(tmp_path: Path) -> None:
     import json
     import subprocess

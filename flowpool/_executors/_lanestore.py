@@ -23,6 +23,7 @@ from . import _sweep
 
 __all__ = [
     "EAGER_SPOOL_MAX",
+    "ITEMS",
     "REMEMBER_MAX",
     "SPOOL_MIN",
     "Call",
@@ -75,8 +76,13 @@ REMEMBER_MAX = 1 << 20
 EAGER_SPOOL_MAX = 1 << 30
 
 #: How a value travels: its pickle, or ``(offset, length, envelope)`` in the run's spool
-#: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in).
-ValueData = bytes | tuple[int, int, bool]
+#: (``envelope``: the bytes are the worker's ``(OK, value)`` envelope it came back in), or,
+#: for a map's values some of which are in the spool, ``(ITEMS, data)``: ``data`` pickles
+#: ``(keys, values, spans)`` where ``spans`` maps an index in ``values`` (None there) to the
+#: ``(offset, length)`` of that item's envelope.
+ValueData = bytes | tuple[int, int, bool] | tuple[str, bytes]
+
+ITEMS = "items"
 
 
 class Spooled:
@@ -337,17 +343,48 @@ class CallPacker:
         return Snapshot(tuple(names), tuple(keys), tuple(data))
 
     def _data_of(self, value: Any) -> ValueData:
-        remembered = self._remembered.pop(id(value), None)
-        if remembered is not None and remembered[0] is value and self._spool is not None:
-            span = self._spool.span_of(remembered[1])
-            if span is not None:
-                return (*span, True)
+        span = self._spooled(value)
+        if span is not None:
+            return (*span, True)
+        if self._remembered:
+            from .._maps import MapValues
+
+            if isinstance(value, MapValues):
+                items = self._items_of(value)
+                if items is not None:
+                    return items
         data = _dumps(value)
         if self._spool is not None and len(data) >= SPOOL_MIN:
             span = self._spool.append(data)
             if span is not None:
                 return (*span, False)
         return data
+
+    def _spooled(self, value: Any) -> tuple[int, int] | None:
+        """Where the envelope ``value`` came back in is in the spool, if it was written there."""
+        remembered = self._remembered.pop(id(value), None)
+        if remembered is None or remembered[0] is not value or self._spool is None:
+            return None
+        return self._spool.span_of(remembered[1])
+
+    def _items_of(self, values: Any) -> tuple[str, bytes] | None:
+        """A map's values as ``(ITEMS, data)``, when some of its items' envelopes are in the
+        spool: those are not pickled again (a later stage of a map of large values would
+        otherwise pickle them all at its first attempt)."""
+        keys = list(values)
+        plain: list[Any] = []
+        spans: dict[int, tuple[int, int]] = {}
+        for index, key in enumerate(keys):
+            item = values[key]
+            span = self._spooled(item)
+            if span is None:
+                plain.append(item)
+            else:
+                plain.append(None)
+                spans[index] = span
+        if not spans:
+            return None
+        return (ITEMS, _dumps((keys, plain, spans)))
 
 
 class _Held:

@@ -244,6 +244,8 @@ class _Session:
             return self.loaded[key]
         if isinstance(data, bytes):
             value = pickle.loads(data)
+        elif len(data) == 2:
+            value = self._items(data[1])
         else:
             offset, length, envelope = data
             value = pickle.loads(_read_spool(self.spool, offset, length))
@@ -253,20 +255,37 @@ class _Session:
         self.pending.pop(key, None)
         return value
 
+    def _items(self, data: bytes) -> dict[Any, Any]:
+        """A map's values (``ITEMS`` in ``_lanestore``): the items in the spool read from it."""
+        keys, values, spans = pickle.loads(data)
+        if spans:
+            with _open_spool(self.spool) as file:
+                for index, (offset, length) in spans.items():
+                    values[index] = pickle.loads(_read_span(file, self.spool, offset, length))[1]
+        return dict(zip(keys, values, strict=True))
 
-def _read_spool(path: str | None, offset: int, length: int) -> bytearray:
+
+def _open_spool(path: str | None) -> Any:
     if path is None:
         raise StaleStoreError("a value was spooled but this worker was not told where")
+    return open(path, "rb", buffering=0)
+
+
+def _read_spool(path: str | None, offset: int, length: int) -> bytearray:
+    with _open_spool(path) as file:
+        return _read_span(file, path, offset, length)
+
+
+def _read_span(file: Any, path: str | None, offset: int, length: int) -> bytearray:
     data = bytearray(length)
     view = memoryview(data)
-    with open(path, "rb", buffering=0) as file:
-        file.seek(offset)
-        filled = 0
-        while filled < length:  # a raw read may return less than asked
-            got = file.readinto(view[filled:])
-            if not got:
-                raise EOFError(f"the run's spool file {path} ends early")
-            filled += got
+    file.seek(offset)
+    filled = 0
+    while filled < length:  # a raw read may return less than asked
+        got = file.readinto(view[filled:])
+        if not got:
+            raise EOFError(f"the run's spool file {path} ends early")
+        filled += got
     return data
 
 
