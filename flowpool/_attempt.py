@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _logcontext
 from ._clock import Clock
-from ._context import Context
+from ._context import Context, EndedScope
 
 __all__ = ["DONE", "INTERRUPT", "STARTED", "Attempt", "Message", "MessageKind"]
 
@@ -142,6 +142,14 @@ class Attempt:
             _logcontext.leave(named)
         self.finished_at = clock.now()
         self.inbox.put((DONE, self))
+
+    def release(self) -> None:
+        """It has returned (the loop got its outcome): its context keeps saying whether and
+        why it was cancelled, but no longer holds it, so the two make no cycle that only
+        the garbage collector could free."""
+        ctx = self.ctx
+        if ctx._scope is self:
+            ctx._scope = EndedScope(self.cancel_reason)
 
     def where_it_hung(self) -> str:
         """A note with the stack of the thread running this attempt in this process now."""

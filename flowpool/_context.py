@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from ._errors import StepCancelledError
 
-__all__ = ["CancelScope", "Context", "ItemCall", "OutcomeCall"]
+__all__ = ["CancelScope", "Context", "EndedScope", "ItemCall", "OutcomeCall"]
 
 
 class CancelScope(Protocol):
@@ -15,6 +15,15 @@ class CancelScope(Protocol):
 
     @property
     def cancel_reason(self) -> str | None: ...
+
+
+class EndedScope:
+    """The scope of an attempt that has returned: why it was cancelled, if it was."""
+
+    __slots__ = ("cancel_reason",)
+
+    def __init__(self, cancel_reason: str | None) -> None:
+        self.cancel_reason = cancel_reason
 
 
 class Context:
