@@ -201,7 +201,8 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
             run.compensator.pending.append(sr)
         elif step.subflow is not None:  # a completed subflow is undone as a unit
             record = rebuilt.steps[step.name]
-            child = _restored_unit(run, step, recorded, step.name, None)
+            child_input = run.input if step.input is None else _reproduce_input(run, step, step.name, None)
+            child = _restored_unit(run, step, recorded, step.name, None, child_input)
             if child is not None:
                 sr = StepRun(step, index, record.group, run.subflows, run)
                 sr.record, sr.child = record, child
@@ -218,9 +219,10 @@ def restore_compensation_phase(run: _Run, recorded: RecordedRun) -> None:
     run.failed_stage = recorded.failed_stage
 
 
-def _restored_unit(run: _Run, step: Any, recorded: RecordedRun, label: str, tags: Any) -> _Run | None:
+def _restored_unit(run: _Run, step: Any, recorded: RecordedRun, label: str, tags: Any, child_input: Any) -> _Run | None:
     """The frame of a subflow that completed before a run compensating died, restored
-    from the journal to be undone as a unit (None when it has nothing left to undo)."""
+    from the journal to be undone as a unit (None when it has nothing left to undo).
+    ``child_input`` is its input as the child had it (its compensations' ``ctx.input``)."""
     from ._finish import run_result
     from ._subflows import ScopedRecorder
 
@@ -234,7 +236,6 @@ def _restored_unit(run: _Run, step: Any, recorded: RecordedRun, label: str, tags
         compensations={name[size:]: comp for name, comp in recorded.compensations.items() if name.startswith(prefix)},
         compensation_order=tuple(name[size:] for name in recorded.compensation_order if name.startswith(prefix)),
     )
-    child_input = run.input if step.input is None and tags is None else None
     child = type(run)(step.subflow, child_input, None, None, None, None, run.clock, parent=run)
     child.started_at = run.clock.now()
     child.events = run.events.nested((*run.events.prefix, step.name), tags or run.events.tags)
@@ -319,12 +320,17 @@ def _restored_items(run: _Run, stage: Any, recorded: RecordedRun, ledger: Any) -
     from ._maps import COMPLETED_CODE, item_label
 
     units: dict[int, _Run] = {}
+    # Each child's input is its item, or what the step's ``input`` made of it.
+    items = _reproduce_items(run, stage.name, set())
     for index, code in enumerate(ledger.codes):
         if code != COMPLETED_CODE:
             continue
         key = ledger.key_of(index)
         tags = {"item": key, "index": index}
-        child = _restored_unit(run, stage.step, recorded, item_label(stage.name, key), tags)
+        child_input = items[index]
+        if stage.step.input is not None:
+            child_input = _reproduce_input(run, stage.step, stage.name, (child_input, index, key))
+        child = _restored_unit(run, stage.step, recorded, item_label(stage.name, key), tags, child_input)
         if child is not None:
             units[index] = child
     return units
@@ -382,6 +388,32 @@ def _reproduce_items(run: _Run, map_name: str, done: set[str]) -> list[Any]:
                 close()
         logcontext.leave(token)
     return items
+
+
+def _reproduce_input(run: _Run, step: Any, name: str, item: tuple[Any, int, Any] | None) -> Any:
+    """A completed subflow's input, made again by its step's ``input`` (the journal keeps
+    the child's records, not its input) with the values of the stages before it as
+    ``ctx.results`` and, in a map, the ``(item, index, key)`` it was made for. None when
+    ``input`` raises, as for an item that cannot be produced again."""
+    from . import _logcontext as logcontext
+
+    earlier: set[str] = set()
+    for stage in run.flow.stages:
+        steps = _stage_steps(stage)
+        if stage.name == name or any(candidate.name == name for candidate in steps):
+            break
+        earlier.update(candidate.name for candidate in steps)
+    ctx = run.context(name, 1)
+    ctx.results = MappingProxyType({key: value for key, value in run.values.items() if key in earlier})
+    if item is not None:
+        ctx.item, ctx.index, ctx.key = item
+    token = logcontext.enter(run.run_id, run.name, name, 1, ctx.key)
+    try:
+        return step.input(ctx)
+    except Exception:  # noqa: BLE001 - it cannot be made again: the compensations see None
+        return None
+    finally:
+        logcontext.leave(token)
 
 
 def _stage_steps(stage: Any) -> tuple[Any, ...]:

@@ -113,3 +113,79 @@ def test_a_resumed_run_that_fails_later_undoes_the_restored_subflows(executor, t
     expected = [f"{step}-o{n}" for n in (3, 2, 1, 0) for step in ("ship", "charge", "reserve")]
     assert undone == expected  # the orders restored from the journal are undone too, latest first
     assert result.compensated[:3] == ("orders['o3']/ship", "orders['o3']/charge", "orders['o3']/reserve")
+
+
+#: A flow file: "pay" is a subflow whose input its step makes from "prep"'s value, then a
+#: map of order subflows (reserve, charge), then "close", which fails: everything is undone,
+#: and the process kills itself (SIGKILL) while undoing o1's charge unless "alive" exists.
+#: Each compensation notes the ``ctx.input`` it saw.
+UNDONE_AFTER_DEATH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+
+    def note(line):
+        with open(HERE / "ran.log", "a") as log:
+            log.write(line + "\\n")
+
+    def do(name):
+        def fn(ctx):
+            return f"{name}-{ctx.input}"
+        return fn
+
+    def undo(name):
+        def fn(ctx, value):
+            if value == "charge-o1" and not (HERE / "alive").exists():
+                os.kill(os.getpid(), signal.SIGKILL)
+            note(f"undo {value} input={ctx.input}")
+        return fn
+
+    order = Flow("order")
+    for name in ("reserve", "charge"):
+        order.step(name, do(name), compensate=undo(name))
+    pay = Flow("pay").step("hold", do("hold"), compensate=undo("hold"))
+
+    def close(ctx):
+        raise RuntimeError("the batch is rejected")
+
+    flow = (
+        Flow("shop")
+        .step("prep", lambda ctx: "card")
+        .step("pay", pay, input=lambda ctx: ctx.results["prep"] + "-7")
+        .map("orders", order, items=lambda ctx: ["o0", "o1", "o2"], key=str, max_concurrency=1)
+        .step("close", close)
+    )
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+def test_subflows_restored_to_be_undone_after_a_death_see_their_own_input(executor, tmp_path):
+    # A completed subflow restored for compensation was given the parent's input: a map's
+    # item or what the step's ``input`` made was not journaled, so its compensations saw
+    # ``ctx.input`` of the top run (None here).
+    script = tmp_path / "shop.py"
+    script.write_text(UNDONE_AFTER_DEATH)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    assert before == ["undo charge-o2 input=o2", "undo reserve-o2 input=o2"]
+    (run,) = Journal(journal).runs()
+    (tmp_path / "alive").touch()
+    result = _load(script).resume(run.run_id, journal=journal, executor=executor)
+    assert result.status is FlowStatus.FAILED
+    after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
+    assert after == [
+        "undo charge-o1 input=o1",
+        "undo reserve-o1 input=o1",
+        "undo charge-o0 input=o0",
+        "undo reserve-o0 input=o0",
+        "undo hold-card-7 input=card-7",
+    ]
