@@ -303,6 +303,11 @@ class JournalRecorder:
         )
         self.flush()
 
+    def compensation_forgotten(self, run_id: str, step: str) -> None:
+        """``step`` completed again after an earlier attempt of its subflow undid it: its
+        compensation row no longer says anything (committed with the completion)."""
+        self._write("DELETE FROM compensations WHERE run_id = ? AND step = ?", (run_id, step))
+
     def compensation_started(self, run_id: str, step: str) -> None:
         self._write(
             "INSERT INTO compensations (run_id, step, state, attempts, started_at) VALUES (?, ?, 'running', 0, ?) "

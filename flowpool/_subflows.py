@@ -103,7 +103,9 @@ def new_child(parent: _Run, sr: StepRun, attempt: Attempt, child_input: Any) -> 
     if journal is not None:  # the child's records go to the run's journal, under its path
         label = sr.step.name if sr.item_index is None else item_label(sr.step.name, sr.key or 0)
         prefix = f"{getattr(parent.recorder, 'prefix', '')}{label}/"
-        child.recorder = ScopedRecorder(journal, parent.run_id, prefix)
+        # A retried or resumed child may complete again what an earlier attempt undid.
+        again = attempt.number > 1 or parent.resumed is not None or getattr(parent.recorder, "again", False)
+        child.recorder = ScopedRecorder(journal, parent.run_id, prefix, again)
         if parent.resumed is not None and prefix not in parent.restoring:
             parent.restoring.add(prefix)  # a resumed run's first attempt of it continues inside it
             child.resumed = scoped_view(parent.resumed, prefix)
@@ -247,13 +249,19 @@ def in_frame(frame: _Run, waits: Generator[float | None, None, Any]) -> Generato
 class ScopedRecorder(RunRecorder):
     """A subflow's journal writes: its steps, groups, maps and compensations named under
     its path from the top (``"sub/x"``, ``"orders['k']/x"``), in the run's journal. The
-    run's own records (its start, failure and end) are the top run's to write."""
+    run's own records (its start, failure and end) are the top run's to write.
 
-    __slots__ = ("prefix",)
+    ``again``: the child is a retry, or runs in a resumed run (or inside such a child), so
+    an earlier attempt of it may have undone what it completes: each completion clears the
+    compensation recorded under its name, in the same transaction (else resume would take
+    it as undone and run it once more)."""
 
-    def __init__(self, journal: JournalRecorder, run_id: str, prefix: str) -> None:
+    __slots__ = ("prefix", "again")
+
+    def __init__(self, journal: JournalRecorder, run_id: str, prefix: str, again: bool = False) -> None:
         super().__init__(journal, run_id)
         self.prefix = prefix
+        self.again = again
         self.failure_recorded = True  # a child's failure is its step's, not the run's
 
     def attempt_started(self, step: str, attempt: int) -> None:
@@ -267,10 +275,16 @@ class ScopedRecorder(RunRecorder):
             journal.attempt_finished(self.run_id, self.prefix + attempt.step, attempt.number, status.value, seconds)
 
     def step_finished(self, record: StepResult) -> None:
-        super().step_finished(replace(record, name=self.prefix + record.name, subflow=None))
+        name = self.prefix + record.name
+        super().step_finished(replace(record, name=name, subflow=None))
+        if self.again and self.journal is not None and record.status is StepStatus.COMPLETED:
+            self.journal.compensation_forgotten(self.run_id, name)
 
-    def item_finished(self, map_name: str, *row: Any) -> None:
-        super().item_finished(self.prefix + map_name, *row)
+    def item_finished(self, map_name: str, index: int, key: str | int, status: StepStatus, *row: Any) -> None:
+        name = self.prefix + map_name
+        super().item_finished(name, index, key, status, *row)
+        if self.again and self.journal is not None and status is StepStatus.COMPLETED:
+            self.journal.compensation_forgotten(self.run_id, item_label(name, key))
 
     def group_finished(self, group: str, status: str) -> None:
         super().group_finished(self.prefix + group, status)

@@ -350,3 +350,69 @@ def test_a_child_that_failed_on_its_own_stays_failed_when_cancelled_while_it_com
     assert isinstance(sub.error, ValueError) and str(sub.error) == "y failed"
     assert sub.subflow is not None and sub.subflow.status is FlowStatus.FAILED
     assert undone(log) == ["x"]
+
+
+#: A flow file: a subflow step "sub" (retries=1) whose child runs "x" (compensated), a map
+#: "m" of one compensated item, then "boom", which fails on its first call: the child undoes
+#: m[0] and x and is retried; the retry completes x and m[0] again, and its "boom" kills the
+#: process (SIGKILL) unless "alive" exists.
+REDONE_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from flowpool import Flow
+
+    HERE = Path(__file__).parent
+
+    def note(line):
+        with open(HERE / "ran.log", "a") as log:
+            log.write(line + "\\n")
+
+    def calls(name):
+        return sum(1 for line in (HERE / "ran.log").read_text().split("\\n") if line == name)
+
+    def boom(ctx):
+        note("boom")
+        if calls("boom") == 1:
+            raise RuntimeError("first time")
+        if not (HERE / "alive").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    child = (
+        Flow("child")
+        .step("x", lambda ctx: note("x"), compensate=lambda ctx, v: note("undo x"))
+        .map("m", lambda ctx: note(f"item {ctx.item}"), items=[0], compensate=lambda ctx, v: note("undo item"))
+        .step("boom", boom)
+    )
+    flow = Flow("parent").step("sub", child, retries=1)
+
+    if __name__ == "__main__":
+        flow.run(journal=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.modes("thread", reason="the journal is the same for every mode")
+def test_a_retried_child_resumed_does_not_run_again_what_its_retry_completed_again(executor, tmp_path):
+    # The first attempt's compensation rows ("compensated") outlived the retry's new
+    # completions of x and m[0]: resume took them as undone and ran them a third time.
+    script = tmp_path / "flow.py"
+    script.write_text(REDONE_CHILD)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    assert before == ["x", "item 0", "boom", "undo item", "undo x", "x", "item 0", "boom"]
+    (run,) = Journal(journal).runs()
+    (tmp_path / "alive").touch()
+    namespace: dict[str, object] = {"__file__": str(script)}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    flow = namespace["flow"]
+    assert isinstance(flow, Flow)
+    result = flow.resume(run.run_id, journal=journal, executor=executor)
+    assert result.status is FlowStatus.COMPLETED, result.error
+    after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
+    assert after == ["boom"]  # x and m[0] completed in the retry: they do not run again
+    sub = result.steps["sub"].subflow
+    assert sub is not None and sub.compensated == ()
