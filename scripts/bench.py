@@ -170,7 +170,7 @@ def make_config(quick: bool, reps: int | None, peers: bool, full: bool = False) 
     else:
         config = Config(
             quick=False,
-            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 3, "W5": 9, "W6": 9, "W7": 9, "W9": 5, "W11": 5},
+            reps={"W1": 21, "W2": 9, "W3": 7, "W4": 9, "W5": 9, "W6": 9, "W7": 9, "W9": 5, "W11": 9},
             w1_steps=2000,
             w2_steps=50,
             w2_sleep=0.1,
