@@ -123,14 +123,17 @@ class Spool:
         with self._changed:
             if self._failed or self._queued + len(data) > EAGER_SPOOL_MAX:
                 return None
+            if self._writer is None:
+                writer = threading.Thread(target=self._write_queued, name="flowpool-spool", daemon=True)
+                try:
+                    writer.start()
+                except RuntimeError:  # no thread to be had (a thread limit): the value is written if handed on
+                    return None
+                self._writer = writer
             self._queued += len(data)
             spooled = Spooled(data)
             self._writes.append(spooled)
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_queued, name="flowpool-spool", daemon=True)
-                self._writer.start()
-            else:
-                self._changed.notify_all()
+            self._changed.notify_all()
             return spooled
 
     def span_of(self, spooled: Spooled) -> tuple[int, int] | None:
