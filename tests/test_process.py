@@ -911,28 +911,43 @@ def test_large_messages_to_a_busy_worker_never_hold_the_sender(tmp_path: Path) -
     lane.kill(wait=True)
 
 
-def test_a_worker_that_dies_between_messages_answers_what_is_pending_as_crashed() -> None:
+def _wait_for_path(path: str) -> str:
+    """In a worker: hold it busy until ``path`` exists (the test's gate, released in its finally)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "released"
+
+
+def test_a_worker_that_dies_between_messages_answers_what_is_pending_as_crashed(tmp_path: Path) -> None:
     from flowpool._executors import _lane, _process
 
     lane = _lane.Lane(_process._POOL, 10_001)
     ready = threading.Event()
     replies: list[Any] = []
     answered = threading.Event()
+    gate = tmp_path / "release"
 
     def on_reply(reply: Any) -> None:
         replies.append(reply)
-        if len(replies) == 2:
+        if len(replies) == 3:
             answered.set()
 
     lane.start(lambda reply: ready.set())
     try:
         assert ready.wait(60), "the lane never answered its ping"
+        # The worker is held busy while the next two are sent: both are pending when it
+        # dies (sent after its exit, the second would meet a closed socket instead).
+        lane.send_call(_wait_for_path, (str(gate),), on_reply)
         lane.send_call(os._exit, (3,), on_reply)
         lane.send_call(_size, (b"never",), on_reply)
+        gate.touch()
         assert answered.wait(60), "the callbacks were not called"
     finally:
+        gate.touch()
         lane.kill(wait=True)
-    assert [(reply.data, reply.crash) for reply in replies] == [(None, "exit status 3")] * 2
+    assert pickle.loads(replies[0].data) == "released"
+    assert [(reply.data, reply.crash) for reply in replies[1:]] == [(None, "exit status 3")] * 2
     assert lane.broken and lane.pids() == []
     with pytest.raises(OSError):
         lane.send_call(_size, (b"too late",), on_reply)
