@@ -97,7 +97,7 @@ from ._state import MapRun, StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE, StopScope
 from ._subflows import SubflowBackend, advance
 from ._timers import TimerKind, Timers
-from ._tracing import Span, run_tracer
+from ._tracing import Span, end_attempt_span, run_tracer, trace_attempt
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -323,23 +323,8 @@ class _Run:
         notify_start = self.events.enabled or step.timeout is not None
         attempt = sr.new_attempt(self.context(step.name, number), self.inbox, self.clock, notify_start, may_queue)
         if self.tracer is not None:
-            self.trace_attempt(sr, attempt)
+            trace_attempt(self, sr, attempt)
         backend.submit(attempt)
-
-    def trace_attempt(self, sr: StepRun, attempt: Attempt) -> None:
-        """Start the attempt's span under its stage's; the step runs with it current (a worker: its carrier)."""
-        stage = self.stage
-        parent = self.stage_spans.get(stage.name) if stage is not None else None
-        if self.tracer is None or parent is None:
-            return
-        span = self.tracer.start_attempt(parent, sr.step.name, attempt.number, sr.key)
-        self.spans[attempt] = span
-        attempt.fn = span.around(attempt.fn, in_process=sr.backend.in_process)
-
-    def end_attempt_span(self, attempt: Attempt, status: StepStatus, error: BaseException | None) -> None:
-        span = self.spans.pop(attempt, None)
-        if span is not None:
-            span.finish(status.value, error, started_at=attempt.started_at, end_time=attempt.finished_at)
 
     # ── the loop ────────────────────────────────────────────────────────────────
 
@@ -509,7 +494,7 @@ class _Run:
         sr.last_status = status
         sr.last_error = error
         if self.spans:
-            self.end_attempt_span(attempt, status, error)
+            end_attempt_span(self, attempt, status, error)
         if sr.timer is not None:  # the attempt ended: its timeout no longer holds it
             self.timers.drop(sr.timer)
             sr.timer = None

@@ -17,6 +17,7 @@ from ._results import StepStatus
 from ._state import StageRun, StepRun, StepState, tell_cancel
 from ._stop import STOP_GRACE
 from ._timers import TimerKind
+from ._tracing import end_attempt_span
 
 if TYPE_CHECKING:
     from ._runner import _Run
@@ -47,7 +48,7 @@ def withdrawn(run: _Run, st: StageRun, sr: StepRun, attempt: Attempt, reason: st
     attempt.settled = True
     sr.attempts -= 1
     if run.spans:
-        run.end_attempt_span(attempt, StepStatus.CANCELLED, None)
+        end_attempt_span(run, attempt, StepStatus.CANCELLED, None)
     if sr.attempts:
         run.finalize(st, sr, sr.last_status, None, sr.last_error)
     else:
@@ -93,7 +94,7 @@ def abandon(run: _Run, st: StageRun, sr: StepRun, reason: str) -> None:
     if attempt.finished_at is None:
         attempt.finished_at = run.clock.now()
     if run.spans:
-        run.end_attempt_span(attempt, StepStatus.CANCELLED, StepCancelledError(sr.step.name, reason))
+        end_attempt_span(run, attempt, StepStatus.CANCELLED, StepCancelledError(sr.step.name, reason))
     run.finalize(st, sr, StepStatus.CANCELLED, None, StepCancelledError(sr.step.name, reason))
 
 

@@ -36,7 +36,21 @@ if TYPE_CHECKING:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
 
-__all__ = ["RunTracer", "Span", "attached", "call_attached", "run_tracer", "split_attached"]
+    from ._attempt import Attempt
+    from ._results import StepStatus
+    from ._runner import _Run
+    from ._state import StepRun
+
+__all__ = [
+    "RunTracer",
+    "Span",
+    "attached",
+    "call_attached",
+    "end_attempt_span",
+    "run_tracer",
+    "split_attached",
+    "trace_attempt",
+]
 
 T = TypeVar("T")
 
@@ -302,3 +316,20 @@ def _attach(carrier: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         context.detach(token)
+
+
+def trace_attempt(run: _Run, sr: StepRun, attempt: Attempt) -> None:
+    """Start the attempt's span under its stage's; the step runs with it current (a worker: its carrier)."""
+    stage = run.stage
+    parent = run.stage_spans.get(stage.name) if stage is not None else None
+    if run.tracer is None or parent is None:
+        return
+    span = run.tracer.start_attempt(parent, sr.step.name, attempt.number, sr.key)
+    run.spans[attempt] = span
+    attempt.fn = span.around(attempt.fn, in_process=sr.backend.in_process)
+
+
+def end_attempt_span(run: _Run, attempt: Attempt, status: StepStatus, error: BaseException | None) -> None:
+    span = run.spans.pop(attempt, None)
+    if span is not None:
+        span.finish(status.value, error, started_at=attempt.started_at, end_time=attempt.finished_at)
