@@ -112,8 +112,7 @@ _StepRun = StepRun
 # Module-level names, compared on every attempt.
 _PENDING, _RUNNING, _BACKOFF = StepState.PENDING, StepState.RUNNING, StepState.BACKOFF
 _TIMEOUT, _WAKE, _DEADLINE, _GRACE = TimerKind
-#: A step that ended so had an attempt that returned (not one abandoned while it runs).
-_RETURNED = frozenset((StepStatus.COMPLETED, StepStatus.FAILED))
+_COMPLETED, _FAILED = StepStatus.COMPLETED, StepStatus.FAILED
 
 
 def run_flow(
@@ -581,10 +580,10 @@ class _Run:
                 error=error,
                 started_at=attempt.started_at if attempt is not None and sr.attempts else None,
             )
-        if attempt is not None and attempt.finished_at is not None and status in _RETURNED:
-            # Its attempt returned and nothing asks for it again: dropped now (with its
-            # context, ticket and retry state) it is freed at once, not left in a cycle
-            # for the garbage collector, whose full collections grow with what is alive.
+        if attempt is not None and attempt.finished_at is not None and (status is _COMPLETED or status is _FAILED):
+            # Its attempt returned (it was not abandoned) and nothing asks for it again: dropped
+            # now (with its context, ticket and retry state) it is freed at once, not left in a
+            # cycle for the garbage collector, whose full collections grow with what is alive.
             sr.attempt = sr.driver = None
         if st.cancel_reason is None and stops_group_early(status, fail_fast=st.fail_fast, optional=step.optional):
             _stopping.cancel_stage(self, st, f"group {st.name!r} failed fast: step {step.name!r} ended {status.value}")
