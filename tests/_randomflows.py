@@ -1559,7 +1559,11 @@ def _check_map(
         expect(numbers == sorted(set(numbers)), f"{label}: ctx.attempt sequence {numbers}")
         expect(all(1 <= n <= it.attempts for n in numbers), f"{label}: called as {numbers}, counted {it.attempts}")
         if leeway.exact and spec.child is None:
-            expect(numbers == list(range(1, it.attempts + 1)), f"{label}: calls {numbers}, attempts {it.attempts}")
+            want = list(range(1, it.attempts + 1))
+            # As for a step: in a child stopped from outside, the item's last attempt may have
+            # been killed with its worker (process mode) before the function began.
+            killed_first = stopped and it.status is StepStatus.CANCELLED and numbers == want[:-1]
+            expect(numbers == want or killed_first, f"{label}: calls {numbers}, attempts {it.attempts}")
         if spec.child is not None and it.attempts >= 1:
             expect(it.subflow is not None, f"{label}: an item of a map of subflows without its child's FlowResult")
         elif spec.child is None or it.attempts == 0:
