@@ -5,15 +5,15 @@ so that drift of the machine (frequency scaling, other load) hits all of them
 alike, then reports the median and the min..max of each, and checks flowpool
 against its targets.
 
-    python scripts/bench.py                 # W1-W7, W9, W11 and the installed peers
+    python scripts/bench.py                 # W1-W7, W9-W11 and the installed peers
     python scripts/bench.py --quick         # few repetitions, small sizes (< 60 s)
-    python scripts/bench.py --full          # also W10, and W4 up to 100,000 steps (slow)
+    python scripts/bench.py --full          # also W4 up to 100,000 steps (slow)
     python scripts/bench.py --only W1,W4    # a selection
     python scripts/bench.py --json          # machine-readable results on stdout
 
 Workloads: W1 thread-mode overhead · W2 sleep fan-out · W3 CPU on 2 processes ·
 W4 one group of 1,000 vs 20,000 steps (100,000 with --full) · W5 timeout latency · W6 process-mode overhead ·
-W7 start-up · W9 a map of many items · W10 journaled against plain (``--only W10``) · W11 process
+W7 start-up · W9 a map of many items · W10 journaled against plain · W11 process
 mode after large earlier values. Peers (joblib, Dask, Prefect 3) run W1-W3 when installed,
 and joblib and Dask's ``client.map`` run W9.
 """
@@ -46,7 +46,7 @@ import flowpool
 from flowpool import Flow, Step
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9", "W10", "W11")
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W9", "W11")
+DEFAULT_WORKLOADS = WORKLOADS
 #: W4's per-step cost goals: ``size`` steps in one group ≤ ``factor`` times the cost at 1,000 (issue 12).
 W4_GOALS = {20_000: 1.1, 100_000: 1.2}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1040,7 +1040,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     parser.add_argument("--quick", action="store_true", help="few repetitions, small sizes (< 60 s)")
-    parser.add_argument("--full", action="store_true", help="also W10, and W4 up to 100,000 steps (slow)")
+    parser.add_argument("--full", action="store_true", help="also W4 up to 100,000 steps (slow)")
     parser.add_argument("--only", metavar="W1,W3", help="run only these workloads")
     parser.add_argument("--reps", type=int, help="repetitions of every workload (overrides the defaults)")
     parser.add_argument("--no-peers", action="store_true", help="skip joblib, Dask and Prefect")
@@ -1051,8 +1051,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
         args.workloads = [w for w in WORKLOADS if w in chosen]
-    elif args.full:
-        args.workloads = list(WORKLOADS)
     else:
         args.workloads = list(DEFAULT_WORKLOADS)
     if args.reps is not None and args.reps < 1:
