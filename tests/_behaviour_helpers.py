@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from flowpool import Context, FlowResult, StepStatus
+from flowpool import Context, Flow, FlowResult, StepStatus
 
 WAIT = 10.0  # the longest anything may be waited on; a test that hits it has failed
 POLL = 0.005
@@ -239,3 +239,36 @@ def same_error(got: BaseException | None, expected: BaseException, in_process: b
 
 def statuses(result: FlowResult) -> dict[str, StepStatus]:
     return {name: step.status for name, step in result.steps.items()}
+
+
+#: The project's root, put on a flow file's PYTHONPATH.
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_until_killed(tmp_path: Path, text: str) -> tuple[Path, Path, str, list[str]]:
+    """Run the flow file ``text`` (given its journal's path as ``sys.argv[1]``) until it
+    kills itself with SIGKILL: its script, its journal, the run id and the lines its
+    functions wrote to ``ran.log``."""
+    import subprocess
+    import sys
+
+    from flowpool import Journal  # (workers import this module: not at its top)
+
+    script = tmp_path / "flow.py"
+    script.write_text(text)
+    journal = tmp_path / "runs.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    ran = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    (run,) = Journal(journal).runs()
+    return script, journal, run.run_id, ran
+
+
+def load_flow(path: Path) -> Flow:
+    """The ``flow`` a flow file defines, loaded as ``flowpool`` loads a TARGET."""
+    namespace: dict[str, object] = {"__file__": str(path)}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    flow = namespace["flow"]
+    assert isinstance(flow, Flow)
+    return flow

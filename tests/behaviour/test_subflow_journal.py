@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _behaviour_helpers import load_flow, run_until_killed
 
-from flowpool import Flow, FlowStatus, Journal, StepStatus
+from flowpool import FlowStatus, StepStatus
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.modes("thread", reason="the journal is the same for every mode")]
 
-REPO = Path(__file__).resolve().parent.parent.parent
 
 #: A flow file: a map over four orders, each a saga subflow (reserve, charge, ship) that
 #: logs every run; the process kills itself (SIGKILL) while order "o2" ships unless the
@@ -66,31 +62,16 @@ FLOW = textwrap.dedent(
 )
 
 
-def _load(path: Path) -> Flow:
-    namespace: dict[str, object] = {"__file__": str(path)}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    flow = namespace["flow"]
-    assert isinstance(flow, Flow)
-    return flow
-
-
 def _killed_run(tmp_path: Path) -> tuple[Path, Path, str, list[str]]:
-    script = tmp_path / "shop.py"
-    script.write_text(FLOW)
-    journal = tmp_path / "runs.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
-    assert done.returncode == -signal.SIGKILL
-    ran = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    script, journal, run_id, ran = run_until_killed(tmp_path, FLOW)
     assert ran[-1] == "ship:o2"
-    (run,) = Journal(journal).runs()
-    return script, journal, run.run_id, ran
+    return script, journal, run_id, ran
 
 
 def test_a_resumed_run_continues_inside_the_subflow_it_was_killed_in(executor, tmp_path):
     script, journal, run_id, before = _killed_run(tmp_path)
     (tmp_path / "alive").touch()
-    result = _load(script).resume(run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.COMPLETED, result.error
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     # o0 and o1 completed, and o2's reserve and charge: none of them runs again.
@@ -106,7 +87,7 @@ def test_a_resumed_run_that_fails_later_undoes_the_restored_subflows(executor, t
     script, journal, run_id, before = _killed_run(tmp_path)
     (tmp_path / "alive").touch()
     (tmp_path / "fail").touch()
-    result = _load(script).resume(run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.FAILED
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) :]
     undone = [line.removeprefix("undo ") for line in after if line.startswith("undo ")]
@@ -169,17 +150,10 @@ def test_subflows_restored_to_be_undone_after_a_death_see_their_own_input(execut
     # A completed subflow restored for compensation was given the parent's input: a map's
     # item or what the step's ``input`` made was not journaled, so its compensations saw
     # ``ctx.input`` of the top run (None here).
-    script = tmp_path / "shop.py"
-    script.write_text(UNDONE_AFTER_DEATH)
-    journal = tmp_path / "runs.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
-    assert done.returncode == -signal.SIGKILL
-    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    script, journal, run_id, before = run_until_killed(tmp_path, UNDONE_AFTER_DEATH)
     assert before == ["undo charge-o2 input=o2", "undo reserve-o2 input=o2"]
-    (run,) = Journal(journal).runs()
     (tmp_path / "alive").touch()
-    result = _load(script).resume(run.run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.FAILED
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     assert after == [

@@ -5,22 +5,17 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
-from _behaviour_helpers import Gate, Log, press_ctrl_c, until_cancelled, wait_for
+from _behaviour_helpers import Gate, Log, load_flow, press_ctrl_c, run_until_killed, until_cancelled, wait_for
 
-from flowpool import Context, Flow, FlowInterrupted, FlowStatus, Journal, Step, StepStatus, StepTimeoutError
+from flowpool import Context, Flow, FlowInterrupted, FlowStatus, Step, StepStatus, StepTimeoutError
 from flowpool.testing import AutoJumpClock
 
 pytestmark = pytest.mark.timeout(120)
-
-REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def _logged(log: Log, name: str) -> Any:
@@ -124,29 +119,14 @@ KILLED_WHILE_COMPENSATING = textwrap.dedent(
 )
 
 
-def _load(path: Path) -> Flow:
-    namespace: dict[str, object] = {"__file__": str(path)}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    flow = namespace["flow"]
-    assert isinstance(flow, Flow)
-    return flow
-
-
 @pytest.mark.modes("thread", reason="the journal is the same for every mode")
 @pytest.mark.parametrize("shape", ["step", "map"])
 def test_a_run_killed_while_compensating_still_undoes_a_completed_subflow_on_resume(executor, tmp_path, shape):
-    script = tmp_path / "flow.py"
-    script.write_text(KILLED_WHILE_COMPENSATING)
     (tmp_path / "shape").write_text(shape)
-    journal = tmp_path / "runs.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
-    assert done.returncode == -signal.SIGKILL
-    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    script, journal, run_id, before = run_until_killed(tmp_path, KILLED_WHILE_COMPENSATING)
     assert before == ["x", "y", "a", "undo a"]
-    (run,) = Journal(journal).runs()
     (tmp_path / "alive").touch()
-    result = _load(script).resume(run.run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.FAILED
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     assert after == ["undo a", "undo y", "undo x"]  # "a" again (it had not finished), then the subflow
@@ -293,21 +273,10 @@ def test_a_retried_child_resumed_does_not_restore_map_items_its_first_attempt_un
     # Resume restores a child's completed steps except those its own compensation undid
     # (scoped_view) — but not its map items: m[0], completed by the first attempt and then
     # undone, was restored as completed and never ran again; the run completed with it undone.
-    script = tmp_path / "flow.py"
-    script.write_text(RETRIED_CHILD)
-    journal = tmp_path / "runs.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
-    assert done.returncode == -signal.SIGKILL
-    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    script, journal, run_id, before = run_until_killed(tmp_path, RETRIED_CHILD)
     assert before == ["pre", "item 0", "boom", "undo item 0", "pre"]
-    (run,) = Journal(journal).runs()
     (tmp_path / "alive").touch()
-    namespace: dict[str, object] = {"__file__": str(script)}
-    exec(compile(script.read_text(), str(script), "exec"), namespace)
-    flow = namespace["flow"]
-    assert isinstance(flow, Flow)
-    result = flow.resume(run.run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.COMPLETED, result.error
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     assert "item 0" in after  # the undone item runs again
@@ -396,21 +365,10 @@ REDONE_CHILD = textwrap.dedent(
 def test_a_retried_child_resumed_does_not_run_again_what_its_retry_completed_again(executor, tmp_path):
     # The first attempt's compensation rows ("compensated") outlived the retry's new
     # completions of x and m[0]: resume took them as undone and ran them a third time.
-    script = tmp_path / "flow.py"
-    script.write_text(REDONE_CHILD)
-    journal = tmp_path / "runs.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script), str(journal)], env=env, timeout=60, check=False)
-    assert done.returncode == -signal.SIGKILL
-    before = (tmp_path / "ran.log").read_text().split("\n")[:-1]
+    script, journal, run_id, before = run_until_killed(tmp_path, REDONE_CHILD)
     assert before == ["x", "item 0", "boom", "undo item", "undo x", "x", "item 0", "boom"]
-    (run,) = Journal(journal).runs()
     (tmp_path / "alive").touch()
-    namespace: dict[str, object] = {"__file__": str(script)}
-    exec(compile(script.read_text(), str(script), "exec"), namespace)
-    flow = namespace["flow"]
-    assert isinstance(flow, Flow)
-    result = flow.resume(run.run_id, journal=journal, executor=executor)
+    result = load_flow(script).resume(run_id, journal=journal, executor=executor)
     assert result.status is FlowStatus.COMPLETED, result.error
     after = (tmp_path / "ran.log").read_text().split("\n")[len(before) : -1]
     assert after == ["boom"]  # x and m[0] completed in the retry: they do not run again
